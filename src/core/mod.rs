@@ -1,0 +1,12 @@
+//! The sans-IO heart of the relay: rooms, peers, producers, consumers and every forwarding
+//! decision (who gets which frame, when to drop, when to ask for a keyframe). No sockets,
+//! no tasks, no clock: time comes in as arguments, outputs are pulled. `server` drives it.
+
+mod queue;
+mod relay;
+
+pub use queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
+pub use relay::{ConsumerStats, PeerOutput, Relay, RelayConfig, RelayCounts, RelayStats};
+
+#[cfg(test)]
+mod tests;

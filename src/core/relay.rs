@@ -1,0 +1,963 @@
+//! The relay's state and every forwarding decision, with no IO.
+//!
+//! `Relay` owns the two maps of the brief, rooms and peers, plus the producers and consumers
+//! that hang off them. Inputs are calls (`join`, `handle`, `on_frame`, `leave`) that carry
+//! the `Instant` they happened at; outputs are pulled: `poll_peer` yields the control
+//! messages (and consumer start-ups) for one peer, `poll_consumer` the frames for one
+//! consumer. Both take a `std::task::Context` so the IO layer can sleep until there is
+//! something to pull, the way a channel receiver does, without this module knowing about
+//! any runtime.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
+use crate::wire::{
+    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, JoinResult, LeaveReason, MediaKind,
+    PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult, ProducerId, ProducerInfo,
+    ProtocolError, Request, ServerMessage,
+};
+
+/// Tunables of the core. The defaults suit a browser client (see `docs/PROTOCOL.md`).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Largest audio datagram accepted, header included. Datagrams are forwarded as they
+    /// are, so this must fit every consumer's path (Chromium allows 1211 bytes).
+    pub max_datagram_size: usize,
+    /// Largest video frame payload accepted.
+    pub max_frame_size: usize,
+    pub video_queue: QueueLimits,
+    pub audio_queue: QueueLimits,
+    /// At most one keyframe request per producer per interval.
+    pub keyframe_request_interval: Duration,
+    /// Control messages waiting for one peer before it is disconnected as unresponsive.
+    pub max_outbox: usize,
+    /// At most one error message per peer per interval for bad media frames.
+    pub frame_error_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            max_datagram_size: 1200,
+            max_frame_size: 2 * 1024 * 1024,
+            // About one second of video at 30 frames/s.
+            video_queue: QueueLimits {
+                max_frames: 30,
+                max_bytes: 8 * 1024 * 1024,
+            },
+            // Half a second of 20 ms audio.
+            audio_queue: QueueLimits {
+                max_frames: 25,
+                max_bytes: 64 * 1024,
+            },
+            keyframe_request_interval: Duration::from_millis(300),
+            max_outbox: 4096,
+            frame_error_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the IO layer must do for a peer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerOutput {
+    /// Write this on the peer's control stream.
+    Message(ServerMessage),
+    /// A consumer was created for this peer: start sending its frames.
+    StartConsumer {
+        consumer_id: ConsumerId,
+        producer_id: ProducerId,
+        kind: MediaKind,
+    },
+    /// The peer is not reading its control stream fast enough: disconnect it.
+    Disconnect(ProtocolError),
+}
+
+/// Counters for metrics, logs and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RelayStats {
+    pub frames_in: u64,
+    pub bytes_in: u64,
+    pub frames_out: u64,
+    pub bytes_out: u64,
+    pub dropped_slow_consumer: u64,
+    pub dropped_producer_paused: u64,
+    pub frame_errors: u64,
+    pub keyframe_requests: u64,
+}
+
+/// Sizes of the maps, for health checks and leak tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RelayCounts {
+    pub rooms: usize,
+    pub peers: usize,
+    pub producers: usize,
+    pub consumers: usize,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    /// Ordered so that listings and broadcasts are deterministic.
+    peers: BTreeSet<PeerId>,
+}
+
+#[derive(Debug)]
+struct Peer {
+    name: String,
+    room: String,
+    producers: Vec<ProducerId>,
+    consumers: BTreeSet<ConsumerId>,
+    auto_subscribe: bool,
+    outbox: VecDeque<PeerOutput>,
+    waker: Option<Waker>,
+    overflowed: bool,
+    last_frame_error: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Producer {
+    info: ProducerInfo,
+    room: String,
+    consumers: Vec<ConsumerId>,
+    last_keyframe_request: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    peer: PeerId,
+    producer: ProducerId,
+    kind: MediaKind,
+    paused: bool,
+    queue: ConsumerQueue,
+    waker: Option<Waker>,
+}
+
+/// Per-consumer figures, for tests and the admin view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub queued: usize,
+    pub high_water: usize,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Relay {
+    config: RelayConfig,
+    rooms: HashMap<String, Room>,
+    peers: HashMap<PeerId, Peer>,
+    producers: HashMap<ProducerId, Producer>,
+    consumers: HashMap<ConsumerId, Consumer>,
+    next_id: u64,
+    stats: RelayStats,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(code, message)
+}
+
+fn validate_room(room: &str) -> Result<(), ProtocolError> {
+    let ok = (1..=64).contains(&room.len())
+        && room
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorCode::InvalidRoom,
+            "room names are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+        ))
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), ProtocolError> {
+    let chars = name.chars().count();
+    if (1..=64).contains(&chars) && !name.chars().any(char::is_control) && !name.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorCode::InvalidName,
+            "display names are 1 to 64 printable characters",
+        ))
+    }
+}
+
+fn to_value<T: Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).expect("results always serialize")
+}
+
+impl Relay {
+    pub fn new(config: RelayConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    pub fn counts(&self) -> RelayCounts {
+        RelayCounts {
+            rooms: self.rooms.len(),
+            peers: self.peers.len(),
+            producers: self.producers.len(),
+            consumers: self.consumers.len(),
+        }
+    }
+
+    pub fn consumer_stats(&self, consumer_id: ConsumerId) -> Option<ConsumerStats> {
+        self.consumers.get(&consumer_id).map(|c| ConsumerStats {
+            queued: c.queue.len(),
+            high_water: c.queue.high_water,
+            dropped: c.queue.dropped,
+        })
+    }
+
+    /// The consumers of one peer, with the producer each one consumes.
+    pub fn peer_consumers(&self, peer_id: PeerId) -> Vec<(ConsumerId, ProducerId)> {
+        self.peers
+            .get(&peer_id)
+            .map(|p| {
+                p.consumers
+                    .iter()
+                    .map(|cid| (*cid, self.consumers[cid].producer))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The room and display name of a peer, for logs.
+    pub fn peer_label(&self, peer_id: PeerId) -> Option<(&str, &str)> {
+        self.peers
+            .get(&peer_id)
+            .map(|p| (p.room.as_str(), p.name.as_str()))
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    // ---- outputs -------------------------------------------------------------------------
+
+    fn push_output(&mut self, peer_id: PeerId, output: PeerOutput) {
+        let max = self.config.max_outbox;
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        if peer.overflowed {
+            return;
+        }
+        if peer.outbox.len() >= max {
+            peer.overflowed = true;
+            peer.outbox.push_back(PeerOutput::Disconnect(err(
+                ErrorCode::SlowControl,
+                format!("more than {max} control messages waiting: the peer is not reading"),
+            )));
+        } else {
+            peer.outbox.push_back(output);
+        }
+        if let Some(waker) = peer.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn send(&mut self, peer_id: PeerId, message: ServerMessage) {
+        self.push_output(peer_id, PeerOutput::Message(message));
+    }
+
+    /// Sends `message` to every peer of `room` but `except`.
+    fn broadcast(&mut self, room: &str, except: PeerId, message: ServerMessage) {
+        let Some(targets) = self.rooms.get(room).map(|r| r.peers.clone()) else {
+            return;
+        };
+        for peer_id in targets.into_iter().filter(|p| *p != except) {
+            self.send(peer_id, message.clone());
+        }
+    }
+
+    /// Next output for a peer. `Ready(None)`: the peer is gone, stop driving it.
+    pub fn poll_peer(&mut self, peer_id: PeerId, cx: &mut Context<'_>) -> Poll<Option<PeerOutput>> {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return Poll::Ready(None);
+        };
+        match peer.outbox.pop_front() {
+            Some(output) => Poll::Ready(Some(output)),
+            None => {
+                peer.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Next frame for a consumer. `Ready(None)`: the consumer is closed, stop its sender.
+    pub fn poll_consumer(
+        &mut self,
+        consumer_id: ConsumerId,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<QueuedFrame>> {
+        let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+            return Poll::Ready(None);
+        };
+        match consumer.queue.pop() {
+            Some(frame) => {
+                self.stats.frames_out += 1;
+                self.stats.bytes_out += frame.data.len() as u64;
+                Poll::Ready(Some(frame))
+            }
+            None => {
+                consumer.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    // ---- joining and leaving -------------------------------------------------------------
+
+    /// Admits a new peer. The caller writes the result to the peer itself (its output
+    /// stream starts after this), then drives `poll_peer`.
+    pub fn join(
+        &mut self,
+        version: u32,
+        room: &str,
+        name: &str,
+        auto_subscribe: bool,
+        now: Instant,
+    ) -> Result<(PeerId, JoinResult), ProtocolError> {
+        if version != PROTOCOL_VERSION {
+            return Err(err(
+                ErrorCode::UnsupportedVersion,
+                format!("this relay speaks protocol version {PROTOCOL_VERSION}, not {version}"),
+            ));
+        }
+        validate_room(room)?;
+        validate_name(name)?;
+        let peer_id = self.new_id();
+        let peers: Vec<PeerInfo> = self
+            .rooms
+            .get(room)
+            .map(|r| r.peers.iter().map(|p| self.peer_info(*p)).collect())
+            .unwrap_or_default();
+        let result = JoinResult {
+            version: PROTOCOL_VERSION,
+            peer_id,
+            room: room.to_owned(),
+            ongoing: !peers.is_empty(),
+            peers,
+            max_datagram_size: self.config.max_datagram_size,
+            max_frame_size: self.config.max_frame_size,
+        };
+        self.peers.insert(
+            peer_id,
+            Peer {
+                name: name.to_owned(),
+                room: room.to_owned(),
+                producers: Vec::new(),
+                consumers: BTreeSet::new(),
+                auto_subscribe: false,
+                outbox: VecDeque::new(),
+                waker: None,
+                overflowed: false,
+                last_frame_error: None,
+            },
+        );
+        self.rooms
+            .entry(room.to_owned())
+            .or_default()
+            .peers
+            .insert(peer_id);
+        self.broadcast(
+            room,
+            peer_id,
+            ServerMessage::PeerJoined {
+                peer: self.peer_info(peer_id),
+            },
+        );
+        if auto_subscribe {
+            self.set_auto_subscribe(peer_id, true, now);
+        }
+        Ok((peer_id, result))
+    }
+
+    fn peer_info(&self, peer_id: PeerId) -> PeerInfo {
+        let peer = &self.peers[&peer_id];
+        PeerInfo {
+            peer_id,
+            name: peer.name.clone(),
+            producers: peer
+                .producers
+                .iter()
+                .map(|p| self.producers[p].info.clone())
+                .collect(),
+        }
+    }
+
+    /// Removes a peer and everything it owns, telling the rest of its room.
+    pub fn leave(&mut self, peer_id: PeerId, reason: LeaveReason) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        let consumers: Vec<ConsumerId> = peer.consumers.iter().copied().collect();
+        let producers = peer.producers.clone();
+        let room = peer.room.clone();
+        for consumer_id in consumers {
+            self.remove_consumer(consumer_id);
+        }
+        for producer_id in producers {
+            self.remove_producer(producer_id);
+        }
+        if let Some(mut peer) = self.peers.remove(&peer_id)
+            && let Some(waker) = peer.waker.take()
+        {
+            waker.wake();
+        }
+        let now_empty = match self.rooms.get_mut(&room) {
+            Some(r) => {
+                r.peers.remove(&peer_id);
+                r.peers.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            self.rooms.remove(&room);
+        } else {
+            self.broadcast(&room, peer_id, ServerMessage::PeerLeft { peer_id, reason });
+        }
+    }
+
+    // ---- requests ------------------------------------------------------------------------
+
+    /// Handles one request of a joined peer; the response or error goes to its outbox.
+    /// A `leave` removes the peer, so its response is returned for the caller to write.
+    pub fn handle(
+        &mut self,
+        peer_id: PeerId,
+        message: ClientMessage,
+        now: Instant,
+    ) -> Option<ServerMessage> {
+        let id = message.id;
+        if !self.peers.contains_key(&peer_id) {
+            return Some(ServerMessage::error(
+                Some(id),
+                &err(ErrorCode::NotJoined, "this session has not joined a room"),
+            ));
+        }
+        if let Request::Leave = message.request {
+            self.leave(peer_id, LeaveReason::Left);
+            return Some(ServerMessage::Response {
+                id,
+                result: serde_json::json!({}),
+            });
+        }
+        let reply = match self.dispatch(peer_id, message.request, now) {
+            Ok(result) => ServerMessage::Response { id, result },
+            Err(e) => ServerMessage::error(Some(id), &e),
+        };
+        self.send(peer_id, reply);
+        None
+    }
+
+    fn dispatch(
+        &mut self,
+        peer_id: PeerId,
+        request: Request,
+        now: Instant,
+    ) -> Result<serde_json::Value, ProtocolError> {
+        let empty = || serde_json::json!({});
+        match request {
+            Request::Join { .. } => Err(err(
+                ErrorCode::AlreadyJoined,
+                "this session has already joined a room",
+            )),
+            // `handle` takes care of it before dispatching (the peer is gone afterwards).
+            Request::Leave => Err(err(ErrorCode::Internal, "leave dispatched twice")),
+            Request::Produce {
+                kind,
+                codec,
+                params,
+            } => self
+                .produce(peer_id, kind, codec, params, now)
+                .map(|producer_id| to_value(ProduceResult { producer_id })),
+            Request::CloseProducer { producer_id } => {
+                self.own_producer(peer_id, producer_id)?;
+                self.remove_producer(producer_id);
+                Ok(empty())
+            }
+            Request::PauseProducer { producer_id } => self
+                .set_producer_paused(peer_id, producer_id, true, now)
+                .map(|_| empty()),
+            Request::ResumeProducer { producer_id } => self
+                .set_producer_paused(peer_id, producer_id, false, now)
+                .map(|_| empty()),
+            Request::Consume {
+                producer_id,
+                paused,
+            } => self
+                .consume(peer_id, producer_id, paused, now)
+                .map(to_value),
+            Request::CloseConsumer { consumer_id } => {
+                self.own_consumer(peer_id, consumer_id)?;
+                self.remove_consumer(consumer_id);
+                Ok(empty())
+            }
+            Request::PauseConsumer { consumer_id } => self
+                .set_consumer_paused(peer_id, consumer_id, true, now)
+                .map(|_| empty()),
+            Request::ResumeConsumer { consumer_id } => self
+                .set_consumer_paused(peer_id, consumer_id, false, now)
+                .map(|_| empty()),
+            Request::SetAutoSubscribe { enabled } => {
+                self.set_auto_subscribe(peer_id, enabled, now);
+                Ok(empty())
+            }
+            Request::RequestKeyframe { consumer_id } => {
+                self.own_consumer(peer_id, consumer_id)?;
+                let producer = self.consumers[&consumer_id].producer;
+                self.request_keyframe(producer, now);
+                Ok(empty())
+            }
+        }
+    }
+
+    fn own_producer(&self, peer_id: PeerId, producer_id: ProducerId) -> Result<(), ProtocolError> {
+        match self.producers.get(&producer_id) {
+            Some(p) if p.info.peer_id == peer_id => Ok(()),
+            Some(_) => Err(err(
+                ErrorCode::NotOwner,
+                format!("producer {producer_id} belongs to another peer"),
+            )),
+            None => Err(err(
+                ErrorCode::UnknownProducer,
+                format!("no producer {producer_id}"),
+            )),
+        }
+    }
+
+    fn own_consumer(&self, peer_id: PeerId, consumer_id: ConsumerId) -> Result<(), ProtocolError> {
+        match self.consumers.get(&consumer_id) {
+            Some(c) if c.peer == peer_id => Ok(()),
+            _ => Err(err(
+                ErrorCode::UnknownConsumer,
+                format!("no consumer {consumer_id} of yours"),
+            )),
+        }
+    }
+
+    fn produce(
+        &mut self,
+        peer_id: PeerId,
+        kind: MediaKind,
+        codec: String,
+        params: Params,
+        now: Instant,
+    ) -> Result<ProducerId, ProtocolError> {
+        if codec.is_empty() || codec.len() > 64 || codec.chars().any(char::is_control) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "codec must be 1 to 64 printable characters (e.g. \"opus\", \"vp8\")",
+            ));
+        }
+        let producer_id = self.new_id();
+        let info = ProducerInfo {
+            producer_id,
+            peer_id,
+            kind,
+            codec,
+            params,
+            paused: false,
+        };
+        let peer = self.peers.get_mut(&peer_id).expect("caller checked");
+        peer.producers.push(producer_id);
+        let room = peer.room.clone();
+        self.producers.insert(
+            producer_id,
+            Producer {
+                info: info.clone(),
+                room: room.clone(),
+                consumers: Vec::new(),
+                last_keyframe_request: None,
+            },
+        );
+        self.broadcast(
+            &room,
+            peer_id,
+            ServerMessage::ProducerAdded { producer: info },
+        );
+        let subscribers: Vec<PeerId> = self.rooms[&room]
+            .peers
+            .iter()
+            .copied()
+            .filter(|p| *p != peer_id && self.peers[p].auto_subscribe)
+            .collect();
+        for subscriber in subscribers {
+            self.auto_consume(subscriber, producer_id, now);
+        }
+        Ok(producer_id)
+    }
+
+    fn set_producer_paused(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        paused: bool,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        self.own_producer(peer_id, producer_id)?;
+        let producer = self.producers.get_mut(&producer_id).expect("checked");
+        if producer.info.paused == paused {
+            return Ok(());
+        }
+        producer.info.paused = paused;
+        let room = producer.room.clone();
+        if !paused {
+            // Consumers resume from a keyframe: they missed what came in between.
+            for consumer_id in producer.consumers.clone() {
+                if let Some(c) = self.consumers.get_mut(&consumer_id) {
+                    c.queue.resync();
+                }
+            }
+            if producer.info.kind == MediaKind::Video {
+                self.request_keyframe(producer_id, now);
+            }
+        }
+        let message = if paused {
+            ServerMessage::ProducerPaused { producer_id }
+        } else {
+            ServerMessage::ProducerResumed { producer_id }
+        };
+        self.broadcast(&room, peer_id, message);
+        Ok(())
+    }
+
+    fn consume(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        paused: bool,
+        now: Instant,
+    ) -> Result<ConsumerInfo, ProtocolError> {
+        let room = &self.peers[&peer_id].room;
+        let producer = match self.producers.get(&producer_id) {
+            Some(p) if &p.room == room => p,
+            _ => {
+                return Err(err(
+                    ErrorCode::UnknownProducer,
+                    format!("no producer {producer_id} in room {room}"),
+                ));
+            }
+        };
+        if producer.info.peer_id == peer_id {
+            return Err(err(
+                ErrorCode::CannotConsumeOwn,
+                "a peer does not consume its own producer",
+            ));
+        }
+        if producer
+            .consumers
+            .iter()
+            .any(|c| self.consumers[c].peer == peer_id)
+        {
+            return Err(err(
+                ErrorCode::AlreadyConsuming,
+                format!("already consuming producer {producer_id}"),
+            ));
+        }
+        Ok(self.add_consumer(peer_id, producer_id, paused, now))
+    }
+
+    fn add_consumer(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        paused: bool,
+        now: Instant,
+    ) -> ConsumerInfo {
+        let consumer_id = self.new_id();
+        let producer = self
+            .producers
+            .get_mut(&producer_id)
+            .expect("caller checked");
+        let kind = producer.info.kind;
+        let limits = match kind {
+            MediaKind::Audio => self.config.audio_queue,
+            MediaKind::Video => self.config.video_queue,
+        };
+        producer.consumers.push(consumer_id);
+        let info = ConsumerInfo {
+            consumer_id,
+            producer: producer.info.clone(),
+            paused,
+        };
+        self.consumers.insert(
+            consumer_id,
+            Consumer {
+                peer: peer_id,
+                producer: producer_id,
+                kind,
+                paused,
+                queue: ConsumerQueue::new(kind, limits),
+                waker: None,
+            },
+        );
+        self.peers
+            .get_mut(&peer_id)
+            .expect("caller checked")
+            .consumers
+            .insert(consumer_id);
+        self.push_output(
+            peer_id,
+            PeerOutput::StartConsumer {
+                consumer_id,
+                producer_id,
+                kind,
+            },
+        );
+        // A consumer joining mid-stream starts at a keyframe: ask for one now rather than
+        // wait up to a whole group.
+        if kind == MediaKind::Video && !paused {
+            self.request_keyframe(producer_id, now);
+        }
+        info
+    }
+
+    fn auto_consume(&mut self, peer_id: PeerId, producer_id: ProducerId, now: Instant) {
+        let already = self.producers[&producer_id]
+            .consumers
+            .iter()
+            .any(|c| self.consumers[c].peer == peer_id);
+        if already {
+            return;
+        }
+        let consumer = self.add_consumer(peer_id, producer_id, false, now);
+        self.send(peer_id, ServerMessage::ConsumerAdded { consumer });
+    }
+
+    fn set_auto_subscribe(&mut self, peer_id: PeerId, enabled: bool, now: Instant) {
+        let peer = self.peers.get_mut(&peer_id).expect("caller checked");
+        peer.auto_subscribe = enabled;
+        if !enabled {
+            return;
+        }
+        let room = peer.room.clone();
+        let producers: Vec<ProducerId> = self.rooms[&room]
+            .peers
+            .iter()
+            .filter(|p| **p != peer_id)
+            .flat_map(|p| self.peers[p].producers.iter().copied())
+            .collect();
+        for producer_id in producers {
+            self.auto_consume(peer_id, producer_id, now);
+        }
+    }
+
+    fn set_consumer_paused(
+        &mut self,
+        peer_id: PeerId,
+        consumer_id: ConsumerId,
+        paused: bool,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        self.own_consumer(peer_id, consumer_id)?;
+        let consumer = self.consumers.get_mut(&consumer_id).expect("checked");
+        if consumer.paused == paused {
+            return Ok(());
+        }
+        consumer.paused = paused;
+        consumer.queue.resync();
+        if !paused && consumer.kind == MediaKind::Video {
+            let producer = consumer.producer;
+            self.request_keyframe(producer, now);
+        }
+        Ok(())
+    }
+
+    /// Closes a consumer: its sender stops at its next poll.
+    fn remove_consumer(&mut self, consumer_id: ConsumerId) {
+        let Some(mut consumer) = self.consumers.remove(&consumer_id) else {
+            return;
+        };
+        if let Some(producer) = self.producers.get_mut(&consumer.producer) {
+            producer.consumers.retain(|c| *c != consumer_id);
+        }
+        if let Some(peer) = self.peers.get_mut(&consumer.peer) {
+            peer.consumers.remove(&consumer_id);
+        }
+        if let Some(waker) = consumer.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Closes a producer and its consumers, telling the consumers' peers and the room.
+    fn remove_producer(&mut self, producer_id: ProducerId) {
+        let Some(producer) = self.producers.remove(&producer_id) else {
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&producer.info.peer_id) {
+            peer.producers.retain(|p| *p != producer_id);
+        }
+        for consumer_id in producer.consumers {
+            if let Some(peer) = self.consumers.get(&consumer_id).map(|c| c.peer) {
+                self.remove_consumer(consumer_id);
+                self.send(
+                    peer,
+                    ServerMessage::ConsumerClosed {
+                        consumer_id,
+                        producer_id,
+                    },
+                );
+            }
+        }
+        self.broadcast(
+            &producer.room,
+            producer.info.peer_id,
+            ServerMessage::ProducerClosed {
+                producer_id,
+                peer_id: producer.info.peer_id,
+            },
+        );
+    }
+
+    // ---- media -----------------------------------------------------------------------------
+
+    /// Asks a producer's peer for a keyframe, at most once per `keyframe_request_interval`.
+    pub fn request_keyframe(&mut self, producer_id: ProducerId, now: Instant) {
+        let interval = self.config.keyframe_request_interval;
+        let Some(producer) = self.producers.get_mut(&producer_id) else {
+            return;
+        };
+        if producer.info.kind != MediaKind::Video {
+            return;
+        }
+        if producer
+            .last_keyframe_request
+            .is_some_and(|last| now.saturating_duration_since(last) < interval)
+        {
+            return;
+        }
+        producer.last_keyframe_request = Some(now);
+        let owner = producer.info.peer_id;
+        self.stats.keyframe_requests += 1;
+        self.send(owner, ServerMessage::KeyframeRequest { producer_id });
+    }
+
+    /// The forwarding decision: one frame of `producer_id`, sent by `peer_id` on a
+    /// transport meant for `transport_kind` (datagrams carry audio, streams video), goes to
+    /// every unpaused consumer of that producer, and to nobody else. The payload is shared.
+    ///
+    /// A bad frame is reported to its sender (rate-limited) and returned as an error; it
+    /// never affects anybody else.
+    pub fn on_frame(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        transport_kind: MediaKind,
+        keyframe: bool,
+        data: FrameData,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        let checked = match self.producers.get(&producer_id) {
+            Some(p) if p.info.peer_id != peer_id => Err(err(
+                ErrorCode::NotOwner,
+                format!("producer {producer_id} is not yours"),
+            )),
+            Some(p) if p.info.kind != transport_kind => Err(err(
+                ErrorCode::KindMismatch,
+                format!(
+                    "producer {producer_id} is {}: {} frames go on {}",
+                    p.info.kind.as_str(),
+                    p.info.kind.as_str(),
+                    match p.info.kind {
+                        MediaKind::Audio => "datagrams",
+                        MediaKind::Video => "unidirectional streams",
+                    }
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => Err(err(
+                ErrorCode::UnknownProducer,
+                format!("no producer {producer_id}"),
+            )),
+        };
+        if let Err(e) = checked {
+            self.report_frame_error(peer_id, &e, now);
+            return Err(e);
+        }
+        let producer = &self.producers[&producer_id];
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        if producer.info.paused {
+            self.stats.dropped_producer_paused += 1;
+            return Ok(());
+        }
+        let frame = QueuedFrame { keyframe, data };
+        let mut wants_keyframe = false;
+        for consumer_id in &producer.consumers {
+            let Some(consumer) = self.consumers.get_mut(consumer_id) else {
+                continue;
+            };
+            if consumer.paused {
+                continue;
+            }
+            let queued = match consumer.queue.push(frame.clone()) {
+                PushOutcome::Queued => true,
+                PushOutcome::QueuedAfterDrop { dropped } => {
+                    self.stats.dropped_slow_consumer += dropped;
+                    wants_keyframe |= consumer.kind == MediaKind::Video;
+                    true
+                }
+                PushOutcome::NeedsKeyframe { dropped } => {
+                    self.stats.dropped_slow_consumer += dropped;
+                    wants_keyframe = true;
+                    false
+                }
+            };
+            if queued && let Some(waker) = consumer.waker.take() {
+                waker.wake();
+            }
+        }
+        // A keyframe that just went out satisfies everyone waiting; only ask while some
+        // consumer still waits for one.
+        if wants_keyframe && !keyframe {
+            self.request_keyframe(producer_id, now);
+        }
+        Ok(())
+    }
+
+    /// Tells a peer that a media frame it sent was refused, at most once per interval so
+    /// that a flood of bad frames does not become a flood of errors.
+    pub fn report_frame_error(&mut self, peer_id: PeerId, error: &ProtocolError, now: Instant) {
+        self.stats.frame_errors += 1;
+        let interval = self.config.frame_error_interval;
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        if peer
+            .last_frame_error
+            .is_some_and(|last| now.saturating_duration_since(last) < interval)
+        {
+            return;
+        }
+        peer.last_frame_error = Some(now);
+        self.send(peer_id, ServerMessage::error(None, error));
+    }
+
+    /// The path to a consumer broke (its stream was stopped or reset): start it again at
+    /// the next keyframe.
+    pub fn resync_consumer(&mut self, consumer_id: ConsumerId, now: Instant) {
+        let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+            return;
+        };
+        self.stats.dropped_slow_consumer += consumer.queue.resync();
+        let producer = consumer.producer;
+        self.request_keyframe(producer, now);
+    }
+}

@@ -1,0 +1,514 @@
+//! The core driven directly: no sockets, simulated time.
+
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::wire::{
+    ClientMessage, ConsumerInfo, ErrorCode, LeaveReason, MediaKind, PROTOCOL_VERSION, PeerId,
+    ProduceResult, ProducerId, Request, ServerMessage,
+};
+
+struct Harness {
+    relay: Relay,
+    now: Instant,
+    next_request: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(RelayConfig::default())
+    }
+
+    fn with(config: RelayConfig) -> Self {
+        Self {
+            relay: Relay::new(config),
+            now: Instant::now(),
+            next_request: 0,
+        }
+    }
+
+    fn join(&mut self, room: &str, name: &str) -> PeerId {
+        self.relay
+            .join(PROTOCOL_VERSION, room, name, false, self.now)
+            .unwrap()
+            .0
+    }
+
+    /// Sends a request and returns its response (or error), draining other outputs.
+    fn request(&mut self, peer: PeerId, request: Request) -> Result<serde_json::Value, ErrorCode> {
+        self.next_request += 1;
+        let id = self.next_request;
+        let reply = self
+            .relay
+            .handle(peer, ClientMessage { id, request }, self.now);
+        let reply = reply.or_else(|| {
+            self.drain(peer).into_iter().find_map(|o| match o {
+                PeerOutput::Message(m @ ServerMessage::Response { .. })
+                | PeerOutput::Message(m @ ServerMessage::Error { id: Some(_), .. }) => Some(m),
+                _ => None,
+            })
+        });
+        match reply {
+            Some(ServerMessage::Response { id: rid, result }) if rid == id => Ok(result),
+            Some(ServerMessage::Error {
+                id: Some(rid),
+                code,
+                ..
+            }) if rid == id => Err(code),
+            other => panic!("no reply to request {id}: {other:?}"),
+        }
+    }
+
+    fn produce(&mut self, peer: PeerId, kind: MediaKind) -> ProducerId {
+        let codec = if kind == MediaKind::Audio {
+            "opus"
+        } else {
+            "vp8"
+        };
+        let result = self
+            .request(
+                peer,
+                Request::Produce {
+                    kind,
+                    codec: codec.into(),
+                    params: Default::default(),
+                },
+            )
+            .unwrap();
+        serde_json::from_value::<ProduceResult>(result)
+            .unwrap()
+            .producer_id
+    }
+
+    fn consume(&mut self, peer: PeerId, producer_id: ProducerId) -> u64 {
+        let result = self
+            .request(
+                peer,
+                Request::Consume {
+                    producer_id,
+                    paused: false,
+                },
+            )
+            .unwrap();
+        serde_json::from_value::<ConsumerInfo>(result)
+            .unwrap()
+            .consumer_id
+    }
+
+    fn drain(&mut self, peer: PeerId) -> Vec<PeerOutput> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(o)) = self.relay.poll_peer(peer, &mut cx) {
+            out.push(o);
+        }
+        out
+    }
+
+    fn messages(&mut self, peer: PeerId) -> Vec<ServerMessage> {
+        self.drain(peer)
+            .into_iter()
+            .filter_map(|o| match o {
+                PeerOutput::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn frames(&mut self, consumer: u64) -> Vec<Bytes> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(f)) = self.relay.poll_consumer(consumer, &mut cx) {
+            match f.data {
+                FrameData::Stream { payload, .. } => out.push(payload),
+                FrameData::Datagram(d) => out.push(d),
+            }
+        }
+        out
+    }
+
+    fn video(&mut self, peer: PeerId, producer: ProducerId, seq: u8, key: bool) {
+        let data = FrameData::Stream {
+            head: Bytes::from_static(b"h"),
+            payload: Bytes::from(vec![seq; 100]),
+        };
+        self.relay
+            .on_frame(peer, producer, MediaKind::Video, key, data, self.now)
+            .unwrap();
+    }
+
+    fn audio(&mut self, peer: PeerId, producer: ProducerId, seq: u8) {
+        let data = FrameData::Datagram(Bytes::from(vec![seq; 10]));
+        self.relay
+            .on_frame(peer, producer, MediaKind::Audio, false, data, self.now)
+            .unwrap();
+    }
+
+    fn keyframe_requests(&mut self, peer: PeerId) -> usize {
+        self.messages(peer)
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::KeyframeRequest { .. }))
+            .count()
+    }
+}
+
+#[test]
+fn second_peer_is_told_the_call_is_ongoing() {
+    let mut h = Harness::new();
+    let (a, first) = h
+        .relay
+        .join(PROTOCOL_VERSION, "standup", "alice", false, h.now)
+        .unwrap();
+    assert!(!first.ongoing);
+    let mic = h.produce(a, MediaKind::Audio);
+    let (b, second) = h
+        .relay
+        .join(PROTOCOL_VERSION, "standup", "bob", false, h.now)
+        .unwrap();
+    assert!(second.ongoing);
+    assert_eq!(second.peers.len(), 1);
+    assert_eq!(second.peers[0].name, "alice");
+    assert_eq!(second.peers[0].producers[0].producer_id, mic);
+    let told = h.messages(a);
+    assert!(matches!(&told[..], [ServerMessage::PeerJoined { peer }] if peer.peer_id == b));
+}
+
+#[test]
+fn frames_go_to_subscribers_only_and_share_the_payload() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let c = h.join("r", "c"); // in the room, not subscribed
+    let d = h.join("other", "d"); // another room
+    let cam = h.produce(a, MediaKind::Video);
+    let cb = h.consume(b, cam);
+    // Another room cannot consume it.
+    assert_eq!(
+        h.request(
+            d,
+            Request::Consume {
+                producer_id: cam,
+                paused: false
+            }
+        ),
+        Err(ErrorCode::UnknownProducer)
+    );
+    let payload = Bytes::from(vec![7u8; 1000]);
+    h.relay
+        .on_frame(
+            a,
+            cam,
+            MediaKind::Video,
+            true,
+            FrameData::Stream {
+                head: Bytes::new(),
+                payload: payload.clone(),
+            },
+            h.now,
+        )
+        .unwrap();
+    let got = h.frames(cb);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].as_ptr(), payload.as_ptr(), "shared, not copied");
+    assert_eq!(h.relay.peer_consumers(c), vec![]);
+    assert_eq!(h.relay.peer_consumers(a), vec![]);
+    assert_eq!(h.relay.peer_consumers(d), vec![]);
+}
+
+#[test]
+fn mid_stream_video_consumer_starts_at_a_keyframe() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let cam = h.produce(a, MediaKind::Video);
+    h.video(a, cam, 0, true);
+    h.video(a, cam, 1, false);
+    h.messages(a);
+    let cb = h.consume(b, cam);
+    assert_eq!(h.keyframe_requests(a), 1, "consume asks the producer");
+    h.video(a, cam, 2, false);
+    h.video(a, cam, 3, true);
+    h.video(a, cam, 4, false);
+    let got: Vec<u8> = h.frames(cb).iter().map(|p| p[0]).collect();
+    assert_eq!(got, vec![3, 4]);
+}
+
+#[test]
+fn keyframe_requests_are_rate_limited() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let c = h.join("r", "c");
+    let cam = h.produce(a, MediaKind::Video);
+    h.consume(b, cam);
+    h.consume(c, cam);
+    assert_eq!(
+        h.keyframe_requests(a),
+        1,
+        "two joins 0 ms apart make one request"
+    );
+    // Deltas keep arriving while consumers wait: re-ask once the interval has passed.
+    h.video(a, cam, 0, false);
+    assert_eq!(h.keyframe_requests(a), 0);
+    h.now += Duration::from_millis(400);
+    h.video(a, cam, 1, false);
+    assert_eq!(h.keyframe_requests(a), 1);
+}
+
+#[test]
+fn slow_consumer_loses_its_own_frames_only() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let fast1 = h.join("r", "f1");
+    let fast2 = h.join("r", "f2");
+    let slow = h.join("r", "slow");
+    let cam = h.produce(a, MediaKind::Video);
+    let mic = h.produce(a, MediaKind::Audio);
+    let c1 = h.consume(fast1, cam);
+    let c2 = h.consume(fast2, cam);
+    let cs = h.consume(slow, cam);
+    let slow_mic = h.consume(slow, mic);
+    h.messages(a);
+    let (mut got1, mut got2) = (Vec::new(), Vec::new());
+    for seq in 0..100u8 {
+        h.now += Duration::from_millis(33);
+        h.video(a, cam, seq, seq % 20 == 0);
+        h.audio(a, mic, seq);
+        got1.extend(h.frames(c1).iter().map(|p| p[0]));
+        got2.extend(h.frames(c2).iter().map(|p| p[0]));
+    }
+    let all: Vec<u8> = (0..100).collect();
+    assert_eq!(got1, all);
+    assert_eq!(got2, all);
+    let stats = h.relay.consumer_stats(cs).unwrap();
+    assert!(stats.dropped > 0);
+    assert!(stats.queued <= 30);
+    assert!(
+        h.keyframe_requests(a) >= 1,
+        "the slow consumer asks for keyframes"
+    );
+    // The slow consumer's queue restarts at a keyframe.
+    let first = h.frames(cs)[0][0];
+    assert_eq!(first % 20, 0, "queue starts at a keyframe, got {first}");
+    // Audio keeps the newest half second.
+    let audio: Vec<u8> = h.frames(slow_mic).iter().map(|p| p[0]).collect();
+    assert_eq!(audio, (75..100).collect::<Vec<u8>>());
+    assert!(h.relay.stats().dropped_slow_consumer > 0);
+}
+
+#[test]
+fn paused_consumers_and_producers_get_nothing() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let mic = h.produce(a, MediaKind::Audio);
+    let cb = h.consume(b, mic);
+    h.request(b, Request::PauseConsumer { consumer_id: cb })
+        .unwrap();
+    h.audio(a, mic, 1);
+    assert!(h.frames(cb).is_empty());
+    h.request(b, Request::ResumeConsumer { consumer_id: cb })
+        .unwrap();
+    h.request(a, Request::PauseProducer { producer_id: mic })
+        .unwrap();
+    assert!(
+        h.messages(b)
+            .contains(&ServerMessage::ProducerPaused { producer_id: mic })
+    );
+    h.audio(a, mic, 2);
+    assert!(h.frames(cb).is_empty());
+    h.request(a, Request::ResumeProducer { producer_id: mic })
+        .unwrap();
+    h.audio(a, mic, 3);
+    assert_eq!(h.frames(cb).len(), 1);
+}
+
+#[test]
+fn auto_subscribe_consumes_existing_and_future_producers() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let mic = h.produce(a, MediaKind::Audio);
+    let (b, _) = h
+        .relay
+        .join(PROTOCOL_VERSION, "r", "b", true, h.now)
+        .unwrap();
+    let cam = h.produce(a, MediaKind::Video);
+    let outputs = h.drain(b);
+    let started: Vec<ProducerId> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            PeerOutput::StartConsumer { producer_id, .. } => Some(*producer_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(started, vec![mic, cam]);
+    let added = outputs
+        .iter()
+        .filter(|o| matches!(o, PeerOutput::Message(ServerMessage::ConsumerAdded { .. })))
+        .count();
+    assert_eq!(added, 2);
+}
+
+#[test]
+fn closing_a_producer_closes_its_consumers() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let mic = h.produce(a, MediaKind::Audio);
+    let cb = h.consume(b, mic);
+    h.messages(b);
+    h.request(a, Request::CloseProducer { producer_id: mic })
+        .unwrap();
+    let told = h.messages(b);
+    assert!(told.contains(&ServerMessage::ConsumerClosed {
+        consumer_id: cb,
+        producer_id: mic
+    }));
+    assert!(told.contains(&ServerMessage::ProducerClosed {
+        producer_id: mic,
+        peer_id: a
+    }));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert_eq!(h.relay.poll_consumer(cb, &mut cx), Poll::Ready(None));
+    assert_eq!(h.relay.counts().consumers, 0);
+}
+
+#[test]
+fn leaving_frees_everything() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let cam = h.produce(a, MediaKind::Video);
+    let mic = h.produce(b, MediaKind::Audio);
+    h.consume(b, cam);
+    h.consume(a, mic);
+    h.messages(b);
+    h.relay.leave(a, LeaveReason::Disconnected);
+    assert!(h.messages(b).contains(&ServerMessage::PeerLeft {
+        peer_id: a,
+        reason: LeaveReason::Disconnected
+    }));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert_eq!(h.relay.poll_peer(a, &mut cx), Poll::Ready(None));
+    let reply = h.relay.handle(
+        b,
+        ClientMessage {
+            id: 99,
+            request: Request::Leave,
+        },
+        h.now,
+    );
+    assert!(matches!(
+        reply,
+        Some(ServerMessage::Response { id: 99, .. })
+    ));
+    assert_eq!(h.relay.counts(), RelayCounts::default());
+}
+
+#[test]
+fn bad_requests_get_typed_errors() {
+    let mut h = Harness::new();
+    assert_eq!(
+        h.relay.join(7, "r", "a", false, h.now).unwrap_err().code,
+        ErrorCode::UnsupportedVersion
+    );
+    for room in ["", "has space", "../x", &"x".repeat(65)] {
+        assert_eq!(
+            h.relay.join(1, room, "a", false, h.now).unwrap_err().code,
+            ErrorCode::InvalidRoom
+        );
+    }
+    assert_eq!(
+        h.relay
+            .join(1, "r", "\u{7}", false, h.now)
+            .unwrap_err()
+            .code,
+        ErrorCode::InvalidName
+    );
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let cam = h.produce(a, MediaKind::Video);
+    let join_again = Request::Join {
+        version: 1,
+        room: "r".into(),
+        name: "a".into(),
+        auto_subscribe: false,
+    };
+    assert_eq!(h.request(a, join_again), Err(ErrorCode::AlreadyJoined));
+    assert_eq!(
+        h.request(
+            a,
+            Request::Consume {
+                producer_id: cam,
+                paused: false
+            }
+        ),
+        Err(ErrorCode::CannotConsumeOwn)
+    );
+    h.consume(b, cam);
+    assert_eq!(
+        h.request(
+            b,
+            Request::Consume {
+                producer_id: cam,
+                paused: false
+            }
+        ),
+        Err(ErrorCode::AlreadyConsuming)
+    );
+    assert_eq!(
+        h.request(b, Request::CloseProducer { producer_id: cam }),
+        Err(ErrorCode::NotOwner)
+    );
+    assert_eq!(
+        h.request(b, Request::CloseProducer { producer_id: 999 }),
+        Err(ErrorCode::UnknownProducer)
+    );
+    assert_eq!(
+        h.request(a, Request::PauseConsumer { consumer_id: 999 }),
+        Err(ErrorCode::UnknownConsumer)
+    );
+    // Frames: not yours, unknown, wrong transport. Each reported to the sender only.
+    let data = || FrameData::Datagram(Bytes::from_static(b"x"));
+    let e = h
+        .relay
+        .on_frame(b, cam, MediaKind::Video, true, data(), h.now);
+    assert_eq!(e.unwrap_err().code, ErrorCode::NotOwner);
+    let e = h
+        .relay
+        .on_frame(a, 999, MediaKind::Audio, false, data(), h.now);
+    assert_eq!(e.unwrap_err().code, ErrorCode::UnknownProducer);
+    h.now += Duration::from_secs(2);
+    let e = h
+        .relay
+        .on_frame(a, cam, MediaKind::Audio, false, data(), h.now);
+    assert_eq!(e.unwrap_err().code, ErrorCode::KindMismatch);
+    let errors_to_a = h
+        .messages(a)
+        .into_iter()
+        .filter(|m| matches!(m, ServerMessage::Error { id: None, .. }))
+        .count();
+    assert_eq!(errors_to_a, 2, "rate-limited: one per second");
+    assert_eq!(h.relay.counts().peers, 2, "nobody was removed");
+}
+
+#[test]
+fn a_peer_that_never_reads_is_disconnected_not_buffered_forever() {
+    let mut h = Harness::with(RelayConfig {
+        max_outbox: 8,
+        ..RelayConfig::default()
+    });
+    let deaf = h.join("r", "deaf");
+    let chatty = h.join("r", "chatty");
+    for _ in 0..20 {
+        h.produce(chatty, MediaKind::Audio);
+    }
+    let outputs = h.drain(deaf);
+    assert_eq!(outputs.len(), 9);
+    assert!(matches!(
+        outputs.last(),
+        Some(PeerOutput::Disconnect(e)) if e.code == ErrorCode::SlowControl
+    ));
+}

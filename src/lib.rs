@@ -1,0 +1,14 @@
+//! Synapse SFU: a selective forwarding unit for audio and video over QUIC and WebTransport.
+//!
+//! Layout, one line a module:
+//! - [`core`]: the sans-IO relay state and forwarding policy (rooms, peers, producers,
+//!   consumers, slow-consumer queues, keyframe requests).
+//! - [`wire`]: control messages and media frame formats; the only parser of untrusted bytes.
+//! - [`server`]: the WebTransport endpoint, HTTP side, TLS identity and the tasks that
+//!   drive `core`.
+//! - [`client`]: a native client library on the same `wire` module, and the `join` command.
+
+pub mod client;
+pub mod core;
+pub mod server;
+pub mod wire;

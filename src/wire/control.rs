@@ -1,0 +1,420 @@
+//! The control protocol: JSON messages on one bidirectional stream, each prefixed with its
+//! length as a 4-byte big-endian integer. Requests carry an `id` that the response or the
+//! error echoes; events carry none. See `docs/PROTOCOL.md` for every message.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The protocol version this build speaks; `join` must name it.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Default cap on one control message (both directions).
+pub const MAX_CONTROL_MESSAGE: usize = 64 * 1024;
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+
+pub type PeerId = u64;
+pub type ProducerId = u64;
+pub type ConsumerId = u64;
+/// Codec parameters as the producer gives them (width, height, sample rate, a WebCodecs
+/// `description`...): the relay stores and repeats them, it never interprets them.
+pub type Params = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// A request from a client: `{"id": 1, "type": "join", ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientMessage {
+    pub id: u64,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    Join {
+        version: u32,
+        room: String,
+        name: String,
+        #[serde(default)]
+        auto_subscribe: bool,
+    },
+    Produce {
+        kind: MediaKind,
+        codec: String,
+        #[serde(default)]
+        params: Params,
+    },
+    CloseProducer {
+        producer_id: ProducerId,
+    },
+    PauseProducer {
+        producer_id: ProducerId,
+    },
+    ResumeProducer {
+        producer_id: ProducerId,
+    },
+    Consume {
+        producer_id: ProducerId,
+        #[serde(default)]
+        paused: bool,
+    },
+    CloseConsumer {
+        consumer_id: ConsumerId,
+    },
+    PauseConsumer {
+        consumer_id: ConsumerId,
+    },
+    ResumeConsumer {
+        consumer_id: ConsumerId,
+    },
+    SetAutoSubscribe {
+        enabled: bool,
+    },
+    RequestKeyframe {
+        consumer_id: ConsumerId,
+    },
+    Leave,
+}
+
+impl Request {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Join { .. } => "join",
+            Request::Produce { .. } => "produce",
+            Request::CloseProducer { .. } => "close_producer",
+            Request::PauseProducer { .. } => "pause_producer",
+            Request::ResumeProducer { .. } => "resume_producer",
+            Request::Consume { .. } => "consume",
+            Request::CloseConsumer { .. } => "close_consumer",
+            Request::PauseConsumer { .. } => "pause_consumer",
+            Request::ResumeConsumer { .. } => "resume_consumer",
+            Request::SetAutoSubscribe { .. } => "set_auto_subscribe",
+            Request::RequestKeyframe { .. } => "request_keyframe",
+            Request::Leave => "leave",
+        }
+    }
+}
+
+/// Typed error codes; the `message` beside them is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnsupportedVersion,
+    MessageTooLarge,
+    NotJoined,
+    AlreadyJoined,
+    InvalidRoom,
+    InvalidName,
+    UnknownProducer,
+    UnknownConsumer,
+    NotOwner,
+    CannotConsumeOwn,
+    AlreadyConsuming,
+    KindMismatch,
+    MalformedFrame,
+    FrameTooLarge,
+    SlowControl,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::UnknownProducer => "unknown_producer",
+            ErrorCode::UnknownConsumer => "unknown_consumer",
+            ErrorCode::NotOwner => "not_owner",
+            ErrorCode::CannotConsumeOwn => "cannot_consume_own",
+            ErrorCode::AlreadyConsuming => "already_consuming",
+            ErrorCode::KindMismatch => "kind_mismatch",
+            ErrorCode::MalformedFrame => "malformed_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::SlowControl => "slow_control",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error with its code and a readable explanation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ProtocolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProducerInfo {
+    pub producer_id: ProducerId,
+    pub peer_id: PeerId,
+    pub kind: MediaKind,
+    pub codec: String,
+    pub params: Params,
+    pub paused: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub peer_id: PeerId,
+    pub name: String,
+    pub producers: Vec<ProducerInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerInfo {
+    pub consumer_id: ConsumerId,
+    pub producer: ProducerInfo,
+    pub paused: bool,
+}
+
+/// The result of `join`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinResult {
+    pub version: u32,
+    pub peer_id: PeerId,
+    pub room: String,
+    /// True when the room already had peers: this peer joins a call that is going on.
+    pub ongoing: bool,
+    /// The other peers already in the room, with their producers.
+    pub peers: Vec<PeerInfo>,
+    pub max_datagram_size: usize,
+    pub max_frame_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProduceResult {
+    pub producer_id: ProducerId,
+}
+
+/// Why a peer left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    Left,
+    Disconnected,
+}
+
+/// Everything the relay sends on the control stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Response {
+        id: u64,
+        result: serde_json::Value,
+    },
+    Error {
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+    },
+    PeerJoined {
+        peer: PeerInfo,
+    },
+    PeerLeft {
+        peer_id: PeerId,
+        reason: LeaveReason,
+    },
+    ProducerAdded {
+        producer: ProducerInfo,
+    },
+    ProducerClosed {
+        producer_id: ProducerId,
+        peer_id: PeerId,
+    },
+    ProducerPaused {
+        producer_id: ProducerId,
+    },
+    ProducerResumed {
+        producer_id: ProducerId,
+    },
+    ConsumerAdded {
+        consumer: ConsumerInfo,
+    },
+    ConsumerClosed {
+        consumer_id: ConsumerId,
+        producer_id: ProducerId,
+    },
+    KeyframeRequest {
+        producer_id: ProducerId,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(id: Option<u64>, err: &ProtocolError) -> Self {
+        ServerMessage::Error {
+            id,
+            code: err.code,
+            message: err.message.clone(),
+        }
+    }
+}
+
+/// Frames one message: the length prefix, then its JSON.
+pub fn encode_message<T: Serialize>(message: &T) -> Bytes {
+    let json = serde_json::to_vec(message).expect("control messages always serialize");
+    let mut buf = BytesMut::with_capacity(LENGTH_PREFIX + json.len());
+    buf.put_u32(json.len() as u32);
+    buf.put_slice(&json);
+    buf.freeze()
+}
+
+/// A message that could not be read. `id` is the request id when one could be recovered,
+/// so the error can answer the request it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub id: Option<u64>,
+    pub error: ProtocolError,
+    /// The framing itself is broken (oversized length): the stream cannot be resynchronised.
+    pub fatal: bool,
+}
+
+/// Takes one whole message off the front of `buf`. `Ok(None)`: not all of it has arrived.
+pub fn decode_message<T: DeserializeOwned>(
+    buf: &mut BytesMut,
+    max_size: usize,
+) -> Result<Option<T>, DecodeError> {
+    if buf.len() < LENGTH_PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max_size {
+        return Err(DecodeError {
+            id: None,
+            error: ProtocolError::new(
+                ErrorCode::MessageTooLarge,
+                format!("control message of {len} bytes exceeds the limit of {max_size}"),
+            ),
+            fatal: true,
+        });
+    }
+    if buf.len() < LENGTH_PREFIX + len {
+        buf.reserve(LENGTH_PREFIX + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(LENGTH_PREFIX);
+    let body = buf.split_to(len);
+    serde_json::from_slice(&body).map(Some).map_err(|err| {
+        // Recover the id, if there is one, so the error can be matched to its request.
+        #[derive(Deserialize)]
+        struct IdOnly {
+            id: Option<u64>,
+        }
+        let id = serde_json::from_slice::<IdOnly>(&body)
+            .ok()
+            .and_then(|m| m.id);
+        DecodeError {
+            id,
+            error: ProtocolError::new(ErrorCode::BadRequest, format!("malformed message: {err}")),
+            fatal: false,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(json: &str) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.put_u32(json.len() as u32);
+        buf.put_slice(json.as_bytes());
+        buf
+    }
+
+    #[test]
+    fn request_round_trip() {
+        let msg = ClientMessage {
+            id: 9,
+            request: Request::Produce {
+                kind: MediaKind::Video,
+                codec: "vp8".into(),
+                params: Params::new(),
+            },
+        };
+        let mut buf = BytesMut::from(&encode_message(&msg)[..]);
+        let back: ClientMessage = decode_message(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(back, msg);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn wire_shape_is_flat() {
+        let mut buf = frame(r#"{"id":1,"type":"join","version":1,"room":"r","name":"n"}"#);
+        let msg: ClientMessage = decode_message(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(
+            msg.request,
+            Request::Join {
+                version: 1,
+                room: "r".into(),
+                name: "n".into(),
+                auto_subscribe: false
+            }
+        );
+        let out = encode_message(&ServerMessage::KeyframeRequest { producer_id: 4 });
+        assert_eq!(&out[4..], br#"{"type":"keyframe_request","producer_id":4}"#);
+    }
+
+    #[test]
+    fn partial_message_waits() {
+        let full = frame(r#"{"id":2,"type":"leave"}"#);
+        for cut in 0..full.len() {
+            let mut part = BytesMut::from(&full[..cut]);
+            assert_eq!(decode_message::<ClientMessage>(&mut part, 1024), Ok(None));
+        }
+    }
+
+    #[test]
+    fn unknown_type_keeps_the_id() {
+        let mut buf = frame(r#"{"id":5,"type":"teleport"}"#);
+        let err = decode_message::<ClientMessage>(&mut buf, 1024).unwrap_err();
+        assert_eq!(err.id, Some(5));
+        assert_eq!(err.error.code, ErrorCode::BadRequest);
+        assert!(!err.fatal);
+        assert!(
+            buf.is_empty(),
+            "the bad message is consumed, the stream goes on"
+        );
+    }
+
+    #[test]
+    fn garbage_and_oversize() {
+        let mut buf = frame("\u{1}not json");
+        let err = decode_message::<ClientMessage>(&mut buf, 1024).unwrap_err();
+        assert_eq!(err.id, None);
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        let err = decode_message::<ClientMessage>(&mut buf, 1024).unwrap_err();
+        assert_eq!(err.error.code, ErrorCode::MessageTooLarge);
+        assert!(err.fatal);
+    }
+}
