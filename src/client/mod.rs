@@ -1,1 +1,606 @@
+//! The native client: connect to a relay, join a room, produce and consume media.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), synapse_sfu::client::ClientError> {
+//! use synapse_sfu::client::{Client, ClientOptions, Verification};
+//! use synapse_sfu::wire::MediaKind;
+//! let options = ClientOptions::new("https://127.0.0.1:4443/", Verification::FetchPin);
+//! let (client, mut incoming) = Client::connect(options).await?;
+//! let joined = client.join("standup", "ada", true).await?;
+//! let mic = client.produce(MediaKind::Audio, "opus").await?;
+//! client.send_audio(mic, 0, synapse_sfu::client::now_us(), b"opus frame")?;
+//! while let Some(frame) = incoming.frames.recv().await { /* ... */ }
+//! # Ok(()) }
+//! ```
+//!
+//! `Client` is cheap to clone; `Incoming` carries the events and the received frames.
 
+pub mod join;
+pub mod media;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+
+use crate::wire::frame::{self, FrameHeader};
+use crate::wire::{
+    ClientMessage, ConsumerInfo, JoinResult, MAX_CONTROL_MESSAGE, MediaKind, PROTOCOL_VERSION,
+    Params, ProduceResult, ProducerId, ProtocolError, Request, ServerMessage, decode_message,
+    encode_message,
+};
+
+/// Microseconds since the UNIX epoch: the capture timestamp clock of the protocol.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the relay at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The relay answered with a typed error.
+    #[error("relay refused: {0}")]
+    Refused(#[from] ProtocolError),
+    #[error("the connection to the relay is closed")]
+    Closed,
+    #[error("unexpected answer from the relay: {0}")]
+    Protocol(String),
+    #[error("sending a frame failed: {0}")]
+    Send(String),
+}
+
+/// How the client checks the relay's certificate.
+#[derive(Debug, Clone)]
+pub enum Verification {
+    /// Pin this SHA-256 (hex) of the relay's certificate, as browsers do for development
+    /// certificates.
+    Pin(String),
+    /// Fetch `/certificate.sha256` over HTTP from the relay's host and port, then pin it.
+    FetchPin,
+    /// The system's trusted roots (a relay with a real certificate).
+    NativeRoots,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub url: String,
+    pub verification: Verification,
+    /// Capacity of the received-frames channel. A full channel stops reading video streams
+    /// (QUIC flow control pushes back to the relay) and drops audio datagrams.
+    pub frame_buffer: usize,
+    /// QUIC per-stream receive window override, in bytes (tests use a small one to make a
+    /// consumer that stops reading visible to the relay quickly).
+    pub stream_receive_window: Option<u32>,
+}
+
+impl ClientOptions {
+    pub fn new(url: impl Into<String>, verification: Verification) -> Self {
+        Self {
+            url: url.into(),
+            verification,
+            frame_buffer: 1024,
+            stream_receive_window: None,
+        }
+    }
+}
+
+/// A media frame received from the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedFrame {
+    pub producer_id: ProducerId,
+    /// Audio arrives on datagrams, video on streams.
+    pub kind: MediaKind,
+    pub header: FrameHeader,
+    pub payload: Bytes,
+}
+
+/// What the relay sends on its own: events (everything but responses) and media.
+pub struct Incoming {
+    pub events: mpsc::UnboundedReceiver<ServerMessage>,
+    pub frames: mpsc::Receiver<ReceivedFrame>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
+
+struct Inner {
+    connection: Connection,
+    control: mpsc::UnboundedSender<Bytes>,
+    pending: Pending,
+    next_id: AtomicU64,
+    /// The open group stream of each video producer of ours.
+    video: tokio::sync::Mutex<HashMap<ProducerId, SendStream>>,
+    // Kept alive for as long as the client is.
+    _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// `https://host:port/...` → `(host, port)`.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("https://")?;
+    let authority = rest.split('/').next()?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+            (h.to_owned(), p.parse().ok()?)
+        }
+        _ => (authority.to_owned(), 443),
+    };
+    Some((host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+/// Reads the relay's certificate hash from its HTTP side (a plain HTTP/1.1 GET: one
+/// request, one small body; not worth an HTTP client crate in the library).
+pub async fn fetch_certificate_hash(url: &str) -> Result<String, ClientError> {
+    let failed = |reason: String| ClientError::Connect {
+        url: url.to_owned(),
+        reason,
+    };
+    let (host, port) = host_port(url).ok_or_else(|| failed("not an https:// URL".into()))?;
+    let fetch = async {
+        let mut tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        let request = format!(
+            "GET /certificate.sha256 HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await?;
+        let mut response = Vec::new();
+        (&mut tcp)
+            .take(64 * 1024)
+            .read_to_end(&mut response)
+            .await?;
+        std::io::Result::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| failed("timed out fetching /certificate.sha256".into()))?
+        .map_err(|e| failed(format!("fetching /certificate.sha256: {e}")))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| failed("bad HTTP response".into()))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(failed(format!(
+            "/certificate.sha256: {}",
+            head.lines().next().unwrap_or("")
+        )));
+    }
+    let hash = body.trim().to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(failed(
+            "/certificate.sha256 is not a SHA-256 hex string".into(),
+        ));
+    }
+    Ok(hash)
+}
+
+impl Client {
+    /// Opens the WebTransport session and its control stream. Call [`Client::join`] next.
+    pub async fn connect(options: ClientOptions) -> Result<(Client, Incoming), ClientError> {
+        let url = options.url.clone();
+        let failed = |reason: String| ClientError::Connect {
+            url: url.clone(),
+            reason,
+        };
+        let builder = ClientConfig::builder().with_bind_default();
+        let builder = match &options.verification {
+            Verification::Pin(hash) => builder.with_server_certificate_hashes([parse_hash(hash)?]),
+            Verification::FetchPin => {
+                let hash = fetch_certificate_hash(&options.url).await?;
+                builder.with_server_certificate_hashes([parse_hash(&hash)?])
+            }
+            Verification::NativeRoots => builder.with_native_certs(),
+        };
+        let mut config = builder
+            .keep_alive_interval(Some(Duration::from_secs(3)))
+            .build();
+        if let Some(window) = options.stream_receive_window {
+            let mut transport = wtransport::quinn::TransportConfig::default();
+            transport
+                .stream_receive_window(window.into())
+                .keep_alive_interval(Some(Duration::from_secs(3)));
+            config
+                .quic_config_mut()
+                .transport_config(Arc::new(transport));
+        }
+        let endpoint = Endpoint::client(config).map_err(|e| failed(e.to_string()))?;
+        let connection = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(&url))
+            .await
+            .map_err(|_| failed("timed out".into()))?
+            .map_err(|e| failed(e.to_string()))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+
+        let pending: Pending = Arc::default();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (frames_tx, frames) = mpsc::channel(options.frame_buffer.max(1));
+        let (control, control_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_control(send, control_rx));
+        tokio::spawn(read_control(recv, pending.clone(), events_tx));
+        tokio::spawn(receive_datagrams(connection.clone(), frames_tx.clone()));
+        tokio::spawn(receive_streams(connection.clone(), frames_tx));
+        let inner = Inner {
+            connection,
+            control,
+            pending,
+            next_id: AtomicU64::new(1),
+            video: Default::default(),
+            _endpoint: endpoint,
+        };
+        Ok((
+            Client {
+                inner: Arc::new(inner),
+            },
+            Incoming { events, frames },
+        ))
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn request_raw(&self, request: Request) -> Result<serde_json::Value, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        self.inner
+            .control
+            .send(encode_message(&ClientMessage { id, request }))
+            .map_err(|_| ClientError::Closed)?;
+        match rx.await.map_err(|_| ClientError::Closed)? {
+            ServerMessage::Response { result, .. } => Ok(result),
+            ServerMessage::Error { code, message, .. } => {
+                Err(ClientError::Refused(ProtocolError { code, message }))
+            }
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    async fn request<T: DeserializeOwned>(&self, request: Request) -> Result<T, ClientError> {
+        let value = self.request_raw(request).await?;
+        serde_json::from_value(value).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub async fn join(
+        &self,
+        room: &str,
+        name: &str,
+        auto_subscribe: bool,
+    ) -> Result<JoinResult, ClientError> {
+        self.request(Request::Join {
+            version: PROTOCOL_VERSION,
+            room: room.to_owned(),
+            name: name.to_owned(),
+            auto_subscribe,
+        })
+        .await
+    }
+
+    pub async fn produce(&self, kind: MediaKind, codec: &str) -> Result<ProducerId, ClientError> {
+        self.produce_with(kind, codec, Params::new()).await
+    }
+
+    pub async fn produce_with(
+        &self,
+        kind: MediaKind,
+        codec: &str,
+        params: Params,
+    ) -> Result<ProducerId, ClientError> {
+        let result: ProduceResult = self
+            .request(Request::Produce {
+                kind,
+                codec: codec.to_owned(),
+                params,
+            })
+            .await?;
+        Ok(result.producer_id)
+    }
+
+    pub async fn consume(&self, producer_id: ProducerId) -> Result<ConsumerInfo, ClientError> {
+        self.request(Request::Consume {
+            producer_id,
+            paused: false,
+        })
+        .await
+    }
+
+    /// Any request without a result body (pause, resume, close...).
+    pub async fn command(&self, request: Request) -> Result<(), ClientError> {
+        self.request_raw(request).await.map(|_| ())
+    }
+
+    /// Leaves the room; the relay closes the session afterwards.
+    pub async fn leave(&self) -> Result<(), ClientError> {
+        self.command(Request::Leave).await
+    }
+
+    /// Sends one audio frame as a datagram.
+    pub fn send_audio(
+        &self,
+        producer_id: ProducerId,
+        seq: u64,
+        capture_us: u64,
+        payload: &[u8],
+    ) -> Result<(), ClientError> {
+        let header = FrameHeader {
+            seq,
+            capture_us,
+            keyframe: false,
+        };
+        self.send_datagram(frame::encode_datagram(producer_id, &header, payload))
+    }
+
+    /// Sends raw datagram bytes (tests use it for malformed input).
+    pub fn send_datagram(&self, datagram: Bytes) -> Result<(), ClientError> {
+        self.inner
+            .connection
+            .send_datagram(&datagram)
+            .map_err(|e| ClientError::Send(e.to_string()))
+    }
+
+    /// Sends one video frame: a keyframe starts a new stream (a new group of pictures).
+    pub async fn send_video(
+        &self,
+        producer_id: ProducerId,
+        header: FrameHeader,
+        payload: Bytes,
+    ) -> Result<(), ClientError> {
+        let send_err = |e: String| ClientError::Send(e);
+        let mut streams = self.inner.video.lock().await;
+        if header.keyframe || !streams.contains_key(&producer_id) {
+            if let Some(mut old) = streams.remove(&producer_id) {
+                let _ = old.quic_stream_mut().finish();
+            }
+            let mut stream = self.open_uni().await?;
+            stream
+                .quic_stream_mut()
+                .write_chunk(frame::encode_stream_header(producer_id))
+                .await
+                .map_err(|e| send_err(e.to_string()))?;
+            streams.insert(producer_id, stream);
+        }
+        let stream = streams.get_mut(&producer_id).expect("inserted above");
+        let head = frame::encode_stream_frame_head(&header, payload.len());
+        if let Err(e) = stream
+            .quic_stream_mut()
+            .write_all_chunks(&mut [head, payload])
+            .await
+        {
+            streams.remove(&producer_id);
+            return Err(send_err(e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Ends a video producer's open group stream (before closing the producer, say).
+    pub async fn finish_video(&self, producer_id: ProducerId) {
+        if let Some(mut stream) = self.inner.video.lock().await.remove(&producer_id) {
+            let _ = stream.quic_stream_mut().finish();
+        }
+    }
+
+    /// Opens a raw unidirectional stream (tests use it for malformed input).
+    pub async fn open_uni(&self) -> Result<SendStream, ClientError> {
+        let send_err = |e: String| ClientError::Send(e);
+        self.inner
+            .connection
+            .open_uni()
+            .await
+            .map_err(|e| send_err(e.to_string()))?
+            .await
+            .map_err(|e| send_err(e.to_string()))
+    }
+
+    /// Sends raw bytes on the control stream (tests use it for malformed input).
+    pub fn send_control_bytes(&self, bytes: Bytes) -> Result<(), ClientError> {
+        self.inner
+            .control
+            .send(bytes)
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Resolves when the session is closed, with the relay's reason if it gave one.
+    pub async fn closed(&self) -> String {
+        self.inner.connection.closed().await.to_string()
+    }
+
+    /// Closes the session at once, without leaving first.
+    pub fn close(&self) {
+        self.inner
+            .connection
+            .close(wtransport::VarInt::from_u32(0), b"client closed");
+    }
+
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.inner.connection.max_datagram_size()
+    }
+}
+
+fn parse_hash(hex_hash: &str) -> Result<wtransport::tls::Sha256Digest, ClientError> {
+    let bytes = hex::decode(hex_hash.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok());
+    bytes
+        .map(wtransport::tls::Sha256Digest::new)
+        .ok_or_else(|| ClientError::Protocol(format!("bad certificate hash {hex_hash:?}")))
+}
+
+async fn write_control(mut send: SendStream, mut messages: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(bytes) = messages.recv().await {
+        if send.quic_stream_mut().write_chunk(bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.quic_stream_mut().finish();
+}
+
+async fn read_control(
+    mut recv: RecvStream,
+    pending: Pending,
+    events: mpsc::UnboundedSender<ServerMessage>,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        match decode_message::<ServerMessage>(&mut buf, MAX_CONTROL_MESSAGE * 16) {
+            Ok(Some(message)) => {
+                let id = match &message {
+                    ServerMessage::Response { id, .. } => Some(*id),
+                    ServerMessage::Error { id: Some(id), .. } => Some(*id),
+                    _ => None,
+                };
+                let waiter = id.and_then(|id| {
+                    pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id)
+                });
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(message);
+                    }
+                    None => {
+                        let _ = events.send(message);
+                    }
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e.error, "unreadable message from the relay");
+                if e.fatal {
+                    break;
+                }
+                continue;
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match recv.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    // The relay is gone: fail whatever still waits for an answer.
+    pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+async fn receive_datagrams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
+    while let Ok(datagram) = connection.receive_datagram().await {
+        let Ok(d) = frame::decode_datagram(datagram.payload(), usize::MAX) else {
+            continue;
+        };
+        // Audio never waits: a full buffer loses the frame, as a late packet would.
+        let _ = frames.try_send(ReceivedFrame {
+            producer_id: d.producer_id,
+            kind: MediaKind::Audio,
+            header: d.header,
+            payload: d.payload,
+        });
+    }
+}
+
+/// Video streams. A producer's frames can span several streams (one per group); streams of
+/// one producer are read strictly in the order they were opened, so frames stay in order.
+async fn receive_streams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
+    let mut previous: HashMap<ProducerId, oneshot::Receiver<()>> = HashMap::new();
+    while let Ok(mut stream) = connection.accept_uni().await {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let header = async {
+            loop {
+                if let Some(id) = frame::decode_stream_header(&mut buf).ok()? {
+                    return Some(id);
+                }
+                if stream.read_buf(&mut buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        };
+        let Ok(Some(producer_id)) = tokio::time::timeout(Duration::from_secs(5), header).await
+        else {
+            continue;
+        };
+        let (done_tx, done_rx) = oneshot::channel();
+        let turn = previous.insert(producer_id, done_rx);
+        let frames = frames.clone();
+        tokio::spawn(async move {
+            if let Some(turn) = turn {
+                let _ = turn.await;
+            }
+            read_group(stream, buf, producer_id, frames).await;
+            drop(done_tx);
+        });
+    }
+}
+
+async fn read_group(
+    mut stream: RecvStream,
+    mut buf: BytesMut,
+    producer_id: ProducerId,
+    frames: mpsc::Sender<ReceivedFrame>,
+) {
+    loop {
+        loop {
+            match frame::decode_stream_frame(&mut buf, 64 * 1024 * 1024) {
+                Ok(Some(f)) => {
+                    let frame = ReceivedFrame {
+                        producer_id,
+                        kind: MediaKind::Video,
+                        header: f.header,
+                        payload: f.payload,
+                    };
+                    if frames.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn parses_relay_urls() {
+        assert_eq!(
+            host_port("https://127.0.0.1:4443/"),
+            Some(("127.0.0.1".into(), 4443))
+        );
+        assert_eq!(
+            host_port("https://[::1]:4443/room"),
+            Some(("::1".into(), 4443))
+        );
+        assert_eq!(
+            host_port("https://relay.example"),
+            Some(("relay.example".into(), 443))
+        );
+        assert_eq!(host_port("http://x:1/"), None);
+    }
+}

@@ -1,1 +1,245 @@
+//! IO at the edges: the WebTransport endpoint (UDP), the HTTP side (TCP, same port number),
+//! the TLS identity, and the tasks that drive [`crate::core::Relay`].
 
+pub mod http;
+pub mod identity;
+mod session;
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use wtransport::config::IpBindConfig;
+use wtransport::{Endpoint, VarInt};
+
+use crate::core::{Relay, RelayConfig};
+pub use session::close_code;
+
+/// The core behind a lock. Every task takes it for one synchronous call at a time, never
+/// across an `.await`; a panic elsewhere does not poison it for everyone else.
+#[derive(Clone, Default)]
+pub struct SharedRelay(Arc<Mutex<Relay>>);
+
+impl SharedRelay {
+    pub fn new(relay: Relay) -> Self {
+        Self(Arc::new(Mutex::new(relay)))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Relay> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Timeouts and sizes that protect the relay from one peer.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Time from session start to a successful `join`.
+    pub join_timeout: Duration,
+    /// Largest control message, in bytes.
+    pub max_control_message: usize,
+    /// Time for a media stream's header to arrive.
+    pub stream_header_timeout: Duration,
+    /// A consumer's stream write that takes longer is abandoned (stream reset, restart at
+    /// the next keyframe): the consumer stopped reading.
+    pub consumer_write_timeout: Duration,
+    /// A connection silent for this long is dropped (the relay pings at a third of it).
+    pub idle_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            join_timeout: Duration::from_secs(10),
+            max_control_message: crate::wire::MAX_CONTROL_MESSAGE,
+            stream_header_timeout: Duration::from_secs(10),
+            consumer_write_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// UDP (WebTransport) and TCP (HTTP) bind address; port 0 picks a free one for both.
+    pub bind: SocketAddr,
+    /// Production certificate and key (PEM). Without them a development identity is used.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Where the development identity lives.
+    pub certs_dir: PathBuf,
+    /// Serve the HTTP side (certificate hash, health, metrics, web client).
+    pub http: bool,
+    pub relay: RelayConfig,
+    pub limits: SessionLimits,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 4443),
+            cert: None,
+            key: None,
+            certs_dir: PathBuf::from("certs"),
+            http: true,
+            relay: RelayConfig::default(),
+            limits: SessionLimits::default(),
+        }
+    }
+}
+
+/// A running relay. Dropping it stops accepting; `shutdown` also closes every session.
+pub struct Server {
+    relay: SharedRelay,
+    endpoint: Arc<ServerEndpoint>,
+    local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    certificate_sha256: String,
+    development_identity: bool,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(config: ServerConfig) -> Result<Self> {
+        let identity = match (&config.cert, &config.key) {
+            (Some(cert), Some(key)) => identity::load(cert, key).await?,
+            (None, None) => identity::development(&config.certs_dir).await?,
+            _ => anyhow::bail!("--cert and --key go together"),
+        };
+        let relay = SharedRelay::new(Relay::new(config.relay.clone()));
+
+        // One port number for both: bind UDP first (it may pick the port), then TCP on it.
+        // With port 0 the TCP side may find the number taken; try a few.
+        let mut attempts = if config.bind.port() == 0 { 10 } else { 1 };
+        let (endpoint, tcp) = loop {
+            let endpoint = bind_endpoint(&config, identity.identity.clone_identity())?;
+            let addr = endpoint.local_addr()?;
+            if !config.http {
+                break (endpoint, None);
+            }
+            match TcpListener::bind(SocketAddr::new(config.bind.ip(), addr.port())).await {
+                Ok(tcp) => break (endpoint, Some(tcp)),
+                Err(e) if attempts > 1 => {
+                    attempts -= 1;
+                    warn!(port = addr.port(), error = %e, "TCP port taken, trying another");
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("binding HTTP on TCP {addr}"));
+                }
+            }
+        };
+        let endpoint = Arc::new(endpoint);
+        let local_addr = endpoint.local_addr()?;
+        let mut tasks = Vec::new();
+        let http_addr = match tcp {
+            Some(tcp) => {
+                let addr = tcp.local_addr()?;
+                let state = http::HttpState {
+                    relay: relay.clone(),
+                    certificate_sha256: identity.certificate_sha256.clone(),
+                    development_identity: identity.development,
+                };
+                tasks.push(tokio::spawn(http::serve(tcp, state)));
+                Some(addr)
+            }
+            None => None,
+        };
+        tasks.push(tokio::spawn(accept_sessions(
+            endpoint.clone(),
+            relay.clone(),
+            config.limits.clone(),
+        )));
+        info!(
+            webtransport = %local_addr,
+            http = ?http_addr,
+            certificate_sha256 = %identity.certificate_sha256,
+            development_identity = identity.development,
+            "relay listening"
+        );
+        Ok(Self {
+            relay,
+            endpoint,
+            local_addr,
+            http_addr,
+            certificate_sha256: identity.certificate_sha256,
+            development_identity: identity.development,
+            tasks,
+        })
+    }
+
+    pub fn relay(&self) -> &SharedRelay {
+        &self.relay
+    }
+
+    /// The UDP address WebTransport listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn certificate_sha256(&self) -> &str {
+        &self.certificate_sha256
+    }
+
+    pub fn development_identity(&self) -> bool {
+        self.development_identity
+    }
+
+    /// A URL clients on this machine can use.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.local_addr.port())
+    }
+
+    /// Stops accepting and closes every session.
+    pub fn shutdown(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.endpoint
+            .close(VarInt::from_u32(0), b"relay shutting down");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+type ServerEndpoint = Endpoint<wtransport::endpoint::endpoint_side::Server>;
+
+fn bind_endpoint(config: &ServerConfig, identity: wtransport::Identity) -> Result<ServerEndpoint> {
+    let builder = wtransport::ServerConfig::builder();
+    let builder = if config.bind.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        // [::] takes IPv4 too, as users expect from the default.
+        builder.with_bind_config(IpBindConfig::InAddrAnyDual, config.bind.port())
+    } else {
+        builder.with_bind_address(config.bind)
+    };
+    let idle = config.limits.idle_timeout;
+    let mut transport = wtransport::quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(idle.try_into().context("idle timeout too large")?))
+        .keep_alive_interval(Some(idle / 3));
+    let server_config = builder.with_custom_transport(identity, transport).build();
+    Endpoint::server(server_config).with_context(|| format!("binding UDP {}", config.bind))
+}
+
+async fn accept_sessions(
+    endpoint: Arc<ServerEndpoint>,
+    relay: SharedRelay,
+    limits: crate::server::SessionLimits,
+) {
+    loop {
+        let incoming = endpoint.accept().await;
+        tokio::spawn(session::serve(incoming, relay.clone(), limits.clone()));
+    }
+}

@@ -1,0 +1,383 @@
+//! `synapse-sfu join`: publish audio and video into a room, receive everyone else, and report.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::media::{IvfFile, MediaSource, OggOpusFile, SyntheticAudio, SyntheticVideo};
+use super::{Client, ClientOptions, Incoming, ReceivedFrame, now_us};
+use crate::wire::{FrameHeader, MediaKind, PeerId, ProducerId, ServerMessage};
+
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    pub client: ClientOptions,
+    pub room: String,
+    pub name: String,
+    /// IVF file to publish instead of synthetic video.
+    pub video: Option<PathBuf>,
+    /// Ogg Opus file to publish instead of synthetic audio.
+    pub audio: Option<PathBuf>,
+    /// Publish nothing; only receive.
+    pub no_publish: bool,
+    pub video_bitrate: u64,
+    pub video_fps: u32,
+    pub keyframe_interval: Duration,
+    /// Stop after this long (otherwise at Ctrl-C).
+    pub duration: Option<Duration>,
+    /// Print a live stats line to stderr every second.
+    pub live_stats: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LatencySummary {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SentTrack {
+    pub peer: String,
+    pub producer_id: ProducerId,
+    pub kind: MediaKind,
+    pub codec: String,
+    pub frames: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReceivedTrack {
+    /// The publisher's display name.
+    pub peer: String,
+    pub producer_id: ProducerId,
+    pub kind: MediaKind,
+    pub codec: String,
+    pub frames: u64,
+    pub bytes: u64,
+    /// Frames missing between the ones received (sequence numbers skipped).
+    pub gaps: u64,
+    pub out_of_order: u64,
+    pub latency_ms: LatencySummary,
+}
+
+/// The `--json` summary.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JoinSummary {
+    pub room: String,
+    pub name: String,
+    pub peer_id: PeerId,
+    /// Whether a call was already going on when this peer joined.
+    pub joined_ongoing_call: bool,
+    pub duration_s: f64,
+    pub sent: Vec<SentTrack>,
+    pub received: Vec<ReceivedTrack>,
+}
+
+struct TrackStats {
+    peer_id: PeerId,
+    kind: MediaKind,
+    codec: String,
+    frames: u64,
+    bytes: u64,
+    gaps: u64,
+    out_of_order: u64,
+    last_seq: Option<u64>,
+    latency_us: Histogram<u64>,
+}
+
+impl TrackStats {
+    fn new(peer_id: PeerId, kind: MediaKind, codec: String) -> Self {
+        Self {
+            peer_id,
+            kind,
+            codec,
+            frames: 0,
+            bytes: 0,
+            gaps: 0,
+            out_of_order: 0,
+            last_seq: None,
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        }
+    }
+
+    fn record(&mut self, frame: &ReceivedFrame) {
+        self.frames += 1;
+        self.bytes += frame.payload.len() as u64;
+        let seq = frame.header.seq;
+        match self.last_seq {
+            Some(last) if seq <= last => self.out_of_order += 1,
+            Some(last) => {
+                self.gaps += seq - last - 1;
+                self.last_seq = Some(seq);
+            }
+            None => self.last_seq = Some(seq),
+        }
+        let latency = now_us().saturating_sub(frame.header.capture_us).max(1);
+        let _ = self.latency_us.record(latency.min(60_000_000));
+    }
+
+    fn latency(&self) -> LatencySummary {
+        let ms = |us: u64| (us as f64 / 1000.0 * 1000.0).round() / 1000.0;
+        if self.latency_us.is_empty() {
+            return LatencySummary {
+                p50: 0.0,
+                p99: 0.0,
+                max: 0.0,
+            };
+        }
+        LatencySummary {
+            p50: ms(self.latency_us.value_at_quantile(0.5)),
+            p99: ms(self.latency_us.value_at_quantile(0.99)),
+            max: ms(self.latency_us.max()),
+        }
+    }
+}
+
+struct Publisher {
+    producer_id: ProducerId,
+    kind: MediaKind,
+    codec: String,
+    frames: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+    keyframe_wanted: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn publish(
+    client: &Client,
+    kind: MediaKind,
+    mut source: Box<dyn MediaSource>,
+) -> Result<Publisher> {
+    let codec = source.codec().to_owned();
+    let producer_id = client.produce(kind, &codec).await?;
+    let frames = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let keyframe_wanted = Arc::new(AtomicBool::new(false));
+    let (f, b, k, client) = (
+        frames.clone(),
+        bytes.clone(),
+        keyframe_wanted.clone(),
+        client.clone(),
+    );
+    let task = tokio::spawn(async move {
+        // Pace against a fixed schedule so that a slow send does not slow the frame rate.
+        let mut next = tokio::time::Instant::now();
+        for seq in 0u64.. {
+            if k.swap(false, Ordering::Relaxed) {
+                source.force_keyframe();
+            }
+            let frame = source.next_frame(seq);
+            let header = FrameHeader {
+                seq,
+                capture_us: now_us(),
+                keyframe: frame.keyframe,
+            };
+            let len = frame.payload.len() as u64;
+            let sent = match kind {
+                MediaKind::Audio => {
+                    client.send_audio(producer_id, seq, header.capture_us, &frame.payload)
+                }
+                MediaKind::Video => client.send_video(producer_id, header, frame.payload).await,
+            };
+            match sent {
+                Ok(()) => {
+                    f.fetch_add(1, Ordering::Relaxed);
+                    b.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(super::ClientError::Send(_)) if kind == MediaKind::Audio => {}
+                Err(_) => return,
+            }
+            next += frame.duration;
+            tokio::time::sleep_until(next).await;
+        }
+    });
+    Ok(Publisher {
+        producer_id,
+        kind,
+        codec,
+        frames,
+        bytes,
+        keyframe_wanted,
+        task,
+    })
+}
+
+/// Runs a peer until the duration ends or Ctrl-C; returns what it sent and received.
+/// Fails when the relay cannot be reached or refuses the join.
+pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
+    let (client, incoming) = Client::connect(options.client.clone()).await?;
+    let joined = client.join(&options.room, &options.name, true).await?;
+    let started = Instant::now();
+    if options.live_stats {
+        if joined.ongoing {
+            let names: Vec<&str> = joined.peers.iter().map(|p| p.name.as_str()).collect();
+            eprintln!(
+                "joined the call in room {} with {}",
+                joined.room,
+                names.join(", ")
+            );
+        } else {
+            eprintln!("started a new call in room {}", joined.room);
+        }
+    }
+    let mut names: HashMap<PeerId, String> = joined
+        .peers
+        .iter()
+        .map(|p| (p.peer_id, p.name.clone()))
+        .collect();
+    names.insert(joined.peer_id, options.name.clone());
+
+    let mut publishers = Vec::new();
+    if !options.no_publish {
+        let audio: Box<dyn MediaSource> = match &options.audio {
+            Some(path) => Box::new(OggOpusFile::open(path)?),
+            None => Box::new(SyntheticAudio::new(48_000)),
+        };
+        let video: Box<dyn MediaSource> = match &options.video {
+            Some(path) => Box::new(IvfFile::open(path)?),
+            None => Box::new(SyntheticVideo::new(
+                options.video_bitrate,
+                options.video_fps,
+                options.keyframe_interval,
+            )),
+        };
+        publishers.push(publish(&client, MediaKind::Audio, audio).await?);
+        publishers.push(publish(&client, MediaKind::Video, video).await?);
+    }
+
+    let received = receive(&options, incoming, &mut names, &publishers).await;
+
+    for p in &publishers {
+        p.task.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.leave()).await;
+    let sent = publishers
+        .iter()
+        .map(|p| SentTrack {
+            peer: options.name.clone(),
+            producer_id: p.producer_id,
+            kind: p.kind,
+            codec: p.codec.clone(),
+            frames: p.frames.load(Ordering::Relaxed),
+            bytes: p.bytes.load(Ordering::Relaxed),
+        })
+        .collect();
+    let mut received: Vec<ReceivedTrack> = received
+        .into_iter()
+        .map(|(producer_id, t)| ReceivedTrack {
+            peer: names
+                .get(&t.peer_id)
+                .cloned()
+                .unwrap_or_else(|| format!("peer {}", t.peer_id)),
+            producer_id,
+            kind: t.kind,
+            codec: t.codec.clone(),
+            frames: t.frames,
+            bytes: t.bytes,
+            gaps: t.gaps,
+            out_of_order: t.out_of_order,
+            latency_ms: t.latency(),
+        })
+        .collect();
+    received.sort_by_key(|t| t.producer_id);
+    Ok(JoinSummary {
+        room: joined.room,
+        name: options.name,
+        peer_id: joined.peer_id,
+        joined_ongoing_call: joined.ongoing,
+        duration_s: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+        sent,
+        received,
+    })
+}
+
+async fn receive(
+    options: &JoinOptions,
+    mut incoming: Incoming,
+    names: &mut HashMap<PeerId, String>,
+    publishers: &[Publisher],
+) -> HashMap<ProducerId, TrackStats> {
+    let mut tracks: HashMap<ProducerId, TrackStats> = HashMap::new();
+    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+    let until_deadline = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_deadline);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            frame = incoming.frames.recv() => match frame {
+                Some(frame) => {
+                    if let Some(t) = tracks.get_mut(&frame.producer_id) {
+                        t.record(&frame);
+                    }
+                }
+                None => break,
+            },
+            event = incoming.events.recv() => match event {
+                Some(ServerMessage::PeerJoined { peer }) => {
+                    names.insert(peer.peer_id, peer.name.clone());
+                }
+                Some(ServerMessage::ConsumerAdded { consumer }) => {
+                    let p = consumer.producer;
+                    tracks.entry(p.producer_id).or_insert_with(|| TrackStats::new(p.peer_id, p.kind, p.codec));
+                }
+                Some(ServerMessage::KeyframeRequest { producer_id }) => {
+                    if let Some(p) = publishers.iter().find(|p| p.producer_id == producer_id) {
+                        p.keyframe_wanted.store(true, Ordering::Relaxed);
+                    }
+                }
+                Some(ServerMessage::Error { code, message, .. }) => {
+                    eprintln!("relay error: {}: {message}", code.as_str());
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = tick.tick(), if options.live_stats => print_live(names, &tracks, publishers),
+            _ = &mut until_deadline => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracks
+}
+
+fn print_live(
+    names: &HashMap<PeerId, String>,
+    tracks: &HashMap<ProducerId, TrackStats>,
+    publishers: &[Publisher],
+) {
+    let mut line = String::new();
+    for p in publishers {
+        line += &format!(
+            "sent {} {} frames; ",
+            p.kind.as_str(),
+            p.frames.load(Ordering::Relaxed)
+        );
+    }
+    let mut ids: Vec<&ProducerId> = tracks.keys().collect();
+    ids.sort();
+    for id in ids {
+        let t = &tracks[id];
+        let name = names.get(&t.peer_id).map(String::as_str).unwrap_or("?");
+        line += &format!(
+            "{name}/{}: {} frames, {} gaps, p50 {:.1} ms; ",
+            t.kind.as_str(),
+            t.frames,
+            t.gaps,
+            t.latency().p50
+        );
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{}", line.trim_end_matches("; "));
+}

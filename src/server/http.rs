@@ -1,0 +1,143 @@
+//! The plain-HTTP side, on TCP at the WebTransport port's number: what a browser needs
+//! before it can open a session (the certificate hash to pin), health, and metrics.
+
+use std::fmt::Write as _;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use super::SharedRelay;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub relay: SharedRelay,
+    pub certificate_sha256: String,
+    pub development_identity: bool,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/certificate.sha256", get(certificate_sha256))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+pub async fn serve(listener: TcpListener, state: HttpState) {
+    if let Err(e) = axum::serve(listener, router(state)).await {
+        tracing::error!(error = %e, "HTTP server stopped");
+    }
+}
+
+async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
+    let counts = state.relay.lock().counts();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": crate::wire::PROTOCOL_VERSION,
+        "development_identity": state.development_identity,
+        "rooms": counts.rooms,
+        "peers": counts.peers,
+        "producers": counts.producers,
+        "consumers": counts.consumers,
+    }))
+}
+
+/// Lowercase hex, no newline: what `serverCertificateHashes` needs, decoded by the client.
+/// Any origin may read it (a page served elsewhere may want to pin this relay).
+async fn certificate_sha256(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        state.certificate_sha256,
+    )
+}
+
+/// Prometheus text format.
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let (counts, stats) = {
+        let relay = state.relay.lock();
+        (relay.counts(), relay.stats().clone())
+    };
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP synapse_{name} {help}");
+        let _ = writeln!(out, "# TYPE synapse_{name} {kind}");
+        let _ = writeln!(out, "synapse_{name} {value}");
+    };
+    metric(
+        "rooms",
+        "gauge",
+        "Rooms with at least one peer.",
+        counts.rooms as u64,
+    );
+    metric("peers", "gauge", "Joined peers.", counts.peers as u64);
+    metric(
+        "producers",
+        "gauge",
+        "Open producers.",
+        counts.producers as u64,
+    );
+    metric(
+        "consumers",
+        "gauge",
+        "Open consumers.",
+        counts.consumers as u64,
+    );
+    metric(
+        "frames_in_total",
+        "counter",
+        "Media frames received from producers.",
+        stats.frames_in,
+    );
+    metric(
+        "bytes_in_total",
+        "counter",
+        "Media bytes received from producers.",
+        stats.bytes_in,
+    );
+    metric(
+        "frames_out_total",
+        "counter",
+        "Media frames handed to consumer transports.",
+        stats.frames_out,
+    );
+    metric(
+        "bytes_out_total",
+        "counter",
+        "Media bytes handed to consumer transports.",
+        stats.bytes_out,
+    );
+    metric(
+        "frames_dropped_slow_consumer_total",
+        "counter",
+        "Frames dropped because a consumer fell behind.",
+        stats.dropped_slow_consumer,
+    );
+    metric(
+        "frames_dropped_producer_paused_total",
+        "counter",
+        "Frames dropped because their producer was paused.",
+        stats.dropped_producer_paused,
+    );
+    metric(
+        "frame_errors_total",
+        "counter",
+        "Media frames refused as invalid.",
+        stats.frame_errors,
+    );
+    metric(
+        "keyframe_requests_total",
+        "counter",
+        "Keyframe requests sent to producers.",
+        stats.keyframe_requests,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
