@@ -123,6 +123,14 @@ struct Inner {
     _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
 }
 
+impl Drop for Inner {
+    /// The background tasks hold the connection too; the last `Client` handle closes it.
+    fn drop(&mut self) {
+        self.connection
+            .close(wtransport::VarInt::from_u32(0), b"client dropped");
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,

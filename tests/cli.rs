@@ -1,0 +1,140 @@
+//! The `synapse-sfu` binary as users run it: `serve`, then two `join` processes.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_synapse-sfu");
+
+struct Relay(Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+}
+
+fn start_relay() -> (Relay, u16) {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(BIN)
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--certs-dir",
+        ])
+        .arg(common::temp_dir("cli-certs"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("relay binary starts");
+    let relay = Relay(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(port, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "relay never answered /healthz");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (relay, port)
+}
+
+fn join(port: u16, room: &str, name: &str, seconds: u32) -> Child {
+    Command::new(BIN)
+        .args(["join", "--url", &format!("https://127.0.0.1:{port}/")])
+        .args(["--room", room, "--name", name, "--json"])
+        .args(["--duration", &format!("{seconds}s")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("join starts")
+}
+
+#[test]
+fn two_join_processes_receive_each_other() {
+    let (_relay, port) = start_relay();
+    let hash = http_get(port, "/certificate.sha256").unwrap();
+    assert_eq!(hash.len(), 64);
+    assert!(
+        hash.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
+
+    let ada = join(port, "demo", "ada", 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let bo = join(port, "demo", "bo", 3);
+    let outputs = [("ada", "bo", ada), ("bo", "ada", bo)].map(|(me, other, child)| {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{me}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+        (me, other, summary)
+    });
+    for (me, other, summary) in &outputs {
+        assert_eq!(summary["name"], *me);
+        let sent = summary["sent"].as_array().unwrap();
+        assert_eq!(sent.len(), 2, "{me} sends audio and video");
+        for track in sent {
+            assert_eq!(track["peer"], *me);
+            assert!(track["frames"].as_u64().unwrap() > 0);
+        }
+        let received = summary["received"].as_array().unwrap();
+        for kind in ["audio", "video"] {
+            let track = received
+                .iter()
+                .find(|t| t["kind"] == kind && t["peer"] == *other)
+                .unwrap_or_else(|| panic!("{me} received no {kind} from {other}: {summary}"));
+            assert!(track["frames"].as_u64().unwrap() >= 20, "{me}: {track}");
+            assert!(track["bytes"].as_u64().unwrap() > 0);
+            assert!(track["gaps"].is_u64());
+            for p in ["p50", "p99", "max"] {
+                assert!(track["latency_ms"][p].as_f64().unwrap() > 0.0);
+            }
+        }
+    }
+    assert_eq!(outputs[0].2["joined_ongoing_call"], false);
+    assert_eq!(outputs[1].2["joined_ongoing_call"], true);
+}
+
+#[test]
+fn join_exits_non_zero_when_refused_or_unreachable() {
+    let (_relay, port) = start_relay();
+    let refused = join(port, "no spaces allowed", "ada", 1)
+        .wait_with_output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid_room"));
+
+    let free = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = join(free, "demo", "ada", 1).wait_with_output().unwrap();
+    assert!(!unreachable.status.success());
+}
