@@ -29,6 +29,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 
+use crate::core::GroupOrder;
 use crate::wire::frame::{self, FrameHeader};
 use crate::wire::{
     ClientMessage, ConsumerInfo, JoinResult, MAX_CONTROL_MESSAGE, MediaKind, PROTOCOL_VERSION,
@@ -525,9 +526,11 @@ async fn receive_datagrams(connection: Connection, frames: mpsc::Sender<Received
 }
 
 /// Video streams. A producer's frames can span several streams (one per group); streams of
-/// one producer are read strictly in the order they were opened, so frames stay in order.
+/// one producer are read in the order they were opened (see [`GroupOrder`]), and frames
+/// older than one already delivered are dropped, so frames stay in order.
 async fn receive_streams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
-    let mut previous: HashMap<ProducerId, oneshot::Receiver<()>> = HashMap::new();
+    let mut order: GroupOrder<oneshot::Receiver<()>> = GroupOrder::default();
+    let delivered: Arc<Mutex<HashMap<ProducerId, u64>>> = Arc::default();
     while let Ok(mut stream) = connection.accept_uni().await {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let header = async {
@@ -545,13 +548,18 @@ async fn receive_streams(connection: Connection, frames: mpsc::Sender<ReceivedFr
             continue;
         };
         let (done_tx, done_rx) = oneshot::channel();
-        let turn = previous.insert(producer_id, done_rx);
+        let turn = order.register(producer_id, stream.id().into_u64(), done_rx);
+        if order.len() > 64 {
+            order.retain(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        }
         let frames = frames.clone();
+        let delivered = delivered.clone();
         tokio::spawn(async move {
             if let Some(turn) = turn {
-                let _ = turn.await;
+                // Bounded, in case the relay left the previous stream hanging.
+                let _ = tokio::time::timeout(Duration::from_secs(1), turn).await;
             }
-            read_group(stream, buf, producer_id, frames).await;
+            read_group(stream, buf, producer_id, frames, delivered).await;
             drop(done_tx);
         });
     }
@@ -562,11 +570,22 @@ async fn read_group(
     mut buf: BytesMut,
     producer_id: ProducerId,
     frames: mpsc::Sender<ReceivedFrame>,
+    delivered: Arc<Mutex<HashMap<ProducerId, u64>>>,
 ) {
     loop {
         loop {
             match frame::decode_stream_frame(&mut buf, 64 * 1024 * 1024) {
                 Ok(Some(f)) => {
+                    {
+                        let mut delivered = delivered.lock().unwrap_or_else(|e| e.into_inner());
+                        if delivered
+                            .get(&producer_id)
+                            .is_some_and(|last| f.header.seq <= *last)
+                        {
+                            continue; // a late tail of an earlier group
+                        }
+                        delivered.insert(producer_id, f.header.seq);
+                    }
                     let frame = ReceivedFrame {
                         producer_id,
                         kind: MediaKind::Video,

@@ -2,9 +2,11 @@
 //! decision (who gets which frame, when to drop, when to ask for a keyframe). No sockets,
 //! no tasks, no clock: time comes in as arguments, outputs are pulled. `server` drives it.
 
+mod order;
 mod queue;
 mod relay;
 
+pub use order::GroupOrder;
 pub use queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 pub use relay::{ConsumerStats, PeerOutput, Relay, RelayConfig, RelayCounts, RelayStats};
 

@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use super::queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 use crate::wire::{
-    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, JoinResult, LeaveReason, MediaKind,
-    PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult, ProducerId, ProducerInfo,
+    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, FrameHeader, JoinResult, LeaveReason,
+    MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult, ProducerId, ProducerInfo,
     ProtocolError, Request, ServerMessage,
 };
 
@@ -85,6 +85,9 @@ pub struct RelayStats {
     pub bytes_out: u64,
     pub dropped_slow_consumer: u64,
     pub dropped_producer_paused: u64,
+    /// Video frames that arrived after a later frame of their producer (a late tail of an
+    /// earlier group): forwarding them would break decoders that moved on.
+    pub dropped_stale: u64,
     pub frame_errors: u64,
     pub keyframe_requests: u64,
 }
@@ -123,6 +126,8 @@ struct Producer {
     room: String,
     consumers: Vec<ConsumerId>,
     last_keyframe_request: Option<Instant>,
+    /// Highest video sequence number forwarded so far.
+    last_seq: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -436,34 +441,54 @@ impl Relay {
 
     // ---- requests ------------------------------------------------------------------------
 
-    /// Handles one request of a joined peer; the response or error goes to its outbox.
-    /// A `leave` removes the peer, so its response is returned for the caller to write.
+    /// Handles one request of a joined peer. Its response (or error) goes to the peer's
+    /// outbox ahead of anything the request caused for the same peer, so a client always
+    /// learns an id from the response before it sees it elsewhere.
+    ///
+    /// `leave` removes the peer; what was still waiting for it, then the response, is
+    /// returned for the caller to write, since the peer has no outbox any more.
     pub fn handle(
         &mut self,
         peer_id: PeerId,
         message: ClientMessage,
         now: Instant,
-    ) -> Option<ServerMessage> {
+    ) -> Vec<ServerMessage> {
         let id = message.id;
-        if !self.peers.contains_key(&peer_id) {
-            return Some(ServerMessage::error(
-                Some(id),
-                &err(ErrorCode::NotJoined, "this session has not joined a room"),
-            ));
-        }
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            let e = err(ErrorCode::NotJoined, "this session has not joined a room");
+            return vec![ServerMessage::error(Some(id), &e)];
+        };
         if let Request::Leave = message.request {
+            let mut last: Vec<ServerMessage> = peer
+                .outbox
+                .drain(..)
+                .filter_map(|o| match o {
+                    PeerOutput::Message(m) => Some(m),
+                    _ => None,
+                })
+                .collect();
             self.leave(peer_id, LeaveReason::Left);
-            return Some(ServerMessage::Response {
+            last.push(ServerMessage::Response {
                 id,
                 result: serde_json::json!({}),
             });
+            return last;
         }
+        let mark = peer.outbox.len();
         let reply = match self.dispatch(peer_id, message.request, now) {
             Ok(result) => ServerMessage::Response { id, result },
             Err(e) => ServerMessage::error(Some(id), &e),
         };
-        self.send(peer_id, reply);
-        None
+        if let Some(peer) = self.peers.get_mut(&peer_id)
+            && !peer.overflowed
+        {
+            let at = mark.min(peer.outbox.len());
+            peer.outbox.insert(at, PeerOutput::Message(reply));
+            if let Some(waker) = peer.waker.take() {
+                waker.wake();
+            }
+        }
+        Vec::new()
     }
 
     fn dispatch(
@@ -585,6 +610,7 @@ impl Relay {
                 room: room.clone(),
                 consumers: Vec::new(),
                 last_keyframe_request: None,
+                last_seq: None,
             },
         );
         self.broadcast(
@@ -853,6 +879,10 @@ impl Relay {
     /// transport meant for `transport_kind` (datagrams carry audio, streams video), goes to
     /// every unpaused consumer of that producer, and to nobody else. The payload is shared.
     ///
+    /// Video goes out in sequence order only: a frame whose `seq` is not above the last one
+    /// forwarded is dropped as stale. Audio is forwarded as it comes (datagrams reorder, and
+    /// the receiver's jitter buffer puts them back in order).
+    ///
     /// A bad frame is reported to its sender (rate-limited) and returned as an error; it
     /// never affects anybody else.
     pub fn on_frame(
@@ -860,10 +890,11 @@ impl Relay {
         peer_id: PeerId,
         producer_id: ProducerId,
         transport_kind: MediaKind,
-        keyframe: bool,
+        header: &FrameHeader,
         data: FrameData,
         now: Instant,
     ) -> Result<(), ProtocolError> {
+        let keyframe = header.keyframe;
         let checked = match self.producers.get(&producer_id) {
             Some(p) if p.info.peer_id != peer_id => Err(err(
                 ErrorCode::NotOwner,
@@ -891,13 +922,21 @@ impl Relay {
             self.report_frame_error(peer_id, &e, now);
             return Err(e);
         }
-        let producer = &self.producers[&producer_id];
+        let producer = self.producers.get_mut(&producer_id).expect("checked above");
         self.stats.frames_in += 1;
         self.stats.bytes_in += data.len() as u64;
         if producer.info.paused {
             self.stats.dropped_producer_paused += 1;
             return Ok(());
         }
+        if transport_kind == MediaKind::Video {
+            if producer.last_seq.is_some_and(|last| header.seq <= last) {
+                self.stats.dropped_stale += 1;
+                return Ok(());
+            }
+            producer.last_seq = Some(header.seq);
+        }
+        let producer = &*producer;
         let frame = QueuedFrame { keyframe, data };
         let mut wants_keyframe = false;
         for consumer_id in &producer.consumers {

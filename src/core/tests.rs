@@ -7,9 +7,17 @@ use bytes::Bytes;
 
 use super::*;
 use crate::wire::{
-    ClientMessage, ConsumerInfo, ErrorCode, LeaveReason, MediaKind, PROTOCOL_VERSION, PeerId,
-    ProduceResult, ProducerId, Request, ServerMessage,
+    ClientMessage, ConsumerInfo, ErrorCode, FrameHeader, LeaveReason, MediaKind, PROTOCOL_VERSION,
+    PeerId, ProduceResult, ProducerId, Request, ServerMessage,
 };
+
+fn hdr(seq: u64, keyframe: bool) -> FrameHeader {
+    FrameHeader {
+        seq,
+        capture_us: 0,
+        keyframe,
+    }
+}
 
 struct Harness {
     relay: Relay,
@@ -43,7 +51,8 @@ impl Harness {
         let id = self.next_request;
         let reply = self
             .relay
-            .handle(peer, ClientMessage { id, request }, self.now);
+            .handle(peer, ClientMessage { id, request }, self.now)
+            .pop();
         let reply = reply.or_else(|| {
             self.drain(peer).into_iter().find_map(|o| match o {
                 PeerOutput::Message(m @ ServerMessage::Response { .. })
@@ -135,14 +144,28 @@ impl Harness {
             payload: Bytes::from(vec![seq; 100]),
         };
         self.relay
-            .on_frame(peer, producer, MediaKind::Video, key, data, self.now)
+            .on_frame(
+                peer,
+                producer,
+                MediaKind::Video,
+                &hdr(seq.into(), key),
+                data,
+                self.now,
+            )
             .unwrap();
     }
 
     fn audio(&mut self, peer: PeerId, producer: ProducerId, seq: u8) {
         let data = FrameData::Datagram(Bytes::from(vec![seq; 10]));
         self.relay
-            .on_frame(peer, producer, MediaKind::Audio, false, data, self.now)
+            .on_frame(
+                peer,
+                producer,
+                MediaKind::Audio,
+                &hdr(seq.into(), false),
+                data,
+                self.now,
+            )
             .unwrap();
     }
 
@@ -201,7 +224,7 @@ fn frames_go_to_subscribers_only_and_share_the_payload() {
             a,
             cam,
             MediaKind::Video,
-            true,
+            &hdr(0, true),
             FrameData::Stream {
                 head: Bytes::new(),
                 payload: payload.clone(),
@@ -401,7 +424,7 @@ fn leaving_frees_everything() {
         h.now,
     );
     assert!(matches!(
-        reply,
+        reply.last(),
         Some(ServerMessage::Response { id: 99, .. })
     ));
     assert_eq!(h.relay.counts(), RelayCounts::default());
@@ -474,16 +497,16 @@ fn bad_requests_get_typed_errors() {
     let data = || FrameData::Datagram(Bytes::from_static(b"x"));
     let e = h
         .relay
-        .on_frame(b, cam, MediaKind::Video, true, data(), h.now);
+        .on_frame(b, cam, MediaKind::Video, &hdr(0, true), data(), h.now);
     assert_eq!(e.unwrap_err().code, ErrorCode::NotOwner);
     let e = h
         .relay
-        .on_frame(a, 999, MediaKind::Audio, false, data(), h.now);
+        .on_frame(a, 999, MediaKind::Audio, &hdr(0, false), data(), h.now);
     assert_eq!(e.unwrap_err().code, ErrorCode::UnknownProducer);
     h.now += Duration::from_secs(2);
     let e = h
         .relay
-        .on_frame(a, cam, MediaKind::Audio, false, data(), h.now);
+        .on_frame(a, cam, MediaKind::Audio, &hdr(0, false), data(), h.now);
     assert_eq!(e.unwrap_err().code, ErrorCode::KindMismatch);
     let errors_to_a = h
         .messages(a)
@@ -511,4 +534,103 @@ fn a_peer_that_never_reads_is_disconnected_not_buffered_forever() {
         outputs.last(),
         Some(PeerOutput::Disconnect(e)) if e.code == ErrorCode::SlowControl
     ));
+}
+
+#[test]
+fn late_video_from_an_earlier_group_is_not_forwarded() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let cam = h.produce(a, MediaKind::Video);
+    let cb = h.consume(b, cam);
+    h.video(a, cam, 0, true);
+    h.video(a, cam, 2, true); // the next group's keyframe overtook frame 1
+    h.video(a, cam, 1, false);
+    h.video(a, cam, 3, false);
+    let got: Vec<u8> = h.frames(cb).iter().map(|p| p[0]).collect();
+    assert_eq!(got, vec![0, 2, 3]);
+    assert_eq!(h.relay.stats().dropped_stale, 1);
+}
+
+#[test]
+fn a_response_comes_before_what_its_request_caused() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let (b, _) = h
+        .relay
+        .join(PROTOCOL_VERSION, "r", "b", true, h.now)
+        .unwrap();
+    h.messages(a);
+    // A's produce makes B consume, which asks A for a keyframe: A hears the produce
+    // response first.
+    h.relay.handle(
+        a,
+        ClientMessage {
+            id: 1,
+            request: Request::Produce {
+                kind: MediaKind::Video,
+                codec: "vp8".into(),
+                params: Default::default(),
+            },
+        },
+        h.now,
+    );
+    let told = h.messages(a);
+    assert!(
+        matches!(told[0], ServerMessage::Response { id: 1, .. }),
+        "{told:?}"
+    );
+    assert!(matches!(told[1], ServerMessage::KeyframeRequest { .. }));
+    // B asks for a consumer explicitly after turning auto-subscribe off: the response
+    // precedes the consumer's start-up.
+    h.relay.handle(
+        b,
+        ClientMessage {
+            id: 2,
+            request: Request::SetAutoSubscribe { enabled: false },
+        },
+        h.now,
+    );
+    h.drain(b);
+    let cam2 = h.produce(a, MediaKind::Audio);
+    h.relay.handle(
+        b,
+        ClientMessage {
+            id: 3,
+            request: Request::Consume {
+                producer_id: cam2,
+                paused: false,
+            },
+        },
+        h.now,
+    );
+    let outputs = h.drain(b);
+    assert!(
+        matches!(
+            outputs
+                .iter()
+                .find(|o| !matches!(o, PeerOutput::Message(ServerMessage::ProducerAdded { .. }))),
+            Some(PeerOutput::Message(ServerMessage::Response { id: 3, .. }))
+        ),
+        "{outputs:?}"
+    );
+}
+
+#[test]
+fn leave_returns_what_was_still_waiting() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    h.produce(b, MediaKind::Audio);
+    let last = h.relay.handle(
+        a,
+        ClientMessage {
+            id: 5,
+            request: Request::Leave,
+        },
+        h.now,
+    );
+    assert!(matches!(last[0], ServerMessage::PeerJoined { .. }));
+    assert!(matches!(last[1], ServerMessage::ProducerAdded { .. }));
+    assert!(matches!(last[2], ServerMessage::Response { id: 5, .. }));
 }

@@ -44,6 +44,11 @@ pub struct SessionLimits {
     pub max_control_message: usize,
     /// Time for a media stream's header to arrive.
     pub stream_header_timeout: Duration,
+    /// How long a producer's new media stream waits for its previous one to end before it
+    /// is read anyway.
+    pub stream_order_wait: Duration,
+    /// A control-stream write that takes longer disconnects the peer: it is not reading.
+    pub control_write_timeout: Duration,
     /// A consumer's stream write that takes longer is abandoned (stream reset, restart at
     /// the next keyframe): the consumer stopped reading.
     pub consumer_write_timeout: Duration,
@@ -56,7 +61,9 @@ impl Default for SessionLimits {
         Self {
             join_timeout: Duration::from_secs(10),
             max_control_message: crate::wire::MAX_CONTROL_MESSAGE,
-            stream_header_timeout: Duration::from_secs(10),
+            stream_header_timeout: Duration::from_secs(5),
+            stream_order_wait: Duration::from_millis(500),
+            control_write_timeout: Duration::from_secs(5),
             consumer_write_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
         }

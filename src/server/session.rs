@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{SessionLimits, SharedRelay};
-use crate::core::{FrameData, PeerOutput};
+use crate::core::{FrameData, GroupOrder, PeerOutput};
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
     ClientMessage, ConsumerId, DecodeError, ErrorCode, LeaveReason, MediaKind, PeerId, ProducerId,
@@ -24,6 +25,8 @@ use crate::wire::{
 
 /// Application error codes used when the relay closes a session or a stream.
 pub mod close_code {
+    /// The session ended normally (left, or the relay is done with it).
+    pub const NORMAL: u32 = 0;
     /// The peer broke the protocol (e.g. an oversized control message).
     pub const PROTOCOL_VIOLATION: u32 = 1;
     /// The peer did not read its control stream.
@@ -83,36 +86,84 @@ pub(crate) async fn serve(incoming: IncomingSession, relay: SharedRelay, limits:
 }
 
 async fn run(conn: Connection, relay: SharedRelay, limits: SessionLimits) -> anyhow::Result<()> {
-    let (mut send, mut recv) =
-        match tokio::time::timeout(limits.join_timeout, conn.accept_bi()).await {
-            Ok(streams) => streams?,
-            Err(_) => {
-                conn.close(
-                    VarInt::from_u32(close_code::JOIN_TIMEOUT),
-                    b"no control stream",
-                );
-                anyhow::bail!("no control stream within {:?}", limits.join_timeout);
-            }
-        };
-    let mut buf = BytesMut::new();
+    // One deadline from session start to a successful join covers opening the control
+    // stream, sending `join`, and any refused attempts before it.
     let deadline = tokio::time::Instant::now() + limits.join_timeout;
+    let mut buf = BytesMut::new();
+    let joining = async {
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let joined = join_phase(&conn, &relay, &limits, &mut send, &mut recv, &mut buf).await?;
+        anyhow::Ok(joined.map(|joined| (send, recv, joined)))
+    };
+    let (mut send, recv, joined) = match tokio::time::timeout_at(deadline, joining).await {
+        Ok(Ok(Some(done))) => done,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            conn.close(VarInt::from_u32(close_code::JOIN_TIMEOUT), b"join timeout");
+            anyhow::bail!("no join within {:?}", limits.join_timeout);
+        }
+    };
+    let Joined {
+        peer_id,
+        room,
+        name,
+        response,
+    } = joined;
 
-    // Until it has joined, a session may only send `join`.
-    let (peer_id, room, name) = loop {
-        let message = match decode_message::<ClientMessage>(&mut buf, limits.max_control_message) {
+    let span = info_span!("peer", %room, peer = peer_id, %name);
+    async move {
+        let sent = tokio::time::timeout(
+            limits.control_write_timeout,
+            write_message(&mut send, &response),
+        )
+        .await;
+        let reason = if matches!(sent, Ok(Ok(()))) {
+            info!(remote = %conn.remote_address(), "joined");
+            drive(&conn, &relay, &limits, peer_id, send, recv, buf).await
+        } else {
+            LeaveReason::Disconnected
+        };
+        // Whatever ended the session, the peer and everything it owns go.
+        relay.lock().leave(peer_id, reason);
+        conn.close(VarInt::from_u32(close_code::NORMAL), b"session ended");
+        info!(?reason, "left");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+struct Joined {
+    peer_id: PeerId,
+    room: String,
+    name: String,
+    response: ServerMessage,
+}
+
+/// Until it has joined, a session may only send `join`; refused joins may be retried.
+/// Returns as soon as the core has admitted the peer (no `.await` after that, so the
+/// caller's deadline cannot cancel it between the join and the hand-over), or `None` when
+/// the client closed its control stream first.
+async fn join_phase(
+    conn: &Connection,
+    relay: &SharedRelay,
+    limits: &SessionLimits,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+) -> anyhow::Result<Option<Joined>> {
+    loop {
+        let message = match decode_message::<ClientMessage>(buf, limits.max_control_message) {
             Ok(Some(message)) => message,
             Ok(None) => {
-                match tokio::time::timeout_at(deadline, read_more(&mut recv, &mut buf)).await {
-                    Ok(Ok(true)) => continue,
-                    Ok(Ok(false)) | Ok(Err(_)) => return Ok(()),
-                    Err(_) => {
-                        conn.close(VarInt::from_u32(close_code::JOIN_TIMEOUT), b"join timeout");
-                        anyhow::bail!("no join within {:?}", limits.join_timeout);
-                    }
+                if read_more(recv, buf).await? {
+                    continue;
                 }
+                return Ok(None);
             }
             Err(e) => {
-                refuse_message(&conn, &mut send, e).await?;
+                refuse_message(conn, send, e).await?;
                 continue;
             }
         };
@@ -125,7 +176,7 @@ async fn run(conn: Connection, relay: SharedRelay, limits: SessionLimits) -> any
         } = message.request
         else {
             let e = ProtocolError::new(ErrorCode::NotJoined, "send join first");
-            write_message(&mut send, &ServerMessage::error(Some(id), &e)).await?;
+            write_message(send, &ServerMessage::error(Some(id), &e)).await?;
             continue;
         };
         let joined = relay
@@ -134,27 +185,19 @@ async fn run(conn: Connection, relay: SharedRelay, limits: SessionLimits) -> any
         match joined {
             Ok((peer_id, result)) => {
                 let result = serde_json::to_value(result)?;
-                write_message(&mut send, &ServerMessage::Response { id, result }).await?;
-                break (peer_id, room, name);
+                return Ok(Some(Joined {
+                    peer_id,
+                    room,
+                    name,
+                    response: ServerMessage::Response { id, result },
+                }));
             }
             Err(e) => {
                 info!(%room, %name, error = %e, "join refused");
-                write_message(&mut send, &ServerMessage::error(Some(id), &e)).await?;
+                write_message(send, &ServerMessage::error(Some(id), &e)).await?;
             }
         }
-    };
-
-    let span = info_span!("peer", %room, peer = peer_id, %name);
-    async move {
-        info!(remote = %conn.remote_address(), "joined");
-        let reason = drive(&conn, &relay, &limits, peer_id, send, recv, buf).await;
-        // Whatever ended the session, the peer and everything it owns go.
-        relay.lock().leave(peer_id, reason);
-        info!(?reason, "left");
-        Ok(())
     }
-    .instrument(span)
-    .await
 }
 
 /// Answers a control message that could not be read; a broken framing ends the session.
@@ -191,19 +234,26 @@ async fn drive(
     let datagrams = receive_datagrams(conn.clone(), relay.clone(), peer_id);
     let streams = accept_media_streams(conn.clone(), relay.clone(), peer_id, limits.clone());
     tokio::pin!(datagrams, streams);
+    let write_timeout = limits.control_write_timeout;
     loop {
         // Handle whatever whole messages are buffered before reading more.
         loop {
             match decode_message::<ClientMessage>(&mut buf, limits.max_control_message) {
                 Ok(Some(message)) => {
                     let request = message.request.name();
-                    let final_reply = relay.lock().handle(peer_id, message, Instant::now());
+                    let last = relay.lock().handle(peer_id, message, Instant::now());
                     debug!(request, "request");
-                    if let Some(reply) = final_reply {
-                        // `leave`: the core forgot the peer; answer and close.
-                        let _ = write_message(&mut send, &reply).await;
-                        let _ = send.quic_stream_mut().finish();
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    if !last.is_empty() {
+                        // `leave`: the core forgot the peer and handed back what was still
+                        // due to it, response last. Deliver it, then end the session.
+                        let flush = async {
+                            for message in &last {
+                                write_message(&mut send, message).await?;
+                            }
+                            send.finish().await?;
+                            anyhow::Ok(())
+                        };
+                        let _ = tokio::time::timeout(write_timeout, flush).await;
                         return LeaveReason::Left;
                     }
                 }
@@ -224,7 +274,12 @@ async fn drive(
             output = poll_fn(|cx| relay.lock().poll_peer(peer_id, cx)) => match output {
                 None => return LeaveReason::Disconnected,
                 Some(PeerOutput::Message(message)) => {
-                    if write_message(&mut send, &message).await.is_err() {
+                    // A peer that stops reading its control stream blocks this write; it
+                    // is disconnected rather than waited for.
+                    let written = tokio::time::timeout(write_timeout, write_message(&mut send, &message)).await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        warn!("control stream stalled or failed; disconnecting peer");
+                        conn.close(VarInt::from_u32(close_code::SLOW_CONTROL), b"control stream stalled");
                         return LeaveReason::Disconnected;
                     }
                 }
@@ -256,7 +311,7 @@ async fn receive_datagrams(conn: Connection, relay: SharedRelay, peer_id: PeerId
                 peer_id,
                 d.producer_id,
                 MediaKind::Audio,
-                d.header.keyframe,
+                &d.header,
                 FrameData::Datagram(bytes),
                 now,
             ),
@@ -272,48 +327,78 @@ async fn receive_datagrams(conn: Connection, relay: SharedRelay, peer_id: PeerId
     }
 }
 
-/// Video in: every unidirectional stream is a group of frames of one producer.
+/// Video in: every unidirectional stream is a group of frames of one producer. A
+/// producer's streams are read one after the other in the order they were opened (see
+/// [`GroupOrder`]), so the tail of one group is forwarded before the next group's
+/// keyframe. The header is read here, in the accept loop, to know the producer; a client
+/// that stalls it only delays its own streams.
 async fn accept_media_streams(
     conn: Connection,
     relay: SharedRelay,
     peer_id: PeerId,
     limits: SessionLimits,
 ) {
-    while let Ok(stream) = conn.accept_uni().await {
-        let task = receive_media_stream(stream, relay.clone(), peer_id, limits.clone());
+    let max_frame = relay.lock().config().max_frame_size;
+    let mut order: GroupOrder<oneshot::Receiver<()>> = GroupOrder::default();
+    while let Ok(mut stream) = conn.accept_uni().await {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let header = async {
+            loop {
+                if let Some(id) = frame::decode_stream_header(&mut buf)? {
+                    return Ok(Some(id));
+                }
+                if !read_more(&mut stream, &mut buf).await.unwrap_or(false) {
+                    return Ok(None);
+                }
+            }
+        };
+        let producer_id = match tokio::time::timeout(limits.stream_header_timeout, header).await {
+            Ok(Ok(Some(id))) => id,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                refuse_stream(stream, &relay, peer_id, frame_error(&e));
+                continue;
+            }
+            Err(_) => {
+                stream.stop(VarInt::from_u32(close_code::STREAM_REFUSED));
+                continue;
+            }
+        };
+        let (done, done_rx) = oneshot::channel::<()>();
+        let turn = order.register(producer_id, stream.id().into_u64(), done_rx);
+        if order.len() > 64 {
+            // Forget producers whose last stream has ended.
+            order.retain(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        }
+        let relay = relay.clone();
+        let order_wait = limits.stream_order_wait;
+        let task = async move {
+            if let Some(turn) = turn {
+                // Bounded: a producer that leaves an old stream open must not stall the
+                // new group; the core drops whatever of the old group comes late.
+                let _ = tokio::time::timeout(order_wait, turn).await;
+            }
+            receive_media_stream(stream, buf, producer_id, relay, peer_id, max_frame).await;
+            drop(done);
+        };
         tokio::spawn(task.in_current_span());
     }
 }
 
+fn refuse_stream(stream: RecvStream, relay: &SharedRelay, peer_id: PeerId, e: ProtocolError) {
+    debug!(error = %e, "media stream refused");
+    relay.lock().report_frame_error(peer_id, &e, Instant::now());
+    stream.stop(VarInt::from_u32(close_code::STREAM_REFUSED));
+}
+
 async fn receive_media_stream(
     mut stream: RecvStream,
+    mut buf: BytesMut,
+    producer_id: ProducerId,
     relay: SharedRelay,
     peer_id: PeerId,
-    limits: SessionLimits,
+    max_frame: usize,
 ) {
-    let max_frame = relay.lock().config().max_frame_size;
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let refuse = |stream: RecvStream, relay: &SharedRelay, e: ProtocolError| {
-        debug!(error = %e, "media stream refused");
-        relay.lock().report_frame_error(peer_id, &e, Instant::now());
-        stream.stop(VarInt::from_u32(close_code::STREAM_REFUSED));
-    };
-    let producer_id = loop {
-        match frame::decode_stream_header(&mut buf) {
-            Ok(Some(id)) => break id,
-            Ok(None) => {}
-            Err(e) => return refuse(stream, &relay, frame_error(&e)),
-        }
-        match tokio::time::timeout(
-            limits.stream_header_timeout,
-            read_more(&mut stream, &mut buf),
-        )
-        .await
-        {
-            Ok(Ok(true)) => {}
-            _ => return,
-        }
-    };
     loop {
         loop {
             match frame::decode_stream_frame(&mut buf, max_frame) {
@@ -326,7 +411,7 @@ async fn receive_media_stream(
                         peer_id,
                         producer_id,
                         MediaKind::Video,
-                        f.header.keyframe,
+                        &f.header,
                         data,
                         Instant::now(),
                     );
@@ -337,7 +422,7 @@ async fn receive_media_stream(
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return refuse(stream, &relay, frame_error(&e)),
+                Err(e) => return refuse_stream(stream, &relay, peer_id, frame_error(&e)),
             }
         }
         match read_more(&mut stream, &mut buf).await {
