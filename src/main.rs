@@ -43,6 +43,10 @@ struct ServeArgs {
     /// Where the development certificate is kept.
     #[arg(long, env = "SYNAPSE_CERTS_DIR", default_value = "certs")]
     certs_dir: PathBuf,
+    /// Serve the web client from this directory instead of the copy built into the binary
+    /// (for development: edit a file, reload the page).
+    #[arg(long, env = "SYNAPSE_WEB_ROOT")]
+    web_root: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -131,6 +135,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         cert: args.cert,
         key: args.key,
         certs_dir: args.certs_dir,
+        web_root: args.web_root,
         ..ServerConfig::default()
     };
     let server = Server::start(config).await.context("starting the relay")?;
@@ -140,6 +145,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         server.local_addr()
     );
     eprintln!("  certificate sha256 {}", server.certificate_sha256());
+    eprintln!("  web client: http://localhost:{port}/");
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;

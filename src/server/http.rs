@@ -2,21 +2,29 @@
 //! before it can open a session (the certificate hash to pin), health, and metrics.
 
 use std::fmt::Write as _;
+use std::path::{Component, Path, PathBuf};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use include_dir::{Dir, include_dir};
 use tokio::net::TcpListener;
 
-use super::SharedRelay;
+use super::{CertificateHash, SharedRelay};
+
+/// The web client, built into the binary so that `serve` needs no files beside it.
+static WEB_CLIENT: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web-client");
 
 #[derive(Clone)]
 pub struct HttpState {
     pub relay: SharedRelay,
-    pub certificate_sha256: String,
+    pub certificate_sha256: CertificateHash,
     pub development_identity: bool,
+    /// Serve the web client from this directory instead of the embedded copy
+    /// (`--web-root`, for development: edit, reload).
+    pub web_root: Option<PathBuf>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -24,7 +32,54 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/certificate.sha256", get(certificate_sha256))
         .route("/metrics", get(metrics))
+        .fallback(get(web_client))
         .with_state(state)
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "wasm" => "application/wasm",
+        _ => "text/plain; charset=utf-8",
+    }
+}
+
+/// `GET /` and every other path not above: a file of the web client. Only plain relative
+/// paths are served; `..` and absolute components never leave the web root.
+async fn web_client(State(state): State<HttpState>, uri: Uri) -> Response {
+    let requested = uri.path().trim_start_matches('/');
+    let path = if requested.is_empty() || requested.ends_with('/') {
+        format!("{requested}index.html")
+    } else {
+        requested.to_owned()
+    };
+    let safe = Path::new(&path)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)));
+    if !safe {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let body = match &state.web_root {
+        Some(root) => tokio::fs::read(root.join(&path)).await.ok(),
+        None => WEB_CLIENT.get_file(&path).map(|f| f.contents().to_vec()),
+    };
+    match body {
+        Some(body) => (
+            [
+                (header::CONTENT_TYPE, content_type(&path)),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            body,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 pub async fn serve(listener: TcpListener, state: HttpState) {
@@ -56,7 +111,7 @@ async fn certificate_sha256(State(state): State<HttpState>) -> impl IntoResponse
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        state.certificate_sha256,
+        state.certificate_sha256.get(),
     )
 }
 

@@ -63,17 +63,23 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Whether the development identity in `dir` is missing or has a day or less left.
+pub fn development_needs_renewal(dir: &Path) -> bool {
+    let expires_at = std::fs::read_to_string(dir.join(DEV_EXPIRY))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    expires_at.is_none_or(|at| at <= unix_now() + RENEW_MARGIN.as_secs())
+}
+
 /// Reuses the development identity in `dir` while it has more than a day left, otherwise
 /// generates a new one there.
 pub async fn development(dir: &Path) -> Result<LoadedIdentity> {
     let (cert, key, expiry) = (dir.join(DEV_CERT), dir.join(DEV_KEY), dir.join(DEV_EXPIRY));
-    let expires_at = std::fs::read_to_string(&expiry)
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    if let Some(expires_at) = expires_at
-        && expires_at > unix_now() + RENEW_MARGIN.as_secs()
+    if !development_needs_renewal(dir)
         && let Ok(identity) = Identity::load_pemfiles(&cert, &key).await
     {
+        let expires_at = std::fs::read_to_string(&expiry).unwrap_or_default();
+        let expires_at = expires_at.trim();
         tracing::info!(dir = %dir.display(), expires_at, "reusing development certificate");
         return finish(identity, true);
     }

@@ -7,7 +7,7 @@ mod session;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -82,6 +82,10 @@ pub struct ServerConfig {
     pub certs_dir: PathBuf,
     /// Serve the HTTP side (certificate hash, health, metrics, web client).
     pub http: bool,
+    /// Serve the web client from this directory instead of the embedded copy.
+    pub web_root: Option<PathBuf>,
+    /// How often a development identity is checked for renewal while the relay runs.
+    pub renewal_check: Duration,
     pub relay: RelayConfig,
     pub limits: SessionLimits,
 }
@@ -94,6 +98,8 @@ impl Default for ServerConfig {
             key: None,
             certs_dir: PathBuf::from("certs"),
             http: true,
+            web_root: None,
+            renewal_check: Duration::from_secs(3600),
             relay: RelayConfig::default(),
             limits: SessionLimits::default(),
         }
@@ -106,9 +112,26 @@ pub struct Server {
     endpoint: Arc<ServerEndpoint>,
     local_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
-    certificate_sha256: String,
+    certificate_sha256: CertificateHash,
     development_identity: bool,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// The served certificate's SHA-256 (hex); it changes when a development identity renews.
+#[derive(Clone, Default)]
+pub struct CertificateHash(Arc<RwLock<String>>);
+
+impl CertificateHash {
+    pub fn get(&self) -> String {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, hash: String) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = hash;
+    }
 }
 
 impl Server {
@@ -142,14 +165,17 @@ impl Server {
         };
         let endpoint = Arc::new(endpoint);
         let local_addr = endpoint.local_addr()?;
+        let certificate_sha256 = CertificateHash::default();
+        certificate_sha256.set(identity.certificate_sha256.clone());
         let mut tasks = Vec::new();
         let http_addr = match tcp {
             Some(tcp) => {
                 let addr = tcp.local_addr()?;
                 let state = http::HttpState {
                     relay: relay.clone(),
-                    certificate_sha256: identity.certificate_sha256.clone(),
+                    certificate_sha256: certificate_sha256.clone(),
                     development_identity: identity.development,
+                    web_root: config.web_root.clone(),
                 };
                 tasks.push(tokio::spawn(http::serve(tcp, state)));
                 Some(addr)
@@ -161,6 +187,13 @@ impl Server {
             relay.clone(),
             config.limits.clone(),
         )));
+        if identity.development {
+            tasks.push(tokio::spawn(renew_development_identity(
+                endpoint.clone(),
+                config.clone(),
+                certificate_sha256.clone(),
+            )));
+        }
         info!(
             webtransport = %local_addr,
             http = ?http_addr,
@@ -173,7 +206,7 @@ impl Server {
             endpoint,
             local_addr,
             http_addr,
-            certificate_sha256: identity.certificate_sha256,
+            certificate_sha256,
             development_identity: identity.development,
             tasks,
         })
@@ -192,8 +225,8 @@ impl Server {
         self.http_addr
     }
 
-    pub fn certificate_sha256(&self) -> &str {
-        &self.certificate_sha256
+    pub fn certificate_sha256(&self) -> String {
+        self.certificate_sha256.get()
     }
 
     pub fn development_identity(&self) -> bool {
@@ -224,6 +257,14 @@ impl Drop for Server {
 type ServerEndpoint = Endpoint<wtransport::endpoint::endpoint_side::Server>;
 
 fn bind_endpoint(config: &ServerConfig, identity: wtransport::Identity) -> Result<ServerEndpoint> {
+    Endpoint::server(endpoint_config(config, identity)?)
+        .with_context(|| format!("binding UDP {}", config.bind))
+}
+
+fn endpoint_config(
+    config: &ServerConfig,
+    identity: wtransport::Identity,
+) -> Result<wtransport::ServerConfig> {
     let builder = wtransport::ServerConfig::builder();
     let builder = if config.bind.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
         // [::] takes IPv4 too, as users expect from the default.
@@ -236,8 +277,38 @@ fn bind_endpoint(config: &ServerConfig, identity: wtransport::Identity) -> Resul
     transport
         .max_idle_timeout(Some(idle.try_into().context("idle timeout too large")?))
         .keep_alive_interval(Some(idle / 3));
-    let server_config = builder.with_custom_transport(identity, transport).build();
-    Endpoint::server(server_config).with_context(|| format!("binding UDP {}", config.bind))
+    Ok(builder.with_custom_transport(identity, transport).build())
+}
+
+/// A development certificate lives 13 days and browsers refuse an expired pin: a relay that
+/// runs longer swaps in a fresh one a day before expiry. Sessions already open keep theirs;
+/// new sessions (and `/certificate.sha256`) get the new one.
+async fn renew_development_identity(
+    endpoint: Arc<ServerEndpoint>,
+    config: ServerConfig,
+    hash: CertificateHash,
+) {
+    let mut check = tokio::time::interval(config.renewal_check);
+    check.tick().await;
+    loop {
+        check.tick().await;
+        if !identity::development_needs_renewal(&config.certs_dir) {
+            continue;
+        }
+        let renewed = async {
+            let fresh = identity::development(&config.certs_dir).await?;
+            let server_config = endpoint_config(&config, fresh.identity)?;
+            endpoint.reload_config(server_config, false)?;
+            anyhow::Ok(fresh.certificate_sha256)
+        };
+        match renewed.await {
+            Ok(new_hash) => {
+                info!(certificate_sha256 = %new_hash, "development certificate renewed");
+                hash.set(new_hash);
+            }
+            Err(e) => warn!(error = %e, "renewing the development certificate failed"),
+        }
+    }
 }
 
 async fn accept_sessions(
