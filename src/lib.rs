@@ -7,7 +7,9 @@
 //! - [`server`]: the WebTransport endpoint, HTTP side, TLS identity and the tasks that
 //!   drive `core`.
 //! - [`client`]: a native client library on the same `wire` module, and the `join` command.
+//! - [`bench`]: the load generator and report of `synapse-sfu bench`.
 
+pub mod bench;
 pub mod client;
 pub mod core;
 pub mod server;

@@ -27,6 +27,68 @@ enum Command {
     Serve(ServeArgs),
     /// Join a room: publish audio and video, receive everyone else, report.
     Join(JoinArgs),
+    /// Measure forwarding latency, delivery and cost, beside a direct QUIC link and raw UDP.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(subcommand)]
+    scenario: BenchScenario,
+    /// How long publishers send, once every consumer is in place.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Benchmark an external relay instead of starting one.
+    #[arg(long, global = true)]
+    url: Option<String>,
+    /// Pin this certificate SHA-256 of the external relay (default: fetch it).
+    #[arg(long, global = true)]
+    cert_hash: Option<String>,
+    /// Relay binary to start (default: this one).
+    #[arg(long, global = true)]
+    relay_bin: Option<PathBuf>,
+    /// Synthetic video bitrate per publisher, bits per second.
+    #[arg(long, global = true, default_value_t = 1_000_000)]
+    video_bitrate: u64,
+    /// Synthetic video frame rate.
+    #[arg(long, global = true, default_value_t = 30)]
+    fps: u32,
+    /// Skip the direct-QUIC and raw-UDP baselines (fan-out).
+    #[arg(long, global = true)]
+    no_baselines: bool,
+    /// No progress line.
+    #[arg(long, global = true)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchScenario {
+    /// One publisher (video + audio) to N subscribers.
+    Fanout {
+        #[arg(long, default_value_t = 50)]
+        subscribers: usize,
+        /// Search for the largest N whose p99 stays under --p99-bound with ≥ 99.9% delivered.
+        #[arg(long)]
+        capacity: bool,
+        /// The p99 latency bound of --capacity, milliseconds.
+        #[arg(long, default_value_t = 50.0)]
+        p99_bound: f64,
+    },
+    /// M peers, each publishing video + audio and consuming all the others.
+    Meeting {
+        #[arg(long, default_value_t = 4)]
+        peers: usize,
+    },
+    /// R rooms of P audio-only peers.
+    Rooms {
+        #[arg(long, default_value_t = 200)]
+        rooms: usize,
+        #[arg(long, default_value_t = 5)]
+        peers: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -114,7 +176,69 @@ async fn main() -> Result<()> {
             init_logging("warn");
             run_join(args).await
         }
+        Some(Command::Bench(args)) => {
+            init_logging("warn");
+            run_bench(args).await
+        }
     }
+}
+
+async fn run_bench(args: BenchArgs) -> Result<()> {
+    use synapse_sfu::bench::{self, BenchOptions, Scenario, Shape};
+    let (scenario, capacity) = match args.scenario {
+        BenchScenario::Fanout {
+            subscribers,
+            capacity,
+            p99_bound,
+        } => (
+            Scenario::Fanout { subscribers },
+            capacity.then_some(p99_bound),
+        ),
+        BenchScenario::Meeting { peers } => (Scenario::Meeting { peers }, None),
+        BenchScenario::Rooms { rooms, peers } => (Scenario::Rooms { rooms, peers }, None),
+    };
+    let options = BenchOptions {
+        scenario,
+        duration: args.duration,
+        shape: Shape {
+            video_bitrate: args.video_bitrate,
+            fps: args.fps,
+            ..Shape::default()
+        },
+        url: args.url,
+        cert_hash: args.cert_hash,
+        relay_bin: args.relay_bin,
+        baselines: !args.no_baselines,
+        progress: !args.quiet,
+    };
+    if let (Some(bound), Scenario::Fanout { subscribers }) = (capacity, scenario) {
+        let report = bench::capacity(&options, subscribers, bound).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            for t in &report.trials {
+                println!(
+                    "{:>6} subscribers: p99 {:>8.3} ms, delivered {:>7.3}%  {}",
+                    t.subscribers,
+                    t.p99_ms,
+                    t.delivered_ratio * 100.0,
+                    if t.passed { "pass" } else { "fail" }
+                );
+            }
+            println!(
+                "capacity: {} subscribers (p99 ≤ {} ms, ≥ 99.9% delivered) — {}; {}",
+                report.capacity, report.p99_bound_ms, report.machine, report.note
+            );
+        }
+        return Ok(());
+    }
+    let report = bench::run(&options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        bench::print_report(&report);
+    }
+    Ok(())
 }
 
 impl ServeArgs {

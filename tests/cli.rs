@@ -138,3 +138,63 @@ fn join_exits_non_zero_when_refused_or_unreachable() {
     let unreachable = join(free, "demo", "ada", 1).wait_with_output().unwrap();
     assert!(!unreachable.status.success());
 }
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .args(["--duration", "2s", "--json", "--quiet"])
+        .output()
+        .expect("bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+/// A smoke run of the benchmark harness itself (the real runs are not part of the tests).
+#[test]
+fn bench_harness_reports_every_path() {
+    let report = bench(&["fanout", "--subscribers", "3"]);
+    assert_eq!(report["scenario"], "fanout");
+    for path in ["relay", "direct", "udp"] {
+        let p = &report["paths"][path];
+        for q in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(
+                p["latency_ms"][q].as_f64().unwrap() > 0.0,
+                "{path} {q}: {report}"
+            );
+        }
+        assert!(
+            p["delivered_ratio"].as_f64().unwrap() > 0.9,
+            "{path}: {report}"
+        );
+        assert!(p["egress_mbps"].as_f64().unwrap() > 0.0);
+    }
+    let relay = &report["paths"]["relay"];
+    assert!(relay["cpu_core_s_per_s"].as_f64().unwrap() > 0.0);
+    assert!(relay["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["ratios"]["relay_over_udp_cpu_per_packet"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    let meeting = bench(&["meeting", "--peers", "3"]);
+    assert!(
+        meeting["paths"]["relay"]["delivered_ratio"]
+            .as_f64()
+            .unwrap()
+            > 0.9,
+        "{meeting}"
+    );
+    assert!(meeting["paths"].get("direct").is_none());
+    let rooms = bench(&["rooms", "--rooms", "3", "--peers", "3"]);
+    assert!(
+        rooms["paths"]["relay"]["delivered_ratio"].as_f64().unwrap() > 0.9,
+        "{rooms}"
+    );
+}

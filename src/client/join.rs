@@ -140,20 +140,24 @@ impl TrackStats {
     }
 }
 
-struct Publisher {
-    producer_id: ProducerId,
-    kind: MediaKind,
-    codec: String,
-    frames: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
-    keyframe_wanted: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+/// A producer of ours and the task that paces its source onto the wire.
+pub(crate) struct Publisher {
+    pub producer_id: ProducerId,
+    pub kind: MediaKind,
+    pub codec: String,
+    pub frames: Arc<AtomicU64>,
+    pub bytes: Arc<AtomicU64>,
+    /// Set on a keyframe request; the task makes its next frame a keyframe.
+    pub keyframe_wanted: Arc<AtomicBool>,
+    pub task: tokio::task::JoinHandle<()>,
 }
 
-async fn publish(
+/// Produces a track and sends `source` on it in real time, from when `go` resolves.
+pub(crate) async fn publish(
     client: &Client,
     kind: MediaKind,
     mut source: Box<dyn MediaSource>,
+    go: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Publisher> {
     let codec = source.codec().to_owned();
     let producer_id = client.produce(kind, &codec).await?;
@@ -167,6 +171,7 @@ async fn publish(
         client.clone(),
     );
     let task = tokio::spawn(async move {
+        go.await;
         // Pace against a fixed schedule so that a slow send does not slow the frame rate.
         let mut next = tokio::time::Instant::now();
         for seq in 0u64.. {
@@ -248,8 +253,8 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
                 options.keyframe_interval,
             )),
         };
-        publishers.push(publish(&client, MediaKind::Audio, audio).await?);
-        publishers.push(publish(&client, MediaKind::Video, video).await?);
+        publishers.push(publish(&client, MediaKind::Audio, audio, async {}).await?);
+        publishers.push(publish(&client, MediaKind::Video, video, async {}).await?);
     }
 
     let received = receive(&options, incoming, &mut names, &publishers).await;

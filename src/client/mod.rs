@@ -510,7 +510,7 @@ async fn read_control(
     pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
-async fn receive_datagrams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
+pub(crate) async fn receive_datagrams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
     while let Ok(datagram) = connection.receive_datagram().await {
         let Ok(d) = frame::decode_datagram(datagram.payload(), usize::MAX) else {
             continue;
@@ -528,7 +528,7 @@ async fn receive_datagrams(connection: Connection, frames: mpsc::Sender<Received
 /// Video streams. A producer's frames can span several streams (one per group); streams of
 /// one producer are read in the order they were opened (see [`GroupOrder`]), and frames
 /// older than one already delivered are dropped, so frames stay in order.
-async fn receive_streams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
+pub(crate) async fn receive_streams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
     let mut order: GroupOrder<oneshot::Receiver<()>> = GroupOrder::default();
     let delivered: Arc<Mutex<HashMap<ProducerId, u64>>> = Arc::default();
     while let Ok(mut stream) = connection.accept_uni().await {

@@ -1,0 +1,232 @@
+//! The same fan-out load without a relay: the sender is itself a WebTransport server and
+//! writes every frame to every receiver over QUIC, with the relay's framing (audio
+//! datagrams, one video stream per group) and a bounded queue per receiver. What the relay
+//! adds on top of this is its hop: a second QUIC leg, its routing and its queues.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use wtransport::{ClientConfig, Connection, Endpoint, Identity, SendStream, ServerConfig};
+
+use super::Shape;
+use super::stats::{Recorder, packets_for};
+use crate::client::media::{MediaSource, SyntheticAudio, SyntheticVideo};
+use crate::client::{ReceivedFrame, now_us, receive_datagrams, receive_streams};
+use crate::wire::MediaKind;
+use crate::wire::frame::{self, FrameHeader};
+
+const AUDIO_PRODUCER: u64 = 1;
+const VIDEO_PRODUCER: u64 = 2;
+
+enum Outgoing {
+    Datagram(Bytes),
+    Video {
+        keyframe: bool,
+        head: Bytes,
+        payload: Bytes,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct DirectOutcome {
+    pub received: Recorder,
+    pub sent_frames: u64,
+    pub sent_bytes: u64,
+    pub expected_frames: u64,
+    pub wall_s: f64,
+}
+
+/// Writes one receiver's frames, one stream per group, as the relay's consumers do.
+async fn send_to(conn: Connection, mut frames: mpsc::Receiver<Outgoing>) {
+    let mut stream: Option<SendStream> = None;
+    while let Some(out) = frames.recv().await {
+        match out {
+            Outgoing::Datagram(d) => {
+                let _ = conn.send_datagram(&d);
+            }
+            Outgoing::Video {
+                keyframe,
+                head,
+                payload,
+            } => {
+                let write = async {
+                    if keyframe || stream.is_none() {
+                        if let Some(mut old) = stream.take() {
+                            let _ = old.quic_stream_mut().finish();
+                        }
+                        let mut s = conn.open_uni().await?.await?;
+                        s.quic_stream_mut()
+                            .write_chunk(frame::encode_stream_header(VIDEO_PRODUCER))
+                            .await?;
+                        stream = Some(s);
+                    }
+                    let s = stream.as_mut().expect("opened above");
+                    s.quic_stream_mut()
+                        .write_all_chunks(&mut [head, payload])
+                        .await?;
+                    anyhow::Ok(())
+                };
+                if write.await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+pub async fn run_fanout(
+    subscribers: usize,
+    shape: Shape,
+    duration: Duration,
+) -> Result<DirectOutcome> {
+    let identity = Identity::self_signed(["localhost", "127.0.0.1"])?;
+    let hash = identity.certificate_chain().as_slice()[0].hash();
+    let server = Endpoint::server(
+        ServerConfig::builder()
+            .with_bind_address("127.0.0.1:0".parse()?)
+            .with_identity(identity)
+            .build(),
+    )?;
+    let port = server.local_addr()?.port();
+    let queues: Arc<Mutex<Vec<mpsc::Sender<Outgoing>>>> = Arc::default();
+    let accept = tokio::spawn({
+        let queues = queues.clone();
+        async move {
+            for _ in 0..subscribers {
+                let Ok(request) = server.accept().await.await else {
+                    continue;
+                };
+                let Ok(conn) = request.accept().await else {
+                    continue;
+                };
+                let (tx, rx) = mpsc::channel(256);
+                tokio::spawn(send_to(conn, rx));
+                queues.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+            }
+            server
+        }
+    });
+
+    // Receivers.
+    let stop_at = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(stop_at);
+    let mut receivers = Vec::new();
+    for _ in 0..subscribers {
+        let config = ClientConfig::builder()
+            .with_bind_default()
+            .with_server_certificate_hashes([hash.clone()])
+            .build();
+        let endpoint = Endpoint::client(config)?;
+        let conn = endpoint
+            .connect(format!("https://127.0.0.1:{port}/"))
+            .await?;
+        let (tx, mut rx) = mpsc::channel::<ReceivedFrame>(8192);
+        tokio::spawn(receive_datagrams(conn.clone(), tx.clone()));
+        tokio::spawn(receive_streams(conn.clone(), tx));
+        let mut stop = stop_rx.clone();
+        receivers.push(tokio::spawn(async move {
+            let _keep = (endpoint, conn);
+            let mut recorder = Recorder::default();
+            loop {
+                let deadline = *stop.borrow();
+                tokio::select! {
+                    f = rx.recv() => match f {
+                        Some(f) => {
+                            let packets = if f.kind == MediaKind::Audio { 1 } else { packets_for(f.payload.len()) };
+                            recorder.record(f.header.capture_us, f.payload.len(), packets);
+                        }
+                        None => break,
+                    },
+                    _ = stop.changed() => {}
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            recorder
+        }));
+    }
+    let server = accept.await?;
+
+    // The sender: audio and video on their own schedules, each frame to every queue.
+    let began = tokio::time::Instant::now();
+    let end = began + duration;
+    let send = |kind: MediaKind, mut source: Box<dyn MediaSource>| {
+        let queues = queues.clone();
+        tokio::spawn(async move {
+            let (mut frames, mut bytes) = (0u64, 0u64);
+            let mut next = tokio::time::Instant::now();
+            for seq in 0u64.. {
+                if next >= end {
+                    break;
+                }
+                let f = source.next_frame(seq);
+                let header = FrameHeader {
+                    seq,
+                    capture_us: now_us(),
+                    keyframe: f.keyframe,
+                };
+                let out = match kind {
+                    MediaKind::Audio => Outgoing::Datagram(frame::encode_datagram(
+                        AUDIO_PRODUCER,
+                        &header,
+                        &f.payload,
+                    )),
+                    MediaKind::Video => Outgoing::Video {
+                        keyframe: f.keyframe,
+                        head: frame::encode_stream_frame_head(&header, f.payload.len()),
+                        payload: f.payload.clone(),
+                    },
+                };
+                let targets = queues.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for q in &targets {
+                    let copy = match &out {
+                        Outgoing::Datagram(d) => Outgoing::Datagram(d.clone()),
+                        Outgoing::Video {
+                            keyframe,
+                            head,
+                            payload,
+                        } => Outgoing::Video {
+                            keyframe: *keyframe,
+                            head: head.clone(),
+                            payload: payload.clone(),
+                        },
+                    };
+                    let _ = q.try_send(copy);
+                }
+                frames += 1;
+                bytes += f.payload.len() as u64;
+                next += f.duration;
+                tokio::time::sleep_until(next).await;
+            }
+            (frames, bytes)
+        })
+    };
+    let audio = send(
+        MediaKind::Audio,
+        Box::new(SyntheticAudio::new(shape.audio_bitrate)),
+    );
+    let video = send(
+        MediaKind::Video,
+        Box::new(SyntheticVideo::new(
+            shape.video_bitrate,
+            shape.fps,
+            shape.keyframe_interval,
+        )),
+    );
+    let (audio, video) = (audio.await?, video.await?);
+    let _ = stop_tx.send(tokio::time::Instant::now() + Duration::from_millis(1000));
+    let mut outcome = DirectOutcome {
+        sent_frames: audio.0 + video.0,
+        sent_bytes: audio.1 + video.1,
+        expected_frames: (audio.0 + video.0) * subscribers as u64,
+        ..DirectOutcome::default()
+    };
+    for r in receivers {
+        outcome.received.merge(&r.await?);
+    }
+    outcome.wall_s = began.elapsed().as_secs_f64();
+    drop(server);
+    Ok(outcome)
+}

@@ -1,0 +1,545 @@
+//! `synapse-sfu bench`: forwarding latency and capacity, measured side by side with a
+//! direct QUIC link and a raw UDP baseline on the same load in one run, because on a
+//! shared machine absolute numbers swing while ratios measured together hold.
+
+pub mod direct;
+pub mod relay_path;
+pub mod stats;
+pub mod udp;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::client::{Verification, fetch_certificate_hash};
+use relay_path::PeerPlan;
+use stats::{Latency, Recorder, machine_line, peak_rss_mb, process_cpu_seconds};
+
+/// The synthetic media every publisher sends.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Shape {
+    pub video_bitrate: u64,
+    pub fps: u32,
+    #[serde(serialize_with = "secs")]
+    pub keyframe_interval: Duration,
+    pub audio_bitrate: u64,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self {
+            video_bitrate: 1_000_000,
+            fps: 30,
+            keyframe_interval: Duration::from_secs(2),
+            audio_bitrate: 48_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "scenario", rename_all = "snake_case")]
+pub enum Scenario {
+    /// One publisher (audio + video) to N subscribers.
+    Fanout { subscribers: usize },
+    /// M peers, each publishing audio + video and consuming all the others.
+    Meeting { peers: usize },
+    /// R rooms of P audio-only peers, each consuming the others of its room.
+    Rooms { rooms: usize, peers: usize },
+}
+
+impl Scenario {
+    fn plans(&self) -> Vec<PeerPlan> {
+        let peer =
+            |room: String, name: String, media: bool, video: bool, subscribe: bool| PeerPlan {
+                room,
+                name,
+                audio: media,
+                video,
+                subscribe,
+            };
+        match *self {
+            Scenario::Fanout { subscribers } => {
+                let mut plans = vec![peer("fanout".into(), "publisher".into(), true, true, false)];
+                plans.extend((0..subscribers).map(|i| {
+                    peer(
+                        "fanout".into(),
+                        format!("subscriber-{i}"),
+                        false,
+                        false,
+                        true,
+                    )
+                }));
+                plans
+            }
+            Scenario::Meeting { peers } => (0..peers)
+                .map(|i| peer("meeting".into(), format!("peer-{i}"), true, true, true))
+                .collect(),
+            Scenario::Rooms { rooms, peers } => (0..rooms)
+                .flat_map(|r| {
+                    (0..peers).map(move |p| {
+                        peer(
+                            format!("room-{r}"),
+                            format!("peer-{r}-{p}"),
+                            true,
+                            false,
+                            true,
+                        )
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub scenario: Scenario,
+    pub duration: Duration,
+    pub shape: Shape,
+    /// An external relay; otherwise one is started as a child process.
+    pub url: Option<String>,
+    pub cert_hash: Option<String>,
+    /// The relay binary to start (default: this executable).
+    pub relay_bin: Option<PathBuf>,
+    /// Run the direct-QUIC and raw-UDP baselines too (fan-out only).
+    pub baselines: bool,
+    /// Print a progress line on stderr.
+    pub progress: bool,
+}
+
+/// Figures of one path.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathReport {
+    pub latency_ms: Latency,
+    /// Delivered over expected: frames for `relay` and `direct`, packets for `udp`.
+    pub delivered_ratio: f64,
+    pub delivered: u64,
+    pub expected: u64,
+    /// Media payload received by all subscribers together.
+    pub egress_mbps: f64,
+    /// Media payload sent by all publishers together.
+    pub ingress_mbps: f64,
+    /// Network packets delivered (datagrams, and ⌈size/1200⌉ per video frame).
+    pub packets: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_core_s_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_core_s_per_gbit: Option<f64>,
+    /// CPU microseconds per packet sent (the relay process, or the UDP sender thread).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_packet: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Paths {
+    pub relay: PathReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct: Option<PathReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp: Option<PathReport>,
+}
+
+/// Ratios of figures measured in the same run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ratios {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_added_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_added_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_over_direct_p50: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_over_direct_p99: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_over_udp_cpu_per_packet: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    #[serde(flatten)]
+    pub scenario: Scenario,
+    pub duration_s: f64,
+    pub shape: Shape,
+    pub machine: String,
+    pub note: &'static str,
+    pub paths: Paths,
+    pub ratios: Ratios,
+}
+
+const SHARED_NOTE: &str = "load generator and relay run on the same machine and share its cores";
+
+/// A relay started for the run, killed when dropped.
+struct RelayChild {
+    child: Child,
+    url: String,
+    hash: String,
+}
+
+impl Drop for RelayChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_relay(bin: Option<&PathBuf>) -> Result<RelayChild> {
+    let bin = match bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("locating this executable")?,
+    };
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let certs = std::env::temp_dir().join(format!("synapse-bench-{}-{port}", std::process::id()));
+    let child = Command::new(&bin)
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--certs-dir",
+        ])
+        .arg(&certs)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting the relay {}", bin.display()))?;
+    let url = format!("https://127.0.0.1:{port}/");
+    let mut relay = RelayChild {
+        child,
+        url,
+        hash: String::new(),
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match fetch_certificate_hash(&relay.url).await {
+            Ok(hash) => {
+                relay.hash = hash;
+                return Ok(relay);
+            }
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(e).context("the relay did not come up");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn mbps(bytes: u64, seconds: f64) -> f64 {
+    ((bytes as f64 * 8.0 / seconds.max(1e-9) / 1e6) * 100.0).round() / 100.0
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        return 0.0;
+    }
+    (a as f64 / b as f64 * 10_000.0).round() / 10_000.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn path_report(received: &Recorder, expected: u64, sent_bytes: u64, seconds: f64) -> PathReport {
+    PathReport {
+        latency_ms: Latency::of(&received.latency_us),
+        delivered_ratio: ratio(received.frames, expected),
+        delivered: received.frames,
+        expected,
+        egress_mbps: mbps(received.bytes, seconds),
+        ingress_mbps: mbps(sent_bytes, seconds),
+        packets: received.packets,
+        cpu_core_s_per_s: None,
+        peak_rss_mb: None,
+        cpu_core_s_per_gbit: None,
+        cpu_us_per_packet: None,
+    }
+}
+
+fn progress_printer(
+    label: String,
+    enabled: bool,
+    duration: Duration,
+) -> impl Fn(u64) + Send + 'static {
+    let started = std::time::Instant::now();
+    move |frames| {
+        if enabled {
+            eprint!(
+                "\r{label}: {:>4.0} / {:.0} s, {frames} frames delivered   ",
+                started.elapsed().as_secs_f64(),
+                duration.as_secs_f64()
+            );
+        }
+    }
+}
+
+/// Runs the scenario through the relay (and the baselines, for fan-out).
+pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
+    let started_relay;
+    let (url, verification, pid) = match &options.url {
+        Some(url) => {
+            let verification = match &options.cert_hash {
+                Some(h) => Verification::Pin(h.clone()),
+                None => Verification::FetchPin,
+            };
+            (url.clone(), verification, None)
+        }
+        None => {
+            started_relay = start_relay(options.relay_bin.as_ref()).await?;
+            let pid = started_relay.child.id();
+            (
+                started_relay.url.clone(),
+                Verification::Pin(started_relay.hash.clone()),
+                Some(pid),
+            )
+        }
+    };
+    let cpu_at_start = std::sync::Arc::new(std::sync::Mutex::new(None::<f64>));
+    let mark = cpu_at_start.clone();
+    let label = format!("relay {}", scenario_label(&options.scenario));
+    let outcome = relay_path::run(
+        &url,
+        verification,
+        options.scenario.plans(),
+        options.shape,
+        options.duration,
+        move || *mark.lock().unwrap_or_else(|e| e.into_inner()) = pid.and_then(process_cpu_seconds),
+        progress_printer(label, options.progress, options.duration),
+    )
+    .await?;
+    if options.progress {
+        eprintln!();
+    }
+    let seconds = options.duration.as_secs_f64();
+    let mut relay = path_report(
+        &outcome.received,
+        outcome.expected_frames,
+        outcome.sent_bytes,
+        seconds,
+    );
+    if let Some(pid) = pid {
+        let start = *cpu_at_start.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(start), Some(end)) = (start, process_cpu_seconds(pid)) {
+            let cpu = end - start;
+            relay.cpu_core_s_per_s = Some(round3(cpu / outcome.wall_s));
+            let gbit = outcome.received.bytes as f64 * 8.0 / 1e9;
+            relay.cpu_core_s_per_gbit = (gbit > 0.0).then(|| round3(cpu / gbit));
+            relay.cpu_us_per_packet = (outcome.received.packets > 0)
+                .then(|| round3(cpu * 1e6 / outcome.received.packets as f64));
+        }
+        relay.peak_rss_mb = peak_rss_mb(pid);
+    }
+
+    let (mut direct, mut udp) = (None, None);
+    if let (true, Scenario::Fanout { subscribers }) = (options.baselines, options.scenario) {
+        if options.progress {
+            eprintln!("direct QUIC baseline, same load…");
+        }
+        let d = direct::run_fanout(subscribers, options.shape, options.duration).await?;
+        direct = Some(path_report(
+            &d.received,
+            d.expected_frames,
+            d.sent_bytes,
+            seconds,
+        ));
+        if options.progress {
+            eprintln!("raw UDP baseline, same load…");
+        }
+        let u = udp::run_fanout(subscribers, options.shape, options.duration).await?;
+        let mut report = path_report(&u.received, u.expected_packets, u.sent_bytes, seconds);
+        report.cpu_us_per_packet =
+            (u.sent_packets > 0).then(|| round3(u.sender_cpu_s * 1e6 / u.sent_packets as f64));
+        report.cpu_core_s_per_s = Some(round3(u.sender_cpu_s / u.wall_s));
+        udp = Some(report);
+    }
+    let mut ratios = Ratios::default();
+    if let Some(d) = &direct {
+        ratios.relay_added_p50_ms = Some(round3(relay.latency_ms.p50 - d.latency_ms.p50));
+        ratios.relay_added_p99_ms = Some(round3(relay.latency_ms.p99 - d.latency_ms.p99));
+        if d.latency_ms.p50 > 0.0 && d.latency_ms.p99 > 0.0 {
+            ratios.relay_over_direct_p50 = Some(round3(relay.latency_ms.p50 / d.latency_ms.p50));
+            ratios.relay_over_direct_p99 = Some(round3(relay.latency_ms.p99 / d.latency_ms.p99));
+        }
+    }
+    if let (Some(r), Some(Some(u))) = (
+        relay.cpu_us_per_packet,
+        udp.as_ref().map(|u| u.cpu_us_per_packet),
+    ) && u > 0.0
+    {
+        ratios.relay_over_udp_cpu_per_packet = Some(round3(r / u));
+    }
+    Ok(BenchReport {
+        scenario: options.scenario,
+        duration_s: seconds,
+        shape: options.shape,
+        machine: machine_line(),
+        note: SHARED_NOTE,
+        paths: Paths { relay, direct, udp },
+        ratios,
+    })
+}
+
+fn scenario_label(s: &Scenario) -> String {
+    match s {
+        Scenario::Fanout { subscribers } => format!("fanout 1→{subscribers}"),
+        Scenario::Meeting { peers } => format!("meeting {peers} peers"),
+        Scenario::Rooms { rooms, peers } => format!("rooms {rooms}×{peers}"),
+    }
+}
+
+/// The capacity search's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityReport {
+    pub p99_bound_ms: f64,
+    pub min_delivered_ratio: f64,
+    /// Largest subscriber count that met both bounds.
+    pub capacity: usize,
+    pub trials: Vec<CapacityTrial>,
+    pub machine: String,
+    pub note: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CapacityTrial {
+    pub subscribers: usize,
+    pub p99_ms: f64,
+    pub delivered_ratio: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_core_s_per_s: Option<f64>,
+    pub passed: bool,
+}
+
+/// Finds the largest fan-out whose p99 stays under `p99_bound_ms` with at least 99.9%
+/// delivered: doubling from `start`, then bisecting to within `start / 2`.
+pub async fn capacity(
+    options: &BenchOptions,
+    start: usize,
+    p99_bound_ms: f64,
+) -> Result<CapacityReport> {
+    const MIN_DELIVERED: f64 = 0.999;
+    let mut trials = Vec::new();
+    let trial = async |n: usize, trials: &mut Vec<CapacityTrial>| -> Result<bool> {
+        let mut opts = options.clone();
+        opts.scenario = Scenario::Fanout { subscribers: n };
+        opts.baselines = false;
+        let report = run(&opts).await?;
+        let relay = &report.paths.relay;
+        let passed = relay.latency_ms.p99 <= p99_bound_ms && relay.delivered_ratio >= MIN_DELIVERED;
+        if options.progress {
+            eprintln!(
+                "capacity: {n} subscribers: p99 {:.2} ms, delivered {:.4} → {}",
+                relay.latency_ms.p99,
+                relay.delivered_ratio,
+                if passed { "pass" } else { "fail" }
+            );
+        }
+        trials.push(CapacityTrial {
+            subscribers: n,
+            p99_ms: relay.latency_ms.p99,
+            delivered_ratio: relay.delivered_ratio,
+            cpu_core_s_per_s: relay.cpu_core_s_per_s,
+            passed,
+        });
+        Ok(passed)
+    };
+    let (mut good, mut bad) = (0usize, None::<usize>);
+    let mut n = start.max(1);
+    while bad.is_none() && n <= 100_000 {
+        if trial(n, &mut trials).await? {
+            good = n;
+            n *= 2;
+        } else {
+            bad = Some(n);
+        }
+    }
+    if let Some(mut bad) = bad {
+        let step = (start / 2).max(1);
+        while bad - good > step {
+            let mid = good + (bad - good) / 2;
+            if trial(mid, &mut trials).await? {
+                good = mid;
+            } else {
+                bad = mid;
+            }
+        }
+    }
+    Ok(CapacityReport {
+        p99_bound_ms,
+        min_delivered_ratio: MIN_DELIVERED,
+        capacity: good,
+        trials,
+        machine: machine_line(),
+        note: SHARED_NOTE,
+    })
+}
+
+/// The human table.
+pub fn print_report(report: &BenchReport) {
+    println!(
+        "{} for {:.0} s — {}; {}",
+        scenario_label(&report.scenario),
+        report.duration_s,
+        report.machine,
+        report.note
+    );
+    println!(
+        "{:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "path",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "delivered",
+        "egress",
+        "ingress",
+        "cpu",
+        "rss MB",
+        "µs/packet"
+    );
+    let row = |name: &str, p: &PathReport| {
+        let opt =
+            |v: Option<f64>, digits: usize| v.map_or("-".to_owned(), |v| format!("{v:.digits$}"));
+        println!(
+            "{:<7} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9.2}% {:>5.1} Mb/s {:>4.1} Mb/s {:>9} {:>8} {:>9}",
+            name,
+            p.latency_ms.p50,
+            p.latency_ms.p90,
+            p.latency_ms.p99,
+            p.latency_ms.p999,
+            p.latency_ms.max,
+            p.delivered_ratio * 100.0,
+            p.egress_mbps,
+            p.ingress_mbps,
+            opt(p.cpu_core_s_per_s, 3),
+            opt(p.peak_rss_mb, 1),
+            opt(p.cpu_us_per_packet, 2),
+        );
+    };
+    row("relay", &report.paths.relay);
+    if let Some(d) = &report.paths.direct {
+        row("direct", d);
+    }
+    if let Some(u) = &report.paths.udp {
+        row("udp", u);
+    }
+    let r = &report.ratios;
+    if let (Some(a50), Some(a99)) = (r.relay_added_p50_ms, r.relay_added_p99_ms) {
+        println!("relay adds {a50:.3} ms at p50 and {a99:.3} ms at p99 over a direct QUIC link");
+    }
+    if let Some(x) = r.relay_over_udp_cpu_per_packet {
+        println!("relay CPU per packet: {x:.2}× the raw UDP sender's");
+    }
+    if let Some(g) = report.paths.relay.cpu_core_s_per_gbit {
+        println!("relay CPU per forwarded gigabit: {g:.3} core-seconds");
+    }
+}

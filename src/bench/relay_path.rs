@@ -1,0 +1,226 @@
+//! Load through a relay: peers join rooms, publish synthetic media, auto-subscribe to the
+//! others, and record what arrives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::sync::{Barrier, Semaphore};
+
+use super::Shape;
+use super::stats::{Recorder, packets_for};
+use crate::client::join::{Publisher, publish};
+use crate::client::media::{SyntheticAudio, SyntheticVideo};
+use crate::client::{Client, ClientOptions, Verification};
+use crate::wire::{MediaKind, ServerMessage};
+
+/// One simulated peer.
+#[derive(Debug, Clone)]
+pub struct PeerPlan {
+    pub room: String,
+    pub name: String,
+    pub audio: bool,
+    pub video: bool,
+    pub subscribe: bool,
+}
+
+impl PeerPlan {
+    fn tracks(&self) -> u64 {
+        u64::from(self.audio) + u64::from(self.video)
+    }
+}
+
+/// What one run through the relay produced.
+#[derive(Debug, Default)]
+pub struct PlanOutcome {
+    pub received: Recorder,
+    pub sent_frames: u64,
+    pub sent_bytes: u64,
+    /// Frames that should have arrived: every frame to every subscriber of its room.
+    pub expected_frames: u64,
+    pub wall_s: f64,
+}
+
+struct PeerOutcome {
+    room: String,
+    sent_frames: u64,
+    sent_bytes: u64,
+    subscribe: bool,
+    received: Recorder,
+}
+
+/// Runs `plans` against the relay at `url` for `duration` once every consumer is in place.
+/// `on_start` runs at the moment publishing starts (the caller samples relay CPU there).
+pub async fn run(
+    url: &str,
+    verification: Verification,
+    plans: Vec<PeerPlan>,
+    shape: Shape,
+    duration: Duration,
+    on_start: impl FnOnce() + Send,
+    progress: impl Fn(u64) + Send + 'static,
+) -> Result<PlanOutcome> {
+    // How many consumers each peer should see before the clock starts.
+    let mut tracks_per_room: HashMap<&str, u64> = HashMap::new();
+    for p in &plans {
+        *tracks_per_room.entry(&p.room).or_default() += p.tracks();
+    }
+    let barrier = Arc::new(Barrier::new(plans.len() + 1));
+    let joining = Arc::new(Semaphore::new(32));
+    let received_frames = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for plan in plans.clone() {
+        let expected_consumers = if plan.subscribe {
+            tracks_per_room[plan.room.as_str()] - plan.tracks()
+        } else {
+            0
+        };
+        let mut options = ClientOptions::new(url, verification.clone());
+        options.frame_buffer = 8192;
+        let (barrier, joining, received_frames) =
+            (barrier.clone(), joining.clone(), received_frames.clone());
+        tasks.push(tokio::spawn(async move {
+            let permit = joining.acquire_owned().await?;
+            let (client, mut incoming) = Client::connect(options).await?;
+            client.join(&plan.room, &plan.name, plan.subscribe).await?;
+            // Tracks are produced now, so that every consumer exists before the clock
+            // starts; they start sending when the barrier opens.
+            let (go, gone) = tokio::sync::watch::channel(false);
+            let start_signal = || {
+                let mut gone = gone.clone();
+                async move {
+                    let _ = gone.wait_for(|go| *go).await;
+                }
+            };
+            let mut publishers: Vec<Publisher> = Vec::new();
+            if plan.audio {
+                let source = Box::new(SyntheticAudio::new(shape.audio_bitrate));
+                publishers.push(publish(&client, MediaKind::Audio, source, start_signal()).await?);
+            }
+            if plan.video {
+                let source = Box::new(SyntheticVideo::new(
+                    shape.video_bitrate,
+                    shape.fps,
+                    shape.keyframe_interval,
+                ));
+                publishers.push(publish(&client, MediaKind::Video, source, start_signal()).await?);
+            }
+            drop(permit);
+            let mut consumers = 0;
+            while consumers < expected_consumers {
+                let event = tokio::time::timeout(Duration::from_secs(120), incoming.events.recv())
+                    .await
+                    .context("waiting for consumers")?;
+                match event {
+                    Some(ServerMessage::ConsumerAdded { .. }) => consumers += 1,
+                    Some(_) => {}
+                    None => bail!("relay closed the session while setting up"),
+                }
+            }
+            barrier.wait().await;
+            let start = tokio::time::Instant::now();
+            let _ = go.send(true);
+            let stop_sending = start + duration;
+            let stop_receiving = stop_sending + Duration::from_millis(1000);
+            let mut received = Recorder::default();
+            let mut stopped = false;
+            loop {
+                tokio::select! {
+                    frame = incoming.frames.recv() => match frame {
+                        Some(f) => {
+                            let packets = match f.kind {
+                                MediaKind::Audio => 1,
+                                MediaKind::Video => packets_for(f.payload.len()),
+                            };
+                            received.record(f.header.capture_us, f.payload.len(), packets);
+                            received_frames.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => break,
+                    },
+                    event = incoming.events.recv() => {
+                        if let Some(ServerMessage::KeyframeRequest { producer_id }) = event
+                            && let Some(p) = publishers.iter().find(|p| p.producer_id == producer_id)
+                        {
+                            p.keyframe_wanted.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    _ = tokio::time::sleep_until(stop_sending), if !stopped => {
+                        stopped = true;
+                        for p in &publishers {
+                            p.task.abort();
+                        }
+                    }
+                    _ = tokio::time::sleep_until(stop_receiving) => break,
+                }
+            }
+            let outcome = PeerOutcome {
+                room: plan.room.clone(),
+                sent_frames: publishers.iter().map(|p| p.frames.load(Ordering::Relaxed)).sum(),
+                sent_bytes: publishers.iter().map(|p| p.bytes.load(Ordering::Relaxed)).sum(),
+                subscribe: plan.subscribe,
+                received,
+            };
+            drop(client);
+            anyhow::Ok(outcome)
+        }));
+    }
+
+    // Wait for everyone to be in place (or for a peer to fail getting there).
+    let ready = barrier.clone();
+    let mut waiting = tokio::spawn(async move { ready.wait().await });
+    let setup_deadline = tokio::time::sleep(Duration::from_secs(180));
+    tokio::pin!(setup_deadline);
+    loop {
+        tokio::select! {
+            _ = &mut waiting => break,
+            _ = &mut setup_deadline => bail!("peers were not all set up within 180 s"),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some(failed) = tasks.iter().position(|t| t.is_finished()) {
+                    let task = tasks.swap_remove(failed);
+                    return match task.await {
+                        Ok(Err(e)) => Err(e.context("setting up a peer")),
+                        Ok(Ok(_)) => bail!("a peer finished before the run started"),
+                        Err(e) => Err(e.into()),
+                    };
+                }
+            }
+        }
+    }
+    let began = tokio::time::Instant::now();
+    on_start();
+    let ticker = tokio::spawn({
+        let received_frames = received_frames.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                progress(received_frames.load(Ordering::Relaxed));
+            }
+        }
+    });
+    let outcomes = futures_util::future::join_all(tasks).await;
+    ticker.abort();
+    let wall_s = began.elapsed().as_secs_f64();
+    let mut peers = Vec::new();
+    for outcome in outcomes {
+        peers.push(outcome??);
+    }
+    let mut result = PlanOutcome {
+        wall_s,
+        ..PlanOutcome::default()
+    };
+    let mut sent_per_room: HashMap<&str, u64> = HashMap::new();
+    for p in &peers {
+        *sent_per_room.entry(&p.room).or_default() += p.sent_frames;
+        result.sent_frames += p.sent_frames;
+        result.sent_bytes += p.sent_bytes;
+        result.received.merge(&p.received);
+    }
+    for p in peers.iter().filter(|p| p.subscribe) {
+        result.expected_frames += sent_per_room[p.room.as_str()] - p.sent_frames;
+    }
+    Ok(result)
+}
