@@ -7,8 +7,10 @@
 //! - [`server`]: the WebTransport endpoint, HTTP side, TLS identity and the tasks that
 //!   drive `core`.
 //! - [`client`]: a native client library on the same `wire` module, and the `join` command.
+//! - [`auth`]: access tokens (JWT) and the development-mode policy.
 //! - [`bench`]: the load generator and report of `synapse-sfu bench`.
 
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod core;

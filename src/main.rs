@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use synapse_sfu::auth::AccessPolicy;
 use synapse_sfu::client::join::{self, JoinOptions};
 use synapse_sfu::client::{ClientOptions, Verification};
 use synapse_sfu::server::{Server, ServerConfig};
+use synapse_sfu::wire::{Grants, MediaKind};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +31,51 @@ enum Command {
     Join(JoinArgs),
     /// Measure forwarding latency, delivery and cost, beside a direct QUIC link and raw UDP.
     Bench(BenchArgs),
+    /// Mint an access token for a room (needs the API key and secret).
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct ApiKeyArgs {
+    /// API key: the issuer of access tokens. With a secret, joins require tokens.
+    #[arg(long, env = "SYNAPSE_API_KEY")]
+    api_key: Option<String>,
+    /// API secret that signs access tokens (HS256).
+    #[arg(long, env = "SYNAPSE_API_SECRET", hide_env_values = true)]
+    api_secret: Option<String>,
+}
+
+impl ApiKeyArgs {
+    fn policy(&self) -> Result<AccessPolicy> {
+        AccessPolicy::from_env_pair(self.api_key.clone(), self.api_secret.clone())
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[arg(long)]
+    room: String,
+    /// The peer's identity (the token's subject).
+    #[arg(long)]
+    identity: String,
+    /// Display name (default: the identity).
+    #[arg(long)]
+    name: Option<String>,
+    /// How long the token is valid (e.g. 1h, 30m).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The peer may not publish.
+    #[arg(long)]
+    no_publish: bool,
+    /// The peer may not subscribe.
+    #[arg(long)]
+    no_subscribe: bool,
+    /// Kinds the peer may publish (comma-separated: audio,video).
+    #[arg(long, value_delimiter = ',', default_value = "audio,video")]
+    kinds: Vec<String>,
+    #[command(flatten)]
+    keys: ApiKeyArgs,
 }
 
 #[derive(clap::Args)]
@@ -109,6 +156,8 @@ struct ServeArgs {
     /// (for development: edit a file, reload the page).
     #[arg(long, env = "SYNAPSE_WEB_ROOT")]
     web_root: Option<PathBuf>,
+    #[command(flatten)]
+    keys: ApiKeyArgs,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +198,9 @@ struct JoinArgs {
     /// Trust the system's root certificates (a relay with a real certificate).
     #[arg(long, conflicts_with = "cert_hash")]
     native_roots: bool,
+    /// Access token (from `synapse-sfu token`), for a relay that requires one.
+    #[arg(long, env = "SYNAPSE_TOKEN")]
+    token: Option<String>,
 }
 
 fn init_logging(default: &str) {
@@ -180,7 +232,37 @@ async fn main() -> Result<()> {
             init_logging("warn");
             run_bench(args).await
         }
+        Some(Command::Token(args)) => mint_token(args),
     }
+}
+
+fn mint_token(args: TokenArgs) -> Result<()> {
+    let AccessPolicy::Keys(key) = args.keys.policy()? else {
+        anyhow::bail!("set --api-key and --api-secret (or SYNAPSE_API_KEY and SYNAPSE_API_SECRET)");
+    };
+    let kinds = args
+        .kinds
+        .iter()
+        .map(|k| match k.trim() {
+            "audio" => Ok(MediaKind::Audio),
+            "video" => Ok(MediaKind::Video),
+            other => anyhow::bail!("unknown kind {other:?} (audio, video)"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let grants = Grants {
+        can_publish: !args.no_publish,
+        can_subscribe: !args.no_subscribe,
+        kinds,
+    };
+    let token = key.mint(
+        &args.room,
+        &args.identity,
+        args.name.as_deref(),
+        args.ttl,
+        grants,
+    )?;
+    println!("{token}");
+    Ok(())
 }
 
 async fn run_bench(args: BenchArgs) -> Result<()> {
@@ -260,6 +342,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         key: args.key,
         certs_dir: args.certs_dir,
         web_root: args.web_root,
+        access: args.keys.policy()?,
         ..ServerConfig::default()
     };
     let server = Server::start(config).await.context("starting the relay")?;
@@ -283,8 +366,10 @@ async fn run_join(args: JoinArgs) -> Result<()> {
         (None, true) => Verification::NativeRoots,
         (None, false) => Verification::FetchPin,
     };
+    let mut client = ClientOptions::new(args.url, verification);
+    client.token = args.token;
     let options = JoinOptions {
-        client: ClientOptions::new(args.url, verification),
+        client,
         room: args.room,
         name: args.name,
         video: args.video,

@@ -99,6 +99,7 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         room: "r".into(),
         name: "x".into(),
         auto_subscribe: false,
+        token: None,
     };
     assert_eq!(
         code(early.request_raw(old).await),

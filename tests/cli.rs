@@ -35,6 +35,10 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 }
 
 fn start_relay() -> (Relay, u16) {
+    start_relay_with_env(&[])
+}
+
+fn start_relay_with_env(env: &[(&str, &str)]) -> (Relay, u16) {
     let port = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -48,6 +52,7 @@ fn start_relay() -> (Relay, u16) {
             "--certs-dir",
         ])
         .arg(common::temp_dir("cli-certs"))
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -197,4 +202,72 @@ fn bench_harness_reports_every_path() {
         rooms["paths"]["relay"]["delivered_ratio"].as_f64().unwrap() > 0.9,
         "{rooms}"
     );
+}
+
+const KEYS: [(&str, &str); 2] = [
+    ("SYNAPSE_API_KEY", "APIcli"),
+    (
+        "SYNAPSE_API_SECRET",
+        "cli-test-secret-long-enough-0123456789",
+    ),
+];
+
+#[test]
+fn token_command_mints_what_the_relay_accepts() {
+    let (_relay, port) = start_relay_with_env(&KEYS);
+    let minted = Command::new(BIN)
+        .args([
+            "token",
+            "--room",
+            "demo",
+            "--identity",
+            "ada",
+            "--ttl",
+            "10m",
+        ])
+        .envs(KEYS)
+        .output()
+        .unwrap();
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let run = |token: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["join", "--url", &format!("https://127.0.0.1:{port}/")])
+            .args([
+                "--room",
+                "demo",
+                "--name",
+                "ada",
+                "--duration",
+                "1s",
+                "--json",
+            ]);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        cmd.output().unwrap()
+    };
+    let admitted = run(Some(&token));
+    assert!(
+        admitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admitted.stderr)
+    );
+    let unsigned = run(None);
+    assert!(!unsigned.status.success());
+    assert!(String::from_utf8_lossy(&unsigned.stderr).contains("unauthorized"));
+
+    let no_keys = Command::new(BIN)
+        .args(["token", "--room", "demo", "--identity", "ada"])
+        .env_remove("SYNAPSE_API_KEY")
+        .env_remove("SYNAPSE_API_SECRET")
+        .output()
+        .unwrap();
+    assert!(!no_keys.status.success());
 }

@@ -82,6 +82,8 @@ pub struct ClientOptions {
     /// QUIC per-stream receive window override, in bytes (tests use a small one to make a
     /// consumer that stops reading visible to the relay quickly).
     pub stream_receive_window: Option<u32>,
+    /// Access token sent with `join` (required by a relay that has API keys).
+    pub token: Option<String>,
 }
 
 impl ClientOptions {
@@ -91,6 +93,7 @@ impl ClientOptions {
             verification,
             frame_buffer: 1024,
             stream_receive_window: None,
+            token: None,
         }
     }
 }
@@ -135,6 +138,7 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    token: Option<String>,
 }
 
 /// `https://host:port/...` → `(host, port)`.
@@ -254,6 +258,7 @@ impl Client {
         Ok((
             Client {
                 inner: Arc::new(inner),
+                token: options.token,
             },
             Incoming { events, frames },
         ))
@@ -297,6 +302,7 @@ impl Client {
             room: room.to_owned(),
             name: name.to_owned(),
             auto_subscribe,
+            token: self.token.clone(),
         })
         .await
     }

@@ -16,9 +16,9 @@ use serde::Serialize;
 
 use super::queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 use crate::wire::{
-    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, FrameHeader, JoinResult, LeaveReason,
-    MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult, ProducerId, ProducerInfo,
-    ProtocolError, Request, ServerMessage,
+    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, FrameHeader, Grants, JoinResult,
+    LeaveReason, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult, ProducerId,
+    ProducerInfo, ProtocolError, Request, ServerMessage,
 };
 
 /// Tunables of the core. The defaults suit a browser client (see `docs/PROTOCOL.md`).
@@ -114,6 +114,7 @@ struct Peer {
     producers: Vec<ProducerId>,
     consumers: BTreeSet<ConsumerId>,
     auto_subscribe: bool,
+    grants: Grants,
     outbox: VecDeque<PeerOutput>,
     waker: Option<Waker>,
     overflowed: bool,
@@ -328,14 +329,28 @@ impl Relay {
 
     // ---- joining and leaving -------------------------------------------------------------
 
-    /// Admits a new peer. The caller writes the result to the peer itself (its output
-    /// stream starts after this), then drives `poll_peer`.
+    /// Admits a new peer with every grant (development mode).
     pub fn join(
         &mut self,
         version: u32,
         room: &str,
         name: &str,
         auto_subscribe: bool,
+        now: Instant,
+    ) -> Result<(PeerId, JoinResult), ProtocolError> {
+        self.join_with_grants(version, room, name, auto_subscribe, Grants::default(), now)
+    }
+
+    /// Admits a new peer that may do what `grants` allow (checked on every produce and
+    /// consume). The caller writes the result to the peer itself (its output stream starts
+    /// after this), then drives `poll_peer`.
+    pub fn join_with_grants(
+        &mut self,
+        version: u32,
+        room: &str,
+        name: &str,
+        auto_subscribe: bool,
+        grants: Grants,
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
         if version != PROTOCOL_VERSION {
@@ -346,6 +361,12 @@ impl Relay {
         }
         validate_room(room)?;
         validate_name(name)?;
+        if auto_subscribe && !grants.can_subscribe {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "this access token does not allow subscribing",
+            ));
+        }
         let peer_id = self.new_id();
         let peers: Vec<PeerInfo> = self
             .rooms
@@ -360,6 +381,7 @@ impl Relay {
             peers,
             max_datagram_size: self.config.max_datagram_size,
             max_frame_size: self.config.max_frame_size,
+            grants: grants.clone(),
         };
         self.peers.insert(
             peer_id,
@@ -369,6 +391,7 @@ impl Relay {
                 producers: Vec::new(),
                 consumers: BTreeSet::new(),
                 auto_subscribe: false,
+                grants,
                 outbox: VecDeque::new(),
                 waker: None,
                 overflowed: false,
@@ -541,6 +564,12 @@ impl Relay {
                 .set_consumer_paused(peer_id, consumer_id, false, now)
                 .map(|_| empty()),
             Request::SetAutoSubscribe { enabled } => {
+                if enabled && !self.peers[&peer_id].grants.can_subscribe {
+                    return Err(err(
+                        ErrorCode::Forbidden,
+                        "this access token does not allow subscribing",
+                    ));
+                }
                 self.set_auto_subscribe(peer_id, enabled, now);
                 Ok(empty())
             }
@@ -585,6 +614,15 @@ impl Relay {
         params: Params,
         now: Instant,
     ) -> Result<ProducerId, ProtocolError> {
+        if !self.peers[&peer_id].grants.may_publish(kind) {
+            return Err(err(
+                ErrorCode::Forbidden,
+                format!(
+                    "this access token does not allow publishing {}",
+                    kind.as_str()
+                ),
+            ));
+        }
         if codec.is_empty() || codec.len() > 64 || codec.chars().any(char::is_control) {
             return Err(err(
                 ErrorCode::BadRequest,
@@ -671,6 +709,12 @@ impl Relay {
         paused: bool,
         now: Instant,
     ) -> Result<ConsumerInfo, ProtocolError> {
+        if !self.peers[&peer_id].grants.can_subscribe {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "this access token does not allow subscribing",
+            ));
+        }
         let room = &self.peers[&peer_id].room;
         let producer = match self.producers.get(&producer_id) {
             Some(p) if &p.room == room => p,

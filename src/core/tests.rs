@@ -458,6 +458,7 @@ fn bad_requests_get_typed_errors() {
         room: "r".into(),
         name: "a".into(),
         auto_subscribe: false,
+        token: None,
     };
     assert_eq!(h.request(a, join_again), Err(ErrorCode::AlreadyJoined));
     assert_eq!(
@@ -633,4 +634,73 @@ fn leave_returns_what_was_still_waiting() {
     assert!(matches!(last[0], ServerMessage::PeerJoined { .. }));
     assert!(matches!(last[1], ServerMessage::ProducerAdded { .. }));
     assert!(matches!(last[2], ServerMessage::Response { id: 5, .. }));
+}
+
+#[test]
+fn grants_are_enforced_on_every_produce_and_consume() {
+    use crate::wire::Grants;
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let mic = h.produce(a, MediaKind::Audio);
+    let listener = Grants {
+        can_publish: false,
+        can_subscribe: true,
+        kinds: vec![],
+    };
+    let (l, joined) = h
+        .relay
+        .join_with_grants(
+            PROTOCOL_VERSION,
+            "r",
+            "listener",
+            false,
+            listener.clone(),
+            h.now,
+        )
+        .unwrap();
+    assert_eq!(joined.grants, listener);
+    let produce = |kind| Request::Produce {
+        kind,
+        codec: "opus".into(),
+        params: Default::default(),
+    };
+    assert_eq!(
+        h.request(l, produce(MediaKind::Audio)),
+        Err(ErrorCode::Forbidden)
+    );
+    h.consume(l, mic);
+    let audio_only = Grants {
+        can_publish: true,
+        can_subscribe: false,
+        kinds: vec![MediaKind::Audio],
+    };
+    let (s, _) = h
+        .relay
+        .join_with_grants(
+            PROTOCOL_VERSION,
+            "r",
+            "speaker",
+            false,
+            audio_only.clone(),
+            h.now,
+        )
+        .unwrap();
+    h.produce(s, MediaKind::Audio);
+    assert_eq!(
+        h.request(s, produce(MediaKind::Video)),
+        Err(ErrorCode::Forbidden)
+    );
+    let consume = Request::Consume {
+        producer_id: mic,
+        paused: false,
+    };
+    assert_eq!(h.request(s, consume), Err(ErrorCode::Forbidden));
+    assert_eq!(
+        h.request(s, Request::SetAutoSubscribe { enabled: true }),
+        Err(ErrorCode::Forbidden)
+    );
+    let refused = h
+        .relay
+        .join_with_grants(PROTOCOL_VERSION, "r", "x", true, audio_only, h.now);
+    assert_eq!(refused.unwrap_err().code, ErrorCode::Forbidden);
 }

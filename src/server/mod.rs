@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use wtransport::config::IpBindConfig;
 use wtransport::{Endpoint, VarInt};
 
+use crate::auth::AccessPolicy;
 use crate::core::{Relay, RelayConfig};
 pub use session::close_code;
 
@@ -88,6 +89,8 @@ pub struct ServerConfig {
     pub renewal_check: Duration,
     pub relay: RelayConfig,
     pub limits: SessionLimits,
+    /// Who may join: development mode (no keys) or signed access tokens.
+    pub access: AccessPolicy,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             renewal_check: Duration::from_secs(3600),
             relay: RelayConfig::default(),
             limits: SessionLimits::default(),
+            access: AccessPolicy::Development,
         }
     }
 }
@@ -182,10 +186,18 @@ impl Server {
             }
             None => None,
         };
+        match &config.access {
+            AccessPolicy::Development => warn!(
+                "development mode: joins need no access token (set SYNAPSE_API_KEY and \
+                 SYNAPSE_API_SECRET to require signed tokens)"
+            ),
+            AccessPolicy::Keys(key) => info!(api_key = %key.key, "joins require access tokens"),
+        }
         tasks.push(tokio::spawn(accept_sessions(
             endpoint.clone(),
             relay.clone(),
             config.limits.clone(),
+            Arc::new(config.access.clone()),
         )));
         if identity.development {
             tasks.push(tokio::spawn(renew_development_identity(
@@ -314,10 +326,12 @@ async fn renew_development_identity(
 async fn accept_sessions(
     endpoint: Arc<ServerEndpoint>,
     relay: SharedRelay,
-    limits: crate::server::SessionLimits,
+    limits: SessionLimits,
+    access: Arc<AccessPolicy>,
 ) {
     loop {
         let incoming = endpoint.accept().await;
-        tokio::spawn(session::serve(incoming, relay.clone(), limits.clone()));
+        let session = session::serve(incoming, relay.clone(), limits.clone(), access.clone());
+        tokio::spawn(session);
     }
 }

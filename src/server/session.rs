@@ -6,6 +6,7 @@
 //! lock across an `.await`: each takes it for one call and lets go.
 
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -16,6 +17,7 @@ use wtransport::endpoint::IncomingSession;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{SessionLimits, SharedRelay};
+use crate::auth::AccessPolicy;
 use crate::core::{FrameData, GroupOrder, PeerOutput};
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
@@ -64,7 +66,12 @@ async fn write_message(send: &mut SendStream, message: &ServerMessage) -> anyhow
 }
 
 /// Accepts one incoming session and runs it to its end.
-pub(crate) async fn serve(incoming: IncomingSession, relay: SharedRelay, limits: SessionLimits) {
+pub(crate) async fn serve(
+    incoming: IncomingSession,
+    relay: SharedRelay,
+    limits: SessionLimits,
+    access: Arc<AccessPolicy>,
+) {
     let request = match incoming.await {
         Ok(request) => request,
         Err(e) => {
@@ -80,19 +87,27 @@ pub(crate) async fn serve(incoming: IncomingSession, relay: SharedRelay, limits:
             return;
         }
     };
-    if let Err(e) = run(connection, relay, limits).await {
+    if let Err(e) = run(connection, relay, limits, access).await {
         debug!(%remote, error = %e, "session ended");
     }
 }
 
-async fn run(conn: Connection, relay: SharedRelay, limits: SessionLimits) -> anyhow::Result<()> {
+async fn run(
+    conn: Connection,
+    relay: SharedRelay,
+    limits: SessionLimits,
+    access: Arc<AccessPolicy>,
+) -> anyhow::Result<()> {
     // One deadline from session start to a successful join covers opening the control
     // stream, sending `join`, and any refused attempts before it.
     let deadline = tokio::time::Instant::now() + limits.join_timeout;
     let mut buf = BytesMut::new();
     let joining = async {
         let (mut send, mut recv) = conn.accept_bi().await?;
-        let joined = join_phase(&conn, &relay, &limits, &mut send, &mut recv, &mut buf).await?;
+        let joined = join_phase(
+            &conn, &relay, &limits, &access, &mut send, &mut recv, &mut buf,
+        )
+        .await?;
         anyhow::Ok(joined.map(|joined| (send, recv, joined)))
     };
     let (mut send, recv, joined) = match tokio::time::timeout_at(deadline, joining).await {
@@ -134,6 +149,10 @@ async fn run(conn: Connection, relay: SharedRelay, limits: SessionLimits) -> any
     .await
 }
 
+fn result_name(relay: &crate::core::Relay, peer_id: PeerId) -> Option<String> {
+    relay.peer_label(peer_id).map(|(_, name)| name.to_owned())
+}
+
 struct Joined {
     peer_id: PeerId,
     room: String,
@@ -149,6 +168,7 @@ async fn join_phase(
     conn: &Connection,
     relay: &SharedRelay,
     limits: &SessionLimits,
+    access: &AccessPolicy,
     send: &mut SendStream,
     recv: &mut RecvStream,
     buf: &mut BytesMut,
@@ -173,17 +193,28 @@ async fn join_phase(
             room,
             name,
             auto_subscribe,
+            token,
         } = message.request
         else {
             let e = ProtocolError::new(ErrorCode::NotJoined, "send join first");
             write_message(send, &ServerMessage::error(Some(id), &e)).await?;
             continue;
         };
-        let joined = relay
-            .lock()
-            .join(version, &room, &name, auto_subscribe, Instant::now());
+        let joined = access
+            .admit(token.as_deref(), &room, &name)
+            .and_then(|admitted| {
+                relay.lock().join_with_grants(
+                    version,
+                    &room,
+                    &admitted.name,
+                    auto_subscribe,
+                    admitted.grants,
+                    Instant::now(),
+                )
+            });
         match joined {
             Ok((peer_id, result)) => {
+                let name = result_name(&relay.lock(), peer_id).unwrap_or(name);
                 let result = serde_json::to_value(result)?;
                 return Ok(Some(Joined {
                     peer_id,

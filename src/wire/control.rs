@@ -52,6 +52,9 @@ pub enum Request {
         name: String,
         #[serde(default)]
         auto_subscribe: bool,
+        /// Access token (JWT); required when the relay has API keys.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     Produce {
         kind: MediaKind,
@@ -121,6 +124,8 @@ pub enum ErrorCode {
     AlreadyJoined,
     InvalidRoom,
     InvalidName,
+    Unauthorized,
+    Forbidden,
     UnknownProducer,
     UnknownConsumer,
     NotOwner,
@@ -143,6 +148,8 @@ impl ErrorCode {
             ErrorCode::AlreadyJoined => "already_joined",
             ErrorCode::InvalidRoom => "invalid_room",
             ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::UnknownProducer => "unknown_producer",
             ErrorCode::UnknownConsumer => "unknown_consumer",
             ErrorCode::NotOwner => "not_owner",
@@ -171,6 +178,42 @@ impl ProtocolError {
             code,
             message: message.into(),
         }
+    }
+}
+
+/// What a peer may do, from its access token (everything, in development mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grants {
+    #[serde(default = "yes")]
+    pub can_publish: bool,
+    #[serde(default = "yes")]
+    pub can_subscribe: bool,
+    /// Kinds the peer may publish.
+    #[serde(default = "all_kinds")]
+    pub kinds: Vec<MediaKind>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn all_kinds() -> Vec<MediaKind> {
+    vec![MediaKind::Audio, MediaKind::Video]
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Self {
+            can_publish: true,
+            can_subscribe: true,
+            kinds: all_kinds(),
+        }
+    }
+}
+
+impl Grants {
+    pub fn may_publish(&self, kind: MediaKind) -> bool {
+        self.can_publish && self.kinds.contains(&kind)
     }
 }
 
@@ -210,6 +253,9 @@ pub struct JoinResult {
     pub peers: Vec<PeerInfo>,
     pub max_datagram_size: usize,
     pub max_frame_size: usize,
+    /// What this peer may do.
+    #[serde(default)]
+    pub grants: Grants,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -378,7 +424,8 @@ mod tests {
                 version: 1,
                 room: "r".into(),
                 name: "n".into(),
-                auto_subscribe: false
+                auto_subscribe: false,
+                token: None,
             }
         );
         let out = encode_message(&ServerMessage::KeyframeRequest { producer_id: 4 });
