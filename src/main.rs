@@ -156,6 +156,9 @@ struct ServeArgs {
     /// (for development: edit a file, reload the page).
     #[arg(long, env = "SYNAPSE_WEB_ROOT")]
     web_root: Option<PathBuf>,
+    /// On SIGINT/SIGTERM, how long peers get to leave before the relay closes them.
+    #[arg(long, env = "SYNAPSE_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
+    drain: Duration,
     #[command(flatten)]
     keys: ApiKeyArgs,
 }
@@ -335,7 +338,18 @@ impl ServeArgs {
     }
 }
 
+/// Waits for SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
+async fn shutdown_signal() -> Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.map(|_| "SIGINT").context("waiting for Ctrl-C"),
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
+    let drain = args.drain;
     let config = ServerConfig {
         bind: args.bind,
         cert: args.cert,
@@ -353,10 +367,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     );
     eprintln!("  certificate sha256 {}", server.certificate_sha256());
     eprintln!("  web client: http://localhost:{port}/");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    server.shutdown();
+    let signal = shutdown_signal().await?;
+    eprintln!("{signal}: shutting down (draining up to {drain:?})");
+    server.shutdown_gracefully(drain).await;
     Ok(())
 }
 

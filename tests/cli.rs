@@ -271,3 +271,42 @@ fn token_command_mints_what_the_relay_accepts() {
         .unwrap();
     assert!(!no_keys.status.success());
 }
+
+#[test]
+fn sigterm_drains_peers_and_exits_zero() {
+    let (mut relay, port) = start_relay();
+    let peers = [join(port, "demo", "ada", 60), join(port, "demo", "bo", 60)];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http_get(port, "/healthz").is_some_and(|h| h.contains("\"peers\":2")) {
+        assert!(Instant::now() < deadline, "peers never joined");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = relay.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = relay.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "relay did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    for peer in peers {
+        let out = peer.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("going away"), "{stderr}");
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(summary["duration_s"].as_f64().unwrap() < 30.0);
+    }
+}

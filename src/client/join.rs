@@ -346,6 +346,10 @@ async fn receive(
                 Some(ServerMessage::Error { code, message, .. }) => {
                     eprintln!("relay error: {}: {message}", code.as_str());
                 }
+                Some(ServerMessage::GoingAway { reason, .. }) => {
+                    eprintln!("the relay is going away: {reason}");
+                    break;
+                }
                 Some(_) => {}
                 None => break,
             },

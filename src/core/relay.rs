@@ -1033,6 +1033,20 @@ impl Relay {
         self.send(peer_id, ServerMessage::error(None, error));
     }
 
+    /// Tells every peer that the relay is going away.
+    pub fn announce_going_away(&mut self, reason: &str, deadline: Duration) {
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer_id in peers {
+            self.send(
+                peer_id,
+                ServerMessage::GoingAway {
+                    reason: reason.to_owned(),
+                    deadline_ms: deadline.as_millis() as u64,
+                },
+            );
+        }
+    }
+
     /// The path to a consumer broke (its stream was stopped or reset): start it again at
     /// the next keyframe.
     pub fn resync_consumer(&mut self, consumer_id: ConsumerId, now: Instant) {

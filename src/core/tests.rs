@@ -704,3 +704,22 @@ fn grants_are_enforced_on_every_produce_and_consume() {
         .join_with_grants(PROTOCOL_VERSION, "r", "x", true, audio_only, h.now);
     assert_eq!(refused.unwrap_err().code, ErrorCode::Forbidden);
 }
+
+#[test]
+fn going_away_reaches_every_peer() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("other", "b");
+    h.messages(a);
+    h.relay
+        .announce_going_away("maintenance", Duration::from_secs(5));
+    for p in [a, b] {
+        assert_eq!(
+            h.messages(p),
+            vec![ServerMessage::GoingAway {
+                reason: "maintenance".into(),
+                deadline_ms: 5000
+            }]
+        );
+    }
+}

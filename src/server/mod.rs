@@ -7,6 +7,7 @@ mod session;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -119,6 +120,8 @@ pub struct Server {
     certificate_sha256: CertificateHash,
     development_identity: bool,
     tasks: Vec<JoinHandle<()>>,
+    /// Set when shutting down: new sessions are turned away.
+    draining: Arc<AtomicBool>,
 }
 
 /// The served certificate's SHA-256 (hex); it changes when a development identity renews.
@@ -193,11 +196,13 @@ impl Server {
             ),
             AccessPolicy::Keys(key) => info!(api_key = %key.key, "joins require access tokens"),
         }
+        let draining = Arc::new(AtomicBool::new(false));
         tasks.push(tokio::spawn(accept_sessions(
             endpoint.clone(),
             relay.clone(),
             config.limits.clone(),
             Arc::new(config.access.clone()),
+            draining.clone(),
         )));
         if identity.development {
             tasks.push(tokio::spawn(renew_development_identity(
@@ -221,6 +226,7 @@ impl Server {
             certificate_sha256,
             development_identity: identity.development,
             tasks,
+            draining,
         })
     }
 
@@ -250,7 +256,29 @@ impl Server {
         format!("https://127.0.0.1:{}/", self.local_addr.port())
     }
 
-    /// Stops accepting and closes every session.
+    /// Graceful shutdown: turn new sessions away, tell every peer the relay is going away,
+    /// wait up to `deadline` for them to leave, then close what remains.
+    pub async fn shutdown_gracefully(&self, deadline: Duration) {
+        self.draining.store(true, Ordering::Relaxed);
+        let peers = self.relay.lock().counts().peers;
+        info!(peers, ?deadline, "shutting down: telling peers");
+        self.relay
+            .lock()
+            .announce_going_away("the relay is shutting down", deadline);
+        let until = tokio::time::Instant::now() + deadline;
+        while self.relay.lock().counts().peers > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let remaining = self.relay.lock().counts().peers;
+        info!(remaining, "closing");
+        self.shutdown();
+        // Let the close frames leave before the process exits.
+        tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle())
+            .await
+            .ok();
+    }
+
+    /// Stops accepting and closes every session at once.
     pub fn shutdown(&self) {
         for task in &self.tasks {
             task.abort();
@@ -328,9 +356,18 @@ async fn accept_sessions(
     relay: SharedRelay,
     limits: SessionLimits,
     access: Arc<AccessPolicy>,
+    draining: Arc<AtomicBool>,
 ) {
     loop {
         let incoming = endpoint.accept().await;
+        if draining.load(Ordering::Relaxed) {
+            tokio::spawn(async move {
+                if let Ok(request) = incoming.await {
+                    request.too_many_requests().await;
+                }
+            });
+            continue;
+        }
         let session = session::serve(incoming, relay.clone(), limits.clone(), access.clone());
         tokio::spawn(session);
     }

@@ -314,6 +314,11 @@ pub enum ServerMessage {
     KeyframeRequest {
         producer_id: ProducerId,
     },
+    /// The relay is shutting down: finish up; the session closes within `deadline_ms`.
+    GoingAway {
+        reason: String,
+        deadline_ms: u64,
+    },
 }
 
 impl ServerMessage {
