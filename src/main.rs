@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use synapse_sfu::auth::AccessPolicy;
 use synapse_sfu::client::join::{self, JoinOptions};
 use synapse_sfu::client::{ClientOptions, Verification};
-use synapse_sfu::server::{Server, ServerConfig};
+use synapse_sfu::core::{Limits, RelayConfig};
+use synapse_sfu::server::{Server, ServerConfig, SessionLimits};
 use synapse_sfu::wire::{Grants, MediaKind};
 
 #[derive(Parser)]
@@ -161,6 +162,47 @@ struct ServeArgs {
     drain: Duration,
     #[command(flatten)]
     keys: ApiKeyArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Limits; 0 means unlimited where it makes sense.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Peers in one room; more get `room_full`.
+    #[arg(long, env = "SYNAPSE_MAX_PEERS_PER_ROOM", default_value_t = 1000)]
+    max_peers_per_room: usize,
+    /// Rooms on this relay; a join that would open one more gets `too_many_rooms`.
+    #[arg(long, env = "SYNAPSE_MAX_ROOMS", default_value_t = 10_000)]
+    max_rooms: usize,
+    /// Producers of one peer; more get `too_many_producers`.
+    #[arg(long, env = "SYNAPSE_MAX_PRODUCERS_PER_PEER", default_value_t = 16)]
+    max_producers_per_peer: usize,
+    /// Control requests per second per peer (bursts of twice that); more get `rate_limited`.
+    #[arg(long, env = "SYNAPSE_MAX_REQUESTS_PER_SECOND", default_value_t = 50)]
+    max_requests_per_second: u32,
+    /// Media bits per second per producer; frames beyond are dropped (`bitrate_exceeded`).
+    #[arg(
+        long,
+        env = "SYNAPSE_MAX_PRODUCER_BITRATE",
+        default_value_t = 20_000_000
+    )]
+    max_producer_bitrate: u64,
+    /// Open sessions per source IP address; more are refused (HTTP 429).
+    #[arg(long, env = "SYNAPSE_MAX_SESSIONS_PER_ADDRESS", default_value_t = 100)]
+    max_sessions_per_address: usize,
+    /// Largest video frame payload, bytes.
+    #[arg(long, env = "SYNAPSE_MAX_FRAME_SIZE", default_value_t = 2 * 1024 * 1024)]
+    max_frame_size: usize,
+    /// Largest audio datagram, header included, bytes (browsers allow about 1200).
+    #[arg(long, env = "SYNAPSE_MAX_DATAGRAM_SIZE", default_value_t = 1200)]
+    max_datagram_size: usize,
+    /// Largest control message, bytes; a larger one disconnects the peer.
+    #[arg(long, env = "SYNAPSE_MAX_CONTROL_MESSAGE", default_value_t = 64 * 1024)]
+    max_control_message: usize,
+    /// A silent connection is dropped after this long.
+    #[arg(long, env = "SYNAPSE_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -357,6 +399,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
         certs_dir: args.certs_dir,
         web_root: args.web_root,
         access: args.keys.policy()?,
+        relay: RelayConfig {
+            max_datagram_size: args.limits.max_datagram_size,
+            max_frame_size: args.limits.max_frame_size,
+            limits: Limits {
+                max_peers_per_room: args.limits.max_peers_per_room,
+                max_rooms: args.limits.max_rooms,
+                max_producers_per_peer: args.limits.max_producers_per_peer,
+                max_requests_per_second: args.limits.max_requests_per_second,
+                max_producer_bitrate: args.limits.max_producer_bitrate,
+            },
+            ..RelayConfig::default()
+        },
+        limits: SessionLimits {
+            max_control_message: args.limits.max_control_message,
+            idle_timeout: args.limits.idle_timeout,
+            max_sessions_per_address: args.limits.max_sessions_per_address,
+            ..SessionLimits::default()
+        },
         ..ServerConfig::default()
     };
     let server = Server::start(config).await.context("starting the relay")?;

@@ -4,11 +4,13 @@
 
 mod order;
 mod queue;
+mod rate;
 mod relay;
 
 pub use order::GroupOrder;
 pub use queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
-pub use relay::{ConsumerStats, PeerOutput, Relay, RelayConfig, RelayCounts, RelayStats};
+pub use rate::TokenBucket;
+pub use relay::{ConsumerStats, Limits, PeerOutput, Relay, RelayConfig, RelayCounts, RelayStats};
 
 #[cfg(test)]
 mod tests;

@@ -112,6 +112,12 @@ impl ConsumerQueue {
         dropped
     }
 
+    /// Keep what is queued but take nothing more until a keyframe (video): a frame in
+    /// between was lost.
+    pub fn wait_for_keyframe(&mut self) {
+        self.waiting_for_keyframe = self.kind == MediaKind::Video;
+    }
+
     fn is_full_for(&self, size: usize) -> bool {
         self.frames.len() >= self.limits.max_frames
             || (!self.frames.is_empty() && self.bytes + size > self.limits.max_bytes)

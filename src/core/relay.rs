@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
+use super::rate::TokenBucket;
 use crate::wire::{
     ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, FrameHeader, Grants, JoinResult,
     LeaveReason, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult, ProducerId,
@@ -37,6 +38,33 @@ pub struct RelayConfig {
     pub max_outbox: usize,
     /// At most one error message per peer per interval for bad media frames.
     pub frame_error_interval: Duration,
+    pub limits: Limits,
+}
+
+/// Limits that keep one room, peer or producer from taking more than its share.
+/// Zero means unlimited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_peers_per_room: usize,
+    pub max_rooms: usize,
+    pub max_producers_per_peer: usize,
+    /// Control requests per second a peer may send on average, with a burst of twice that.
+    pub max_requests_per_second: u32,
+    /// Media bits per second one producer may send on average (bursts of a second's worth,
+    /// or one largest frame, pass).
+    pub max_producer_bitrate: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_peers_per_room: 1000,
+            max_rooms: 10_000,
+            max_producers_per_peer: 16,
+            max_requests_per_second: 50,
+            max_producer_bitrate: 20_000_000,
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -57,6 +85,7 @@ impl Default for RelayConfig {
             keyframe_request_interval: Duration::from_millis(300),
             max_outbox: 4096,
             frame_error_interval: Duration::from_secs(1),
+            limits: Limits::default(),
         }
     }
 }
@@ -88,6 +117,8 @@ pub struct RelayStats {
     /// Video frames that arrived after a later frame of their producer (a late tail of an
     /// earlier group): forwarding them would break decoders that moved on.
     pub dropped_stale: u64,
+    /// Frames over their producer's bitrate limit.
+    pub dropped_bitrate: u64,
     pub frame_errors: u64,
     pub keyframe_requests: u64,
 }
@@ -119,6 +150,7 @@ struct Peer {
     waker: Option<Waker>,
     overflowed: bool,
     last_frame_error: Option<Instant>,
+    requests: Option<TokenBucket>,
 }
 
 #[derive(Debug)]
@@ -129,6 +161,7 @@ struct Producer {
     last_keyframe_request: Option<Instant>,
     /// Highest video sequence number forwarded so far.
     last_seq: Option<u64>,
+    bitrate: Option<TokenBucket>,
 }
 
 #[derive(Debug)]
@@ -361,6 +394,24 @@ impl Relay {
         }
         validate_room(room)?;
         validate_name(name)?;
+        let limits = &self.config.limits;
+        match self.rooms.get(room) {
+            Some(r)
+                if limits.max_peers_per_room > 0 && r.peers.len() >= limits.max_peers_per_room =>
+            {
+                return Err(err(
+                    ErrorCode::RoomFull,
+                    format!("room {room} is full ({} peers)", limits.max_peers_per_room),
+                ));
+            }
+            None if limits.max_rooms > 0 && self.rooms.len() >= limits.max_rooms => {
+                return Err(err(
+                    ErrorCode::TooManyRooms,
+                    format!("this relay hosts its limit of {} rooms", limits.max_rooms),
+                ));
+            }
+            _ => {}
+        }
         if auto_subscribe && !grants.can_subscribe {
             return Err(err(
                 ErrorCode::Forbidden,
@@ -396,6 +447,10 @@ impl Relay {
                 waker: None,
                 overflowed: false,
                 last_frame_error: None,
+                requests: (self.config.limits.max_requests_per_second > 0).then(|| {
+                    let rate = f64::from(self.config.limits.max_requests_per_second);
+                    TokenBucket::new(rate * 2.0, rate)
+                }),
             },
         );
         self.rooms
@@ -498,7 +553,22 @@ impl Relay {
             return last;
         }
         let mark = peer.outbox.len();
-        let reply = match self.dispatch(peer_id, message.request, now) {
+        let within_rate = peer
+            .requests
+            .as_mut()
+            .is_none_or(|bucket| bucket.try_take(1.0, now));
+        let outcome = if within_rate {
+            self.dispatch(peer_id, message.request, now)
+        } else {
+            Err(err(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} requests per second",
+                    self.config.limits.max_requests_per_second
+                ),
+            ))
+        };
+        let reply = match outcome {
             Ok(result) => ServerMessage::Response { id, result },
             Err(e) => ServerMessage::error(Some(id), &e),
         };
@@ -623,6 +693,13 @@ impl Relay {
                 ),
             ));
         }
+        let max_producers = self.config.limits.max_producers_per_peer;
+        if max_producers > 0 && self.peers[&peer_id].producers.len() >= max_producers {
+            return Err(err(
+                ErrorCode::TooManyProducers,
+                format!("a peer may have at most {max_producers} producers"),
+            ));
+        }
         if codec.is_empty() || codec.len() > 64 || codec.chars().any(char::is_control) {
             return Err(err(
                 ErrorCode::BadRequest,
@@ -649,6 +726,11 @@ impl Relay {
                 consumers: Vec::new(),
                 last_keyframe_request: None,
                 last_seq: None,
+                bitrate: (self.config.limits.max_producer_bitrate > 0).then(|| {
+                    let bytes_per_second = self.config.limits.max_producer_bitrate as f64 / 8.0;
+                    let burst = bytes_per_second.max(self.config.max_frame_size as f64);
+                    TokenBucket::new(burst, bytes_per_second)
+                }),
             },
         );
         self.broadcast(
@@ -971,6 +1053,27 @@ impl Relay {
         self.stats.bytes_in += data.len() as u64;
         if producer.info.paused {
             self.stats.dropped_producer_paused += 1;
+            return Ok(());
+        }
+        if let Some(bucket) = producer.bitrate.as_mut()
+            && !bucket.try_take(data.len() as f64, now)
+        {
+            self.stats.dropped_bitrate += 1;
+            // A lost video frame breaks the deltas after it: consumers restart at the next
+            // keyframe, which only the producer, by slowing down, can get through.
+            if transport_kind == MediaKind::Video {
+                for consumer_id in &producer.consumers {
+                    if let Some(c) = self.consumers.get_mut(consumer_id) {
+                        c.queue.wait_for_keyframe();
+                    }
+                }
+            }
+            let limit = self.config.limits.max_producer_bitrate;
+            let e = err(
+                ErrorCode::BitrateExceeded,
+                format!("producer {producer_id} sends more than {limit} bit/s; frames dropped"),
+            );
+            self.report_frame_error(peer_id, &e, now);
             return Ok(());
         }
         if transport_kind == MediaKind::Video {

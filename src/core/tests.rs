@@ -522,6 +522,10 @@ fn bad_requests_get_typed_errors() {
 fn a_peer_that_never_reads_is_disconnected_not_buffered_forever() {
     let mut h = Harness::with(RelayConfig {
         max_outbox: 8,
+        limits: super::relay::Limits {
+            max_producers_per_peer: 0,
+            ..Default::default()
+        },
         ..RelayConfig::default()
     });
     let deaf = h.join("r", "deaf");
@@ -722,4 +726,68 @@ fn going_away_reaches_every_peer() {
             }]
         );
     }
+}
+
+#[test]
+fn limits_refuse_the_offender_only() {
+    use super::relay::Limits;
+    let mut h = Harness::with(RelayConfig {
+        limits: Limits {
+            max_peers_per_room: 2,
+            max_rooms: 2,
+            max_producers_per_peer: 2,
+            max_requests_per_second: 5,
+            max_producer_bitrate: 80_000, // 10 kB/s
+        },
+        max_frame_size: 4_000,
+        ..RelayConfig::default()
+    });
+    let a = h.join("r", "a");
+    h.join("r", "b");
+    let full = h.relay.join(PROTOCOL_VERSION, "r", "c", false, h.now);
+    assert_eq!(full.unwrap_err().code, ErrorCode::RoomFull);
+    h.join("s", "d");
+    let many = h.relay.join(PROTOCOL_VERSION, "t", "e", false, h.now);
+    assert_eq!(many.unwrap_err().code, ErrorCode::TooManyRooms);
+
+    // Producers per peer.
+    h.now += Duration::from_secs(1);
+    let mic = h.produce(a, MediaKind::Audio);
+    h.produce(a, MediaKind::Video);
+    let third = Request::Produce {
+        kind: MediaKind::Audio,
+        codec: "opus".into(),
+        params: Default::default(),
+    };
+    assert_eq!(h.request(a, third), Err(ErrorCode::TooManyProducers));
+
+    // Request rate: a burst of 10 (twice the rate) passes, the next is refused, and after
+    // a second there is room again.
+    h.now += Duration::from_secs(10);
+    let ping = || Request::SetAutoSubscribe { enabled: false };
+    let results: Vec<_> = (0..11).map(|_| h.request(a, ping())).collect();
+    assert!(results[..10].iter().all(Result::is_ok));
+    assert_eq!(results[10], Err(ErrorCode::RateLimited));
+    h.now += Duration::from_secs(1);
+    assert!(h.request(a, ping()).is_ok());
+
+    // Bitrate: 10 kB/s, burst max(10 kB, 4 kB) = 10 kB. Twelve 1 kB frames at once: ten pass.
+    let b_peer = h.relay.peer_consumers(a); // a consumes nothing; use a fresh consumer
+    assert!(b_peer.is_empty());
+    let dropped_before = h.relay.stats().dropped_bitrate;
+    for seq in 0..12u64 {
+        let data = FrameData::Datagram(Bytes::from(vec![0u8; 1000]));
+        h.relay
+            .on_frame(a, mic, MediaKind::Audio, &hdr(seq, false), data, h.now)
+            .unwrap();
+    }
+    assert_eq!(h.relay.stats().dropped_bitrate - dropped_before, 2);
+    assert!(h.messages(a).iter().any(|m| matches!(
+        m,
+        ServerMessage::Error {
+            id: None,
+            code: ErrorCode::BitrateExceeded,
+            ..
+        }
+    )));
 }

@@ -183,6 +183,18 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         stats.dropped_producer_paused,
     );
     metric(
+        "frames_dropped_stale_total",
+        "counter",
+        "Video frames dropped for arriving after a later frame of their producer.",
+        stats.dropped_stale,
+    );
+    metric(
+        "frames_dropped_bitrate_total",
+        "counter",
+        "Frames dropped for exceeding their producer's bitrate limit.",
+        stats.dropped_bitrate,
+    );
+    metric(
         "frame_errors_total",
         "counter",
         "Media frames refused as invalid.",

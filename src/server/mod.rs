@@ -56,6 +56,8 @@ pub struct SessionLimits {
     pub consumer_write_timeout: Duration,
     /// A connection silent for this long is dropped (the relay pings at a third of it).
     pub idle_timeout: Duration,
+    /// Open sessions from one IP address; more are refused with HTTP 429. 0: no limit.
+    pub max_sessions_per_address: usize,
 }
 
 impl Default for SessionLimits {
@@ -68,6 +70,7 @@ impl Default for SessionLimits {
             control_write_timeout: Duration::from_secs(5),
             consumer_write_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
+            max_sessions_per_address: 100,
         }
     }
 }
@@ -358,6 +361,7 @@ async fn accept_sessions(
     access: Arc<AccessPolicy>,
     draining: Arc<AtomicBool>,
 ) {
+    let addresses = session::AddressCounts::default();
     loop {
         let incoming = endpoint.accept().await;
         if draining.load(Ordering::Relaxed) {
@@ -368,7 +372,13 @@ async fn accept_sessions(
             });
             continue;
         }
-        let session = session::serve(incoming, relay.clone(), limits.clone(), access.clone());
+        let session = session::serve(
+            incoming,
+            relay.clone(),
+            limits.clone(),
+            access.clone(),
+            addresses.clone(),
+        );
         tokio::spawn(session);
     }
 }

@@ -5,7 +5,9 @@
 //! task per consumer pulls that consumer's frames and writes them. No task holds the core's
 //! lock across an `.await`: each takes it for one call and lets go.
 
+use std::collections::HashMap;
 use std::future::poll_fn;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,12 +67,50 @@ async fn write_message(send: &mut SendStream, message: &ServerMessage) -> anyhow
     Ok(())
 }
 
+/// Open sessions per source address.
+#[derive(Clone, Default)]
+pub(crate) struct AddressCounts(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+/// One counted session; uncounted when dropped, however the session ends.
+struct AddressSlot {
+    counts: AddressCounts,
+    ip: IpAddr,
+}
+
+impl AddressCounts {
+    fn take(&self, ip: IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(ip).or_default();
+        if max > 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts one incoming session and runs it to its end.
 pub(crate) async fn serve(
     incoming: IncomingSession,
     relay: SharedRelay,
     limits: SessionLimits,
     access: Arc<AccessPolicy>,
+    addresses: AddressCounts,
 ) {
     let request = match incoming.await {
         Ok(request) => request,
@@ -80,6 +120,11 @@ pub(crate) async fn serve(
         }
     };
     let remote = request.remote_address();
+    let Some(_slot) = addresses.take(remote.ip(), limits.max_sessions_per_address) else {
+        warn!(%remote, max = limits.max_sessions_per_address, "too many sessions from this address");
+        request.too_many_requests().await;
+        return;
+    };
     let connection = match request.accept().await {
         Ok(c) => c,
         Err(e) => {
