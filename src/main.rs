@@ -22,6 +22,20 @@ use synapse_sfu::wire::{Grants, MediaKind};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log format on stderr: `text` for people, `json` (one object per line) for machines.
+    #[arg(
+        long,
+        global = true,
+        env = "SYNAPSE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -248,13 +262,21 @@ struct JoinArgs {
     token: Option<String>,
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Span fields (room, peer, name) come along on every event.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        LogFormat::Text => logs.init(),
+    }
 }
 
 #[tokio::main]
@@ -262,19 +284,19 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => {
-            init_logging("info");
+            init_logging("info", cli.log_format);
             serve(ServeArgs::parse_from_env()).await
         }
         Some(Command::Serve(args)) => {
-            init_logging("info");
+            init_logging("info", cli.log_format);
             serve(args).await
         }
         Some(Command::Join(args)) => {
-            init_logging("warn");
+            init_logging("warn", cli.log_format);
             run_join(args).await
         }
         Some(Command::Bench(args)) => {
-            init_logging("warn");
+            init_logging("warn", cli.log_format);
             run_bench(args).await
         }
         Some(Command::Token(args)) => mint_token(args),

@@ -171,7 +171,7 @@ async fn run(
         response,
     } = joined;
 
-    let span = info_span!("peer", %room, peer = peer_id, %name);
+    let span = info_span!("peer", %room, peer = peer_id, peer_name = %name);
     async move {
         let sent = tokio::time::timeout(
             limits.control_write_timeout,
