@@ -112,7 +112,7 @@ fn routing(c: &mut Criterion) {
             )
             .unwrap();
         for c in &consumers {
-            let _ = relay.poll_consumer(*c, &mut cx);
+            let _ = relay.poll_consumer(*c, now, &mut cx);
         }
         let mut seq = 1;
         group.throughput(Throughput::Elements(n as u64));
@@ -134,7 +134,7 @@ fn routing(c: &mut Criterion) {
                     )
                     .unwrap();
                 for c in &consumers {
-                    let _ = black_box(relay.poll_consumer(*c, &mut cx));
+                    let _ = black_box(relay.poll_consumer(*c, now, &mut cx));
                 }
             })
         });

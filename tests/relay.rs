@@ -117,6 +117,21 @@ async fn three_peers_receive_each_other_and_nobody_else_does() {
         assert!(!received.contains_key(&tracks[i].0) && !received.contains_key(&tracks[i].1));
     }
 
+    // The relay's own view: every forwarded frame timed, queues never deep.
+    let metrics = http_get(&server, "/metrics").await;
+    let count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("synapse_forwarding_latency_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        count >= 2 * 3 * (VIDEO_FRAMES + AUDIO_FRAMES) * 95 / 100,
+        "{metrics}"
+    );
+    assert!(metrics.contains("synapse_forwarding_latency_seconds_bucket{le=\"+Inf\"}"));
+    assert!(metrics.contains("synapse_consumer_queue_high_water{kind=\"video\"}"));
+    assert!(metrics.contains("synapse_peers 5"), "{metrics}");
+
     // Give stragglers time to arrive, then check the two who must get nothing.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(

@@ -10,7 +10,10 @@ mod relay;
 pub use order::GroupOrder;
 pub use queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 pub use rate::TokenBucket;
-pub use relay::{ConsumerStats, Limits, PeerOutput, Relay, RelayConfig, RelayCounts, RelayStats};
+pub use relay::{
+    ConsumerStats, LatencyHistogram, Limits, PeerOutput, Relay, RelayConfig, RelayCounts,
+    RelayStats,
+};
 
 #[cfg(test)]
 mod tests;

@@ -40,6 +40,8 @@ impl FrameData {
 pub struct QueuedFrame {
     pub keyframe: bool,
     pub data: FrameData,
+    /// When the relay received it, for the forwarding-latency histogram.
+    pub arrived: std::time::Instant,
 }
 
 /// What `push` did with a frame.
@@ -193,6 +195,7 @@ mod tests {
     fn frame(keyframe: bool, tag: u8) -> QueuedFrame {
         QueuedFrame {
             keyframe,
+            arrived: std::time::Instant::now(),
             data: FrameData::Stream {
                 head: Bytes::new(),
                 payload: Bytes::from(vec![tag; 10]),
@@ -292,6 +295,7 @@ mod tests {
         let mut q = ConsumerQueue::new(MediaKind::Audio, LIMITS);
         let big = QueuedFrame {
             keyframe: false,
+            arrived: std::time::Instant::now(),
             data: FrameData::Datagram(Bytes::from(vec![0; 5000])),
         };
         assert_eq!(q.push(big), PushOutcome::Queued);

@@ -119,8 +119,47 @@ pub struct RelayStats {
     pub dropped_stale: u64,
     /// Frames over their producer's bitrate limit.
     pub dropped_bitrate: u64,
+    /// Time frames spend in the relay, from receipt to hand-over to the consumer's transport.
+    pub forwarding_latency: LatencyHistogram,
     pub frame_errors: u64,
     pub keyframe_requests: u64,
+}
+
+/// A fixed-bucket histogram in the shape Prometheus expects (cumulative buckets, sum,
+/// count), cheap enough to update on every forwarded frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LatencyHistogram {
+    /// Upper bounds, microseconds.
+    pub bounds_us: Vec<u64>,
+    /// Observations at or under each bound (not cumulative; the last slot is +Inf).
+    pub counts: Vec<u64>,
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        let bounds_us = vec![
+            50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+            1_000_000,
+        ];
+        Self {
+            counts: vec![0; bounds_us.len() + 1],
+            bounds_us,
+            sum_us: 0,
+            count: 0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, latency: Duration) {
+        let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        let slot = self.bounds_us.partition_point(|b| *b < us);
+        self.counts[slot] += 1;
+        self.sum_us += us;
+        self.count += 1;
+    }
 }
 
 /// Sizes of the maps, for health checks and leak tests.
@@ -253,6 +292,19 @@ impl Relay {
         }
     }
 
+    /// The highest queue depth any open consumer has reached, per kind (audio, video).
+    pub fn queue_high_water(&self) -> (usize, usize) {
+        let mut high = (0, 0);
+        for c in self.consumers.values() {
+            let slot = match c.kind {
+                MediaKind::Audio => &mut high.0,
+                MediaKind::Video => &mut high.1,
+            };
+            *slot = (*slot).max(c.queue.high_water);
+        }
+        high
+    }
+
     pub fn consumer_stats(&self, consumer_id: ConsumerId) -> Option<ConsumerStats> {
         self.consumers.get(&consumer_id).map(|c| ConsumerStats {
             queued: c.queue.len(),
@@ -339,9 +391,12 @@ impl Relay {
     }
 
     /// Next frame for a consumer. `Ready(None)`: the consumer is closed, stop its sender.
+    /// `now` is when the frame leaves for the network: its time in the relay goes into
+    /// the forwarding-latency histogram.
     pub fn poll_consumer(
         &mut self,
         consumer_id: ConsumerId,
+        now: Instant,
         cx: &mut Context<'_>,
     ) -> Poll<Option<QueuedFrame>> {
         let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
@@ -351,6 +406,9 @@ impl Relay {
             Some(frame) => {
                 self.stats.frames_out += 1;
                 self.stats.bytes_out += frame.data.len() as u64;
+                self.stats
+                    .forwarding_latency
+                    .record(now.saturating_duration_since(frame.arrived));
                 Poll::Ready(Some(frame))
             }
             None => {
@@ -1084,7 +1142,11 @@ impl Relay {
             producer.last_seq = Some(header.seq);
         }
         let producer = &*producer;
-        let frame = QueuedFrame { keyframe, data };
+        let frame = QueuedFrame {
+            keyframe,
+            data,
+            arrived: now,
+        };
         let mut wants_keyframe = false;
         for consumer_id in &producer.consumers {
             let Some(consumer) = self.consumers.get_mut(consumer_id) else {

@@ -129,7 +129,7 @@ impl Harness {
     fn frames(&mut self, consumer: u64) -> Vec<Bytes> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut out = Vec::new();
-        while let Poll::Ready(Some(f)) = self.relay.poll_consumer(consumer, &mut cx) {
+        while let Poll::Ready(Some(f)) = self.relay.poll_consumer(consumer, self.now, &mut cx) {
             match f.data {
                 FrameData::Stream { payload, .. } => out.push(payload),
                 FrameData::Datagram(d) => out.push(d),
@@ -175,6 +175,20 @@ impl Harness {
             .filter(|m| matches!(m, ServerMessage::KeyframeRequest { .. }))
             .count()
     }
+}
+
+#[test]
+fn latency_histogram_buckets() {
+    let mut h = LatencyHistogram::default();
+    h.record(Duration::from_micros(40));
+    h.record(Duration::from_micros(50));
+    h.record(Duration::from_micros(51));
+    h.record(Duration::from_secs(5));
+    assert_eq!(h.counts[0], 2, "≤ 50 µs");
+    assert_eq!(h.counts[1], 1, "≤ 100 µs");
+    assert_eq!(*h.counts.last().unwrap(), 1, "+Inf");
+    assert_eq!(h.count, 4);
+    assert_eq!(h.sum_us, 5_000_141);
 }
 
 #[test]
@@ -394,7 +408,7 @@ fn closing_a_producer_closes_its_consumers() {
         peer_id: a
     }));
     let mut cx = Context::from_waker(Waker::noop());
-    assert_eq!(h.relay.poll_consumer(cb, &mut cx), Poll::Ready(None));
+    assert_eq!(h.relay.poll_consumer(cb, h.now, &mut cx), Poll::Ready(None));
     assert_eq!(h.relay.counts().consumers, 0);
 }
 

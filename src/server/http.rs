@@ -117,9 +117,13 @@ async fn certificate_sha256(State(state): State<HttpState>) -> impl IntoResponse
 
 /// Prometheus text format.
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let (counts, stats) = {
+    let (counts, stats, (audio_high, video_high)) = {
         let relay = state.relay.lock();
-        (relay.counts(), relay.stats().clone())
+        (
+            relay.counts(),
+            relay.stats().clone(),
+            relay.queue_high_water(),
+        )
     };
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -205,6 +209,45 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         "counter",
         "Keyframe requests sent to producers.",
         stats.keyframe_requests,
+    );
+    let h = &stats.forwarding_latency;
+    let _ = writeln!(
+        out,
+        "# HELP synapse_forwarding_latency_seconds Time a frame spends in the relay, from receipt to hand-over to the consumer's transport."
+    );
+    let _ = writeln!(out, "# TYPE synapse_forwarding_latency_seconds histogram");
+    let mut cumulative = 0;
+    for (bound, count) in h.bounds_us.iter().zip(&h.counts) {
+        cumulative += count;
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "synapse_forwarding_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "synapse_forwarding_latency_seconds_bucket{{le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(
+        out,
+        "synapse_forwarding_latency_seconds_sum {}",
+        h.sum_us as f64 / 1e6
+    );
+    let _ = writeln!(out, "synapse_forwarding_latency_seconds_count {}", h.count);
+    let _ = writeln!(
+        out,
+        "# HELP synapse_consumer_queue_high_water Deepest any open consumer's queue has been, in frames."
+    );
+    let _ = writeln!(out, "# TYPE synapse_consumer_queue_high_water gauge");
+    let _ = writeln!(
+        out,
+        "synapse_consumer_queue_high_water{{kind=\"audio\"}} {audio_high}"
+    );
+    let _ = writeln!(
+        out,
+        "synapse_consumer_queue_high_water{{kind=\"video\"}} {video_high}"
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -524,7 +524,9 @@ async fn send_consumer(
     limits: SessionLimits,
 ) {
     let mut stream: Option<SendStream> = None;
-    while let Some(frame) = poll_fn(|cx| relay.lock().poll_consumer(consumer_id, cx)).await {
+    while let Some(frame) =
+        poll_fn(|cx| relay.lock().poll_consumer(consumer_id, Instant::now(), cx)).await
+    {
         match frame.data {
             FrameData::Datagram(datagram) => match conn.send_datagram(&datagram) {
                 Ok(()) => {}

@@ -181,6 +181,21 @@ pub async fn wait_for_relay(
     }
 }
 
+/// A plain HTTP GET against the relay's HTTP side; returns the body.
+pub async fn http_get(server: &Server, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.http_addr().expect("HTTP side enabled");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 pub fn expected_video(seq: u64, keyframe: bool) -> Bytes {
     synthetic_payload(seq, video_size(seq, keyframe))
 }
