@@ -1,0 +1,299 @@
+// One WebTransport session with the relay: connecting (with certificate pinning for a
+// development relay), joining, the control channel, and the raw media paths (audio
+// datagrams, video streams). What the media means is media.js's business.
+
+import {
+  PROTOCOL_VERSION,
+  ControlChannel,
+  VideoStreamReader,
+  decodeDatagram,
+  encodeStreamHeader,
+} from './protocol.js';
+
+// How long an incoming video stream waits for the previous stream of the same producer
+// to end before it is delivered anyway (then stale frames are dropped by seq). The relay
+// finishes a group's stream before opening the next, so normally this wait is short.
+const PREVIOUS_STREAM_WAIT_MS = 1000;
+// Media can overtake the control message that announces its consumer (different QUIC
+// streams). A stream for a producer we do not know yet waits this long for it.
+const UNKNOWN_PRODUCER_WAIT_MS = 2000;
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Something went wrong before or while joining; `kind` tells the UI which story to tell. */
+export class ConnectError extends Error {
+  constructor(kind, message, cause) {
+    super(message);
+    this.name = 'ConnectError';
+    this.kind = kind; // 'unreachable' | 'refused'
+    this.cause = cause;
+  }
+}
+
+function hexToBytes(hex) {
+  return new Uint8Array(hex.match(/../g).map((h) => parseInt(h, 16)));
+}
+
+/**
+ * Builds the WebTransport options. A relay with a development identity serves a
+ * self-signed certificate that the browser only accepts when its hash is pinned; a relay
+ * with a real certificate needs nothing.
+ */
+async function transportOptions(httpBase) {
+  let health;
+  try {
+    const res = await fetch(`${httpBase}/healthz`, { cache: 'no-store' });
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    health = await res.json();
+  } catch (e) {
+    throw new ConnectError('unreachable', `Cannot reach the relay at ${httpBase} (${e.message}).`, e);
+  }
+  if (health.protocol !== undefined && health.protocol !== PROTOCOL_VERSION) {
+    throw new ConnectError(
+      'refused',
+      `The relay speaks protocol version ${health.protocol}; this page speaks ${PROTOCOL_VERSION}.`,
+    );
+  }
+  if (!health.development_identity) return {};
+  const res = await fetch(`${httpBase}/certificate.sha256`, { cache: 'no-store' });
+  const hex = (await res.text()).trim();
+  if (!/^[0-9a-f]{64}$/i.test(hex)) {
+    throw new ConnectError('unreachable', 'The relay published no valid certificate hash.');
+  }
+  return { serverCertificateHashes: [{ algorithm: 'sha-256', value: hexToBytes(hex) }] };
+}
+
+export class Session {
+  /**
+   * Connects and joins. `relayHost` is "host:port" (HTTP and WebTransport share the port
+   * number). Handlers:
+   *   onEvent(message)          relay events (peer_joined, consumer_added, ...)
+   *   onAudio(frame)            a parsed audio datagram
+   *   videoSink(producerId)     returns { frame(f) } for that producer, or null if unknown
+   *   onClosed(info)            the session ended without leave() ({ reason })
+   * `token` is the access token, for a relay that requires one.
+   * Resolves with the session; `session.joined` holds the join result, and
+   * `session.subscribed` whether the relay auto-subscribes this peer. Events are held
+   * back until the caller has taken in the join result and calls `releaseEvents()`.
+   */
+  static async connect({ relayHost, room, name, token, onEvent, onAudio, videoSink, onClosed }) {
+    const options = await transportOptions(`http://${relayHost}`);
+    const session = new Session({ onEvent, onAudio, videoSink, onClosed });
+    let wt;
+    try {
+      wt = new WebTransport(`https://${relayHost}/`, options);
+      wt.closed.catch(() => {}); // a failed session rejects it; start() handles it from here
+      await wt.ready;
+    } catch (e) {
+      throw new ConnectError('unreachable', `Cannot open a WebTransport session to ${relayHost} (${e.message}).`, e);
+    }
+    session.wt = wt;
+    try {
+      // The relay only notices the control stream once bytes arrive on it, and a join
+      // must succeed within 10 s of the session opening: send join straight away.
+      const bidi = await wt.createBidirectionalStream();
+      session.control = new ControlChannel(bidi, { onEvent: (m) => session.event(m) });
+      const join = (autoSubscribe) =>
+        session.control.request('join', {
+          version: PROTOCOL_VERSION,
+          room,
+          name,
+          auto_subscribe: autoSubscribe,
+          ...(token ? { token } : {}),
+        });
+      try {
+        session.joined = await join(true);
+        session.subscribed = true;
+      } catch (e) {
+        // A token without the subscribe grant may still send: a refused join can be
+        // retried on the same stream.
+        if (e.code !== 'forbidden') throw e;
+        session.joined = await join(false);
+        session.subscribed = false;
+      }
+    } catch (e) {
+      wt.close();
+      if (e.name === 'RelayError') throw new ConnectError('refused', e.message, e);
+      throw new ConnectError('unreachable', `The relay ended the session while joining (${e.message}).`, e);
+    }
+    session.start();
+    return session;
+  }
+
+  constructor(handlers) {
+    Object.assign(this, handlers);
+    this.leaving = false;
+    this.ended = false;
+    this.videoOrder = new Map(); // producerId -> promise of its newest stream's end
+    this.datagramWriter = null;
+    // The consumer_added events that follow the join response must not overtake the
+    // caller's handling of that response (its peers list names the tiles).
+    this.heldEvents = [];
+  }
+
+  event(message) {
+    if (this.heldEvents) this.heldEvents.push(message);
+    else this.onEvent(message);
+  }
+
+  releaseEvents() {
+    const held = this.heldEvents ?? [];
+    this.heldEvents = null;
+    for (const message of held) this.onEvent(message);
+  }
+
+  /** Largest datagram both the relay and this browser accept (header included). */
+  get maxDatagramSize() {
+    const relay = this.joined.max_datagram_size ?? 1200;
+    return Math.min(relay, this.wt.datagrams.maxDatagramSize ?? relay);
+  }
+
+  get maxFrameSize() {
+    return this.joined.max_frame_size ?? 2 * 1024 * 1024;
+  }
+
+  start() {
+    this.datagramWriter = this.wt.datagrams.writable.getWriter();
+    this.readDatagrams();
+    this.acceptStreams();
+    const ended = (reason) => {
+      if (this.ended) return;
+      this.ended = true;
+      if (!this.leaving) this.onClosed({ reason });
+    };
+    this.wt.closed.then(
+      (info) => ended(info?.reason || `close code ${info?.closeCode ?? 0}`),
+      (e) => ended(e?.message || String(e)),
+    );
+    // The relay finishing the control stream (without our leave) also ends the peer.
+    this.control.closed.then(
+      () => ended('the relay closed the control stream'),
+      (e) => ended(e?.message || String(e)),
+    );
+  }
+
+  request(type, fields) {
+    return this.control.request(type, fields);
+  }
+
+  /** Sends one audio datagram; datagrams are unreliable, so failures are not errors. */
+  sendDatagram(bytes) {
+    if (this.ended) return false;
+    if (bytes.byteLength > this.maxDatagramSize) return false;
+    this.datagramWriter.write(bytes).catch(() => {});
+    return true;
+  }
+
+  /** Opens a video stream for `producerId` and writes its header; returns its writer. */
+  async openVideoStream(producerId) {
+    const stream = await this.wt.createUnidirectionalStream();
+    const writer = stream.getWriter();
+    writer.write(encodeStreamHeader(producerId)).catch(() => {});
+    return writer;
+  }
+
+  async readDatagrams() {
+    const reader = this.wt.datagrams.readable.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        const frame = decodeDatagram(value);
+        if (frame) this.onAudio(frame);
+      }
+    } catch {
+      // The session ended; wt.closed reports why.
+    }
+  }
+
+  async acceptStreams() {
+    const reader = this.wt.incomingUnidirectionalStreams.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        this.receiveVideoStream(value).catch((e) => console.debug('video stream:', e));
+      }
+    } catch {
+      // The session ended.
+    }
+  }
+
+  /** Finds the sink for a producer, waiting a little for its consumer_added to arrive. */
+  async waitForSink(producerId) {
+    const deadline = performance.now() + UNKNOWN_PRODUCER_WAIT_MS;
+    for (;;) {
+      const sink = this.videoSink(producerId);
+      if (sink || this.ended || performance.now() > deadline) return sink;
+      await sleep(50);
+    }
+  }
+
+  /**
+   * One incoming video stream = one group of pictures of one producer. Browsers expose
+   * no stream ids, so a producer's streams are taken in arrival order: this stream's
+   * frames are read (and buffered) at once, but delivered only after the previous stream
+   * of the same producer has ended, or after PREVIOUS_STREAM_WAIT_MS.
+   */
+  async receiveVideoStream(readable) {
+    const reader = new VideoStreamReader(readable);
+    const producerId = await reader.header();
+    if (producerId === null) return;
+    const sink = await this.waitForSink(producerId);
+    if (!sink) {
+      reader.cancel();
+      return;
+    }
+    const previous = this.videoOrder.get(producerId) ?? Promise.resolve();
+    let finished;
+    const done = new Promise((resolve) => (finished = resolve));
+    this.videoOrder.set(producerId, done);
+
+    let myTurn = false;
+    const held = [];
+    const turn = Promise.race([previous, sleep(PREVIOUS_STREAM_WAIT_MS)]).then(() => {
+      myTurn = true;
+      for (const f of held.splice(0)) sink.frame(f);
+    });
+    try {
+      for (;;) {
+        const frame = await reader.frame();
+        if (!frame) break;
+        if (myTurn) sink.frame(frame);
+        else held.push(frame);
+      }
+    } catch {
+      // Reset by the relay (a slow consumer restarted) or the session ended: the group
+      // ends here, and the next stream starts with a keyframe.
+    } finally {
+      await turn;
+      finished();
+      if (this.videoOrder.get(producerId) === done) this.videoOrder.delete(producerId);
+    }
+  }
+
+  /** Sends leave, waits briefly for the answer, and closes the session. */
+  leave() {
+    this.leaveDone ??= (async () => {
+      if (this.ended) return;
+      this.leaving = true;
+      try {
+        await Promise.race([this.request('leave'), sleep(2000)]);
+      } catch {
+        // Leaving anyway.
+      }
+      this.close();
+    })();
+    return this.leaveDone;
+  }
+
+  close() {
+    this.leaving = true;
+    this.ended = true;
+    try {
+      this.wt.close({ closeCode: 0, reason: 'leaving' });
+    } catch {
+      // Already closed.
+    }
+  }
+}
