@@ -25,6 +25,9 @@ pub struct Claims {
     pub nbf: u64,
     #[serde(default)]
     pub grants: Grants,
+    /// May use the admin API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 /// An API key and its secret.
@@ -68,6 +71,7 @@ impl ApiKey {
             exp: now + ttl.as_secs(),
             nbf: now,
             grants,
+            admin: false,
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -109,6 +113,35 @@ impl AccessPolicy {
         }
     }
 
+    /// Checks an admin API call: with keys, a current token of ours with the admin claim;
+    /// in development mode, only callers on this machine (loopback).
+    pub fn admit_admin(
+        &self,
+        bearer: Option<&str>,
+        from_loopback: bool,
+    ) -> Result<(), ProtocolError> {
+        let AccessPolicy::Keys(key) = self else {
+            return if from_loopback {
+                Ok(())
+            } else {
+                Err(unauthorized(
+                    "in development mode the admin API answers only on loopback",
+                ))
+            };
+        };
+        let token = bearer.ok_or_else(|| {
+            unauthorized("an admin token is required (Authorization: Bearer ...)")
+        })?;
+        if key.decode(token)?.admin {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                "this token has no admin grant",
+            ))
+        }
+    }
+
     /// Checks a join: in development mode anything goes; with keys, the token must be
     /// signed by our key, current, and for this room.
     pub fn admit(
@@ -124,14 +157,59 @@ impl AccessPolicy {
             });
         };
         let token = token.ok_or_else(|| unauthorized("this relay requires an access token"))?;
+        let claims = key.decode(token)?;
+        if claims.room != room {
+            return Err(unauthorized(format!(
+                "the access token admits to room {:?}, not {room:?}",
+                claims.room
+            )));
+        }
+        Ok(Admission {
+            name: claims.name.unwrap_or(claims.sub),
+            grants: claims.grants,
+        })
+    }
+}
+
+impl ApiKey {
+    /// Mints an admin token: the admin API, no room, no media.
+    pub fn mint_admin(
+        &self,
+        identity: &str,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        let claims = Claims {
+            iss: self.key.clone(),
+            sub: identity.to_owned(),
+            name: None,
+            room: String::new(),
+            exp: now + ttl.as_secs(),
+            nbf: now,
+            grants: Grants {
+                can_publish: false,
+                can_subscribe: false,
+                kinds: Vec::new(),
+            },
+            admin: true,
+        };
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+    }
+
+    /// Verifies a token of this key: signature, issuer, validity window.
+    fn decode(&self, token: &str) -> Result<Claims, ProtocolError> {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&key.key]);
+        validation.set_issuer(&[&self.key]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        let claims = jsonwebtoken::decode::<Claims>(
+        jsonwebtoken::decode::<Claims>(
             token,
-            &DecodingKey::from_secret(key.secret.as_bytes()),
+            &DecodingKey::from_secret(self.secret.as_bytes()),
             &validation,
         )
         .map_err(|e| {
@@ -147,18 +225,8 @@ impl AccessPolicy {
                 }
                 _ => unauthorized(format!("invalid access token: {e}")),
             }
-        })?
-        .claims;
-        if claims.room != room {
-            return Err(unauthorized(format!(
-                "the access token admits to room {:?}, not {room:?}",
-                claims.room
-            )));
-        }
-        Ok(Admission {
-            name: claims.name.unwrap_or(claims.sub),
-            grants: claims.grants,
         })
+        .map(|data| data.claims)
     }
 }
 
@@ -248,6 +316,7 @@ mod tests {
             exp: unix_now() - 120,
             nbf: unix_now() - 600,
             grants: Grants::default(),
+            admin: false,
         };
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

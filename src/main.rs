@@ -69,8 +69,12 @@ impl ApiKeyArgs {
 
 #[derive(clap::Args)]
 struct TokenArgs {
-    #[arg(long)]
-    room: String,
+    /// The room the token admits to.
+    #[arg(long, required_unless_present = "admin")]
+    room: Option<String>,
+    /// An admin-API token instead (no room, no media).
+    #[arg(long, conflicts_with_all = ["room", "no_publish", "no_subscribe"])]
+    admin: bool,
     /// The peer's identity (the token's subject).
     #[arg(long)]
     identity: String,
@@ -321,13 +325,12 @@ fn mint_token(args: TokenArgs) -> Result<()> {
         can_subscribe: !args.no_subscribe,
         kinds,
     };
-    let token = key.mint(
-        &args.room,
-        &args.identity,
-        args.name.as_deref(),
-        args.ttl,
-        grants,
-    )?;
+    let token = match &args.room {
+        Some(room) if !args.admin => {
+            key.mint(room, &args.identity, args.name.as_deref(), args.ttl, grants)?
+        }
+        _ => key.mint_admin(&args.identity, args.ttl)?,
+    };
     println!("{token}");
     Ok(())
 }

@@ -11,8 +11,8 @@ pub use order::GroupOrder;
 pub use queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 pub use rate::TokenBucket;
 pub use relay::{
-    ConsumerStats, LatencyHistogram, Limits, PeerOutput, Relay, RelayConfig, RelayCounts,
-    RelayStats,
+    ConsumerStats, LatencyHistogram, Limits, PeerOutput, PeerSnapshot, Relay, RelayConfig,
+    RelayCounts, RelayStats, RoomSnapshot,
 };
 
 #[cfg(test)]

@@ -162,6 +162,20 @@ impl LatencyHistogram {
     }
 }
 
+/// A room as the admin API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RoomSnapshot {
+    pub room: String,
+    pub peers: Vec<PeerSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerSnapshot {
+    #[serde(flatten)]
+    pub peer: PeerInfo,
+    pub consumers: usize,
+}
+
 /// Sizes of the maps, for health checks and leak tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RelayCounts {
@@ -324,6 +338,74 @@ impl Relay {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Every room with its peers and their producers, for the admin API.
+    pub fn rooms_snapshot(&self) -> Vec<RoomSnapshot> {
+        let mut rooms: Vec<RoomSnapshot> = self
+            .rooms
+            .iter()
+            .map(|(name, room)| RoomSnapshot {
+                room: name.clone(),
+                peers: room
+                    .peers
+                    .iter()
+                    .map(|p| PeerSnapshot {
+                        consumers: self.peers[p].consumers.len(),
+                        peer: self.peer_info(*p),
+                    })
+                    .collect(),
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        rooms
+    }
+
+    /// The peers of a room.
+    pub fn room_peers(&self, room: &str) -> Option<Vec<PeerId>> {
+        self.rooms
+            .get(room)
+            .map(|r| r.peers.iter().copied().collect())
+    }
+
+    /// Has a peer's session closed with `reason` (an operator removed it). The peer is
+    /// told, then freed as its session ends. False if there is no such peer.
+    pub fn kick(&mut self, peer_id: PeerId, reason: &str) -> bool {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return false;
+        };
+        let e = err(ErrorCode::Kicked, reason);
+        // Past any outbox limit: this must reach the session.
+        peer.outbox.push_back(PeerOutput::Disconnect(e));
+        if let Some(waker) = peer.waker.take() {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Pauses or resumes a producer on an operator's behalf; its owner is told too.
+    /// False if there is no such producer.
+    pub fn set_producer_paused_by_admin(
+        &mut self,
+        producer_id: ProducerId,
+        paused: bool,
+        now: Instant,
+    ) -> bool {
+        let Some(owner) = self.producers.get(&producer_id).map(|p| p.info.peer_id) else {
+            return false;
+        };
+        if self
+            .set_producer_paused(owner, producer_id, paused, now)
+            .is_ok()
+        {
+            let message = if paused {
+                ServerMessage::ProducerPaused { producer_id }
+            } else {
+                ServerMessage::ProducerResumed { producer_id }
+            };
+            self.send(owner, message);
+        }
+        true
     }
 
     /// The room and display name of a peer, for logs.

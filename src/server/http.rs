@@ -2,17 +2,20 @@
 //! before it can open a session (the certificate hash to pin), health, and metrics.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use include_dir::{Dir, include_dir};
 use tokio::net::TcpListener;
 
-use super::{CertificateHash, SharedRelay};
+use super::{CertificateHash, SharedRelay, admin};
+use crate::auth::AccessPolicy;
 
 /// The web client, built into the binary so that `serve` needs no files beside it.
 static WEB_CLIENT: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web-client");
@@ -25,10 +28,29 @@ pub struct HttpState {
     /// Serve the web client from this directory instead of the embedded copy
     /// (`--web-root`, for development: edit, reload).
     pub web_root: Option<PathBuf>,
+    /// Who may use the admin API.
+    pub access: Arc<AccessPolicy>,
 }
 
 pub fn router(state: HttpState) -> Router {
+    let admin = Router::new()
+        .route("/admin/rooms", get(admin::list_rooms))
+        .route("/admin/rooms/{room}", delete(admin::close_room))
+        .route("/admin/peers/{peer_id}", delete(admin::remove_peer))
+        .route(
+            "/admin/producers/{producer_id}/pause",
+            post(admin::pause_producer),
+        )
+        .route(
+            "/admin/producers/{producer_id}/resume",
+            post(admin::resume_producer),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::authorize,
+        ));
     Router::new()
+        .merge(admin)
         .route("/healthz", get(healthz))
         .route("/certificate.sha256", get(certificate_sha256))
         .route("/metrics", get(metrics))
@@ -83,7 +105,8 @@ async fn web_client(State(state): State<HttpState>, uri: Uri) -> Response {
 }
 
 pub async fn serve(listener: TcpListener, state: HttpState) {
-    if let Err(e) = axum::serve(listener, router(state)).await {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server stopped");
     }
 }

@@ -1,6 +1,7 @@
 //! IO at the edges: the WebTransport endpoint (UDP), the HTTP side (TCP, same port number),
 //! the TLS identity, and the tasks that drive [`crate::core::Relay`].
 
+mod admin;
 pub mod http;
 pub mod identity;
 mod session;
@@ -186,6 +187,7 @@ impl Server {
                     certificate_sha256: certificate_sha256.clone(),
                     development_identity: identity.development,
                     web_root: config.web_root.clone(),
+                    access: Arc::new(config.access.clone()),
                 };
                 tasks.push(tokio::spawn(http::serve(tcp, state)));
                 Some(addr)

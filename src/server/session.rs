@@ -41,6 +41,8 @@ pub mod close_code {
     pub const STREAM_REFUSED: u32 = 4;
     /// The relay gave up on a consumer's stream that stopped moving.
     pub const CONSUMER_STALLED: u32 = 5;
+    /// An operator removed the peer (admin API).
+    pub const KICKED: u32 = 6;
 }
 
 pub(crate) fn frame_error(e: &FrameError) -> ProtocolError {
@@ -365,7 +367,16 @@ async fn drive(
                 }
                 Some(PeerOutput::Disconnect(e)) => {
                     warn!(error = %e, "disconnecting peer");
-                    conn.close(VarInt::from_u32(close_code::SLOW_CONTROL), e.to_string().as_bytes());
+                    let code = if e.code == ErrorCode::Kicked {
+                        // Say why first; the close follows.
+                        let why = ServerMessage::error(None, &e);
+                        let _ = tokio::time::timeout(write_timeout, write_message(&mut send, &why)).await;
+                        let _ = tokio::time::timeout(Duration::from_millis(500), send.finish()).await;
+                        close_code::KICKED
+                    } else {
+                        close_code::SLOW_CONTROL
+                    };
+                    conn.close(VarInt::from_u32(code), e.to_string().as_bytes());
                     return LeaveReason::Disconnected;
                 }
             },

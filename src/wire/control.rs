@@ -140,6 +140,7 @@ pub enum ErrorCode {
     MalformedFrame,
     FrameTooLarge,
     SlowControl,
+    Kicked,
     Internal,
 }
 
@@ -169,6 +170,7 @@ impl ErrorCode {
             ErrorCode::MalformedFrame => "malformed_frame",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::SlowControl => "slow_control",
+            ErrorCode::Kicked => "kicked",
             ErrorCode::Internal => "internal",
         }
     }

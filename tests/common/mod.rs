@@ -183,17 +183,35 @@ pub async fn wait_for_relay(
 
 /// A plain HTTP GET against the relay's HTTP side; returns the body.
 pub async fn http_get(server: &Server, path: &str) -> String {
+    http_request(server, "GET", path, None).await.1
+}
+
+/// One HTTP/1.1 request (optionally with a bearer token); returns status and body.
+pub async fn http_request(
+    server: &Server,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = server.http_addr().expect("HTTP side enabled");
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tcp.read_to_string(&mut response).await.unwrap();
-    response
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (status, body)
 }
 
 pub fn expected_video(seq: u64, keyframe: bool) -> Bytes {
