@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use synapse_sfu::auth::AccessPolicy;
 use synapse_sfu::client::join::{self, JoinOptions};
 use synapse_sfu::client::{ClientOptions, Verification};
@@ -159,6 +160,9 @@ enum BenchScenario {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// A TOML file of these options (flags and environment variables win over it).
+    #[arg(long, env = "SYNAPSE_CONFIG")]
+    config: Option<PathBuf>,
     /// UDP (WebTransport) and TCP (HTTP) address; both use the same port number.
     #[arg(long, env = "SYNAPSE_BIND", default_value = "[::]:4443")]
     bind: SocketAddr,
@@ -285,15 +289,20 @@ fn init_logging(default: &str, format: LogFormat) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         None => {
             init_logging("info", cli.log_format);
-            serve(ServeArgs::parse_from_env()).await
+            let (args, matches) = ServeArgs::parse_from_env();
+            serve(args.with_config_file(&matches)?).await
         }
         Some(Command::Serve(args)) => {
             init_logging("info", cli.log_format);
-            serve(args).await
+            let matches = matches
+                .subcommand_matches("serve")
+                .expect("serve was given");
+            serve(args.with_config_file(matches)?).await
         }
         Some(Command::Join(args)) => {
             init_logging("warn", cli.log_format);
@@ -395,14 +404,139 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
 
 impl ServeArgs {
     /// `synapse-sfu` with no subcommand: the serve defaults, environment applied.
-    fn parse_from_env() -> Self {
+    fn parse_from_env() -> (Self, clap::ArgMatches) {
         #[derive(Parser)]
         struct Bare {
             #[command(flatten)]
             serve: ServeArgs,
         }
-        Bare::parse_from(["synapse-sfu"]).serve
+        let matches = Bare::command().get_matches_from(["synapse-sfu"]);
+        let bare = Bare::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        (bare.serve, matches)
     }
+
+    /// Fills in, from the `--config` TOML file, every option that was given neither as a
+    /// flag nor in the environment: flag > environment > file > default.
+    fn with_config_file(mut self, matches: &clap::ArgMatches) -> Result<Self> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        let file: FileConfig = toml::from_str(&text)
+            .with_context(|| format!("parsing the config file {}", path.display()))?;
+        let unset = |id: &str| {
+            !matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let duration = |name: &str, text: Option<String>| -> Result<Option<Duration>> {
+            text.map(|t| {
+                humantime::parse_duration(&t)
+                    .with_context(|| format!("{name} = {t:?} in the config file"))
+            })
+            .transpose()
+        };
+        macro_rules! take {
+            ($id:literal, $dst:expr, $value:expr) => {
+                if unset($id)
+                    && let Some(v) = $value
+                {
+                    $dst = v;
+                }
+            };
+        }
+        take!("bind", self.bind, file.bind);
+        take!("cert", self.cert, file.cert.map(Some));
+        take!("key", self.key, file.key.map(Some));
+        take!("certs_dir", self.certs_dir, file.certs_dir);
+        take!("web_root", self.web_root, file.web_root.map(Some));
+        take!("drain", self.drain, duration("drain", file.drain)?);
+        take!("api_key", self.keys.api_key, file.api_key.map(Some));
+        take!(
+            "api_secret",
+            self.keys.api_secret,
+            file.api_secret.map(Some)
+        );
+        let l = file.limits.unwrap_or_default();
+        let limits = &mut self.limits;
+        take!(
+            "max_peers_per_room",
+            limits.max_peers_per_room,
+            l.max_peers_per_room
+        );
+        take!("max_rooms", limits.max_rooms, l.max_rooms);
+        take!(
+            "max_producers_per_peer",
+            limits.max_producers_per_peer,
+            l.max_producers_per_peer
+        );
+        take!(
+            "max_requests_per_second",
+            limits.max_requests_per_second,
+            l.max_requests_per_second
+        );
+        take!(
+            "max_producer_bitrate",
+            limits.max_producer_bitrate,
+            l.max_producer_bitrate
+        );
+        take!(
+            "max_sessions_per_address",
+            limits.max_sessions_per_address,
+            l.max_sessions_per_address
+        );
+        take!("max_frame_size", limits.max_frame_size, l.max_frame_size);
+        take!(
+            "max_datagram_size",
+            limits.max_datagram_size,
+            l.max_datagram_size
+        );
+        take!(
+            "max_control_message",
+            limits.max_control_message,
+            l.max_control_message
+        );
+        take!(
+            "idle_timeout",
+            limits.idle_timeout,
+            duration("idle_timeout", l.idle_timeout)?
+        );
+        Ok(self)
+    }
+}
+
+/// The `--config` file: the `serve` options by their flag names (with `_`), limits in a
+/// `[limits]` table, durations as text ("5s"). Unknown keys are errors, so a typo does not
+/// silently leave a default in place.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    certs_dir: Option<PathBuf>,
+    web_root: Option<PathBuf>,
+    drain: Option<String>,
+    api_key: Option<String>,
+    api_secret: Option<String>,
+    limits: Option<FileLimits>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_peers_per_room: Option<usize>,
+    max_rooms: Option<usize>,
+    max_producers_per_peer: Option<usize>,
+    max_requests_per_second: Option<u32>,
+    max_producer_bitrate: Option<u64>,
+    max_sessions_per_address: Option<usize>,
+    max_frame_size: Option<usize>,
+    max_datagram_size: Option<usize>,
+    max_control_message: Option<usize>,
+    idle_timeout: Option<String>,
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM, whichever comes first.

@@ -87,6 +87,7 @@ async fn tokens_are_checked_at_join_and_grants_on_every_request() {
     let client = connect_with(&server, Some(token)).await;
     let joined = client.join("r", "whatever", true).await.unwrap();
     assert_eq!(joined.grants, listener);
+    assert_eq!(joined.name, "Listener");
     assert_eq!(
         server.relay().lock().peer_label(joined.peer_id).unwrap().1,
         "Listener"

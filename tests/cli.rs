@@ -310,3 +310,73 @@ fn sigterm_drains_peers_and_exits_zero() {
         assert!(summary["duration_s"].as_f64().unwrap() < 30.0);
     }
 }
+
+#[test]
+fn config_file_sets_options_and_flags_and_env_win() {
+    let dir = common::temp_dir("config");
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("synapse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind = \"127.0.0.1:{port}\"\ncerts_dir = {:?}\ndrain = \"1s\"\n\n[limits]\nmax_peers_per_room = 1\nidle_timeout = \"5s\"\n",
+            dir.join("certs")
+        ),
+    )
+    .unwrap();
+    let start = |env: &[(&str, &str)]| {
+        let relay = Relay(
+            Command::new(BIN)
+                .args(["serve", "--config"])
+                .arg(&config)
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(port, "/healthz").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "relay never answered on the configured port"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        relay
+    };
+    let second_peer = || {
+        let first = join(port, "cfg", "ada", 3);
+        std::thread::sleep(Duration::from_millis(800));
+        let second = join(port, "cfg", "bo", 1).wait_with_output().unwrap();
+        let _ = first.wait_with_output();
+        second
+    };
+    {
+        let _relay = start(&[]);
+        let refused = second_peer();
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("room_full"));
+    }
+    {
+        let _relay = start(&[("SYNAPSE_MAX_PEERS_PER_ROOM", "5")]);
+        let admitted = second_peer();
+        assert!(
+            admitted.status.success(),
+            "{}",
+            String::from_utf8_lossy(&admitted.stderr)
+        );
+    }
+    std::fs::write(&config, "bnid = \"127.0.0.1:1\"\n").unwrap();
+    let typo = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("bnid"));
+}

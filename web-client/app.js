@@ -112,6 +112,8 @@ class Call {
       onClosed: (info) => this.onClosed(info),
     });
     const joined = this.session.joined;
+    // An access token's name replaces the one typed in: show what the others see.
+    if (joined.name && joined.name !== this.name) this.localTile.nameEl.textContent = `${joined.name} (you)`;
     for (const peer of joined.peers) this.addPeer(peer);
     const status = $('call-status');
     if (joined.ongoing) {

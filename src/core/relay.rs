@@ -568,6 +568,7 @@ impl Relay {
             version: PROTOCOL_VERSION,
             peer_id,
             room: room.to_owned(),
+            name: name.to_owned(),
             ongoing: !peers.is_empty(),
             peers,
             max_datagram_size: self.config.max_datagram_size,

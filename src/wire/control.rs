@@ -259,6 +259,9 @@ pub struct JoinResult {
     pub version: u32,
     pub peer_id: PeerId,
     pub room: String,
+    /// The display name the others see (an access token's name replaces the requested one).
+    #[serde(default)]
+    pub name: String,
     /// True when the room already had peers: this peer joins a call that is going on.
     pub ongoing: bool,
     /// The other peers already in the room, with their producers.
