@@ -14,5 +14,7 @@ pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod core;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 pub mod wire;

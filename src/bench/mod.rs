@@ -137,6 +137,9 @@ pub struct PathReport {
     /// CPU microseconds per packet sent (the relay process, or the UDP sender thread).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_us_per_packet: Option<f64>,
+    /// The relay's own drop counters after the run (from its /metrics), by reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_drops: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -208,6 +211,14 @@ async fn start_relay(bin: Option<&PathBuf>) -> Result<RelayChild> {
             "--certs-dir",
         ])
         .arg(&certs)
+        // All the load comes from this one address and may fill one room.
+        .args([
+            "--max-sessions-per-address",
+            "0",
+            "--max-peers-per-room",
+            "0",
+        ])
+        .args(["--max-rooms", "0", "--max-requests-per-second", "0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -262,7 +273,23 @@ fn path_report(received: &Recorder, expected: u64, sent_bytes: u64, seconds: f64
         peak_rss_mb: None,
         cpu_core_s_per_gbit: None,
         cpu_us_per_packet: None,
+        relay_drops: None,
     }
+}
+
+/// The relay's `synapse_frames_dropped_*_total` counters.
+async fn relay_drops(url: &str) -> Option<std::collections::BTreeMap<String, u64>> {
+    let metrics = crate::client::fetch_http(url, "/metrics").await.ok()?;
+    Some(
+        metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix("synapse_frames_dropped_"))
+            .filter_map(|l| {
+                let (name, value) = l.split_once(' ')?;
+                Some((name.strip_suffix("_total")?.to_owned(), value.parse().ok()?))
+            })
+            .collect(),
+    )
 }
 
 fn progress_printer(
@@ -338,6 +365,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
         }
         relay.peak_rss_mb = peak_rss_mb(pid);
     }
+    relay.relay_drops = relay_drops(&url).await;
 
     let (mut direct, mut udp) = (None, None);
     if let (true, Scenario::Fanout { subscribers }) = (options.baselines, options.scenario) {

@@ -70,6 +70,9 @@ pub async fn run(
     let barrier = Arc::new(Barrier::new(plans.len() + 1));
     let joining = Arc::new(Semaphore::new(32));
     let received_frames = Arc::new(AtomicU64::new(0));
+    // One start time for all: whoever leaves the barrier first sets it, so that publishers
+    // and subscribers agree on when sending stops, however late each is scheduled.
+    let start = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
     let mut tasks = Vec::new();
     for plan in plans.clone() {
         let expected_consumers = if plan.subscribe {
@@ -79,8 +82,12 @@ pub async fn run(
         };
         let mut options = ClientOptions::new(url, verification.clone());
         options.frame_buffer = 8192;
-        let (barrier, joining, received_frames) =
-            (barrier.clone(), joining.clone(), received_frames.clone());
+        let (barrier, joining, received_frames, start) = (
+            barrier.clone(),
+            joining.clone(),
+            received_frames.clone(),
+            start.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let permit = joining.acquire_owned().await?;
             let (client, mut incoming) = Client::connect(options).await?;
@@ -120,10 +127,10 @@ pub async fn run(
                 }
             }
             barrier.wait().await;
-            let start = tokio::time::Instant::now();
+            let start = *start.get_or_init(tokio::time::Instant::now);
             let _ = go.send(true);
             let stop_sending = start + duration;
-            let stop_receiving = stop_sending + Duration::from_millis(1000);
+            let stop_receiving = stop_sending + Duration::from_millis(2000);
             let mut received = Recorder::default();
             let mut stopped = false;
             loop {
@@ -188,7 +195,7 @@ pub async fn run(
             }
         }
     }
-    let began = tokio::time::Instant::now();
+    let began = *start.get_or_init(tokio::time::Instant::now);
     on_start();
     let ticker = tokio::spawn({
         let received_frames = received_frames.clone();

@@ -154,9 +154,10 @@ fn host_port(url: &str) -> Option<(String, u16)> {
     Some((host.trim_matches(['[', ']']).to_owned(), port))
 }
 
-/// Reads the relay's certificate hash from its HTTP side (a plain HTTP/1.1 GET: one
-/// request, one small body; not worth an HTTP client crate in the library).
-pub async fn fetch_certificate_hash(url: &str) -> Result<String, ClientError> {
+/// GETs `path` from the relay's HTTP side (same host and port number as its WebTransport
+/// URL) and returns the body of a 200 answer. A plain HTTP/1.1 exchange: one request, one
+/// small body; not worth an HTTP client crate in the library.
+pub async fn fetch_http(url: &str, path: &str) -> Result<String, ClientError> {
     let failed = |reason: String| ClientError::Connect {
         url: url.to_owned(),
         reason,
@@ -164,36 +165,44 @@ pub async fn fetch_certificate_hash(url: &str) -> Result<String, ClientError> {
     let (host, port) = host_port(url).ok_or_else(|| failed("not an https:// URL".into()))?;
     let fetch = async {
         let mut tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        let request = format!(
-            "GET /certificate.sha256 HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
-        );
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
         tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await?;
         let mut response = Vec::new();
         (&mut tcp)
-            .take(64 * 1024)
+            .take(1024 * 1024)
             .read_to_end(&mut response)
             .await?;
         std::io::Result::Ok(response)
     };
     let response = tokio::time::timeout(Duration::from_secs(5), fetch)
         .await
-        .map_err(|_| failed("timed out fetching /certificate.sha256".into()))?
-        .map_err(|e| failed(format!("fetching /certificate.sha256: {e}")))?;
+        .map_err(|_| failed(format!("timed out fetching {path}")))?
+        .map_err(|e| failed(format!("fetching {path}: {e}")))?;
     let text = String::from_utf8_lossy(&response);
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| failed("bad HTTP response".into()))?;
     if !head.starts_with("HTTP/1.1 200") {
         return Err(failed(format!(
-            "/certificate.sha256: {}",
+            "{path}: {}",
             head.lines().next().unwrap_or("")
         )));
     }
-    let hash = body.trim().to_ascii_lowercase();
+    Ok(body.to_owned())
+}
+
+/// Reads the relay's certificate hash from its HTTP side, to pin it.
+pub async fn fetch_certificate_hash(url: &str) -> Result<String, ClientError> {
+    let hash = fetch_http(url, "/certificate.sha256")
+        .await?
+        .trim()
+        .to_ascii_lowercase();
     if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(failed(
-            "/certificate.sha256 is not a SHA-256 hex string".into(),
-        ));
+        return Err(ClientError::Connect {
+            url: url.to_owned(),
+            reason: "/certificate.sha256 is not a SHA-256 hex string".into(),
+        });
     }
     Ok(hash)
 }

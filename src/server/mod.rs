@@ -301,22 +301,40 @@ impl Drop for Server {
 
 type ServerEndpoint = Endpoint<wtransport::endpoint::endpoint_side::Server>;
 
+/// Socket buffer the relay asks the kernel for. One socket carries every peer's packets;
+/// at the default (about 200 KB) a burst of acknowledgements from a few hundred consumers
+/// overflowed it and lost producers' audio datagrams for everybody (seen as
+/// RcvbufErrors in /proc/net/snmp during `bench fanout --subscribers 300`). The kernel caps
+/// it at net.core.rmem_max / wmem_max.
+const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        // [::] takes IPv4 too, as users expect from the default.
+        socket.set_only_v6(false)?;
+    }
+    // Best effort: a smaller buffer is not a reason not to start.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 fn bind_endpoint(config: &ServerConfig, identity: wtransport::Identity) -> Result<ServerEndpoint> {
-    Endpoint::server(endpoint_config(config, identity)?)
-        .with_context(|| format!("binding UDP {}", config.bind))
+    let socket =
+        bind_socket(config.bind).with_context(|| format!("binding UDP {}", config.bind))?;
+    let builder = wtransport::ServerConfig::builder().with_bind_socket(socket);
+    Endpoint::server(endpoint_config(config, builder, identity)?)
+        .with_context(|| format!("starting WebTransport on {}", config.bind))
 }
 
 fn endpoint_config(
     config: &ServerConfig,
+    builder: wtransport::config::ServerConfigBuilder<wtransport::config::states::WantsIdentity>,
     identity: wtransport::Identity,
 ) -> Result<wtransport::ServerConfig> {
-    let builder = wtransport::ServerConfig::builder();
-    let builder = if config.bind.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
-        // [::] takes IPv4 too, as users expect from the default.
-        builder.with_bind_config(IpBindConfig::InAddrAnyDual, config.bind.port())
-    } else {
-        builder.with_bind_address(config.bind)
-    };
     let idle = config.limits.idle_timeout;
     let mut transport = wtransport::quinn::TransportConfig::default();
     transport
@@ -342,7 +360,10 @@ async fn renew_development_identity(
         }
         let renewed = async {
             let fresh = identity::development(&config.certs_dir).await?;
-            let server_config = endpoint_config(&config, fresh.identity)?;
+            // The socket stays; only TLS changes (reload without rebinding ignores this bind).
+            let builder =
+                wtransport::ServerConfig::builder().with_bind_config(IpBindConfig::LocalV4, 0);
+            let server_config = endpoint_config(&config, builder, fresh.identity)?;
             endpoint.reload_config(server_config, false)?;
             anyhow::Ok(fresh.certificate_sha256)
         };
