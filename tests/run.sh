@@ -22,6 +22,28 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== tests: unit, native end-to-end (real QUIC on 127.0.0.1), CLI, bench smoke"
 cargo test --locked
 
+echo "== fuzz: every decoder of untrusted bytes and the core, ${FUZZ_SECONDS:-20} s each"
+# cargo fuzz (libFuzzer + AddressSanitizer) wants nightly flags; RUSTC_BOOTSTRAP lets this
+# machine's one stable toolchain take them. New inputs go to a scratch corpus; the seeds in
+# fuzz/corpus stay as committed. A crash fails the run and leaves its input in
+# fuzz/artifacts/.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked --quiet
+fi
+scratch=$(mktemp -d)
+for target in control_message datagram stream relay_core; do
+    mkdir -p "$scratch/$target"
+    log="$scratch/$target.log"
+    if ! RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+        -max_total_time="${FUZZ_SECONDS:-20}" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "fuzz target $target failed"
+        exit 1
+    fi
+    echo "$target: $(grep -E '^stat::(number_of_executed_units|new_units_added)' "$log" | tr '\n' ' ')"
+done
+rm -rf "$scratch"
+
 echo "== tests: three headless Chromium pages in a call through the relay"
 # Uses the relay binary cargo test just built, with the web client embedded in it.
 SYNAPSE_BIN="$PWD/target/debug/synapse-sfu" node --test tests/browser/

@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzz target: see `synapse_sfu::fuzzing::control_message`.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| synapse_sfu::fuzzing::control_message(data));
