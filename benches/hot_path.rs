@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use synapse_sfu::core::{FrameData, Relay, RelayConfig};
+use synapse_sfu::core::{FrameData, Limits, Relay, RelayConfig};
 use synapse_sfu::wire::frame::{
     decode_datagram, decode_stream_frame, encode_datagram, encode_stream_frame_head,
 };
@@ -53,7 +53,13 @@ fn frame_headers(c: &mut Criterion) {
 /// A relay with one video producer and `n` consumers in one room.
 fn relay_with_consumers(n: usize) -> (Relay, u64, u64, Vec<u64>) {
     let now = Instant::now();
-    let mut relay = Relay::new(RelayConfig::default());
+    let mut relay = Relay::new(RelayConfig {
+        limits: Limits {
+            max_peers_per_room: 0,
+            ..Limits::default()
+        },
+        ..RelayConfig::default()
+    });
     let (publisher, _) = relay
         .join(PROTOCOL_VERSION, "bench", "pub", false, now)
         .unwrap();
