@@ -16,5 +16,6 @@ pub mod client;
 pub mod core;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod group;
 pub mod server;
 pub mod wire;

@@ -9,12 +9,13 @@ use std::time::Duration;
 use anyhow::Result;
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use wtransport::{ClientConfig, Connection, Endpoint, Identity, SendStream, ServerConfig};
+use wtransport::{ClientConfig, Connection, Endpoint, Identity, ServerConfig};
 
 use super::Shape;
 use super::stats::{Recorder, packets_for};
 use crate::client::media::{MediaSource, SyntheticAudio, SyntheticVideo};
 use crate::client::{ReceivedFrame, now_us, receive_datagrams, receive_streams};
+use crate::group::GroupWriter;
 use crate::wire::MediaKind;
 use crate::wire::frame::{self, FrameHeader};
 
@@ -41,7 +42,7 @@ pub struct DirectOutcome {
 
 /// Writes one receiver's frames, one stream per group, as the relay's consumers do.
 async fn send_to(conn: Connection, mut frames: mpsc::Receiver<Outgoing>) {
-    let mut stream: Option<SendStream> = None;
+    let mut group = GroupWriter::new(VIDEO_PRODUCER);
     while let Some(out) = frames.recv().await {
         match out {
             Outgoing::Datagram(d) => {
@@ -52,24 +53,7 @@ async fn send_to(conn: Connection, mut frames: mpsc::Receiver<Outgoing>) {
                 head,
                 payload,
             } => {
-                let write = async {
-                    if keyframe || stream.is_none() {
-                        if let Some(mut old) = stream.take() {
-                            let _ = old.quic_stream_mut().finish();
-                        }
-                        let mut s = conn.open_uni().await?.await?;
-                        s.quic_stream_mut()
-                            .write_chunk(frame::encode_stream_header(VIDEO_PRODUCER))
-                            .await?;
-                        stream = Some(s);
-                    }
-                    let s = stream.as_mut().expect("opened above");
-                    s.quic_stream_mut()
-                        .write_all_chunks(&mut [head, payload])
-                        .await?;
-                    anyhow::Ok(())
-                };
-                if write.await.is_err() {
+                if group.write(&conn, keyframe, head, payload).await.is_err() {
                     return;
                 }
             }

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 
 use crate::core::GroupOrder;
+use crate::group::GroupWriter;
 use crate::wire::frame::{self, FrameHeader};
 use crate::wire::{
     ClientMessage, ConsumerInfo, JoinResult, MAX_CONTROL_MESSAGE, MediaKind, PROTOCOL_VERSION,
@@ -122,7 +123,7 @@ struct Inner {
     pending: Pending,
     next_id: AtomicU64,
     /// The open group stream of each video producer of ours.
-    video: tokio::sync::Mutex<HashMap<ProducerId, SendStream>>,
+    video: tokio::sync::Mutex<HashMap<ProducerId, GroupWriter>>,
     // Kept alive for as long as the client is.
     _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
 }
@@ -385,37 +386,21 @@ impl Client {
         header: FrameHeader,
         payload: Bytes,
     ) -> Result<(), ClientError> {
-        let send_err = |e: String| ClientError::Send(e);
-        let mut streams = self.inner.video.lock().await;
-        if header.keyframe || !streams.contains_key(&producer_id) {
-            if let Some(mut old) = streams.remove(&producer_id) {
-                let _ = old.quic_stream_mut().finish();
-            }
-            let mut stream = self.open_uni().await?;
-            stream
-                .quic_stream_mut()
-                .write_chunk(frame::encode_stream_header(producer_id))
-                .await
-                .map_err(|e| send_err(e.to_string()))?;
-            streams.insert(producer_id, stream);
-        }
-        let stream = streams.get_mut(&producer_id).expect("inserted above");
+        let mut groups = self.inner.video.lock().await;
+        let group = groups
+            .entry(producer_id)
+            .or_insert_with(|| GroupWriter::new(producer_id));
         let head = frame::encode_stream_frame_head(&header, payload.len());
-        if let Err(e) = stream
-            .quic_stream_mut()
-            .write_all_chunks(&mut [head, payload])
+        group
+            .write(&self.inner.connection, header.keyframe, head, payload)
             .await
-        {
-            streams.remove(&producer_id);
-            return Err(send_err(e.to_string()));
-        }
-        Ok(())
+            .map_err(|e| ClientError::Send(e.to_string()))
     }
 
     /// Ends a video producer's open group stream (before closing the producer, say).
     pub async fn finish_video(&self, producer_id: ProducerId) {
-        if let Some(mut stream) = self.inner.video.lock().await.remove(&producer_id) {
-            let _ = stream.quic_stream_mut().finish();
+        if let Some(mut group) = self.inner.video.lock().await.remove(&producer_id) {
+            group.finish();
         }
     }
 

@@ -21,6 +21,7 @@ use wtransport::{Connection, RecvStream, SendStream, VarInt};
 use super::{SessionLimits, SharedRelay};
 use crate::auth::AccessPolicy;
 use crate::core::{FrameData, GroupOrder, PeerOutput};
+use crate::group::GroupWriter;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
     ClientMessage, ConsumerId, DecodeError, ErrorCode, LeaveReason, MediaKind, PeerId, ProducerId,
@@ -534,7 +535,7 @@ async fn send_consumer(
     producer_id: ProducerId,
     limits: SessionLimits,
 ) {
-    let mut stream: Option<SendStream> = None;
+    let mut group = GroupWriter::new(producer_id);
     while let Some(frame) =
         poll_fn(|cx| relay.lock().poll_consumer(consumer_id, Instant::now(), cx)).await
     {
@@ -550,23 +551,7 @@ async fn send_consumer(
                 Err(_) => break,
             },
             FrameData::Stream { head, payload } => {
-                let write = async {
-                    if frame.keyframe || stream.is_none() {
-                        if let Some(mut old) = stream.take() {
-                            let _ = old.quic_stream_mut().finish();
-                        }
-                        let mut new = conn.open_uni().await?.await?;
-                        new.quic_stream_mut()
-                            .write_chunk(frame::encode_stream_header(producer_id))
-                            .await?;
-                        stream = Some(new);
-                    }
-                    let out = stream.as_mut().expect("opened above");
-                    out.quic_stream_mut()
-                        .write_all_chunks(&mut [head, payload])
-                        .await?;
-                    anyhow::Ok(())
-                };
+                let write = group.write(&conn, frame.keyframe, head, payload);
                 match tokio::time::timeout(limits.consumer_write_timeout, write).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -574,7 +559,6 @@ async fn send_consumer(
                             break;
                         }
                         debug!(error = %e, "consumer stream failed; restarting at a keyframe");
-                        stream = None;
                         relay.lock().resync_consumer(consumer_id, Instant::now());
                     }
                     Err(_) => {
@@ -582,16 +566,12 @@ async fn send_consumer(
                             timeout = ?limits.consumer_write_timeout,
                             "consumer stream stalled; restarting at a keyframe"
                         );
-                        if let Some(mut stalled) = stream.take() {
-                            let _ = stalled.reset(VarInt::from_u32(close_code::CONSUMER_STALLED));
-                        }
+                        group.reset(close_code::CONSUMER_STALLED);
                         relay.lock().resync_consumer(consumer_id, Instant::now());
                     }
                 }
             }
         }
     }
-    if let Some(mut last) = stream {
-        let _ = last.quic_stream_mut().finish();
-    }
+    group.finish();
 }
