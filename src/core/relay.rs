@@ -119,6 +119,8 @@ pub struct RelayStats {
     pub dropped_stale: u64,
     /// Frames over their producer's bitrate limit.
     pub dropped_bitrate: u64,
+    /// Audio datagrams larger than a consumer's path allows (its QUIC datagram size).
+    pub dropped_too_large: u64,
     /// Time frames spend in the relay, from receipt to hand-over to the consumer's transport.
     pub forwarding_latency: LatencyHistogram,
     pub frame_errors: u64,
@@ -1293,6 +1295,11 @@ impl Relay {
                 },
             );
         }
+    }
+
+    /// A consumer's transport could not take a datagram this large.
+    pub fn note_datagram_too_large(&mut self) {
+        self.stats.dropped_too_large += 1;
     }
 
     /// The path to a consumer broke (its stream was stopped or reset): start it again at

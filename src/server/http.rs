@@ -216,6 +216,12 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         stats.dropped_stale,
     );
     metric(
+        "frames_dropped_too_large_total",
+        "counter",
+        "Audio datagrams too large for a consumer's path.",
+        stats.dropped_too_large,
+    );
+    metric(
         "frames_dropped_bitrate_total",
         "counter",
         "Frames dropped for exceeding their producer's bitrate limit.",

@@ -546,7 +546,8 @@ async fn send_consumer(
                     debug!(
                         size = datagram.len(),
                         "datagram too large for this consumer"
-                    )
+                    );
+                    relay.lock().note_datagram_too_large();
                 }
                 Err(_) => break,
             },
