@@ -84,9 +84,4 @@ impl GroupWriter {
             let _ = stream.reset(VarInt::from_u32(code));
         }
     }
-
-    /// Forgets the stream without ending it (after a failed write).
-    pub fn forget(&mut self) {
-        self.stream = None;
-    }
 }

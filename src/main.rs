@@ -259,7 +259,7 @@ struct JoinArgs {
     #[arg(long)]
     json: bool,
     /// Pin this certificate SHA-256 (hex). Default: fetch it from the relay's
-    /// /certificate.sha256, falling back to the system's roots.
+    /// /certificate.sha256 and pin it (use --native-roots for a real certificate).
     #[arg(long)]
     cert_hash: Option<String>,
     /// Trust the system's root certificates (a relay with a real certificate).

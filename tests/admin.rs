@@ -136,6 +136,9 @@ async fn operators_list_mute_remove_and_close() {
         ),
         "{kicked:?}"
     );
+    // Its session is over: a request now fails at once instead of waiting for ever.
+    let after = tokio::time::timeout(Duration::from_secs(3), cy.client.leave()).await;
+    assert!(matches!(after, Ok(Err(_))), "{after:?}");
     let left = ServerMessage::PeerLeft {
         peer_id: cy_id,
         reason: LeaveReason::Disconnected,
@@ -187,4 +190,24 @@ async fn development_mode_admin_answers_loopback() {
     let (status, body) = http_request(&server, "GET", "/admin/rooms", None).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"ada\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_mode_admin_answers_ipv4_loopback_on_a_dual_stack_bind() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start_relay_with(ServerConfig {
+        bind: "[::]:0".parse().unwrap(),
+        ..test_config()
+    })
+    .await;
+    let port = server.http_addr().unwrap().port();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /admin/rooms HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }

@@ -237,7 +237,7 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
         .iter()
         .map(|p| (p.peer_id, p.name.clone()))
         .collect();
-    names.insert(joined.peer_id, options.name.clone());
+    names.insert(joined.peer_id, joined.name.clone());
 
     let mut publishers = Vec::new();
     if !options.no_publish {
@@ -266,7 +266,7 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
     let sent = publishers
         .iter()
         .map(|p| SentTrack {
-            peer: options.name.clone(),
+            peer: joined.name.clone(),
             producer_id: p.producer_id,
             kind: p.kind,
             codec: p.codec.clone(),
@@ -294,7 +294,7 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
     received.sort_by_key(|t| t.producer_id);
     Ok(JoinSummary {
         room: joined.room,
-        name: options.name,
+        name: joined.name.clone(),
         peer_id: joined.peer_id,
         joined_ongoing_call: joined.ongoing,
         duration_s: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,

@@ -115,7 +115,9 @@ pub struct Incoming {
     pub frames: mpsc::Receiver<ReceivedFrame>,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ServerMessage>>>>;
+/// Requests waiting for their answer; `None` once the control stream has ended, so that a
+/// request made after that fails at once instead of waiting for ever.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ServerMessage>>>>>;
 
 struct Inner {
     connection: Connection,
@@ -249,7 +251,7 @@ impl Client {
             .await
             .map_err(|e| failed(e.to_string()))?;
 
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (events_tx, events) = mpsc::unbounded_channel();
         let (frames_tx, frames) = mpsc::channel(options.frame_buffer.max(1));
         let (control, control_rx) = mpsc::unbounded_channel();
@@ -282,6 +284,8 @@ impl Client {
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .ok_or(ClientError::Closed)?
             .insert(id, tx);
         self.inner
             .control
@@ -477,6 +481,7 @@ async fn read_control(
                     pending
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
+                        .as_mut()?
                         .remove(&id)
                 });
                 match waiter {
@@ -507,7 +512,7 @@ async fn read_control(
         }
     }
     // The relay is gone: fail whatever still waits for an answer.
-    pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    *pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 pub(crate) async fn receive_datagrams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {

@@ -248,6 +248,9 @@ pub struct Relay {
     stats: RelayStats,
 }
 
+/// Largest `params` of a producer, as JSON bytes.
+pub const MAX_PARAMS_SIZE: usize = 4096;
+
 fn err(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
     ProtocolError::new(code, message)
 }
@@ -396,10 +399,7 @@ impl Relay {
         let Some(owner) = self.producers.get(&producer_id).map(|p| p.info.peer_id) else {
             return false;
         };
-        if self
-            .set_producer_paused(owner, producer_id, paused, now)
-            .is_ok()
-        {
+        if self.set_producer_paused(owner, producer_id, paused, now) == Ok(true) {
             let message = if paused {
                 ServerMessage::ProducerPaused { producer_id }
             } else {
@@ -843,6 +843,15 @@ impl Relay {
                 format!("a peer may have at most {max_producers} producers"),
             ));
         }
+        // Params are repeated to every peer of the room and in every join result: keep
+        // them small (a WebCodecs description is a few hundred bytes).
+        let params_size = serde_json::to_vec(&params).map_or(usize::MAX, |v| v.len());
+        if params_size > MAX_PARAMS_SIZE {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("params of {params_size} bytes exceed the limit of {MAX_PARAMS_SIZE}"),
+            ));
+        }
         if codec.is_empty() || codec.len() > 64 || codec.chars().any(char::is_control) {
             return Err(err(
                 ErrorCode::BadRequest,
@@ -899,11 +908,11 @@ impl Relay {
         producer_id: ProducerId,
         paused: bool,
         now: Instant,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<bool, ProtocolError> {
         self.own_producer(peer_id, producer_id)?;
         let producer = self.producers.get_mut(&producer_id).expect("checked");
         if producer.info.paused == paused {
-            return Ok(());
+            return Ok(false);
         }
         producer.info.paused = paused;
         let room = producer.room.clone();
@@ -924,7 +933,7 @@ impl Relay {
             ServerMessage::ProducerResumed { producer_id }
         };
         self.broadcast(&room, peer_id, message);
-        Ok(())
+        Ok(true)
     }
 
     fn consume(
@@ -1144,27 +1153,16 @@ impl Relay {
         self.send(owner, ServerMessage::KeyframeRequest { producer_id });
     }
 
-    /// The forwarding decision: one frame of `producer_id`, sent by `peer_id` on a
-    /// transport meant for `transport_kind` (datagrams carry audio, streams video), goes to
-    /// every unpaused consumer of that producer, and to nobody else. The payload is shared.
-    ///
-    /// Video goes out in sequence order only: a frame whose `seq` is not above the last one
-    /// forwarded is dropped as stale. Audio is forwarded as it comes (datagrams reorder, and
-    /// the receiver's jitter buffer puts them back in order).
-    ///
-    /// A bad frame is reported to its sender (rate-limited) and returned as an error; it
-    /// never affects anybody else.
-    pub fn on_frame(
-        &mut self,
+    /// Whether `peer_id` may send media of `producer_id` on a transport meant for
+    /// `transport_kind`: the producer exists, is the peer's, and is of that kind. Checked
+    /// for every frame, and for a media stream as soon as its header names the producer.
+    pub fn check_media_source(
+        &self,
         peer_id: PeerId,
         producer_id: ProducerId,
         transport_kind: MediaKind,
-        header: &FrameHeader,
-        data: FrameData,
-        now: Instant,
     ) -> Result<(), ProtocolError> {
-        let keyframe = header.keyframe;
-        let checked = match self.producers.get(&producer_id) {
+        match self.producers.get(&producer_id) {
             Some(p) if p.info.peer_id != peer_id => Err(err(
                 ErrorCode::NotOwner,
                 format!("producer {producer_id} is not yours"),
@@ -1186,7 +1184,30 @@ impl Relay {
                 ErrorCode::UnknownProducer,
                 format!("no producer {producer_id}"),
             )),
-        };
+        }
+    }
+
+    /// The forwarding decision: one frame of `producer_id`, sent by `peer_id` on a
+    /// transport meant for `transport_kind` (datagrams carry audio, streams video), goes to
+    /// every unpaused consumer of that producer, and to nobody else. The payload is shared.
+    ///
+    /// Video goes out in sequence order only: a frame whose `seq` is not above the last one
+    /// forwarded is dropped as stale. Audio is forwarded as it comes (datagrams reorder, and
+    /// the receiver's jitter buffer puts them back in order).
+    ///
+    /// A bad frame is reported to its sender (rate-limited) and returned as an error; it
+    /// never affects anybody else.
+    pub fn on_frame(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        transport_kind: MediaKind,
+        header: &FrameHeader,
+        data: FrameData,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        let keyframe = header.keyframe;
+        let checked = self.check_media_source(peer_id, producer_id, transport_kind);
         if let Err(e) = checked {
             self.report_frame_error(peer_id, &e, now);
             return Err(e);
@@ -1216,7 +1237,7 @@ impl Relay {
                 ErrorCode::BitrateExceeded,
                 format!("producer {producer_id} sends more than {limit} bit/s; frames dropped"),
             );
-            self.report_frame_error(peer_id, &e, now);
+            self.tell_frame_error(peer_id, &e, now);
             return Ok(());
         }
         if transport_kind == MediaKind::Video {
@@ -1268,7 +1289,15 @@ impl Relay {
     /// Tells a peer that a media frame it sent was refused, at most once per interval so
     /// that a flood of bad frames does not become a flood of errors.
     pub fn report_frame_error(&mut self, peer_id: PeerId, error: &ProtocolError, now: Instant) {
-        self.stats.frame_errors += 1;
+        // Frames still in flight from a peer that has just left are not its errors.
+        if self.peers.contains_key(&peer_id) {
+            self.stats.frame_errors += 1;
+        }
+        self.tell_frame_error(peer_id, error, now);
+    }
+
+    /// Sends a frame-related error to its peer, rate-limited, without counting a refusal.
+    fn tell_frame_error(&mut self, peer_id: PeerId, error: &ProtocolError, now: Instant) {
         let interval = self.config.frame_error_interval;
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;

@@ -32,7 +32,11 @@ pub async fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match state.access.admit_admin(bearer, remote.ip().is_loopback()) {
+    // `[::]` takes IPv4 too, and 127.0.0.1 then arrives as ::ffff:127.0.0.1.
+    match state
+        .access
+        .admit_admin(bearer, remote.ip().to_canonical().is_loopback())
+    {
         Ok(()) => next.run(request).await,
         Err(e) => {
             let status = if e.code == ErrorCode::Forbidden {
@@ -56,7 +60,7 @@ pub async fn close_room(State(state): State<HttpState>, Path(room): Path<String>
     let Some(peers) = relay.room_peers(&room) else {
         return error(
             StatusCode::NOT_FOUND,
-            ErrorCode::BadRequest,
+            ErrorCode::UnknownRoom,
             format!("no room {room:?}"),
         );
     };
@@ -74,7 +78,7 @@ pub async fn remove_peer(State(state): State<HttpState>, Path(peer_id): Path<Pee
     } else {
         error(
             StatusCode::NOT_FOUND,
-            ErrorCode::BadRequest,
+            ErrorCode::UnknownPeer,
             format!("no peer {peer_id}"),
         )
     }

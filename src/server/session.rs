@@ -197,10 +197,6 @@ async fn run(
     .await
 }
 
-fn result_name(relay: &crate::core::Relay, peer_id: PeerId) -> Option<String> {
-    relay.peer_label(peer_id).map(|(_, name)| name.to_owned())
-}
-
 struct Joined {
     peer_id: PeerId,
     room: String,
@@ -231,7 +227,7 @@ async fn join_phase(
                 return Ok(None);
             }
             Err(e) => {
-                refuse_message(conn, send, e).await?;
+                refuse_message(conn, send, e, limits.control_write_timeout).await?;
                 continue;
             }
         };
@@ -262,7 +258,7 @@ async fn join_phase(
             });
         match joined {
             Ok((peer_id, result)) => {
-                let name = result_name(&relay.lock(), peer_id).unwrap_or(name);
+                let name = result.name.clone();
                 let result = serde_json::to_value(result)?;
                 return Ok(Some(Joined {
                     peer_id,
@@ -284,9 +280,21 @@ async fn refuse_message(
     conn: &Connection,
     send: &mut SendStream,
     e: DecodeError,
+    write_timeout: Duration,
 ) -> anyhow::Result<()> {
     warn!(error = %e.error, "bad control message");
-    write_message(send, &ServerMessage::error(e.id, &e.error)).await?;
+    let answer = ServerMessage::error(e.id, &e.error);
+    // Like every control write: a peer that does not read is disconnected, not waited for.
+    match tokio::time::timeout(write_timeout, write_message(send, &answer)).await {
+        Ok(written) => written?,
+        Err(_) => {
+            conn.close(
+                VarInt::from_u32(close_code::SLOW_CONTROL),
+                b"control stream stalled",
+            );
+            anyhow::bail!("control stream stalled");
+        }
+    }
     if e.fatal {
         let _ = send.quic_stream_mut().finish();
         // Give the error a moment to leave before the close discards it.
@@ -300,6 +308,17 @@ async fn refuse_message(
     Ok(())
 }
 
+/// Aborts the tasks it holds when dropped, however the owner returns.
+struct AbortOnDrop<const N: usize>([tokio::task::AbortHandle; N]);
+
+impl<const N: usize> Drop for AbortOnDrop<N> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Runs a joined peer until it leaves or its connection ends.
 async fn drive(
     conn: &Connection,
@@ -310,9 +329,15 @@ async fn drive(
     mut recv: RecvStream,
     mut buf: BytesMut,
 ) -> LeaveReason {
-    let datagrams = receive_datagrams(conn.clone(), relay.clone(), peer_id);
-    let streams = accept_media_streams(conn.clone(), relay.clone(), peer_id, limits.clone());
-    tokio::pin!(datagrams, streams);
+    // Media comes in on tasks of their own, so that a slow control write (up to the write
+    // timeout) never holds up this peer's audio and video for its consumers.
+    let mut datagrams =
+        tokio::spawn(receive_datagrams(conn.clone(), relay.clone(), peer_id).in_current_span());
+    let mut streams = tokio::spawn(
+        accept_media_streams(conn.clone(), relay.clone(), peer_id, limits.clone())
+            .in_current_span(),
+    );
+    let _stop_media = AbortOnDrop([datagrams.abort_handle(), streams.abort_handle()]);
     let write_timeout = limits.control_write_timeout;
     loop {
         // Handle whatever whole messages are buffered before reading more.
@@ -338,7 +363,10 @@ async fn drive(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    if refuse_message(conn, &mut send, e).await.is_err() {
+                    if refuse_message(conn, &mut send, e, write_timeout)
+                        .await
+                        .is_err()
+                    {
                         return LeaveReason::Disconnected;
                     }
                 }
@@ -452,6 +480,15 @@ async fn accept_media_streams(
                 continue;
             }
         };
+        // Refuse a stream for someone else's (or an unknown, or an audio) producer at its
+        // header, before a task or any buffer is spent on it.
+        let allowed = relay
+            .lock()
+            .check_media_source(peer_id, producer_id, MediaKind::Video);
+        if let Err(e) = allowed {
+            refuse_stream(stream, &relay, peer_id, e);
+            continue;
+        }
         let (done, done_rx) = oneshot::channel::<()>();
         let turn = order.register(producer_id, stream.id().into_u64(), done_rx);
         if order.len() > 64 {

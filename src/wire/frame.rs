@@ -160,8 +160,8 @@ pub fn encode_stream_header(producer_id: u64) -> Bytes {
 }
 
 /// Decodes one frame from the front of `buf` if a whole one is there, consuming it.
-/// The declared size is checked against `max_size` before anything is buffered for it, so
-/// a hostile length cannot make the reader allocate.
+/// The declared size is checked against `max_size` before anything is buffered for it, and
+/// buffer space grows with the bytes that actually arrive.
 pub fn decode_stream_frame(
     buf: &mut BytesMut,
     max_size: usize,
@@ -181,8 +181,9 @@ pub fn decode_stream_frame(
     }
     let total = pos + len as usize;
     if buf.len() < total {
-        // Reserve once for the rest of this frame so the reads that follow do not regrow.
-        buf.reserve(total - buf.len());
+        // Room for the rest of this frame, up to 64 KiB at a time: a declared length alone
+        // (an attacker's, or a stalled sender's) never commits the reader's memory.
+        buf.reserve((total - buf.len()).min(64 * 1024));
         return Ok(None);
     }
     let mut frame = buf.split_to(total).freeze();
