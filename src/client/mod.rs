@@ -125,7 +125,8 @@ struct Inner {
     pending: Pending,
     next_id: AtomicU64,
     /// The open group stream of each video producer of ours.
-    video: tokio::sync::Mutex<HashMap<ProducerId, GroupWriter>>,
+    /// One lock per producer, so that one stalled video producer does not hold up another.
+    video: Mutex<HashMap<ProducerId, Arc<tokio::sync::Mutex<GroupWriter>>>>,
     // Kept alive for as long as the client is.
     _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
 }
@@ -390,12 +391,18 @@ impl Client {
         header: FrameHeader,
         payload: Bytes,
     ) -> Result<(), ClientError> {
-        let mut groups = self.inner.video.lock().await;
-        let group = groups
+        let group = self
+            .inner
+            .video
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(producer_id)
-            .or_insert_with(|| GroupWriter::new(producer_id));
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(GroupWriter::new(producer_id))))
+            .clone();
         let head = frame::encode_stream_frame_head(&header, payload.len());
         group
+            .lock()
+            .await
             .write(&self.inner.connection, header.keyframe, head, payload)
             .await
             .map_err(|e| ClientError::Send(e.to_string()))
@@ -403,8 +410,14 @@ impl Client {
 
     /// Ends a video producer's open group stream (before closing the producer, say).
     pub async fn finish_video(&self, producer_id: ProducerId) {
-        if let Some(mut group) = self.inner.video.lock().await.remove(&producer_id) {
-            group.finish();
+        let group = self
+            .inner
+            .video
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&producer_id);
+        if let Some(group) = group {
+            group.lock().await.finish();
         }
     }
 
