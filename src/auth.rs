@@ -73,9 +73,14 @@ impl ApiKey {
             grants,
             admin: false,
         };
+        self.sign(&claims)
+    }
+
+    /// Signs `claims` with this key's secret (HS256).
+    pub fn sign(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &claims,
+            claims,
             &EncodingKey::from_secret(self.secret.as_bytes()),
         )
     }
@@ -193,11 +198,7 @@ impl ApiKey {
             },
             admin: true,
         };
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(self.secret.as_bytes()),
-        )
+        self.sign(&claims)
     }
 
     /// Verifies a token of this key: signature, issuer, validity window.
@@ -318,12 +319,7 @@ mod tests {
             grants: Grants::default(),
             admin: false,
         };
-        let expired = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(key().secret.as_bytes()),
-        )
-        .unwrap();
+        let expired = key().sign(&claims).unwrap();
         assert!(
             code(policy.admit(Some(&expired), "r", "x"))
                 .message

@@ -3,11 +3,22 @@
 //! on that stream. The relay (per consumer), the native client (per producer) and the
 //! bench's direct path all send video this way.
 
-use bytes::Bytes;
-use wtransport::{Connection, SendStream, VarInt};
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use crate::wire::ProducerId;
 use crate::wire::frame::encode_stream_header;
+
+/// Reads more bytes from `recv` into `buf`, growing it 16 KiB at a time when it runs low;
+/// `Ok(false)` at the end of the stream. Cancel-safe: dropping it before it completes
+/// loses nothing. Every reader of a control or media stream uses it.
+pub async fn read_more(recv: &mut RecvStream, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    Ok(recv.read_buf(buf).await? > 0)
+}
 
 /// Why a group write failed.
 #[derive(Debug, thiserror::Error)]

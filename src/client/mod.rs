@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 
 use crate::core::GroupOrder;
-use crate::group::GroupWriter;
+use crate::group::{GroupWriter, read_more};
 use crate::wire::frame::{self, FrameHeader};
 use crate::wire::{
     ClientMessage, ConsumerInfo, JoinResult, MAX_CONTROL_MESSAGE, MediaKind, PROTOCOL_VERSION,
@@ -516,12 +516,8 @@ async fn read_control(
                 continue;
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        match recv.read_buf(&mut buf).await {
-            Ok(n) if n > 0 => {}
-            _ => break,
+        if !matches!(read_more(&mut recv, &mut buf).await, Ok(true)) {
+            break;
         }
     }
     // The relay is gone: fail whatever still waits for an answer.
@@ -556,7 +552,7 @@ pub(crate) async fn receive_streams(connection: Connection, frames: mpsc::Sender
                 if let Some(id) = frame::decode_stream_header(&mut buf).ok()? {
                     return Some(id);
                 }
-                if stream.read_buf(&mut buf).await.ok()? == 0 {
+                if !read_more(&mut stream, &mut buf).await.ok()? {
                     return None;
                 }
             }
@@ -618,12 +614,8 @@ async fn read_group(
                 Err(_) => return,
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        match stream.read_buf(&mut buf).await {
-            Ok(n) if n > 0 => {}
-            _ => return,
+        if !matches!(read_more(&mut stream, &mut buf).await, Ok(true)) {
+            return;
         }
     }
 }

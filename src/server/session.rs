@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
@@ -21,7 +20,7 @@ use wtransport::{Connection, RecvStream, SendStream, VarInt};
 use super::{SessionLimits, SharedRelay};
 use crate::auth::AccessPolicy;
 use crate::core::{FrameData, GroupOrder, PeerOutput};
-use crate::group::GroupWriter;
+use crate::group::{GroupWriter, read_more};
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
     ClientMessage, ConsumerId, DecodeError, ErrorCode, LeaveReason, MediaKind, PeerId, ProducerId,
@@ -52,15 +51,6 @@ pub(crate) fn frame_error(e: &FrameError) -> ProtocolError {
         _ => ErrorCode::MalformedFrame,
     };
     ProtocolError::new(code, e.to_string())
-}
-
-/// Reads more bytes from `recv` into `buf`; `Ok(false)` at the end of the stream.
-/// Cancel-safe: dropping it before it completes loses nothing.
-async fn read_more(recv: &mut RecvStream, buf: &mut BytesMut) -> std::io::Result<bool> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
-    }
-    Ok(recv.read_buf(buf).await? > 0)
 }
 
 async fn write_message(send: &mut SendStream, message: &ServerMessage) -> anyhow::Result<()> {
