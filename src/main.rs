@@ -123,6 +123,9 @@ struct BenchArgs {
     /// Synthetic video frame rate.
     #[arg(long, global = true, default_value_t = 30)]
     fps: u32,
+    /// Time between synthetic audio frames (the bitrate holds: frames grow with it).
+    #[arg(long, global = true, default_value = "20ms", value_parser = humantime::parse_duration)]
+    audio_frame_interval: Duration,
     /// Skip the direct-QUIC and raw-UDP baselines (fan-out).
     #[arg(long, global = true)]
     no_baselines: bool,
@@ -364,6 +367,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         shape: Shape {
             video_bitrate: args.video_bitrate,
             fps: args.fps,
+            audio_frame_interval: args.audio_frame_interval,
             ..Shape::default()
         },
         url: args.url,

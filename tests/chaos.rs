@@ -76,9 +76,8 @@ async fn clients_vanishing_in_a_loop_leave_nothing_behind() {
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline = metrics.num_alive_tasks();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    let mut round = 0u64;
-    while tokio::time::Instant::now() < deadline {
+    // A set number of rounds, not a time: a slow machine runs them all, just later.
+    for round in 0..3u64 {
         let mut handles = Vec::new();
         for i in 0..4 {
             let options = options(&server);
@@ -90,9 +89,7 @@ async fn clients_vanishing_in_a_loop_leave_nothing_behind() {
         for h in handles {
             h.await.unwrap();
         }
-        round += 1;
     }
-    assert!(round >= 2, "the loop ran {round} rounds");
 
     // The relay notices each vanished client by its silence, then frees everything.
     wait_for_relay(&server, Duration::from_secs(20), |c| {

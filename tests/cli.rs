@@ -66,6 +66,19 @@ fn start_relay_with_env(env: &[(&str, &str)]) -> (Relay, u16) {
     (relay, port)
 }
 
+/// Waits until the relay's /healthz counts `peers` peers.
+fn wait_for_peers(port: u16, peers: usize) {
+    let want = format!("\"peers\":{peers}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http_get(port, "/healthz").is_some_and(|h| h.contains(&want)) {
+        assert!(
+            Instant::now() < deadline,
+            "the relay never counted {peers} peers"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn join(port: u16, room: &str, name: &str, seconds: u32) -> Child {
     Command::new(BIN)
         .args(["join", "--url", &format!("https://127.0.0.1:{port}/")])
@@ -87,8 +100,9 @@ fn two_join_processes_receive_each_other() {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     );
 
-    let ada = join(port, "demo", "ada", 4);
-    std::thread::sleep(Duration::from_millis(300));
+    let ada = join(port, "demo", "ada", 6);
+    // bo joins once ada is in (an event, not a guess at how long joining takes).
+    wait_for_peers(port, 1);
     let bo = join(port, "demo", "bo", 3);
     let outputs = [("ada", "bo", ada), ("bo", "ada", bo)].map(|(me, other, child)| {
         let out = child.wait_with_output().unwrap();
@@ -160,23 +174,15 @@ fn bench(args: &[&str]) -> Value {
 }
 
 /// A smoke run of the benchmark harness itself (the real runs are not part of the tests).
+/// It checks what the harness reports, not how fast this machine is: the relay here is the
+/// debug build, on a shared machine of unknown speed, so delivery and latency figures are
+/// only checked to be present and sane (speed is `bench`'s and docs/BENCHMARKS.md's job).
 #[test]
 fn bench_harness_reports_every_path() {
     let report = bench(&["fanout", "--subscribers", "3"]);
     assert_eq!(report["scenario"], "fanout");
     for path in ["relay", "direct", "udp"] {
-        let p = &report["paths"][path];
-        for q in ["p50", "p90", "p99", "p999", "max"] {
-            assert!(
-                p["latency_ms"][q].as_f64().unwrap() > 0.0,
-                "{path} {q}: {report}"
-            );
-        }
-        assert!(
-            p["delivered_ratio"].as_f64().unwrap() > 0.9,
-            "{path}: {report}"
-        );
-        assert!(p["egress_mbps"].as_f64().unwrap() > 0.0);
+        assert_sane_path(&report, path);
     }
     let relay = &report["paths"]["relay"];
     assert!(relay["cpu_core_s_per_s"].as_f64().unwrap() > 0.0);
@@ -189,20 +195,50 @@ fn bench_harness_reports_every_path() {
     );
 
     let meeting = bench(&["meeting", "--peers", "3"]);
-    assert!(
-        meeting["paths"]["relay"]["delivered_ratio"]
-            .as_f64()
-            .unwrap()
-            > 0.9,
-        "{meeting}"
-    );
+    assert_sane_path(&meeting, "relay");
     assert!(meeting["paths"].get("direct").is_none());
-    // More sessions from one address than serve allows by default: the bench lifts it.
-    let rooms = bench(&["rooms", "--rooms", "22", "--peers", "5"]);
-    assert!(
-        rooms["paths"]["relay"]["delivered_ratio"].as_f64().unwrap() > 0.9,
+    // More sessions from one address (102) than serve allows by default (100): the bench
+    // lifts the caps, or a refused join fails the run. Audio every 200 ms instead of 20 ms
+    // keeps the load a small fraction of what even a slow machine's debug relay carries.
+    let rooms = bench(&[
+        "rooms",
+        "--rooms",
+        "51",
+        "--peers",
+        "2",
+        "--audio-frame-interval",
+        "200ms",
+    ]);
+    assert_sane_path(&rooms, "relay");
+    assert_eq!(
+        rooms["shape"]["audio_frame_interval"].as_f64(),
+        Some(0.2),
         "{rooms}"
     );
+}
+
+/// A path's report is complete and consistent: something was delivered, no more than was
+/// expected, latency quantiles present and in order.
+fn assert_sane_path(report: &Value, path: &str) {
+    let p = &report["paths"][path];
+    let delivered = p["delivered"].as_u64().unwrap();
+    let expected = p["expected"].as_u64().unwrap();
+    assert!(
+        delivered > 0 && delivered <= expected,
+        "{path}: {delivered} of {expected}: {report}"
+    );
+    let ratio = p["delivered_ratio"].as_f64().unwrap();
+    assert!(
+        (ratio - delivered as f64 / expected as f64).abs() < 1e-6,
+        "{path}: {report}"
+    );
+    let mut last = 0.0;
+    for q in ["p50", "p90", "p99", "p999", "max"] {
+        let v = p["latency_ms"][q].as_f64().unwrap();
+        assert!(v > 0.0 && v >= last, "{path} {q}: {report}");
+        last = v;
+    }
+    assert!(p["egress_mbps"].as_f64().unwrap() > 0.0, "{path}: {report}");
 }
 
 const KEYS: [(&str, &str); 2] = [
@@ -277,11 +313,7 @@ fn token_command_mints_what_the_relay_accepts() {
 fn sigterm_drains_peers_and_exits_zero() {
     let (mut relay, port) = start_relay();
     let peers = [join(port, "demo", "ada", 60), join(port, "demo", "bo", 60)];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !http_get(port, "/healthz").is_some_and(|h| h.contains("\"peers\":2")) {
-        assert!(Instant::now() < deadline, "peers never joined");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_peers(port, 2);
     let pid = relay.0.id().to_string();
     assert!(
         Command::new("kill")
@@ -351,10 +383,11 @@ fn config_file_sets_options_and_flags_and_env_win() {
         relay
     };
     let second_peer = || {
-        let first = join(port, "cfg", "ada", 3);
-        std::thread::sleep(Duration::from_millis(800));
+        let mut first = join(port, "cfg", "ada", 60);
+        wait_for_peers(port, 1);
         let second = join(port, "cfg", "bo", 1).wait_with_output().unwrap();
-        let _ = first.wait_with_output();
+        let _ = first.kill();
+        let _ = first.wait();
         second
     };
     {

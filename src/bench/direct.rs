@@ -189,7 +189,10 @@ pub async fn run_fanout(
     };
     let audio = send(
         MediaKind::Audio,
-        Box::new(SyntheticAudio::new(shape.audio_bitrate)),
+        Box::new(SyntheticAudio::with_interval(
+            shape.audio_bitrate,
+            shape.audio_frame_interval,
+        )),
     );
     let video = send(
         MediaKind::Video,

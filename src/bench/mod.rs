@@ -26,6 +26,9 @@ pub struct Shape {
     #[serde(serialize_with = "secs")]
     pub keyframe_interval: Duration,
     pub audio_bitrate: u64,
+    /// Time between audio frames (20 ms, as Opus in a call; longer thins a smoke test).
+    #[serde(serialize_with = "secs")]
+    pub audio_frame_interval: Duration,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -39,6 +42,7 @@ impl Default for Shape {
             fps: 30,
             keyframe_interval: Duration::from_secs(2),
             audio_bitrate: 48_000,
+            audio_frame_interval: Duration::from_millis(20),
         }
     }
 }

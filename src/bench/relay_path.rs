@@ -103,7 +103,7 @@ pub async fn run(
             };
             let mut publishers: Vec<Publisher> = Vec::new();
             if plan.audio {
-                let source = Box::new(SyntheticAudio::new(shape.audio_bitrate));
+                let source = Box::new(SyntheticAudio::with_interval(shape.audio_bitrate, shape.audio_frame_interval));
                 publishers.push(publish(&client, MediaKind::Audio, source, start_signal()).await?);
             }
             if plan.video {

@@ -53,7 +53,8 @@ pub async fn run_fanout(
     }
     let sender = std::thread::spawn(move || -> Result<(u64, u64, f64, f64)> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
-        let mut audio = SyntheticAudio::new(shape.audio_bitrate);
+        let mut audio =
+            SyntheticAudio::with_interval(shape.audio_bitrate, shape.audio_frame_interval);
         let mut video =
             SyntheticVideo::new(shape.video_bitrate, shape.fps, shape.keyframe_interval);
         let began = Instant::now();

@@ -98,12 +98,21 @@ impl MediaSource for SyntheticVideo {
 /// Opus-sized audio: 20 ms frames of about `bitrate`/50 bytes.
 pub struct SyntheticAudio {
     frame_size: usize,
+    interval: Duration,
 }
 
 impl SyntheticAudio {
     pub fn new(bitrate_bps: u64) -> Self {
+        Self::with_interval(bitrate_bps, Duration::from_millis(20))
+    }
+
+    /// Frames every `interval` (Opus allows 2.5 to 120 ms; longer only thins a load test),
+    /// each sized so that the bitrate holds.
+    pub fn with_interval(bitrate_bps: u64, interval: Duration) -> Self {
+        let interval = interval.max(Duration::from_millis(1));
         Self {
-            frame_size: (bitrate_bps / 8 / 50).max(8) as usize,
+            frame_size: ((bitrate_bps as f64 / 8.0 * interval.as_secs_f64()) as usize).max(8),
+            interval,
         }
     }
 }
@@ -117,7 +126,7 @@ impl MediaSource for SyntheticAudio {
         SourceFrame {
             keyframe: false,
             payload: synthetic_payload(seq, jitter(self.frame_size, seq)),
-            duration: Duration::from_millis(20),
+            duration: self.interval,
         }
     }
 }

@@ -13,6 +13,13 @@ use synapse_sfu::client::{Client, ClientOptions, Incoming, ReceivedFrame, Verifi
 use synapse_sfu::server::{Server, ServerConfig, SessionLimits};
 use synapse_sfu::wire::{FrameHeader, JoinResult, ProducerId, ServerMessage};
 
+/// Waits for events are given three times the time a test names: a wait ends as soon as
+/// its event happens, so the allowance costs nothing on a fast machine and keeps a slow or
+/// busy one (CI shares its cores) from failing a correct relay.
+pub fn patient(timeout: Duration) -> Duration {
+    timeout * 3
+}
+
 /// A temporary directory unique to this test process and call.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -135,7 +142,7 @@ pub async fn collect_until(
     mut done: impl FnMut(&Received) -> bool,
 ) -> Received {
     let mut received = Received::new();
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + patient(timeout);
     while !done(&received) {
         match tokio::time::timeout_at(deadline, incoming.frames.recv()).await {
             Ok(Some(frame)) => received.entry(frame.producer_id).or_default().push(frame),
@@ -151,7 +158,7 @@ pub async fn wait_event(
     timeout: Duration,
     mut pred: impl FnMut(&ServerMessage) -> bool,
 ) -> Option<ServerMessage> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + patient(timeout);
     loop {
         match tokio::time::timeout_at(deadline, incoming.events.recv()).await {
             Ok(Some(event)) if pred(&event) => return Some(event),
@@ -167,7 +174,7 @@ pub async fn wait_for_relay(
     timeout: Duration,
     pred: impl Fn(synapse_sfu::core::RelayCounts) -> bool,
 ) {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + patient(timeout);
     loop {
         let counts = server.relay().lock().counts();
         if pred(counts) {
