@@ -107,11 +107,13 @@ impl SyntheticAudio {
     }
 
     /// Frames every `interval` (Opus allows 2.5 to 120 ms; longer only thins a load test),
-    /// each sized so that the bitrate holds.
+    /// each sized so that the bitrate holds, up to 1,000 bytes: a frame is one datagram,
+    /// which must fit the path (1,200 bytes with headers, ±10% size jitter).
     pub fn with_interval(bitrate_bps: u64, interval: Duration) -> Self {
         let interval = interval.max(Duration::from_millis(1));
+        let size = (bitrate_bps as f64 / 8.0 * interval.as_secs_f64()) as usize;
         Self {
-            frame_size: ((bitrate_bps as f64 / 8.0 * interval.as_secs_f64()) as usize).max(8),
+            frame_size: size.clamp(8, 1000),
             interval,
         }
     }
