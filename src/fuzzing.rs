@@ -98,7 +98,7 @@ pub fn relay_core(data: &[u8]) {
         let some_id = u64::from(b % 32);
         let peer = pick(&peers);
         let request = |request| ClientMessage { id, request };
-        match a % 12 {
+        match a % 13 {
             0 => {
                 let room = ["a", "b"][usize::from(b % 2)];
                 if let Ok((p, _)) = relay.join(PROTOCOL_VERSION, room, "x", b % 3 == 0, now) {
@@ -199,6 +199,23 @@ pub fn relay_core(data: &[u8]) {
                         }
                     };
                     relay.handle(p, request(r), now);
+                }
+            }
+            11 => {
+                // The IO layer's measurements and a write that missed its deadline.
+                if let Some(p) = peer {
+                    let sample = crate::core::PathSample {
+                        rtt: std::time::Duration::from_millis(u64::from(b)),
+                        min_rtt: std::time::Duration::from_millis(u64::from(b / 2)),
+                        cwnd: u64::from(b) * 1000,
+                        sent_packets: id * u64::from(b),
+                        lost_packets: id,
+                        sent_bytes: id * 1000,
+                    };
+                    let _ = relay.on_path_sample(p, sample, now);
+                }
+                if b % 3 == 0 {
+                    relay.skip_late_consumer(some_id, now);
                 }
             }
             _ => {

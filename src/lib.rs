@@ -9,6 +9,8 @@
 //! - [`client`]: a native client library on the same `wire` module, and the `join` command.
 //! - [`auth`]: access tokens (JWT) and the development-mode policy.
 //! - [`bench`]: the load generator and report of `synapse-sfu bench`.
+//! - [`shaper`]: a UDP proxy that impairs a link (rate, queue, loss, delay, jitter), for
+//!   tests and benchmarks on a bad network.
 
 pub mod auth;
 pub mod bench;
@@ -18,4 +20,5 @@ pub mod core;
 pub mod fuzzing;
 pub mod group;
 pub mod server;
+pub mod shaper;
 pub mod wire;

@@ -1,4 +1,4 @@
-//! The `synapse-sfu` command: `serve` (the default), `join`.
+//! The `synapse-sfu` command: `serve` (the default), `join`, `bench`, `token`, `shaper`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +11,8 @@ use synapse_sfu::auth::AccessPolicy;
 use synapse_sfu::client::join::{self, JoinOptions};
 use synapse_sfu::client::{ClientOptions, Verification};
 use synapse_sfu::core::{Limits, RelayConfig};
-use synapse_sfu::server::{Server, ServerConfig, SessionLimits};
+use synapse_sfu::server::{CongestionController, Server, ServerConfig, SessionLimits};
+use synapse_sfu::shaper::{self, LinkConfig, Shaper, ShaperConfig};
 use synapse_sfu::wire::{Grants, MediaKind};
 
 #[derive(Parser)]
@@ -49,6 +50,92 @@ enum Command {
     Bench(BenchArgs),
     /// Mint an access token for a room (needs the API key and secret).
     Token(TokenArgs),
+    /// A UDP proxy that impairs the link to a relay (rate, queue, loss, delay, jitter):
+    /// point clients at --listen instead of the relay.
+    Shaper(ShaperArgs),
+}
+
+/// One direction of a shaped link, as flags with a prefix (`--down-…`, `--up-…`).
+macro_rules! link_args {
+    ($name:ident, $dir:literal, $kbps:ident, $queue:ident, $loss:ident, $delay:ident, $jitter:ident) => {
+        #[derive(clap::Args)]
+        struct $name {
+            #[arg(
+                long,
+                help = concat!("Rate limit ", $dir, ", kbit/s (e.g. 700, 2mbit); none by default."),
+                value_parser = shaper::parse_rate_kbps)]
+            $kbps: Option<u64>,
+            #[arg(
+                long,
+                help = concat!("Drop-tail queue ", $dir, ", as time at the rate limit."),
+                default_value = "200ms", value_parser = shaper::parse_duration)]
+            $queue: Duration,
+            #[arg(
+                long,
+                help = concat!("Random loss ", $dir, " (0.03 or 3%)."),
+                default_value = "0", value_parser = shaper::parse_loss)]
+            $loss: f64,
+            #[arg(
+                long,
+                help = concat!("One-way delay ", $dir, "."),
+                default_value = "0ms", value_parser = shaper::parse_duration)]
+            $delay: Duration,
+            #[arg(
+                long,
+                help = concat!("Delay varies by up to this either way ", $dir, " (never reorders)."),
+                default_value = "0ms", value_parser = shaper::parse_duration)]
+            $jitter: Duration,
+        }
+
+        impl $name {
+            fn link(&self) -> LinkConfig {
+                LinkConfig {
+                    rate_kbps: self.$kbps.unwrap_or(0),
+                    queue: self.$queue,
+                    loss: self.$loss,
+                    delay: self.$delay,
+                    jitter: self.$jitter,
+                    ..LinkConfig::default()
+                }
+            }
+        }
+    };
+}
+
+link_args!(
+    DownLinkArgs,
+    "relay → client",
+    down_kbps,
+    down_queue,
+    down_loss,
+    down_delay,
+    down_jitter
+);
+link_args!(
+    UpLinkArgs,
+    "client → relay",
+    up_kbps,
+    up_queue,
+    up_loss,
+    up_delay,
+    up_jitter
+);
+
+#[derive(clap::Args)]
+struct ShaperArgs {
+    /// Where clients send (their URL's host and port).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The relay's UDP address.
+    #[arg(long, default_value = "127.0.0.1:4443")]
+    upstream: SocketAddr,
+    #[command(flatten)]
+    down: DownLinkArgs,
+    #[command(flatten)]
+    up: UpLinkArgs,
+    /// Seeds the random losses and jitter (the same seed repeats them).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args)]
@@ -117,6 +204,10 @@ struct BenchArgs {
     /// Relay binary to start (default: this one).
     #[arg(long, global = true)]
     relay_bin: Option<PathBuf>,
+    /// More `serve` arguments for the started relay, whitespace-separated
+    /// (e.g. "--congestion-controller bbr").
+    #[arg(long, global = true, allow_hyphen_values = true, default_value = "")]
+    relay_args: String,
     /// Synthetic video bitrate per publisher, bits per second.
     #[arg(long, global = true, default_value_t = 1_000_000)]
     video_bitrate: u64,
@@ -159,6 +250,62 @@ enum BenchScenario {
         #[arg(long, default_value_t = 5)]
         peers: usize,
     },
+    /// One publisher to a subscriber on a clean link and one through a shaper, side by side:
+    /// fps, freezes, latency, delivery of each.
+    WeakLink(WeakLinkArgs),
+}
+
+#[derive(clap::Args)]
+struct WeakLinkArgs {
+    /// Rate limit of the impaired subscriber's downlink, kbit/s (e.g. 700, 2mbit).
+    #[arg(long, value_parser = shaper::parse_rate_kbps)]
+    down_kbps: Option<u64>,
+    /// Its drop-tail queue, as time at that rate.
+    #[arg(long, default_value = "200ms", value_parser = shaper::parse_duration)]
+    down_queue: Duration,
+    /// Random loss on the impaired subscriber's link, each way (0.03 or 3%).
+    #[arg(long, default_value = "0", value_parser = shaper::parse_loss)]
+    loss: f64,
+    /// One-way delay on the impaired subscriber's link, each way.
+    #[arg(long, default_value = "0ms", value_parser = shaper::parse_duration)]
+    delay: Duration,
+    /// The delay varies by up to this either way (never reorders).
+    #[arg(long, default_value = "0ms", value_parser = shaper::parse_duration)]
+    jitter: Duration,
+    /// Rate limit of the PUBLISHER's uplink, kbit/s: it then goes through a shaper too.
+    #[arg(long, value_parser = shaper::parse_rate_kbps)]
+    up_kbps: Option<u64>,
+    /// The publisher uplink's drop-tail queue, as time at that rate.
+    #[arg(long, default_value = "200ms", value_parser = shaper::parse_duration)]
+    up_queue: Duration,
+    /// Seeds the shapers' random losses and jitter.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl WeakLinkArgs {
+    fn links(&self) -> synapse_sfu::bench::weak_link::WeakLink {
+        let impaired = LinkConfig {
+            loss: self.loss,
+            delay: self.delay,
+            jitter: self.jitter,
+            ..LinkConfig::default()
+        };
+        synapse_sfu::bench::weak_link::WeakLink {
+            subscriber_up: impaired,
+            subscriber_down: LinkConfig {
+                rate_kbps: self.down_kbps.unwrap_or(0),
+                queue: self.down_queue,
+                ..impaired
+            },
+            publisher_up: self.up_kbps.map(|rate_kbps| LinkConfig {
+                rate_kbps,
+                queue: self.up_queue,
+                ..LinkConfig::default()
+            }),
+            seed: self.seed,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -185,6 +332,17 @@ struct ServeArgs {
     /// On SIGINT/SIGTERM, how long peers get to leave before the relay closes them.
     #[arg(long, env = "SYNAPSE_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
     drain: Duration,
+    /// Congestion controller of every connection: cubic, new-reno or bbr (docs/BENCHMARKS.md
+    /// has the measurements behind the default).
+    #[arg(long, env = "SYNAPSE_CONGESTION_CONTROLLER", default_value = "cubic")]
+    congestion_controller: CongestionController,
+    /// Video that has waited longer in the relay is skipped; the subscriber restarts at a
+    /// keyframe instead of falling further behind.
+    #[arg(long, env = "SYNAPSE_VIDEO_LATENCY_BOUND", default_value = "400ms", value_parser = humantime::parse_duration)]
+    video_latency_bound: Duration,
+    /// The same for audio.
+    #[arg(long, env = "SYNAPSE_AUDIO_LATENCY_BOUND", default_value = "200ms", value_parser = humantime::parse_duration)]
+    audio_latency_bound: Duration,
     #[command(flatten)]
     keys: ApiKeyArgs,
     #[command(flatten)]
@@ -316,7 +474,40 @@ async fn main() -> Result<()> {
             run_bench(args).await
         }
         Some(Command::Token(args)) => mint_token(args),
+        Some(Command::Shaper(args)) => {
+            init_logging("warn", cli.log_format);
+            run_shaper(args).await
+        }
     }
+}
+
+async fn run_shaper(args: ShaperArgs) -> Result<()> {
+    let shaper = Shaper::start(ShaperConfig {
+        listen: args.listen,
+        upstream: args.upstream,
+        up: args.up.link(),
+        down: args.down.link(),
+        seed: args.seed,
+    })
+    .await?;
+    // One line on stdout, for scripts and tests to wait for and parse.
+    println!("shaper listening on {}", shaper.local_addr());
+    let signal = shutdown_signal().await?;
+    let stats = shaper.stats();
+    eprintln!(
+        "{signal}: shaper stopping after {} client(s); down: {} of {} packets delivered \
+         ({} queue, {} loss drops); up: {} of {} ({} queue, {} loss drops)",
+        stats.flows,
+        stats.down.delivered,
+        stats.down.packets,
+        stats.down.queue_drops,
+        stats.down.loss_drops,
+        stats.up.delivered,
+        stats.up.packets,
+        stats.up.queue_drops,
+        stats.up.loss_drops
+    );
+    Ok(())
 }
 
 fn mint_token(args: TokenArgs) -> Result<()> {
@@ -360,6 +551,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         ),
         BenchScenario::Meeting { peers } => (Scenario::Meeting { peers }, None),
         BenchScenario::Rooms { rooms, peers } => (Scenario::Rooms { rooms, peers }, None),
+        BenchScenario::WeakLink(_) => (Scenario::WeakLink, None),
     };
     let options = BenchOptions {
         scenario,
@@ -373,9 +565,23 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         url: args.url,
         cert_hash: args.cert_hash,
         relay_bin: args.relay_bin,
+        relay_args: args
+            .relay_args
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
         baselines: !args.no_baselines,
         progress: !args.quiet,
     };
+    if let BenchScenario::WeakLink(link) = &args.scenario {
+        let report = bench::weak_link::run(&options, &link.links()).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            bench::weak_link::print_report(&report);
+        }
+        return Ok(());
+    }
     if let (Some(bound), Scenario::Fanout { subscribers }) = (capacity, scenario) {
         let report = bench::capacity(&options, subscribers, bound).await?;
         if args.json {
@@ -457,6 +663,24 @@ impl ServeArgs {
         take!("certs_dir", self.certs_dir, file.certs_dir);
         take!("web_root", self.web_root, file.web_root.map(Some));
         take!("drain", self.drain, duration("drain", file.drain)?);
+        take!(
+            "congestion_controller",
+            self.congestion_controller,
+            file.congestion_controller
+                .map(|c| c.parse::<CongestionController>())
+                .transpose()
+                .map_err(anyhow::Error::msg)?
+        );
+        take!(
+            "video_latency_bound",
+            self.video_latency_bound,
+            duration("video_latency_bound", file.video_latency_bound)?
+        );
+        take!(
+            "audio_latency_bound",
+            self.audio_latency_bound,
+            duration("audio_latency_bound", file.audio_latency_bound)?
+        );
         take!("api_key", self.keys.api_key, file.api_key.map(Some));
         take!(
             "api_secret",
@@ -523,6 +747,9 @@ struct FileConfig {
     certs_dir: Option<PathBuf>,
     web_root: Option<PathBuf>,
     drain: Option<String>,
+    congestion_controller: Option<String>,
+    video_latency_bound: Option<String>,
+    audio_latency_bound: Option<String>,
     api_key: Option<String>,
     api_secret: Option<String>,
     limits: Option<FileLimits>,
@@ -562,9 +789,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         certs_dir: args.certs_dir,
         web_root: args.web_root,
         access: args.keys.policy()?,
+        congestion_controller: args.congestion_controller,
         relay: RelayConfig {
             max_datagram_size: args.limits.max_datagram_size,
             max_frame_size: args.limits.max_frame_size,
+            video_latency_bound: args.video_latency_bound,
+            audio_latency_bound: args.audio_latency_bound,
             limits: Limits {
                 max_peers_per_room: args.limits.max_peers_per_room,
                 max_rooms: args.limits.max_rooms,
@@ -635,8 +865,12 @@ async fn run_join(args: JoinArgs) -> Result<()> {
             );
         }
         for t in &summary.received {
+            let freezes = match (t.freezes, t.freeze_ms) {
+                (Some(n), Some(ms)) => format!("  {n} freezes ({ms:.0} ms)"),
+                _ => String::new(),
+            };
             println!(
-                "  received {:<6} {:<14} {:>7} frames {:>10} bytes {:>5} gaps  from {:<12} latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+                "  received {:<6} {:<14} {:>7} frames {:>10} bytes {:>5} gaps  from {:<12} latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms{freezes}",
                 t.kind.as_str(),
                 t.codec,
                 t.frames,

@@ -131,6 +131,9 @@ fn two_join_processes_receive_each_other() {
             assert!(track["frames"].as_u64().unwrap() >= 20, "{me}: {track}");
             assert!(track["bytes"].as_u64().unwrap() > 0);
             assert!(track["gaps"].is_u64());
+            // Freezes are counted for video only.
+            assert_eq!(track["freezes"].is_u64(), kind == "video", "{me}: {track}");
+            assert_eq!(track["freeze_ms"].is_f64(), kind == "video");
             for p in ["p50", "p99", "max"] {
                 assert!(track["latency_ms"][p].as_f64().unwrap() > 0.0);
             }
@@ -215,6 +218,96 @@ fn bench_harness_reports_every_path() {
         Some(0.2),
         "{rooms}"
     );
+}
+
+/// The weak-link scenario reports both subscribers, side by side, and the shaper's counters.
+/// Sanity only, as above: a debug relay on a machine of unknown speed.
+#[test]
+fn bench_weak_link_reports_both_subscribers() {
+    let report = bench(&["weak-link", "--down-kbps", "700"]);
+    assert_eq!(report["scenario"], "weak_link", "{report}");
+    assert_eq!(report["links"]["subscriber_down"]["rate_kbps"], 700);
+    let sent_video = report["sent"]["video_frames"].as_u64().unwrap();
+    let sent_audio = report["sent"]["audio_frames"].as_u64().unwrap();
+    assert!(sent_video > 0 && sent_audio > 0, "{report}");
+    for name in ["clean", "impaired"] {
+        let s = &report["subscribers"][name];
+        let video = &s["video"];
+        let frames = video["frames"].as_u64().unwrap();
+        assert!(frames > 0 && frames <= sent_video, "{name}: {report}");
+        assert_eq!(video["sent"].as_u64(), Some(sent_video));
+        assert!(video["fps"].as_f64().unwrap() > 0.0, "{name}: {report}");
+        assert!(video["freezes"].is_u64(), "{name}: {report}");
+        // Counted within the run (2 s).
+        let frozen = video["freeze_ms"].as_f64().unwrap();
+        assert!((0.0..=2000.0).contains(&frozen), "{name}: {report}");
+        let mut last = 0.0;
+        for q in ["p50", "p90", "p99", "max"] {
+            let v = video["latency_ms"][q].as_f64().unwrap();
+            assert!(v > 0.0 && v >= last, "{name} video {q}: {report}");
+            last = v;
+        }
+        let audio = &s["audio"];
+        let frames = audio["frames"].as_u64().unwrap();
+        assert!(frames > 0 && frames <= sent_audio, "{name}: {report}");
+        let (p50, p99) = (
+            audio["latency_ms"]["p50"].as_f64().unwrap(),
+            audio["latency_ms"]["p99"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p99 >= p50, "{name} audio: {report}");
+        assert!(audio["delivered_ratio"].as_f64().unwrap() > 0.0);
+    }
+    assert!(report["relay_drops"].is_object(), "{report}");
+    let down = &report["shapers"]["impaired_subscriber"]["down"];
+    let offered = down["packets"].as_u64().unwrap();
+    let delivered = down["delivered"].as_u64().unwrap();
+    let dropped = ["loss_drops", "queue_drops", "overflow_drops"]
+        .map(|k| down[k].as_u64().unwrap())
+        .iter()
+        .sum::<u64>();
+    assert!(delivered > 0, "{report}");
+    assert_eq!(delivered + dropped, offered, "{report}");
+    assert!(report["shapers"].get("publisher").is_none());
+}
+
+/// `shaper` prints where it listens, then forwards both ways (here to a UDP echo).
+#[test]
+fn shaper_command_forwards_to_its_upstream() {
+    use std::io::BufRead;
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let upstream = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let child = Command::new(BIN)
+        .args(["shaper", "--listen", "127.0.0.1:0", "--upstream"])
+        .arg(upstream.to_string())
+        .args(["--down-delay", "10ms", "--up-loss", "0%"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("shaper starts");
+    let mut shaper = Relay(child);
+    let mut line = String::new();
+    std::io::BufReader::new(shaper.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("shaper listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(common::patient(Duration::from_secs(5))))
+        .unwrap();
+    client.connect(addr).unwrap();
+    client.send(b"hello through the shaper").unwrap();
+    let mut buf = [0u8; 64];
+    let n = client.recv(&mut buf).expect("the echo comes back");
+    assert_eq!(&buf[..n], b"hello through the shaper");
 }
 
 /// A path's report is complete and consistent: something was delivered, no more than was

@@ -3,14 +3,17 @@
 //
 // URL parameters: ?room= ?name= prefill the form; ?autojoin=1 joins at once;
 // ?codec=vp8|vp9|h264|av1 forces the video codec; ?width= ?height= ?fps= ?bitrate=
-// (bit/s) set the encoder; ?relay=host:port talks to another relay than the page's own;
-// ?token= is the access token for a relay that requires one.
+// (bit/s) set the encoder; ?maxSendDelay= (ms, default 300) bounds the video send backlog;
+// ?relay=host:port talks to another relay than the page's own; ?quic=host:port sends the
+// WebTransport session there instead (a UDP proxy in front of the relay; the certificate
+// hash still comes from the relay); ?token= is the access token for a relay that requires one.
 
 import { Session } from './session.js';
 import {
   AudioOutput,
   AudioReceiver,
   AudioSender,
+  DEFAULT_MAX_SEND_DELAY_MS,
   VideoReceiver,
   VideoSender,
   chooseVideoCodec,
@@ -32,10 +35,12 @@ const settings = {
   height: intParam('height', 480, 16, 2160) & ~1,
   fps: intParam('fps', 30, 1, 60),
   bitrate: intParam('bitrate', 800_000, 10_000, 20_000_000),
+  maxSendDelayMs: intParam('maxSendDelay', DEFAULT_MAX_SEND_DELAY_MS, 50, 60_000),
 };
 const forcedCodec = params.get('codec')?.toLowerCase() || null;
 // HTTP and WebTransport share the port number, so by default the page's own host is the relay.
 const relayHost = params.get('relay') || location.host;
+const quicHost = params.get('quic') || relayHost;
 
 // ---------------------------------------------------------------------------
 // Errors and status, always on the page.
@@ -89,6 +94,7 @@ class Call {
     this.audioSender = null;
     this.micMuted = false;
     this.cameraOff = false;
+    this.link = null; // the relay's latest transport_stats about its link to us
     this.grid = $('tiles');
     this.localTile = new LocalTile(this.grid, name, capture);
     this.statsTimer = setInterval(() => this.updateStats(), 1000);
@@ -97,6 +103,7 @@ class Call {
   async connect() {
     this.session = await Session.connect({
       relayHost,
+      quicHost,
       room: this.room,
       name: this.name,
       token: this.token,
@@ -155,6 +162,7 @@ class Call {
         track: videoTrack,
         choice: this.codec,
         settings,
+        maxSendDelayMs: settings.maxSendDelayMs,
       });
       starts.push(this.videoSender.start().catch((e) => this.trackFailed('camera', e)));
     }
@@ -249,6 +257,11 @@ class Call {
         if (entry) this.tiles.get(entry.peerId)?.setPaused(entry.kind, paused);
         break;
       }
+      case 'transport_stats':
+        // About once a second: the relay's measurements of its connection to this page.
+        this.link = { ...m, receivedAt: performance.now() };
+        this.videoSender?.queue.setRelayRtt(m.rtt_ms); // the network's part of the send backlog
+        break;
       case 'keyframe_request':
         if (m.producer_id === this.videoSender?.producerId) this.videoSender.requestKeyframe();
         break;
@@ -298,7 +311,7 @@ class Call {
   }
 
   updateStats() {
-    this.localTile.updateStats(this.videoSender, this.audioSender, this.codec.name);
+    this.localTile.updateStats(this.videoSender, this.audioSender, this.codec.name, this.link);
     const byPeer = new Map();
     for (const entry of this.receivers.values()) {
       const slot = byPeer.get(entry.peerId) ?? {};
@@ -348,6 +361,18 @@ class Call {
         video: this.videoSender?.producerId ?? null,
       },
       audioContext: this.audioOutput.ctx?.state ?? null,
+      send: this.videoSender
+        ? {
+            maxSendDelayMs: this.videoSender.maxSendDelayMs,
+            backlogMs: this.videoSender.backlogMs,
+            maxBacklogMs: this.videoSender.maxBacklogMs,
+            networkDelayMs: this.videoSender.queue.networkMs,
+            skippedFrames: this.videoSender.skippedFrames,
+            abandonedGroups: this.videoSender.abandonedGroups,
+            framesSent: this.videoSender.stats.frames,
+          }
+        : null,
+      link: this.link ? { ...this.link, ageMs: performance.now() - this.link.receivedAt } : null,
       tiles: [...this.tiles.values()].map((t) => t.snapshot()),
     };
   }
@@ -409,7 +434,7 @@ async function join() {
     // Browsers let audio play once the page has had a user gesture (the Join click).
     audioOutput = new AudioOutput();
     await audioOutput.start();
-    setProgress(`Connecting to ${relayHost}…`);
+    setProgress(`Connecting to ${quicHost}…`);
     joined = new Call({ room, name, token: $('token').value.trim(), codec, capture, audioOutput });
     call = joined;
     await joined.connect();
@@ -506,6 +531,8 @@ function setup() {
 // Debugging and test hook: plain JSON of the call as this page sees it.
 window.synapse = {
   state: () => (call ? call.snapshot() : { peerId: null, room: null, tiles: [] }),
+  // Starts send.maxBacklogMs over, so that a test measures the period it watches.
+  resetMaxBacklog: () => call?.videoSender?.resetMaxBacklog(),
 };
 
 setup();

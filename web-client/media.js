@@ -3,6 +3,7 @@
 // handles one track in one direction.
 
 import { encodeDatagram, encodeStreamFrame } from './protocol.js';
+import { SendQueue } from './send-queue.js';
 
 // Video codecs in order of preference when none is forced with ?codec=. H.264 uses
 // Annex B so that every keyframe carries its parameter sets and the receiver's decoder
@@ -15,9 +16,10 @@ export const VIDEO_CODECS = [
 ];
 
 const KEYFRAME_INTERVAL_US = 2_000_000;
-// More encoded video frames than this waiting to be written means the network (or the
-// relay) cannot keep up: drop until the next keyframe rather than grow the delay.
-const MAX_QUEUED_VIDEO_FRAMES = 30;
+// Default bound of the video send backlog (?maxSendDelay=): see VideoSender.
+export const DEFAULT_MAX_SEND_DELAY_MS = 300;
+// A backlog check this long after the previous one (the page was busy) is put off a frame.
+const LATE_CHECK_MS = 150;
 // A decoder this far behind is dropped back to the next keyframe for the same reason.
 const MAX_DECODE_QUEUE = 15;
 // Receiver waits this long at a gap for a natural keyframe before asking for one.
@@ -176,15 +178,24 @@ export class TrackStats {
 // Sending.
 
 /**
- * Camera → MediaStreamTrackProcessor → VideoEncoder → one unidirectional stream per
- * group of pictures: every keyframe finishes the current stream and opens a new one.
+ * Camera → MediaStreamTrackProcessor → VideoEncoder → the relay, a group of pictures (a
+ * keyframe and the delta frames after it) at a time, each as a run of short streams
+ * (send-queue.js says why).
+ *
+ * The send backlog (how long the oldest frame not yet sent has waited, see send-queue.js)
+ * is kept under `maxSendDelayMs`: on a weak uplink, late video is worth less than none.
+ * Past the bound the late groups' streams are reset (the relay discards a partial frame
+ * and moves on), every frame is skipped up to the next keyframe, and the encoder is asked
+ * for one at once. Audio is not touched (its datagrams go outside these streams), but it
+ * gains: video that fills the uplink loses audio datagrams too.
  */
 export class VideoSender {
-  constructor({ session, track, choice, settings }) {
+  constructor({ session, track, choice, settings, maxSendDelayMs = DEFAULT_MAX_SEND_DELAY_MS }) {
     this.session = session;
     this.track = track;
     this.choice = choice;
     this.settings = settings;
+    this.maxSendDelayMs = maxSendDelayMs;
     this.stats = new TrackStats();
     this.clock = new CaptureClock();
     this.producerId = null;
@@ -194,12 +205,28 @@ export class VideoSender {
     this.forceKey = true; // consumers cannot start before a keyframe
     this.lastKeyTimestamp = -Infinity;
     this.nextFrameDue = -Infinity;
-    this.writer = null; // the open group's stream
-    this.writeChain = Promise.resolve();
-    this.queued = 0;
+    this.queue = new SendQueue({
+      openStream: () => this.session.openVideoStream(this.producerId),
+      clock: () => performance.now(),
+      // The backlog is known to within a segment: a fifth of the bound is precise enough
+      // and keeps the streams to about ten a second.
+      segmentMs: Math.max(40, maxSendDelayMs / 5),
+      onWriteError: (e) => this.onWriteError(e),
+    });
     this.waitingForKey = false; // frames were dropped; send nothing until a keyframe
+    this.keyWhenDrained = false; // ask for that keyframe once the backlog is under the bound
+    this.lastKeyframeReset = false; // the last late keyframe was reset (not kept)
+    this.keptGroup = null; // the group whose late keyframe is let through
+    this.lastCheckAt = -Infinity;
+    this.skippedFrames = 0; // captured or encoded but not sent: late, or waiting for a keyframe
+    this.abandonedGroups = 0; // streams reset because their frames were late
+    this.maxBacklogMs = 0;
     this.size = null;
     this.restarts = 0;
+  }
+
+  get backlogMs() {
+    return this.queue.backlogMs;
   }
 
   async start() {
@@ -236,6 +263,7 @@ export class VideoSender {
       }
       if (result.done) break;
       const frame = result.value;
+      if (!this.paused) this.checkBacklog(); // at the camera's rate, whatever is encoded
       // Keep to the configured frame rate (the camera may deliver more), and skip
       // frames while the encoder is behind or the camera is off.
       const ts = frame.timestamp;
@@ -248,6 +276,12 @@ export class VideoSender {
       const next = this.nextFrameDue + interval;
       this.nextFrameDue = next > ts ? next : ts + interval;
       const keyFrame = this.forceKey || ts - this.lastKeyTimestamp >= KEYFRAME_INTERVAL_US;
+      if (this.waitingForKey && !keyFrame) {
+        // It would be dropped anyway: do not spend the encoder on it.
+        this.skippedFrames++;
+        frame.close();
+        continue;
+      }
       if (keyFrame) {
         this.forceKey = false;
         this.lastKeyTimestamp = ts;
@@ -258,54 +292,81 @@ export class VideoSender {
     }
   }
 
+  /** Starts the maximum backlog over (a test observes a period of its choice). */
+  resetMaxBacklog() {
+    this.maxBacklogMs = this.queue.backlogMs;
+  }
+
+  /** Measures the backlog (once per camera frame) and gives up what is late. */
+  checkBacklog() {
+    const queue = this.queue;
+    // After a pause of the page (a busy machine) acknowledgements that arrived meanwhile
+    // may not have been handled yet: decide at the next frame rather than on stale news.
+    const now = performance.now();
+    const late = now - this.lastCheckAt > LATE_CHECK_MS;
+    this.lastCheckAt = now;
+    if (late) return;
+    const backlog = queue.update();
+    this.maxBacklogMs = Math.max(this.maxBacklogMs, backlog);
+    if (backlog > this.maxSendDelayMs) {
+      // A late keyframe is reset too and a fresh one sent (it may be waiting for a lost
+      // packet), but never two in a row: a keyframe too large to cross the uplink within
+      // the bound would be followed by one as large, and nothing would ever get through.
+      let resetKeyframe = false;
+      if (queue.keyframeGoingOut && queue.current !== this.keptGroup) {
+        resetKeyframe = !this.lastKeyframeReset;
+        this.lastKeyframeReset = resetKeyframe;
+        if (!resetKeyframe) this.keptGroup = queue.current; // until it is delivered
+      }
+      const cut = queue.abandon({ all: resetKeyframe });
+      this.abandonedGroups += cut.groups;
+      this.skippedFrames += cut.frames;
+      if (queue.keyframeGoingOut) {
+        this.waitingForKey = true;
+        this.keyWhenDrained = true;
+      } else if (!queue.current) {
+        this.dropUntilKeyframe();
+      }
+      // Otherwise only finished groups were late, and the open one goes on.
+    } else if (this.keyWhenDrained) {
+      this.keyWhenDrained = false;
+      this.forceKey = true;
+    }
+  }
+
   onChunk(chunk) {
     if (this.stopped || this.paused) return;
     const key = chunk.type === 'key';
-    if (!key && this.waitingForKey) return;
-    if (this.queued >= MAX_QUEUED_VIDEO_FRAMES && !key) {
-      this.dropUntilKeyframe();
+    if (!key && (this.waitingForKey || !this.queue.current)) {
+      this.skippedFrames++;
       return;
     }
-    this.waitingForKey = false;
     const data = new Uint8Array(chunk.byteLength);
     chunk.copyTo(data);
     if (data.byteLength > this.session.maxFrameSize) {
+      this.skippedFrames++;
       this.dropUntilKeyframe();
       return;
     }
-    const frame = encodeStreamFrame(this.seq++, this.clock.captureUs(chunk.timestamp), key, data);
-    this.queued++;
-    this.writeChain = this.writeChain
-      .then(() => this.write(frame, key, data.byteLength))
-      .finally(() => this.queued--);
-  }
-
-  async write(frame, key, payloadBytes) {
-    if (this.stopped) return;
-    try {
-      if (key) this.finishGroup();
-      if (!this.writer) {
-        if (!key) return; // a group that lost its stream waits for the next keyframe
-        this.writer = await this.session.openVideoStream(this.producerId);
-      }
-      await this.writer.write(frame);
+    if (key) {
+      this.waitingForKey = false;
+      this.keyWhenDrained = false;
+      this.queue.startGroup(); // finishes the previous group's stream
+    }
+    const captureUs = this.clock.captureUs(chunk.timestamp);
+    const frame = encodeStreamFrame(this.seq++, captureUs, key, data);
+    this.queue.write(frame)?.then((delivered) => {
+      if (!delivered) return;
       this.stats.frames++;
-      this.stats.bytes += payloadBytes;
-    } catch (e) {
-      // The relay stopped the stream (it refused a frame) or the session is gone.
-      if (this.session.ended) return;
-      console.warn('video stream write failed:', e);
-      this.writer = null;
-      this.dropUntilKeyframe();
-    }
+      this.stats.bytes += data.byteLength;
+    });
   }
 
-  /** Ends the current group's stream; the relay reads a producer's streams in order. */
-  finishGroup() {
-    if (this.writer) {
-      this.writer.close().catch(() => {});
-      this.writer = null;
-    }
+  /** The relay stopped the stream (it refused a frame), or the session is gone. */
+  onWriteError(e) {
+    if (this.session.ended || this.stopped) return;
+    console.warn('video stream write failed:', e);
+    this.dropUntilKeyframe();
   }
 
   dropUntilKeyframe() {
@@ -332,7 +393,7 @@ export class VideoSender {
     } catch (err) {
       console.error('cannot restart the video encoder:', err);
     }
-    this.writeChain = this.writeChain.then(() => this.finishGroup());
+    this.queue.finishGroup();
     this.dropUntilKeyframe();
   }
 
@@ -340,7 +401,7 @@ export class VideoSender {
   setPaused(paused) {
     this.paused = paused;
     if (paused) {
-      this.writeChain = this.writeChain.then(() => this.finishGroup());
+      this.queue.finishGroup();
     } else {
       this.dropUntilKeyframe();
     }
@@ -349,7 +410,7 @@ export class VideoSender {
   stop() {
     this.stopped = true;
     this.reader?.cancel().catch(() => {});
-    this.finishGroup();
+    this.queue.close();
     if (this.encoder?.state !== 'closed') this.encoder?.close();
   }
 }

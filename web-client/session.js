@@ -66,7 +66,9 @@ async function transportOptions(httpBase) {
 export class Session {
   /**
    * Connects and joins. `relayHost` is "host:port" (HTTP and WebTransport share the port
-   * number). Handlers:
+   * number); `quicHost`, if given, is where the WebTransport session goes instead (a UDP
+   * proxy in front of the relay, say): the certificate hash still comes from `relayHost`.
+   * Handlers:
    *   onEvent(message)          relay events (peer_joined, consumer_added, ...)
    *   onAudio(frame)            a parsed audio datagram
    *   videoSink(producerId)     returns { frame(f) } for that producer, or null if unknown
@@ -76,16 +78,19 @@ export class Session {
    * `session.subscribed` whether the relay auto-subscribes this peer. Events are held
    * back until the caller has taken in the join result and calls `releaseEvents()`.
    */
-  static async connect({ relayHost, room, name, token, onEvent, onAudio, videoSink, onClosed }) {
+  static async connect({ relayHost, quicHost = relayHost, room, name, token, onEvent, onAudio, videoSink, onClosed }) {
     const options = await transportOptions(`http://${relayHost}`);
+    // A hint: real-time media would rather lose throughput than queue in the network.
+    // Browsers that do not know the option ignore it, as Chromium 156 does.
+    options.congestionControl = 'low-latency';
     const session = new Session({ onEvent, onAudio, videoSink, onClosed });
     let wt;
     try {
-      wt = new WebTransport(`https://${relayHost}/`, options);
+      wt = new WebTransport(`https://${quicHost}/`, options);
       wt.closed.catch(() => {}); // a failed session rejects it; start() handles it from here
       await wt.ready;
     } catch (e) {
-      throw new ConnectError('unreachable', `Cannot open a WebTransport session to ${relayHost} (${e.message}).`, e);
+      throw new ConnectError('unreachable', `Cannot open a WebTransport session to ${quicHost} (${e.message}).`, e);
     }
     session.wt = wt;
     try {

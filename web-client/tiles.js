@@ -1,6 +1,6 @@
 // The tiles of the call grid: one for this peer (camera preview) and one per remote peer
-// (canvas, name, stats overlay). The data-* attributes on remote tiles are read by the
-// browser test (tests/browser/): keep their names stable.
+// (canvas, name, stats overlay). The data-* attributes on the tiles are read by the
+// browser tests (tests/browser/): keep their names stable.
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -10,6 +10,34 @@ function el(tag, className, text) {
 }
 
 const fmt = (n, digits = 0) => (Number.isFinite(n) ? n.toFixed(digits) : '–');
+
+function fmtRate(kbps) {
+  return kbps >= 10_000 ? `${fmt(kbps / 1000, 1)} Mbit/s` : `${fmt(kbps)} kbit/s`;
+}
+
+// A transport_stats event older than this is shown as such (the relay sends one a second).
+const LINK_STALE_MS = 5000;
+
+/**
+ * The relay's view of its connection to this page (a transport_stats event), for people:
+ * "link RTT 23 ms · loss 1.2% · 813 kbit/s" and "relay queue 35 ms · skipped 12". A field
+ * the relay did not send is left out.
+ */
+function linkLines(link) {
+  const num = (name) => (Number.isFinite(link[name]) ? link[name] : null);
+  const first = [];
+  const second = [];
+  if (num('rtt_ms') !== null) first.push(`RTT ${fmt(link.rtt_ms)} ms`);
+  if (num('loss') !== null) first.push(`loss ${fmt(link.loss * 100, 1)}%`);
+  if (num('send_kbps') !== null) first.push(fmtRate(link.send_kbps));
+  if (num('queue_ms') !== null) second.push(`queue ${fmt(link.queue_ms)} ms`);
+  if (num('skipped_frames') !== null) second.push(`skipped ${link.skipped_frames}`);
+  const stale = performance.now() - link.receivedAt > LINK_STALE_MS ? ' (no update)' : '';
+  const lines = [];
+  if (first.length) lines.push(`link ${first.join(' · ')}${stale}`);
+  if (second.length) lines.push(`relay ${second.join(' · ')}`);
+  return lines;
+}
 
 /** This peer's own tile: a mirror of the camera plus what is being sent. */
 export class LocalTile {
@@ -34,17 +62,33 @@ export class LocalTile {
     this.video.style.visibility = cameraOff ? 'hidden' : '';
   }
 
-  /** `video`/`audio` are the senders (or null while they start). */
-  updateStats(video, audio, codecName) {
+  /**
+   * `video`/`audio` are the senders (or null while they start); `link` is the relay's
+   * latest transport_stats about its connection to this page, or null.
+   */
+  updateStats(video, audio, codecName, link) {
     const lines = [];
     if (video) {
       const s = video.stats.sample();
       lines.push(`sending ${codecName} ${video.size ?? '–'} ${fmt(s.fps, 1)} fps ${fmt(s.kbps)} kbit/s`);
+      // The send backlog: how long the oldest unsent frame has waited (kept under a bound),
+      // and what keeping it there cost.
+      lines.push(`backlog ${fmt(video.backlogMs)} ms (max ${fmt(video.maxBacklogMs)})`);
+      if (video.skippedFrames || video.abandonedGroups) {
+        const groups = `${video.abandonedGroups} ${video.abandonedGroups === 1 ? 'group' : 'groups'} reset`;
+        lines.push(`skipped ${video.skippedFrames} ${video.skippedFrames === 1 ? 'frame' : 'frames'} · ${groups}`);
+      }
+      const d = this.root.dataset;
+      d.sendBacklogMs = String(Math.round(video.backlogMs));
+      d.maxSendBacklogMs = String(Math.round(video.maxBacklogMs));
+      d.skippedFrames = String(video.skippedFrames);
+      d.abandonedGroups = String(video.abandonedGroups);
     }
     if (audio) {
       const s = audio.stats.sample();
       lines.push(`sending opus ${fmt(s.kbps)} kbit/s`);
     }
+    if (link) lines.push(...linkLines(link));
     this.statsEl.textContent = lines.join('\n');
   }
 
@@ -109,6 +153,7 @@ export class RemoteTile {
       const failed = video.failure ? ` (${video.failure})` : '';
       lines.push(`video ${video.producer.codec} ${video.size ?? '–'} ${fmt(s.fps, 1)} fps ${fmt(s.kbps)} kbit/s${failed}`);
       if (s.latencyMs !== null) latency.push(`video ${fmt(s.latencyMs)} ms`);
+      this.videoLatencyMs = s.latencyMs;
       if (video.stats.lost) lines.push(`video frames lost: ${video.stats.lost}`);
     }
     if (audio) {
@@ -128,6 +173,7 @@ export class RemoteTile {
       name: this.name,
       videoFrames: this.videoFrames,
       audioFrames: this.audioFrames,
+      videoLatencyMs: this.videoLatencyMs ?? null, // capture to render, over the last second
       paused: { ...this.paused },
     };
   }

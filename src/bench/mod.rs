@@ -6,6 +6,7 @@ pub mod direct;
 pub mod relay_path;
 pub mod stats;
 pub mod udp;
+pub mod weak_link;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -56,6 +57,9 @@ pub enum Scenario {
     Meeting { peers: usize },
     /// R rooms of P audio-only peers, each consuming the others of its room.
     Rooms { rooms: usize, peers: usize },
+    /// One publisher to a subscriber on a clean link and one behind a shaper, side by side
+    /// ([`weak_link::run`], given the links; it has its own report).
+    WeakLink,
 }
 
 impl Scenario {
@@ -98,6 +102,7 @@ impl Scenario {
                     })
                 })
                 .collect(),
+            Scenario::WeakLink => Vec::new(),
         }
     }
 }
@@ -112,6 +117,8 @@ pub struct BenchOptions {
     pub cert_hash: Option<String>,
     /// The relay binary to start (default: this executable).
     pub relay_bin: Option<PathBuf>,
+    /// Appended to the started relay's `serve` arguments (e.g. a congestion controller).
+    pub relay_args: Vec<String>,
     /// Run the direct-QUIC and raw-UDP baselines too (fan-out only).
     pub baselines: bool,
     /// Print a progress line on stderr.
@@ -198,7 +205,7 @@ impl Drop for RelayChild {
     }
 }
 
-async fn start_relay(bin: Option<&PathBuf>) -> Result<RelayChild> {
+async fn start_relay(bin: Option<&PathBuf>, extra_args: &[String]) -> Result<RelayChild> {
     let bin = match bin {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("locating this executable")?,
@@ -223,6 +230,7 @@ async fn start_relay(bin: Option<&PathBuf>) -> Result<RelayChild> {
             "0",
         ])
         .args(["--max-rooms", "0", "--max-requests-per-second", "0"])
+        .args(extra_args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -236,6 +244,13 @@ async fn start_relay(bin: Option<&PathBuf>) -> Result<RelayChild> {
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
+        // A relay that exits at once was most likely given arguments it refuses.
+        if let Ok(Some(status)) = relay.child.try_wait() {
+            anyhow::bail!(
+                "the relay exited at start ({status}); its arguments: serve … {}",
+                extra_args.join(" ")
+            );
+        }
         match fetch_certificate_hash(&relay.url).await {
             Ok(hash) => {
                 relay.hash = hash;
@@ -315,6 +330,9 @@ fn progress_printer(
 
 /// Runs the scenario through the relay (and the baselines, for fan-out).
 pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
+    if let Scenario::WeakLink = options.scenario {
+        anyhow::bail!("weak-link has its own report: run it with weak_link::run");
+    }
     let started_relay;
     let (url, verification, pid) = match &options.url {
         Some(url) => {
@@ -325,7 +343,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
             (url.clone(), verification, None)
         }
         None => {
-            started_relay = start_relay(options.relay_bin.as_ref()).await?;
+            started_relay = start_relay(options.relay_bin.as_ref(), &options.relay_args).await?;
             let pid = started_relay.child.id();
             (
                 started_relay.url.clone(),
@@ -425,6 +443,7 @@ fn scenario_label(s: &Scenario) -> String {
         Scenario::Fanout { subscribers } => format!("fanout 1→{subscribers}"),
         Scenario::Meeting { peers } => format!("meeting {peers} peers"),
         Scenario::Rooms { rooms, peers } => format!("rooms {rooms}×{peers}"),
+        Scenario::WeakLink => "weak-link".into(),
     }
 }
 

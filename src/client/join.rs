@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::media::{IvfFile, MediaSource, OggOpusFile, SyntheticAudio, SyntheticVideo};
-use super::{Client, ClientOptions, Incoming, ReceivedFrame, now_us};
+use super::{Client, ClientOptions, Incoming, ReceivedFrame, VideoSend, now_us};
 use crate::wire::{FrameHeader, MediaKind, PeerId, ProducerId, ServerMessage};
 
 #[derive(Debug, Clone)]
@@ -65,6 +65,12 @@ pub struct ReceivedTrack {
     pub gaps: u64,
     pub out_of_order: u64,
     pub latency_ms: LatencySummary,
+    /// Video only: gaps of more than 200 ms between received frames (a viewer sees the
+    /// picture stop), and their total length.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freezes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freeze_ms: Option<f64>,
 }
 
 /// The `--json` summary.
@@ -80,6 +86,55 @@ pub struct JoinSummary {
     pub received: Vec<ReceivedTrack>,
 }
 
+/// A gap between received video frames longer than this is a freeze: the picture visibly
+/// stops (at 30 fps frames are 33 ms apart).
+pub const FREEZE_THRESHOLD: Duration = Duration::from_millis(200);
+
+/// Counts freezes: gaps between consecutive received frames over [`FREEZE_THRESHOLD`].
+#[derive(Debug, Clone, Default)]
+pub struct FreezeMeter {
+    last: Option<Instant>,
+    pub freezes: u64,
+    pub frozen: Duration,
+}
+
+impl FreezeMeter {
+    /// A meter that also counts the wait for the first frame from `start`.
+    pub fn starting_at(start: Instant) -> Self {
+        Self {
+            last: Some(start),
+            ..Self::default()
+        }
+    }
+
+    /// A frame was received at `at`.
+    pub fn frame(&mut self, at: Instant) {
+        if let Some(last) = self.last {
+            self.gap(at.saturating_duration_since(last));
+        }
+        self.last = Some(at);
+    }
+
+    /// The run ended at `end`: a picture stopped since the last frame is a freeze too.
+    pub fn finish(mut self, end: Instant) -> Self {
+        if let Some(last) = self.last {
+            self.gap(end.saturating_duration_since(last));
+        }
+        self
+    }
+
+    fn gap(&mut self, gap: Duration) {
+        if gap > FREEZE_THRESHOLD {
+            self.freezes += 1;
+            self.frozen += gap;
+        }
+    }
+
+    pub fn frozen_ms(&self) -> f64 {
+        (self.frozen.as_secs_f64() * 1e6).round() / 1000.0
+    }
+}
+
 struct TrackStats {
     peer_id: PeerId,
     kind: MediaKind,
@@ -90,6 +145,7 @@ struct TrackStats {
     out_of_order: u64,
     last_seq: Option<u64>,
     latency_us: Histogram<u64>,
+    freeze: FreezeMeter,
 }
 
 impl TrackStats {
@@ -104,12 +160,16 @@ impl TrackStats {
             out_of_order: 0,
             last_seq: None,
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            freeze: FreezeMeter::default(),
         }
     }
 
     fn record(&mut self, frame: &ReceivedFrame) {
         self.frames += 1;
         self.bytes += frame.payload.len() as u64;
+        if self.kind == MediaKind::Video {
+            self.freeze.frame(Instant::now());
+        }
         let seq = frame.header.seq;
         match self.last_seq {
             Some(last) if seq <= last => self.out_of_order += 1,
@@ -152,6 +212,10 @@ pub(crate) struct Publisher {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// The most video a publisher lets wait for its uplink, from capture: past it, frames are
+/// skipped up to a fresh keyframe (`Client::send_video_within`).
+pub const MAX_SEND_DELAY: Duration = Duration::from_millis(300);
+
 /// Produces a track and sends `source` on it in real time, from when `go` resolves.
 pub(crate) async fn publish(
     client: &Client,
@@ -179,9 +243,12 @@ pub(crate) async fn publish(
                 source.force_keyframe();
             }
             let frame = source.next_frame(seq);
+            // Captured when the schedule says, however late this loop got here: a camera
+            // does not wait for the network.
+            let behind = tokio::time::Instant::now().saturating_duration_since(next);
             let header = FrameHeader {
                 seq,
-                capture_us: now_us(),
+                capture_us: now_us().saturating_sub(behind.as_micros() as u64),
                 keyframe: frame.keyframe,
             };
             let len = frame.payload.len() as u64;
@@ -189,7 +256,22 @@ pub(crate) async fn publish(
                 MediaKind::Audio => {
                     client.send_audio(producer_id, seq, header.capture_us, &frame.payload)
                 }
-                MediaKind::Video => client.send_video(producer_id, header, frame.payload).await,
+                MediaKind::Video => {
+                    let deadline = next + MAX_SEND_DELAY;
+                    match client
+                        .send_video_within(producer_id, header, frame.payload, deadline)
+                        .await
+                    {
+                        Ok(VideoSend::Sent) => Ok(()),
+                        Ok(VideoSend::Skipped) => {
+                            source.force_keyframe();
+                            next += frame.duration;
+                            tokio::time::sleep_until(next).await;
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
             };
             match sent {
                 Ok(()) => {
@@ -289,6 +371,8 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
             gaps: t.gaps,
             out_of_order: t.out_of_order,
             latency_ms: t.latency(),
+            freezes: (t.kind == MediaKind::Video).then_some(t.freeze.freezes),
+            freeze_ms: (t.kind == MediaKind::Video).then(|| t.freeze.frozen_ms()),
         })
         .collect();
     received.sort_by_key(|t| t.producer_id);
@@ -389,4 +473,30 @@ fn print_live(
     }
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{}", line.trim_end_matches("; "));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freezes_are_gaps_over_200_ms() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut meter = FreezeMeter::default();
+        for at in [0, 33, 66, 300, 333, 533, 1000] {
+            meter.frame(t0 + ms(at));
+        }
+        // 66→300 (234 ms) and 533→1000 (467 ms); 333→533 is exactly 200 ms, not over.
+        assert_eq!(meter.freezes, 2);
+        assert_eq!(meter.frozen, ms(234 + 467));
+        assert_eq!(meter.frozen_ms(), 701.0);
+        let ended = meter.clone().finish(t0 + ms(1100));
+        assert_eq!(ended.freezes, 2, "100 ms after the last frame is no freeze");
+        let ended = meter.finish(t0 + ms(1500));
+        assert_eq!((ended.freezes, ended.frozen), (3, ms(234 + 467 + 500)));
+
+        let nothing = FreezeMeter::starting_at(t0).finish(t0 + ms(2000));
+        assert_eq!((nothing.freezes, nothing.frozen), (1, ms(2000)));
+    }
 }

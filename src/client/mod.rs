@@ -31,6 +31,7 @@ use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 
 use crate::core::GroupOrder;
 use crate::group::{GroupWriter, read_more};
+use crate::server::CongestionController;
 use crate::wire::frame::{self, FrameHeader};
 use crate::wire::{
     ClientMessage, ConsumerInfo, JoinResult, MAX_CONTROL_MESSAGE, MediaKind, PROTOCOL_VERSION,
@@ -85,6 +86,9 @@ pub struct ClientOptions {
     pub stream_receive_window: Option<u32>,
     /// Access token sent with `join` (required by a relay that has API keys).
     pub token: Option<String>,
+    /// Congestion controller of the connection (the relay's default, measured in
+    /// docs/BENCHMARKS.md).
+    pub congestion_controller: CongestionController,
 }
 
 impl ClientOptions {
@@ -95,6 +99,7 @@ impl ClientOptions {
             frame_buffer: 1024,
             stream_receive_window: None,
             token: None,
+            congestion_controller: CongestionController::default(),
         }
     }
 }
@@ -124,9 +129,9 @@ struct Inner {
     control: mpsc::UnboundedSender<Bytes>,
     pending: Pending,
     next_id: AtomicU64,
-    /// The open group stream of each video producer of ours.
+    /// The sending state of each video producer of ours.
     /// One lock per producer, so that one stalled video producer does not hold up another.
-    video: Mutex<HashMap<ProducerId, Arc<tokio::sync::Mutex<GroupWriter>>>>,
+    video: Mutex<HashMap<ProducerId, Arc<tokio::sync::Mutex<VideoSender>>>>,
     // Kept alive for as long as the client is.
     _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
 }
@@ -231,15 +236,17 @@ impl Client {
         let mut config = builder
             .keep_alive_interval(Some(Duration::from_secs(3)))
             .build();
+        let mut transport = wtransport::quinn::TransportConfig::default();
+        transport
+            .keep_alive_interval(Some(Duration::from_secs(3)))
+            .send_window(crate::server::INITIAL_SEND_WINDOW);
         if let Some(window) = options.stream_receive_window {
-            let mut transport = wtransport::quinn::TransportConfig::default();
-            transport
-                .stream_receive_window(window.into())
-                .keep_alive_interval(Some(Duration::from_secs(3)));
-            config
-                .quic_config_mut()
-                .transport_config(Arc::new(transport));
+            transport.stream_receive_window(window.into());
         }
+        options.congestion_controller.apply(&mut transport);
+        config
+            .quic_config_mut()
+            .transport_config(Arc::new(transport));
         let endpoint = Endpoint::client(config).map_err(|e| failed(e.to_string()))?;
         let connection = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(&url))
             .await
@@ -260,6 +267,7 @@ impl Client {
         tokio::spawn(read_control(recv, pending.clone(), events_tx));
         tokio::spawn(receive_datagrams(connection.clone(), frames_tx.clone()));
         tokio::spawn(receive_streams(connection.clone(), frames_tx));
+        tokio::spawn(follow_congestion_window(connection.clone()));
         let inner = Inner {
             connection,
             control,
@@ -384,28 +392,78 @@ impl Client {
             .map_err(|e| ClientError::Send(e.to_string()))
     }
 
+    fn video_sender(&self, producer_id: ProducerId) -> Arc<tokio::sync::Mutex<VideoSender>> {
+        self.inner
+            .video
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(producer_id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(VideoSender::new(producer_id))))
+            .clone()
+    }
+
     /// Sends one video frame: a keyframe starts a new stream (a new group of pictures).
+    /// Every frame goes, however long it takes; a live publisher uses
+    /// [`Client::send_video_within`].
     pub async fn send_video(
         &self,
         producer_id: ProducerId,
         header: FrameHeader,
         payload: Bytes,
     ) -> Result<(), ClientError> {
-        let group = self
-            .inner
-            .video
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(producer_id)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(GroupWriter::new(producer_id))))
-            .clone();
         let head = frame::encode_stream_frame_head(&header, payload.len());
-        group
+        self.video_sender(producer_id)
             .lock()
             .await
+            .group
             .write(&self.inner.connection, header.keyframe, head, payload)
             .await
             .map_err(|e| ClientError::Send(e.to_string()))
+    }
+
+    /// Sends one live video frame, or skips it, so that the send backlog never grows past
+    /// `deadline` (the frame's capture time plus the bound the caller allows):
+    /// - a frame already past its deadline is skipped;
+    /// - a write still unfinished at the deadline is abandoned, and its group stream with
+    ///   it (reset: QUIC discards what it had not sent);
+    /// - after a skip, frames up to the next keyframe are skipped too (they reference what
+    ///   was lost); the caller should make its next frame a keyframe (`Skipped`).
+    pub async fn send_video_within(
+        &self,
+        producer_id: ProducerId,
+        header: FrameHeader,
+        payload: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<VideoSend, ClientError> {
+        let sender = self.video_sender(producer_id);
+        let mut sender = sender.lock().await;
+        if (sender.skipping && !header.keyframe) || tokio::time::Instant::now() >= deadline {
+            sender.skip();
+            return Ok(VideoSend::Skipped);
+        }
+        let head = frame::encode_stream_frame_head(&header, payload.len());
+        let write = sender
+            .group
+            .write(&self.inner.connection, header.keyframe, head, payload);
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(Ok(())) => {
+                sender.skipping = false;
+                Ok(VideoSend::Sent)
+            }
+            Ok(Err(e)) => Err(ClientError::Send(e.to_string())),
+            Err(_) => {
+                sender.abandoned += 1;
+                sender.skip();
+                Ok(VideoSend::Skipped)
+            }
+        }
+    }
+
+    /// Frames skipped and group streams abandoned by [`Client::send_video_within`].
+    pub async fn video_skips(&self, producer_id: ProducerId) -> (u64, u64) {
+        let sender = self.video_sender(producer_id);
+        let sender = sender.lock().await;
+        (sender.skipped, sender.abandoned)
     }
 
     /// Ends a video producer's open group stream (before closing the producer, say).
@@ -417,7 +475,7 @@ impl Client {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&producer_id);
         if let Some(group) = group {
-            group.lock().await.finish();
+            group.lock().await.group.finish();
         }
     }
 
@@ -467,7 +525,59 @@ fn parse_hash(hex_hash: &str) -> Result<wtransport::tls::Sha256Digest, ClientErr
         .ok_or_else(|| ClientError::Protocol(format!("bad certificate hash {hex_hash:?}")))
 }
 
+/// What [`Client::send_video_within`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoSend {
+    Sent,
+    /// Skipped to keep the backlog bounded: make the next frame a keyframe.
+    Skipped,
+}
+
+/// One video producer's sending state.
+struct VideoSender {
+    group: GroupWriter,
+    /// Frames are skipped until the next keyframe.
+    skipping: bool,
+    skipped: u64,
+    abandoned: u64,
+}
+
+impl VideoSender {
+    fn new(producer_id: ProducerId) -> Self {
+        Self {
+            group: GroupWriter::new(producer_id),
+            skipping: false,
+            skipped: 0,
+            abandoned: 0,
+        }
+    }
+
+    fn skip(&mut self) {
+        if !self.skipping {
+            // What the transport still holds of this group is useless without this frame.
+            self.group.reset(crate::server::close_code::CONSUMER_LATE);
+        }
+        self.skipping = true;
+        self.skipped += 1;
+    }
+}
+
+/// Keeps the connection's send window near its congestion window (see `core::path`), so
+/// that video waits where `send_video_within` can skip it rather than in QUIC's buffer.
+async fn follow_congestion_window(connection: Connection) {
+    let quic = connection.quic_connection().clone();
+    let mut path = crate::core::PathEstimator::default();
+    let mut tick = tokio::time::interval(crate::core::PATH_SAMPLE_INTERVAL);
+    while quic.close_reason().is_none() {
+        tick.tick().await;
+        let sample = crate::server::path_sample(&quic);
+        quic.set_send_window(path.on_sample(sample, std::time::Instant::now()));
+    }
+}
+
 async fn write_control(mut send: SendStream, mut messages: mpsc::UnboundedReceiver<Bytes>) {
+    // Requests and answers go ahead of queued video.
+    send.set_priority(crate::server::CONTROL_PRIORITY);
     while let Some(bytes) = messages.recv().await {
         if send.quic_stream_mut().write_chunk(bytes).await.is_err() {
             return;

@@ -3,16 +3,20 @@
 //! no tasks, no clock: time comes in as arguments, outputs are pulled. `server` drives it.
 
 mod order;
+mod path;
 mod queue;
 mod rate;
 mod relay;
 
 pub use order::GroupOrder;
+pub use path::{
+    MIN_SEND_WINDOW, PATH_SAMPLE_INTERVAL, PathEstimate, PathEstimator, PathSample, send_window,
+};
 pub use queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 pub use rate::TokenBucket;
 pub use relay::{
     ConsumerStats, LatencyHistogram, Limits, PeerOutput, PeerSnapshot, Relay, RelayConfig,
-    RelayCounts, RelayStats, RoomSnapshot,
+    RelayCounts, RelayStats, RoomSnapshot, TransportSnapshot,
 };
 
 #[cfg(test)]

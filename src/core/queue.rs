@@ -7,6 +7,16 @@
 //! - audio: the oldest frame is dropped (late audio is worse than missing audio).
 //!
 //! The producer never waits on a consumer: `push` never blocks and never fails.
+//!
+//! A full queue is one bound; age is the other. A slow link fills a queue slowly, and a
+//! frame that waits long enough is worse than none: the call falls behind. So before a
+//! consumer's next frame is taken, `skip_late` drops what is older than that consumer's
+//! latency bound:
+//! - video: if the oldest queued frame is late, the frames before the newest queued
+//!   keyframe that is not late go, and the consumer restarts at that keyframe; without one,
+//!   everything queued goes and the consumer waits for the next keyframe (which the caller
+//!   asks the producer for);
+//! - audio: the late frames at the head go; the rest play.
 
 use std::collections::VecDeque;
 
@@ -176,6 +186,32 @@ impl ConsumerQueue {
         }
     }
 
+    /// When the oldest queued frame arrived.
+    pub fn oldest_arrival(&self) -> Option<std::time::Instant> {
+        self.frames.front().map(|f| f.arrived)
+    }
+
+    /// Drops frames older than `bound` at `now` (see the module's policy); returns how many.
+    /// Afterwards a video queue either starts at a keyframe or waits for one.
+    pub fn skip_late(&mut self, now: std::time::Instant, bound: std::time::Duration) -> u64 {
+        let late = |f: &QueuedFrame| now.saturating_duration_since(f.arrived) > bound;
+        if !self.frames.front().is_some_and(late) {
+            return 0;
+        }
+        let keep_from = match self.kind {
+            MediaKind::Audio => self.frames.iter().position(|f| !late(f)),
+            MediaKind::Video => self.frames.iter().rposition(|f| f.keyframe && !late(f)),
+        };
+        let Some(keep_from) = keep_from else {
+            return self.resync();
+        };
+        for frame in self.frames.drain(..keep_from) {
+            self.bytes -= frame.data.len();
+        }
+        self.dropped += keep_from as u64;
+        keep_from as u64
+    }
+
     pub fn pop(&mut self) -> Option<QueuedFrame> {
         let frame = self.frames.pop_front()?;
         self.bytes -= frame.data.len();
@@ -299,6 +335,56 @@ mod tests {
             data: FrameData::Datagram(Bytes::from(vec![0; 5000])),
         };
         assert_eq!(q.push(big), PushOutcome::Queued);
+    }
+
+    fn frame_at(keyframe: bool, tag: u8, arrived: std::time::Instant) -> QueuedFrame {
+        QueuedFrame {
+            arrived,
+            ..frame(keyframe, tag)
+        }
+    }
+
+    #[test]
+    fn late_video_restarts_at_a_fresh_keyframe_or_waits() {
+        use std::time::Duration;
+        let t0 = std::time::Instant::now();
+        let ms = Duration::from_millis;
+        let bound = ms(300);
+        let mut q = ConsumerQueue::new(MediaKind::Video, LIMITS);
+        q.push(frame_at(true, 0, t0));
+        q.push(frame_at(false, 1, t0 + ms(33)));
+        q.push(frame_at(true, 2, t0 + ms(66)));
+        q.push(frame_at(false, 3, t0 + ms(100)));
+        // Nothing late yet.
+        assert_eq!(q.skip_late(t0 + ms(300), bound), 0);
+        assert_eq!(q.len(), 4);
+        // The head is late and keyframe 2 is not: restart there.
+        assert_eq!(q.skip_late(t0 + ms(320), bound), 2);
+        assert_eq!(tag(&q.pop().unwrap()), 2);
+        assert!(!q.waiting_for_keyframe());
+        // All late, no fresh keyframe: everything goes, and the queue waits for one.
+        assert_eq!(q.skip_late(t0 + ms(1000), bound), 1);
+        assert!(q.is_empty() && q.waiting_for_keyframe());
+        assert_eq!(
+            q.push(frame_at(false, 4, t0 + ms(1000))),
+            PushOutcome::NeedsKeyframe { dropped: 1 }
+        );
+        assert_eq!(q.dropped, 4);
+    }
+
+    #[test]
+    fn late_audio_drops_only_the_late_head() {
+        use std::time::Duration;
+        let t0 = std::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut q = ConsumerQueue::new(MediaKind::Audio, LIMITS);
+        for t in 0..4u8 {
+            q.push(frame_at(false, t, t0 + ms(20 * u64::from(t))));
+        }
+        assert_eq!(q.oldest_arrival(), Some(t0));
+        assert_eq!(q.skip_late(t0 + ms(145), ms(100)), 3);
+        assert_eq!(tag(&q.pop().unwrap()), 3);
+        assert!(q.is_empty());
     }
 
     #[test]

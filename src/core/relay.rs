@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::path::{PathEstimate, PathEstimator, PathSample};
 use super::queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 use super::rate::TokenBucket;
 use crate::wire::{
@@ -38,6 +39,14 @@ pub struct RelayConfig {
     pub max_outbox: usize,
     /// At most one error message per peer per interval for bad media frames.
     pub frame_error_interval: Duration,
+    /// Video older than this (time in the relay) is skipped: the consumer restarts at a
+    /// keyframe rather than fall further behind. See `queue.rs` and docs/BENCHMARKS.md for
+    /// how the default was chosen.
+    pub video_latency_bound: Duration,
+    /// The same for audio, tighter: late audio is worse than a gap.
+    pub audio_latency_bound: Duration,
+    /// How often a peer is sent the relay's view of its path (`transport_stats`).
+    pub transport_stats_interval: Duration,
     pub limits: Limits,
 }
 
@@ -85,6 +94,9 @@ impl Default for RelayConfig {
             keyframe_request_interval: Duration::from_millis(300),
             max_outbox: 4096,
             frame_error_interval: Duration::from_secs(1),
+            video_latency_bound: Duration::from_millis(400),
+            audio_latency_bound: Duration::from_millis(200),
+            transport_stats_interval: Duration::from_secs(1),
             limits: Limits::default(),
         }
     }
@@ -106,7 +118,7 @@ pub enum PeerOutput {
 }
 
 /// Counters for metrics, logs and tests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RelayStats {
     pub frames_in: u64,
     pub bytes_in: u64,
@@ -125,6 +137,47 @@ pub struct RelayStats {
     pub forwarding_latency: LatencyHistogram,
     pub frame_errors: u64,
     pub keyframe_requests: u64,
+    /// Frames skipped because they grew older than their consumer's latency bound.
+    pub skipped_late_video: u64,
+    pub skipped_late_audio: u64,
+    /// Per path sample: the transport's RTT.
+    pub path_rtt: LatencyHistogram,
+    /// Per path sample: the smoothed loss, in parts per million.
+    pub path_loss_ppm: LatencyHistogram,
+    /// Per path sample: the age of the oldest frame queued for the peer.
+    pub path_queue_delay: LatencyHistogram,
+}
+
+impl Default for RelayStats {
+    fn default() -> Self {
+        let ms = |v: &[u64]| v.iter().map(|m| m * 1000).collect::<Vec<_>>();
+        Self {
+            frames_in: 0,
+            bytes_in: 0,
+            frames_out: 0,
+            bytes_out: 0,
+            dropped_slow_consumer: 0,
+            dropped_producer_paused: 0,
+            dropped_stale: 0,
+            dropped_bitrate: 0,
+            dropped_too_large: 0,
+            forwarding_latency: LatencyHistogram::default(),
+            frame_errors: 0,
+            keyframe_requests: 0,
+            skipped_late_video: 0,
+            skipped_late_audio: 0,
+            path_rtt: LatencyHistogram::with_bounds(ms(&[
+                1, 5, 10, 25, 50, 100, 200, 400, 800, 1600,
+            ])),
+            // 0.1%, 0.5%, 1%, 2%, 5%, 10%, 20%, 50%.
+            path_loss_ppm: LatencyHistogram::with_bounds(vec![
+                1_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
+            ]),
+            path_queue_delay: LatencyHistogram::with_bounds(ms(&[
+                1, 5, 10, 25, 50, 100, 200, 400, 800, 1600,
+            ])),
+        }
+    }
 }
 
 /// A fixed-bucket histogram in the shape Prometheus expects (cumulative buckets, sum,
@@ -155,8 +208,22 @@ impl Default for LatencyHistogram {
 }
 
 impl LatencyHistogram {
+    /// Buckets with these upper bounds (ascending; +Inf is added).
+    pub fn with_bounds(bounds_us: Vec<u64>) -> Self {
+        Self {
+            counts: vec![0; bounds_us.len() + 1],
+            bounds_us,
+            sum_us: 0,
+            count: 0,
+        }
+    }
+
     pub fn record(&mut self, latency: Duration) {
-        let us = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.record_value(latency.as_micros().min(u128::from(u64::MAX)) as u64);
+    }
+
+    /// Records a value in the histogram's own unit (microseconds for times).
+    pub fn record_value(&mut self, us: u64) {
         let slot = self.bounds_us.partition_point(|b| *b < us);
         self.counts[slot] += 1;
         self.sum_us += us;
@@ -176,6 +243,19 @@ pub struct PeerSnapshot {
     #[serde(flatten)]
     pub peer: PeerInfo,
     pub consumers: usize,
+    /// The relay's view of its path to the peer; absent before the first sample.
+    pub transport: Option<TransportSnapshot>,
+}
+
+/// The relay's path estimate for one peer, with what it did about it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TransportSnapshot {
+    #[serde(flatten)]
+    pub path: PathEstimate,
+    /// Age of the oldest frame queued for the peer, milliseconds.
+    pub queue_ms: f64,
+    /// Frames skipped for this peer to keep its latency bounded, since it joined.
+    pub skipped_frames: u64,
 }
 
 /// Sizes of the maps, for health checks and leak tests.
@@ -206,6 +286,12 @@ struct Peer {
     overflowed: bool,
     last_frame_error: Option<Instant>,
     requests: Option<TokenBucket>,
+    path: PathEstimator,
+    last_transport_stats: Option<Instant>,
+    /// Frames skipped for this peer's consumers by the latency bound.
+    skipped_late: u64,
+    /// Queue delay at the last path sample, milliseconds (for listings between samples).
+    last_queue_ms: f64,
 }
 
 #[derive(Debug)]
@@ -358,6 +444,7 @@ impl Relay {
                     .map(|p| PeerSnapshot {
                         consumers: self.peers[p].consumers.len(),
                         peer: self.peer_info(*p),
+                        transport: self.transport_snapshot(*p, None),
                     })
                     .collect(),
             })
@@ -486,6 +573,32 @@ impl Relay {
         let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
             return Poll::Ready(None);
         };
+        let (bound, late) = match consumer.kind {
+            MediaKind::Video => (
+                self.config.video_latency_bound,
+                &mut self.stats.skipped_late_video,
+            ),
+            MediaKind::Audio => (
+                self.config.audio_latency_bound,
+                &mut self.stats.skipped_late_audio,
+            ),
+        };
+        let skipped = consumer.queue.skip_late(now, bound);
+        if skipped > 0 {
+            *late += skipped;
+            let (peer, producer) = (consumer.peer, consumer.producer);
+            let restart = consumer.queue.waiting_for_keyframe();
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.skipped_late += skipped;
+            }
+            if restart {
+                self.request_keyframe(producer, now);
+            }
+        }
+        let consumer = self
+            .consumers
+            .get_mut(&consumer_id)
+            .expect("looked up above");
         match consumer.queue.pop() {
             Some(frame) => {
                 self.stats.frames_out += 1;
@@ -594,6 +707,10 @@ impl Relay {
                     let rate = f64::from(self.config.limits.max_requests_per_second);
                     TokenBucket::new(rate * 2.0, rate)
                 }),
+                path: PathEstimator::default(),
+                last_transport_stats: None,
+                skipped_late: 0,
+                last_queue_ms: 0.0,
             },
         );
         self.rooms
@@ -1331,6 +1448,120 @@ impl Relay {
         self.stats.dropped_too_large += 1;
     }
 
+    /// The latest a frame just taken from `poll_consumer` may finish being handed to the
+    /// transport: its arrival plus the latency bound, plus the time its own bytes take at
+    /// the path's estimated rate (at most another bound: a keyframe on a weak link takes a
+    /// while, and abandoning every keyframe would leave the consumer nothing).
+    pub fn write_deadline(&self, consumer_id: ConsumerId, frame: &QueuedFrame) -> Instant {
+        self.write_deadline_for(consumer_id, frame.arrived, frame.data.len())
+    }
+
+    /// [`Relay::write_deadline`] for a frame of `len` bytes that arrived at `arrived`.
+    pub fn write_deadline_for(
+        &self,
+        consumer_id: ConsumerId,
+        arrived: Instant,
+        len: usize,
+    ) -> Instant {
+        let bound = self.config.video_latency_bound;
+        let rate = self
+            .consumers
+            .get(&consumer_id)
+            .and_then(|c| self.peers.get(&c.peer))
+            .and_then(|p| p.path.estimate())
+            .map_or(0.0, |e| e.send_bps);
+        let own = if rate > 0.0 {
+            Duration::from_secs_f64(len as f64 * 8.0 / rate).min(bound)
+        } else {
+            bound
+        };
+        arrived + bound + own
+    }
+
+    /// A consumer's frame missed its write deadline; the IO layer abandoned its group
+    /// stream. The consumer restarts at the next keyframe, counted as skipped for latency.
+    pub fn skip_late_consumer(&mut self, consumer_id: ConsumerId, now: Instant) {
+        let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+            return;
+        };
+        // The frame being written counts too.
+        let skipped = consumer.queue.resync() + 1;
+        let (peer, producer) = (consumer.peer, consumer.producer);
+        self.stats.skipped_late_video += skipped;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.skipped_late += skipped;
+        }
+        self.request_keyframe(producer, now);
+    }
+
+    /// A measurement of the transport to `peer_id` (see `path.rs`). Returns the send window
+    /// the transport should use, or `None` for a peer that is gone. About once per
+    /// `transport_stats_interval` the peer is told the estimate.
+    pub fn on_path_sample(
+        &mut self,
+        peer_id: PeerId,
+        sample: PathSample,
+        now: Instant,
+    ) -> Option<u64> {
+        let peer = self.peers.get_mut(&peer_id)?;
+        let window = peer.path.on_sample(sample, now);
+        let report_due = peer.last_transport_stats.is_none_or(|last| {
+            now.saturating_duration_since(last) >= self.config.transport_stats_interval
+        });
+        let snapshot = self.transport_snapshot(peer_id, Some(now))?;
+        self.peers.get_mut(&peer_id)?.last_queue_ms = snapshot.queue_ms;
+        self.stats.path_rtt.record(sample.rtt);
+        self.stats
+            .path_loss_ppm
+            .record_value((snapshot.path.loss * 1e6) as u64);
+        self.stats
+            .path_queue_delay
+            .record(Duration::from_secs_f64(snapshot.queue_ms / 1000.0));
+        if report_due {
+            self.peers.get_mut(&peer_id)?.last_transport_stats = Some(now);
+            let e = snapshot.path;
+            self.send(
+                peer_id,
+                ServerMessage::TransportStats {
+                    rtt_ms: round1(e.rtt_ms),
+                    loss: (e.loss * 10_000.0).round() / 10_000.0,
+                    send_kbps: round1(e.send_bps / 1000.0),
+                    cwnd_bytes: e.cwnd_bytes,
+                    queue_ms: round1(snapshot.queue_ms),
+                    skipped_frames: snapshot.skipped_frames,
+                },
+            );
+        }
+        Some(window)
+    }
+
+    /// The path estimate of a peer with its queue delay (at `now`, or at the last sample).
+    fn transport_snapshot(
+        &self,
+        peer_id: PeerId,
+        now: Option<Instant>,
+    ) -> Option<TransportSnapshot> {
+        let peer = self.peers.get(&peer_id)?;
+        let path = peer.path.estimate()?;
+        let oldest = peer
+            .consumers
+            .iter()
+            .filter_map(|c| self.consumers.get(c)?.queue.oldest_arrival())
+            .min();
+        let queue_ms = match (oldest, now) {
+            (Some(oldest), Some(now)) => {
+                now.saturating_duration_since(oldest).as_secs_f64() * 1000.0
+            }
+            (None, Some(_)) => 0.0,
+            (_, None) => peer.last_queue_ms,
+        };
+        Some(TransportSnapshot {
+            path,
+            queue_ms,
+            skipped_frames: peer.skipped_late,
+        })
+    }
+
     /// The path to a consumer broke (its stream was stopped or reset): start it again at
     /// the next keyframe.
     pub fn resync_consumer(&mut self, consumer_id: ConsumerId, now: Instant) {
@@ -1341,4 +1572,8 @@ impl Relay {
         let producer = consumer.producer;
         self.request_keyframe(producer, now);
     }
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
 }

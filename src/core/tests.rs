@@ -296,7 +296,12 @@ fn keyframe_requests_are_rate_limited() {
 
 #[test]
 fn slow_consumer_loses_its_own_frames_only() {
-    let mut h = Harness::new();
+    // The size policy alone: latency bounds out of the way.
+    let mut h = Harness::with(RelayConfig {
+        video_latency_bound: Duration::from_secs(60),
+        audio_latency_bound: Duration::from_secs(60),
+        ..RelayConfig::default()
+    });
     let a = h.join("r", "a");
     let fast1 = h.join("r", "f1");
     let fast2 = h.join("r", "f2");
@@ -817,4 +822,202 @@ fn oversized_params_are_refused() {
     };
     assert_eq!(h.request(a, produce), Err(ErrorCode::BadRequest));
     assert_eq!(h.relay.counts().producers, 0);
+}
+
+/// Frames popped for `consumer` at `h.now`, with their time in the relay.
+fn popped_ages(h: &mut Harness, consumer: u64) -> Vec<(u8, bool, Duration)> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut out = Vec::new();
+    while let Poll::Ready(Some(f)) = h.relay.poll_consumer(consumer, h.now, &mut cx) {
+        let tag = match &f.data {
+            FrameData::Stream { payload, .. } => payload[0],
+            FrameData::Datagram(d) => d[0],
+        };
+        out.push((tag, f.keyframe, h.now - f.arrived));
+    }
+    out
+}
+
+#[test]
+fn a_lagging_consumer_never_gets_video_older_than_the_bound() {
+    let mut h = Harness::new();
+    let bound = h.relay.config().video_latency_bound;
+    let a = h.join("r", "a");
+    let weak = h.join("r", "weak");
+    let clean = h.join("r", "clean");
+    let cam = h.produce(a, MediaKind::Video);
+    let cw = h.consume(weak, cam);
+    let cc = h.consume(clean, cam);
+    h.messages(a);
+    let (mut weak_got, mut clean_got) = (Vec::new(), Vec::new());
+    // 8 s at 30 frames/s, keyframes every 60 frames; the weak consumer's link takes a
+    // frame only every 50 ms (1.5× too slow), the clean one takes each at once.
+    let mut weak_free_at = h.now;
+    for seq in 0..250u8 {
+        h.now += Duration::from_micros(33_333);
+        h.video(a, cam, seq, seq % 60 == 0);
+        clean_got.extend(popped_ages(&mut h, cc));
+        while weak_free_at <= h.now {
+            let mut cx = Context::from_waker(Waker::noop());
+            match h.relay.poll_consumer(cw, h.now, &mut cx) {
+                Poll::Ready(Some(f)) => {
+                    weak_got.push((f.keyframe, h.now - f.arrived));
+                    weak_free_at += Duration::from_millis(50);
+                }
+                _ => {
+                    weak_free_at = h.now + Duration::from_millis(1);
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(clean_got.len(), 250, "the clean consumer gets everything");
+    assert!(clean_got.iter().all(|(_, _, age)| age.is_zero()));
+    assert!(
+        !weak_got.is_empty() && weak_got[0].0,
+        "starts at a keyframe"
+    );
+    let oldest = weak_got.iter().map(|(_, age)| *age).max().unwrap();
+    assert!(oldest <= bound, "a frame waited {oldest:?}, over {bound:?}");
+    assert!(
+        weak_got.len() > 80,
+        "still plays much of the time: {}",
+        weak_got.len()
+    );
+    let stats = h.relay.stats();
+    assert!(stats.skipped_late_video > 0);
+    assert!(h.keyframe_requests(a) > 0, "a restart asks for a keyframe");
+}
+
+#[test]
+fn late_audio_is_dropped_and_never_waits_behind_video() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let cam = h.produce(a, MediaKind::Video);
+    let mic = h.produce(a, MediaKind::Audio);
+    let cv = h.consume(b, cam);
+    let ca = h.consume(b, mic);
+    h.messages(a);
+    // Video piles up unsent (the link is busy) while audio is taken as it comes.
+    for seq in 0..20u8 {
+        h.now += Duration::from_millis(20);
+        h.video(a, cam, seq, seq == 0);
+        h.audio(a, mic, seq);
+        let audio = popped_ages(&mut h, ca);
+        assert_eq!(audio.len(), 1);
+        assert!(
+            audio[0].2.is_zero(),
+            "audio never waits behind queued video"
+        );
+    }
+    assert_eq!(h.relay.consumer_stats(cv).unwrap().queued, 20);
+    // Audio left unsent for longer than its bound is dropped, the fresh part plays.
+    for seq in 20..40u8 {
+        h.now += Duration::from_millis(20);
+        h.audio(a, mic, seq);
+    }
+    let audio: Vec<u8> = popped_ages(&mut h, ca).iter().map(|f| f.0).collect();
+    let bound = h.relay.config().audio_latency_bound;
+    // Frames up to exactly the bound old still play.
+    let fresh = (bound.as_millis() / 20) as u8 + 1;
+    assert_eq!(audio, (40 - fresh..40).collect::<Vec<u8>>());
+    assert_eq!(h.relay.stats().skipped_late_audio, u64::from(20 - fresh));
+}
+
+#[test]
+fn path_samples_set_the_send_window_and_reach_the_peer_and_the_listing() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let sample = |sent, lost, bytes| PathSample {
+        rtt: Duration::from_millis(80),
+        min_rtt: Duration::from_millis(80),
+        cwnd: 40_000,
+        sent_packets: sent,
+        lost_packets: lost,
+        sent_bytes: bytes,
+    };
+    assert_eq!(
+        h.relay.on_path_sample(a, sample(0, 0, 0), h.now),
+        Some(50_000)
+    );
+    h.now += Duration::from_millis(100);
+    h.relay.on_path_sample(a, sample(100, 3, 10_000), h.now);
+    // The first sample reported at once; the next report waits for the interval.
+    let reports: Vec<ServerMessage> = h
+        .messages(a)
+        .into_iter()
+        .filter(|m| matches!(m, ServerMessage::TransportStats { .. }))
+        .collect();
+    assert_eq!(reports.len(), 1);
+    h.now += Duration::from_secs(1);
+    h.relay.on_path_sample(a, sample(200, 3, 20_000), h.now);
+    let last = h.messages(a).pop();
+    let Some(ServerMessage::TransportStats {
+        rtt_ms,
+        loss,
+        send_kbps,
+        cwnd_bytes,
+        ..
+    }) = last
+    else {
+        panic!("no transport_stats: {last:?}");
+    };
+    assert_eq!((rtt_ms, cwnd_bytes), (80.0, 40_000));
+    assert!(loss > 0.0 && loss < 0.03, "{loss}");
+    assert!(send_kbps > 0.0, "{send_kbps}");
+    let listed = h.relay.rooms_snapshot()[0].peers[0].transport.unwrap();
+    assert_eq!(listed.path.cwnd_bytes, 40_000);
+    assert_eq!(h.relay.stats().path_rtt.count, 3);
+    // A peer that has left has no window.
+    h.relay.leave(a, LeaveReason::Left);
+    assert_eq!(h.relay.on_path_sample(a, sample(0, 0, 0), h.now), None);
+}
+
+#[test]
+fn a_keyframe_gets_the_time_its_size_takes_on_the_path() {
+    let mut h = Harness::new();
+    let bound = h.relay.config().video_latency_bound;
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let cam = h.produce(a, MediaKind::Video);
+    let cv = h.consume(b, cam);
+    // Without an estimate: the bound twice at most.
+    assert_eq!(
+        h.relay.write_deadline_for(cv, h.now, 40_000),
+        h.now + 2 * bound
+    );
+    // A 700 kbit/s path: 1,000 bytes take ~11 ms, 40,000 would take 457 ms (capped).
+    let sample = |bytes| PathSample {
+        rtt: Duration::from_millis(80),
+        min_rtt: Duration::from_millis(80),
+        cwnd: 20_000,
+        sent_packets: 0,
+        lost_packets: 0,
+        sent_bytes: bytes,
+    };
+    h.relay.on_path_sample(b, sample(0), h.now);
+    h.relay
+        .on_path_sample(b, sample(8_750), h.now + Duration::from_millis(100));
+    let small = h.relay.write_deadline_for(cv, h.now, 1_000) - h.now - bound;
+    assert!(
+        small > Duration::from_millis(10) && small < Duration::from_millis(13),
+        "{small:?}"
+    );
+    assert_eq!(
+        h.relay.write_deadline_for(cv, h.now, 40_000),
+        h.now + 2 * bound
+    );
+    // Written too late: the consumer restarts at a keyframe, asked for.
+    h.video(a, cam, 0, true);
+    h.video(a, cam, 1, false);
+    h.messages(a);
+    h.now += Duration::from_secs(1);
+    h.relay.skip_late_consumer(cv, h.now);
+    assert_eq!(h.keyframe_requests(a), 1);
+    assert_eq!(h.relay.stats().skipped_late_video, 3);
+    h.video(a, cam, 2, false);
+    assert!(h.frames(cv).is_empty(), "deltas wait for the keyframe");
+    h.video(a, cam, 3, true);
+    assert_eq!(h.frames(cv).len(), 1);
 }

@@ -239,32 +239,58 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         "Keyframe requests sent to producers.",
         stats.keyframe_requests,
     );
-    let h = &stats.forwarding_latency;
+    let mut histogram = |name: &str, help: &str, h: &crate::core::LatencyHistogram, scale: f64| {
+        let _ = writeln!(out, "# HELP synapse_{name} {help}");
+        let _ = writeln!(out, "# TYPE synapse_{name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in h.bounds_us.iter().zip(&h.counts) {
+            cumulative += count;
+            let le = *bound as f64 / scale;
+            let _ = writeln!(out, "synapse_{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "synapse_{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "synapse_{name}_sum {}", h.sum_us as f64 / scale);
+        let _ = writeln!(out, "synapse_{name}_count {}", h.count);
+    };
+    histogram(
+        "forwarding_latency_seconds",
+        "Time a frame spends in the relay, from receipt to hand-over to the consumer's transport.",
+        &stats.forwarding_latency,
+        1e6,
+    );
+    histogram(
+        "path_rtt_seconds",
+        "Round-trip time of peers' connections, one observation per peer per path sample (100 ms).",
+        &stats.path_rtt,
+        1e6,
+    );
+    histogram(
+        "path_loss_ratio",
+        "Smoothed packet loss of peers' connections, one observation per peer per path sample.",
+        &stats.path_loss_ppm,
+        1e6,
+    );
+    histogram(
+        "path_queue_delay_seconds",
+        "Age of the oldest frame queued in the relay for a peer, one observation per peer per path sample.",
+        &stats.path_queue_delay,
+        1e6,
+    );
     let _ = writeln!(
         out,
-        "# HELP synapse_forwarding_latency_seconds Time a frame spends in the relay, from receipt to hand-over to the consumer's transport."
+        "# HELP synapse_frames_skipped_late_total Frames skipped because they fell behind their consumer's latency bound."
     );
-    let _ = writeln!(out, "# TYPE synapse_forwarding_latency_seconds histogram");
-    let mut cumulative = 0;
-    for (bound, count) in h.bounds_us.iter().zip(&h.counts) {
-        cumulative += count;
-        let le = *bound as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "synapse_forwarding_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-        );
-    }
+    let _ = writeln!(out, "# TYPE synapse_frames_skipped_late_total counter");
     let _ = writeln!(
         out,
-        "synapse_forwarding_latency_seconds_bucket{{le=\"+Inf\"}} {}",
-        h.count
+        "synapse_frames_skipped_late_total{{kind=\"audio\"}} {}",
+        stats.skipped_late_audio
     );
     let _ = writeln!(
         out,
-        "synapse_forwarding_latency_seconds_sum {}",
-        h.sum_us as f64 / 1e6
+        "synapse_frames_skipped_late_total{{kind=\"video\"}} {}",
+        stats.skipped_late_video
     );
-    let _ = writeln!(out, "synapse_forwarding_latency_seconds_count {}", h.count);
     let _ = writeln!(
         out,
         "# HELP synapse_consumer_queue_high_water Deepest any open consumer's queue has been, in frames."

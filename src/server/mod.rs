@@ -22,6 +22,7 @@ use wtransport::{Endpoint, VarInt};
 use crate::auth::AccessPolicy;
 use crate::core::{Relay, RelayConfig};
 pub use session::close_code;
+pub(crate) use session::{CONTROL_PRIORITY, path_sample};
 
 /// The core behind a lock. Every task takes it for one synchronous call at a time, never
 /// across an `.await`; a panic elsewhere does not poison it for everyone else.
@@ -76,6 +77,51 @@ impl Default for SessionLimits {
     }
 }
 
+/// The congestion controller of every connection (quinn's three). docs/BENCHMARKS.md has
+/// the measurements behind the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CongestionController {
+    #[default]
+    Cubic,
+    NewReno,
+    Bbr,
+}
+
+impl std::str::FromStr for CongestionController {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "cubic" => Ok(Self::Cubic),
+            "newreno" | "reno" => Ok(Self::NewReno),
+            "bbr" => Ok(Self::Bbr),
+            _ => Err(format!(
+                "unknown congestion controller {s:?}: use cubic, new-reno or bbr"
+            )),
+        }
+    }
+}
+
+impl CongestionController {
+    /// The quinn transport settings for this controller.
+    pub fn apply(self, transport: &mut wtransport::quinn::TransportConfig) {
+        use wtransport::quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
+        match self {
+            Self::Cubic => {
+                transport.congestion_controller_factory(Arc::new(CubicConfig::default()))
+            }
+            Self::NewReno => {
+                transport.congestion_controller_factory(Arc::new(NewRenoConfig::default()))
+            }
+            Self::Bbr => transport.congestion_controller_factory(Arc::new(BbrConfig::default())),
+        };
+    }
+}
+
+/// Until the first path sample sets it from the congestion window (`core::path`), a new
+/// connection may hold this much unacknowledged: a few keyframes, not quinn's 10 MB.
+pub const INITIAL_SEND_WINDOW: u64 = 256 * 1024;
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -96,6 +142,7 @@ pub struct ServerConfig {
     pub limits: SessionLimits,
     /// Who may join: development mode (no keys) or signed access tokens.
     pub access: AccessPolicy,
+    pub congestion_controller: CongestionController,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +158,7 @@ impl Default for ServerConfig {
             relay: RelayConfig::default(),
             limits: SessionLimits::default(),
             access: AccessPolicy::Development,
+            congestion_controller: CongestionController::default(),
         }
     }
 }
@@ -339,7 +387,9 @@ fn endpoint_config(
     let mut transport = wtransport::quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(idle.try_into().context("idle timeout too large")?))
-        .keep_alive_interval(Some(idle / 3));
+        .keep_alive_interval(Some(idle / 3))
+        .send_window(INITIAL_SEND_WINDOW);
+    config.congestion_controller.apply(&mut transport);
     Ok(builder.with_custom_transport(identity, transport).build())
 }
 

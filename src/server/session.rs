@@ -19,7 +19,7 @@ use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{SessionLimits, SharedRelay};
 use crate::auth::AccessPolicy;
-use crate::core::{FrameData, GroupOrder, PeerOutput};
+use crate::core::{FrameData, GroupOrder, PATH_SAMPLE_INTERVAL, PathSample, PeerOutput};
 use crate::group::{GroupWriter, read_more};
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
@@ -43,6 +43,9 @@ pub mod close_code {
     pub const CONSUMER_STALLED: u32 = 5;
     /// An operator removed the peer (admin API).
     pub const KICKED: u32 = 6;
+    /// The relay abandoned a group stream whose video fell behind the latency bound; the
+    /// consumer's next stream starts at a keyframe.
+    pub const CONSUMER_LATE: u32 = 7;
 }
 
 pub(crate) fn frame_error(e: &FrameError) -> ProtocolError {
@@ -327,7 +330,15 @@ async fn drive(
         accept_media_streams(conn.clone(), relay.clone(), peer_id, limits.clone())
             .in_current_span(),
     );
-    let _stop_media = AbortOnDrop([datagrams.abort_handle(), streams.abort_handle()]);
+    let monitor =
+        tokio::spawn(monitor_path(conn.clone(), relay.clone(), peer_id).in_current_span());
+    let _stop_media = AbortOnDrop([
+        datagrams.abort_handle(),
+        streams.abort_handle(),
+        monitor.abort_handle(),
+    ]);
+    // Control messages (keyframe requests, errors) go ahead of queued video.
+    send.set_priority(CONTROL_PRIORITY);
     let write_timeout = limits.control_write_timeout;
     loop {
         // Handle whatever whole messages are buffered before reading more.
@@ -402,6 +413,42 @@ async fn drive(
             _ = &mut datagrams => return LeaveReason::Disconnected,
             _ = &mut streams => return LeaveReason::Disconnected,
         }
+    }
+}
+
+/// Priority of the control stream's data over media streams' (quinn sends higher first).
+/// Audio needs none: datagrams go into each packet before any stream data.
+pub(crate) const CONTROL_PRIORITY: i32 = 8;
+
+/// Reads what the transport knows of the path to the peer (RTT, congestion window, packet
+/// and byte counters) every sample interval, hands it to the core as an input, and applies
+/// the send window the core decides (see `core::path`).
+async fn monitor_path(conn: Connection, relay: SharedRelay, peer_id: PeerId) {
+    let quic = conn.quic_connection().clone();
+    let mut tick = tokio::time::interval(PATH_SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let window = relay
+            .lock()
+            .on_path_sample(peer_id, path_sample(&quic), Instant::now());
+        match window {
+            Some(window) => quic.set_send_window(window),
+            None => return,
+        }
+    }
+}
+
+/// The figures of `stats` the core's path estimate takes.
+pub(crate) fn path_sample(quic: &wtransport::quinn::Connection) -> PathSample {
+    let stats = quic.stats();
+    PathSample {
+        rtt: stats.path.rtt,
+        min_rtt: stats.path.min_rtt,
+        cwnd: stats.path.cwnd,
+        sent_packets: stats.path.sent_packets,
+        lost_packets: stats.path.lost_packets,
+        sent_bytes: stats.udp_tx.bytes,
     }
 }
 
@@ -579,8 +626,17 @@ async fn send_consumer(
                 Err(_) => break,
             },
             FrameData::Stream { head, payload } => {
+                // Bounded twice: by the frame's latency deadline (late video is skipped,
+                // the consumer restarts at a keyframe) and by the stall timeout.
+                let late_at = relay.lock().write_deadline_for(
+                    consumer_id,
+                    frame.arrived,
+                    head.len() + payload.len(),
+                );
+                let stall_at = Instant::now() + limits.consumer_write_timeout;
                 let write = group.write(&conn, frame.keyframe, head, payload);
-                match tokio::time::timeout(limits.consumer_write_timeout, write).await {
+                let until = tokio::time::Instant::from_std(late_at.min(stall_at));
+                match tokio::time::timeout_at(until, write).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         if conn.quic_connection().close_reason().is_some() {
@@ -588,6 +644,11 @@ async fn send_consumer(
                         }
                         debug!(error = %e, "consumer stream failed; restarting at a keyframe");
                         relay.lock().resync_consumer(consumer_id, Instant::now());
+                    }
+                    Err(_) if late_at < stall_at => {
+                        debug!("video fell behind its latency bound; restarting at a keyframe");
+                        group.reset(close_code::CONSUMER_LATE);
+                        relay.lock().skip_late_consumer(consumer_id, Instant::now());
                     }
                     Err(_) => {
                         warn!(

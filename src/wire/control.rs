@@ -338,6 +338,16 @@ pub enum ServerMessage {
         reason: String,
         deadline_ms: u64,
     },
+    /// The relay's view of its path to this peer, about once a second (see
+    /// docs/PROTOCOL.md). Older clients ignore it, as they ignore every unknown event.
+    TransportStats {
+        rtt_ms: f64,
+        loss: f64,
+        send_kbps: f64,
+        cwnd_bytes: u64,
+        queue_ms: f64,
+        skipped_frames: u64,
+    },
 }
 
 impl ServerMessage {

@@ -1,5 +1,6 @@
-// Helpers for the browser tests: start a relay on a free port, launch the system
-// Chromium with fake camera/microphone, and poll pages until a condition holds.
+// Helpers for the browser tests: start a relay on a free port (and a shaper in front of
+// it), launch the system Chromium with fake camera/microphone, and poll pages until a
+// condition holds.
 
 import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
@@ -83,27 +84,19 @@ async function freePort() {
   throw new Error('no free port for the relay');
 }
 
-/**
- * Starts `synapse-sfu serve` (SYNAPSE_BIN, or the debug build) on a free port with a
- * fresh certificate directory. With SYNAPSE_WEB_ROOT set the web client is served from
- * that directory; otherwise the copy embedded in the binary is tested.
- */
-export async function startRelay() {
+function relayBinary() {
   const bin = process.env.SYNAPSE_BIN || path.join(REPO_ROOT, 'target/debug/synapse-sfu');
   if (!fs.existsSync(bin)) {
     throw new Error(`relay binary not found: ${bin} (build it with cargo build, or set SYNAPSE_BIN)`);
   }
-  const port = await freePort();
-  const certsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'synapse-browser-test-'));
-  const args = ['serve', '--bind', `127.0.0.1:${port}`, '--certs-dir', certsDir];
-  const webRoot = process.env.SYNAPSE_WEB_ROOT;
-  if (webRoot) args.push('--web-root', webRoot);
-  // Only the flags above decide where the client comes from: an inherited
-  // SYNAPSE_WEB_ROOT is passed explicitly or not at all.
-  const env = { ...process.env };
-  delete env.SYNAPSE_WEB_ROOT;
-  env.NO_COLOR = '1'; // plain relay logs in CI output
+  return bin;
+}
 
+/**
+ * Spawns `bin args`, keeping the last of its output. `stop()` sends SIGINT (both the relay
+ * and the shaper shut down gracefully on it), then SIGKILL after 5 s.
+ */
+function spawnLogged(bin, args, env) {
   const output = [];
   const child = spawn(bin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const keep = (chunk) => {
@@ -112,24 +105,54 @@ export async function startRelay() {
   };
   child.stdout.on('data', keep);
   child.stderr.on('data', keep);
-  let exited = null;
-  const exit = new Promise((resolve) => child.once('exit', (code, signal) => resolve((exited = { code, signal }))));
+  const proc = {
+    exited: null,
+    logs: () => output.join(''),
+    async stop() {
+      if (proc.exited) return;
+      child.kill('SIGINT');
+      let timer;
+      const stopped = await Promise.race([exit, new Promise((r) => (timer = setTimeout(r, 5000)))]);
+      clearTimeout(timer); // a pending timer would keep the test runner alive
+      if (!stopped) {
+        child.kill('SIGKILL');
+        await exit;
+      }
+    },
+  };
+  const exit = new Promise((resolve) => child.once('exit', (code, signal) => resolve((proc.exited = { code, signal }))));
+  return proc;
+}
+
+function childEnv() {
+  // Only the flags decide where the client comes from: an inherited SYNAPSE_WEB_ROOT is
+  // passed explicitly or not at all.
+  const env = { ...process.env };
+  delete env.SYNAPSE_WEB_ROOT;
+  env.NO_COLOR = '1'; // plain logs in CI output
+  return env;
+}
+
+/**
+ * Starts `synapse-sfu serve` (SYNAPSE_BIN, or the debug build) on a free port with a
+ * fresh certificate directory. With SYNAPSE_WEB_ROOT set the web client is served from
+ * that directory; otherwise the copy embedded in the binary is tested.
+ */
+export async function startRelay() {
+  const bin = relayBinary();
+  const port = await freePort();
+  const certsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'synapse-browser-test-'));
+  const args = ['serve', '--bind', `127.0.0.1:${port}`, '--certs-dir', certsDir];
+  const webRoot = process.env.SYNAPSE_WEB_ROOT;
+  if (webRoot) args.push('--web-root', webRoot);
+  const proc = spawnLogged(bin, args, childEnv());
 
   const relay = {
     port,
     base: `http://127.0.0.1:${port}`,
-    logs: () => output.join(''),
+    logs: proc.logs,
     async stop() {
-      if (!exited) {
-        child.kill('SIGINT'); // the relay shuts down gracefully on Ctrl-C
-        let timer;
-        const stopped = await Promise.race([exit, new Promise((r) => (timer = setTimeout(r, 5000)))]);
-        clearTimeout(timer); // a pending timer would keep the test runner alive
-        if (!stopped) {
-          child.kill('SIGKILL');
-          await exit;
-        }
-      }
+      await proc.stop();
       fs.rmSync(certsDir, { recursive: true, force: true });
     },
   };
@@ -137,9 +160,9 @@ export async function startRelay() {
   log(`relay: ${bin} ${args.join(' ')}`);
   const deadline = Date.now() + 20_000;
   for (;;) {
-    if (exited) {
+    if (proc.exited) {
       await relay.stop();
-      throw new Error(`relay exited early (${JSON.stringify(exited)}):\n${relay.logs()}`);
+      throw new Error(`relay exited early (${JSON.stringify(proc.exited)}):\n${relay.logs()}`);
     }
     try {
       relay.health = await getJson(`${relay.base}/healthz`);
@@ -155,6 +178,34 @@ export async function startRelay() {
   }
   log(`relay up on port ${port}: ${JSON.stringify(relay.health)}`);
   return relay;
+}
+
+/**
+ * Starts `synapse-sfu shaper` in front of the relay's UDP port: a page whose WebTransport
+ * session goes to `shaper.addr` (?quic=) gets the impaired link. `options` are shaper
+ * flags without the dashes, e.g. { 'up-kbps': 300, 'up-queue': '1000ms' }. Resolves once
+ * the shaper has said where it listens.
+ */
+export async function startShaper(relayPort, options) {
+  const bin = relayBinary();
+  const args = ['shaper', '--listen', '127.0.0.1:0', '--upstream', `127.0.0.1:${relayPort}`];
+  for (const [name, value] of Object.entries(options)) args.push(`--${name}`, String(value));
+  const proc = spawnLogged(bin, args, childEnv());
+  log(`shaper: ${bin} ${args.join(' ')}`);
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const said = /shaper listening on (\S+)/.exec(proc.logs());
+    if (said) {
+      log(`shaper up on ${said[1]}`);
+      return { addr: said[1], logs: proc.logs, stop: () => proc.stop() };
+    }
+    if (proc.exited || Date.now() > deadline) {
+      await proc.stop();
+      const why = proc.exited ? `exited (${JSON.stringify(proc.exited)})` : 'said nothing within 20 s';
+      throw new Error(`the shaper ${why}:\n${proc.logs()}`);
+    }
+    await sleep(50);
+  }
 }
 
 export function launchBrowser() {
