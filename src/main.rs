@@ -334,7 +334,7 @@ struct ServeArgs {
     drain: Duration,
     /// Congestion controller of every connection: cubic, new-reno or bbr (docs/BENCHMARKS.md
     /// has the measurements behind the default).
-    #[arg(long, env = "SYNAPSE_CONGESTION_CONTROLLER", default_value = "cubic")]
+    #[arg(long, env = "SYNAPSE_CONGESTION_CONTROLLER", default_value = "bbr")]
     congestion_controller: CongestionController,
     /// Video that has waited longer in the relay is skipped; the subscriber restarts at a
     /// keyframe instead of falling further behind.

@@ -121,6 +121,7 @@ fn two_join_processes_receive_each_other() {
         for track in sent {
             assert_eq!(track["peer"], *me);
             assert!(track["frames"].as_u64().unwrap() > 0);
+            assert!(track["skipped_frames"].is_u64() && track["abandoned_groups"].is_u64());
         }
         let received = summary["received"].as_array().unwrap();
         for kind in ["audio", "video"] {

@@ -296,19 +296,34 @@ fn path_report(received: &Recorder, expected: u64, sent_bytes: u64, seconds: f64
     }
 }
 
-/// The relay's `synapse_frames_dropped_*_total` counters.
+/// The relay's `synapse_frames_dropped_*_total` counters by reason, and its
+/// `synapse_frames_skipped_late_total` ones by kind (as `skipped_late_audio`, …).
 async fn relay_drops(url: &str) -> Option<std::collections::BTreeMap<String, u64>> {
     let metrics = crate::client::fetch_http(url, "/metrics").await.ok()?;
-    Some(
-        metrics
-            .lines()
-            .filter_map(|l| l.strip_prefix("synapse_frames_dropped_"))
-            .filter_map(|l| {
-                let (name, value) = l.split_once(' ')?;
-                Some((name.strip_suffix("_total")?.to_owned(), value.parse().ok()?))
-            })
-            .collect(),
-    )
+    Some(metrics.lines().filter_map(drop_counter).collect())
+}
+
+/// `synapse_frames_dropped_stale_total 3` → `("stale", 3)`;
+/// `synapse_frames_skipped_late_total{kind="video"} 5` → `("skipped_late_video", 5)`.
+fn drop_counter(line: &str) -> Option<(String, u64)> {
+    let (name, value) = line.strip_prefix("synapse_frames_")?.rsplit_once(' ')?;
+    let (base, labels) = name.split_once('{').unwrap_or((name, ""));
+    let base = base.strip_suffix("_total")?;
+    let mut key = match base.strip_prefix("dropped_") {
+        Some(reason) => reason.to_owned(),
+        None if base.starts_with("skipped_") => base.to_owned(),
+        None => return None,
+    };
+    for label in labels
+        .trim_end_matches('}')
+        .split(',')
+        .filter(|l| !l.is_empty())
+    {
+        let (_, v) = label.split_once('=')?;
+        key += "_";
+        key += v.trim_matches('"');
+    }
+    Some((key, value.parse().ok()?))
 }
 
 fn progress_printer(
@@ -592,5 +607,27 @@ pub fn print_report(report: &BenchReport) {
     }
     if let Some(g) = report.paths.relay.cpu_core_s_per_gbit {
         println!("relay CPU per forwarded gigabit: {g:.3} core-seconds");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_drop_counters_from_metrics_lines() {
+        assert_eq!(
+            drop_counter("synapse_frames_dropped_slow_consumer_total 12"),
+            Some(("slow_consumer".into(), 12))
+        );
+        assert_eq!(
+            drop_counter("synapse_frames_skipped_late_total{kind=\"video\"} 5"),
+            Some(("skipped_late_video".into(), 5))
+        );
+        assert_eq!(drop_counter("synapse_frames_in_total 100"), None);
+        assert_eq!(
+            drop_counter("# TYPE synapse_frames_dropped_stale_total counter"),
+            None
+        );
     }
 }

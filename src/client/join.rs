@@ -50,6 +50,10 @@ pub struct SentTrack {
     pub codec: String,
     pub frames: u64,
     pub bytes: u64,
+    /// Video frames not sent to keep the send backlog under `MAX_SEND_DELAY`, and the
+    /// group streams abandoned for it (0 for audio).
+    pub skipped_frames: u64,
+    pub abandoned_groups: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -344,18 +348,24 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
     for p in &publishers {
         p.task.abort();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.leave()).await;
-    let sent = publishers
-        .iter()
-        .map(|p| SentTrack {
+    let mut sent = Vec::new();
+    for p in &publishers {
+        let (skipped_frames, abandoned_groups) = match p.kind {
+            MediaKind::Video => client.video_skips(p.producer_id).await,
+            MediaKind::Audio => (0, 0),
+        };
+        sent.push(SentTrack {
             peer: joined.name.clone(),
             producer_id: p.producer_id,
             kind: p.kind,
             codec: p.codec.clone(),
             frames: p.frames.load(Ordering::Relaxed),
             bytes: p.bytes.load(Ordering::Relaxed),
-        })
-        .collect();
+            skipped_frames,
+            abandoned_groups,
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.leave()).await;
     let mut received: Vec<ReceivedTrack> = received
         .into_iter()
         .map(|(producer_id, t)| ReceivedTrack {

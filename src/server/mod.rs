@@ -81,9 +81,9 @@ impl Default for SessionLimits {
 /// the measurements behind the default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CongestionController {
-    #[default]
     Cubic,
     NewReno,
+    #[default]
     Bbr,
 }
 
