@@ -338,10 +338,10 @@ struct ServeArgs {
     congestion_controller: CongestionController,
     /// Video that has waited longer in the relay is skipped; the subscriber restarts at a
     /// keyframe instead of falling further behind.
-    #[arg(long, env = "SYNAPSE_VIDEO_LATENCY_BOUND", default_value = "400ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SYNAPSE_VIDEO_LATENCY_BOUND", default_value = "400ms", value_parser = latency_bound)]
     video_latency_bound: Duration,
     /// The same for audio.
-    #[arg(long, env = "SYNAPSE_AUDIO_LATENCY_BOUND", default_value = "200ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SYNAPSE_AUDIO_LATENCY_BOUND", default_value = "200ms", value_parser = latency_bound)]
     audio_latency_bound: Duration,
     #[command(flatten)]
     keys: ApiKeyArgs,
@@ -675,11 +675,15 @@ impl ServeArgs {
             "video_latency_bound",
             self.video_latency_bound,
             duration("video_latency_bound", file.video_latency_bound)?
+                .map(|d| check_latency_bound(d).map_err(anyhow::Error::msg))
+                .transpose()?
         );
         take!(
             "audio_latency_bound",
             self.audio_latency_bound,
             duration("audio_latency_bound", file.audio_latency_bound)?
+                .map(|d| check_latency_bound(d).map_err(anyhow::Error::msg))
+                .transpose()?
         );
         take!("api_key", self.keys.api_key, file.api_key.map(Some));
         take!(
@@ -768,6 +772,24 @@ struct FileLimits {
     max_datagram_size: Option<usize>,
     max_control_message: Option<usize>,
     idle_timeout: Option<String>,
+}
+
+/// A latency bound: a duration from 10 ms to 60 s (0 would skip every frame; a huge one
+/// is no bound at all).
+fn latency_bound(input: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(input).map_err(|e| e.to_string())?;
+    check_latency_bound(d)
+}
+
+fn check_latency_bound(d: Duration) -> Result<Duration, String> {
+    if (Duration::from_millis(10)..=Duration::from_secs(60)).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "a latency bound must be between 10 ms and 60 s, not {}",
+            humantime::format_duration(d)
+        ))
+    }
 }
 
 /// Waits for SIGINT (Ctrl-C) or SIGTERM, whichever comes first.

@@ -44,6 +44,6 @@ for target in control_message datagram stream relay_core; do
 done
 rm -rf "$scratch"
 
-echo "== tests: three headless Chromium pages in a call through the relay"
+echo "== tests: headless Chromium pages in a call through the relay, and one behind a shaped uplink"
 # Uses the relay binary cargo test just built, with the web client embedded in it.
 SYNAPSE_BIN="$PWD/target/debug/synapse-sfu" node --test tests/browser/

@@ -269,7 +269,10 @@ pub(crate) async fn publish(
                         Ok(VideoSend::Sent) => Ok(()),
                         Ok(VideoSend::Skipped) => {
                             source.force_keyframe();
-                            next += frame.duration;
+                            // The camera runs on from now: frames the loop fell behind on
+                            // were never captured, so the forced keyframe gets its full
+                            // allowance instead of starting late.
+                            next = (next + frame.duration).max(tokio::time::Instant::now());
                             tokio::time::sleep_until(next).await;
                             continue;
                         }

@@ -423,9 +423,10 @@ impl Client {
 
     /// Sends one live video frame, or skips it, so that the send backlog never grows past
     /// `deadline` (the frame's capture time plus the bound the caller allows):
-    /// - a frame already past its deadline is skipped;
+    /// - a delta frame already past its deadline is skipped (a keyframe gets until its
+    ///   deadline or [`KEYFRAME_STALL`] from now, whichever is later);
     /// - a write still unfinished at the deadline is abandoned, and its group stream with
-    ///   it (reset: QUIC discards what it had not sent);
+    ///   it (reset: QUIC discards what it had not sent, and the frame is incomplete);
     /// - after a skip, frames up to the next keyframe are skipped too (they reference what
     ///   was lost); the caller should make its next frame a keyframe (`Skipped`).
     pub async fn send_video_within(
@@ -437,7 +438,16 @@ impl Client {
     ) -> Result<VideoSend, ClientError> {
         let sender = self.video_sender(producer_id);
         let mut sender = sender.lock().await;
-        if (sender.skipping && !header.keyframe) || tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        // A keyframe is the restart point: one too large for the uplink to carry within
+        // the bound must still go, or a weak uplink would never send video again. It is
+        // abandoned only when it stalls.
+        let deadline = if header.keyframe {
+            deadline.max(now + KEYFRAME_STALL)
+        } else {
+            deadline
+        };
+        if (sender.skipping && !header.keyframe) || now >= deadline {
             sender.skip();
             return Ok(VideoSend::Skipped);
         }
@@ -452,6 +462,9 @@ impl Client {
             }
             Ok(Err(e)) => Err(ClientError::Send(e.to_string())),
             Err(_) => {
+                // Always reset: a keyframe written while skipping must not be finished
+                // (and so still sent) by the next group's start.
+                sender.group.reset(crate::server::close_code::CONSUMER_LATE);
                 sender.abandoned += 1;
                 sender.skip();
                 Ok(VideoSend::Skipped)
@@ -525,6 +538,9 @@ fn parse_hash(hex_hash: &str) -> Result<wtransport::tls::Sha256Digest, ClientErr
         .ok_or_else(|| ClientError::Protocol(format!("bad certificate hash {hex_hash:?}")))
 }
 
+/// How long a keyframe may take to be handed to the transport before it is abandoned.
+pub const KEYFRAME_STALL: Duration = Duration::from_secs(2);
+
 /// What [`Client::send_video_within`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoSend {
@@ -552,11 +568,10 @@ impl VideoSender {
         }
     }
 
+    /// Skips a frame and every frame up to the next keyframe. The group's stream stays
+    /// open: what was handed to QUIC before (the keyframe that opened it, say) is still
+    /// worth delivering; only a write that timed out resets it.
     fn skip(&mut self) {
-        if !self.skipping {
-            // What the transport still holds of this group is useless without this frame.
-            self.group.reset(crate::server::close_code::CONSUMER_LATE);
-        }
         self.skipping = true;
         self.skipped += 1;
     }

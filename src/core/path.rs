@@ -22,7 +22,11 @@
 //! `[MIN_SEND_WINDOW, max(cwnd × 5/4, MIN_SEND_WINDOW)]`
 //!
 //! where `max_rate` is the highest send rate of the last [`RATE_WINDOW`] samples (what the
-//! path has shown it can carry; a keyframe burst shows it on an otherwise idle link). It is
+//! path has shown it can carry; a keyframe burst shows it on an otherwise idle link) and
+//! `min_rtt` the lowest smoothed RTT of the last [`RTT_WINDOW`] (not of the connection's
+//! life: a round trip that grows for good, after a route change or on a congested return
+//! path, must not shrink the window sample after sample; BBR drains its own queue every
+//! 10 s, so a queue of its own making does not count). It is
 //! self-clocking: while the path has no standing queue the measured rate is window / min_rtt
 //! and the window grows by a factor of `1 + QUEUE_TARGET / min_rtt` a sample; once a queue
 //! stands, the rate is the bottleneck's and the queue settles near `QUEUE_TARGET`. Stream
@@ -47,6 +51,9 @@ pub const QUEUE_TARGET: Duration = Duration::from_millis(50);
 
 /// Samples over which the highest send rate is kept (1 s at the sample interval).
 pub const RATE_WINDOW: usize = 10;
+
+/// Time over which the lowest round trip is kept.
+pub const RTT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Weight of the newest interval in the smoothed loss and send rate.
 const SMOOTHING: f64 = 0.25;
@@ -84,6 +91,8 @@ pub struct PathEstimator {
     samples: u64,
     /// Send rates of the last `RATE_WINDOW` intervals, bits per second, newest last.
     rates: std::collections::VecDeque<f64>,
+    /// Smoothed RTTs of the last `RTT_WINDOW`, oldest first.
+    rtts: std::collections::VecDeque<(Instant, Duration)>,
 }
 
 impl PathEstimator {
@@ -120,12 +129,27 @@ impl PathEstimator {
             self.samples = 1;
         }
         self.last = Some((sample, now));
+        while self
+            .rtts
+            .front()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) > RTT_WINDOW)
+        {
+            self.rtts.pop_front();
+        }
+        self.rtts.push_back((now, sample.rtt));
+        let min_rtt = self
+            .rtts
+            .iter()
+            .map(|(_, rtt)| *rtt)
+            .min()
+            .unwrap_or(sample.rtt)
+            .max(sample.min_rtt);
         let max_rate = self
             .rates
             .iter()
             .copied()
             .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
-        send_window(sample.cwnd, max_rate, sample.min_rtt)
+        send_window(sample.cwnd, max_rate, min_rtt)
     }
 }
 
@@ -214,6 +238,29 @@ mod tests {
     }
 
     #[test]
+    fn a_round_trip_that_grows_for_good_gets_its_window_back() {
+        // 2 Mbit/s sent over a path whose RTT went from 20 ms to 300 ms (a congested return
+        // path); quinn's lifetime minimum stays at 20 ms.
+        let mut p = PathEstimator::default();
+        let mut now = Instant::now();
+        let mut sent = 0;
+        let mut window = 0;
+        for i in 0..200u64 {
+            let rtt = if i < 10 { 20 } else { 300 };
+            let s = PathSample {
+                rtt: Duration::from_millis(rtt),
+                min_rtt: Duration::from_millis(20),
+                ..sample(0, 0, sent, 1 << 30)
+            };
+            window = p.on_sample(s, now);
+            now += PATH_SAMPLE_INTERVAL;
+            sent += 25_000;
+        }
+        // 2 Mbit/s × (300 + 50) ms.
+        assert!((window as f64 - 87_500.0).abs() < 1_000.0, "{window}");
+    }
+
+    #[test]
     fn window_grows_while_the_path_has_no_queue_and_settles_when_it_has() {
         // A 10 Mbit/s path with a 40 ms round trip, simulated: the rate measured in an
         // interval is what the window lets through, window / RTT, capped by the link.
@@ -228,6 +275,7 @@ mod tests {
             now += PATH_SAMPLE_INTERVAL;
             sent += (rate / 8.0 * PATH_SAMPLE_INTERVAL.as_secs_f64()) as u64;
             let s = PathSample {
+                rtt: min_rtt,
                 min_rtt,
                 ..sample(0, 0, sent, 1 << 30)
             };

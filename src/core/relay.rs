@@ -1450,10 +1450,11 @@ impl Relay {
 
     /// The latest a frame just taken from `poll_consumer` may finish being handed to the
     /// transport: its arrival plus the latency bound, plus the time its own bytes take at
-    /// the path's estimated rate (at most another bound: a keyframe on a weak link takes a
-    /// while, and abandoning every keyframe would leave the consumer nothing).
-    pub fn write_deadline(&self, consumer_id: ConsumerId, frame: &QueuedFrame) -> Instant {
-        self.write_deadline_for(consumer_id, frame.arrived, frame.data.len())
+    /// the path's estimated rate (at most another bound). `None` for a keyframe: it is the
+    /// consumer's restart point, and abandoning keyframes too large for the link would
+    /// leave that consumer nothing but keyframe requests; only the stall timeout applies.
+    pub fn write_deadline(&self, consumer_id: ConsumerId, frame: &QueuedFrame) -> Option<Instant> {
+        self.write_deadline_for(consumer_id, frame.arrived, frame.data.len(), frame.keyframe)
     }
 
     /// [`Relay::write_deadline`] for a frame of `len` bytes that arrived at `arrived`.
@@ -1462,7 +1463,11 @@ impl Relay {
         consumer_id: ConsumerId,
         arrived: Instant,
         len: usize,
-    ) -> Instant {
+        keyframe: bool,
+    ) -> Option<Instant> {
+        if keyframe {
+            return None;
+        }
         let bound = self.config.video_latency_bound;
         let rate = self
             .consumers
@@ -1475,7 +1480,7 @@ impl Relay {
         } else {
             bound
         };
-        arrived + bound + own
+        arrived.checked_add(bound + own)
     }
 
     /// A consumer's frame missed its write deadline; the IO layer abandoned its group
@@ -1484,8 +1489,9 @@ impl Relay {
         let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
             return;
         };
-        // The frame being written counts too.
-        let skipped = consumer.queue.resync() + 1;
+        // The frame being written was counted as forwarded when it was taken; what was
+        // queued behind it is what this skips.
+        let skipped = consumer.queue.resync();
         let (peer, producer) = (consumer.peer, consumer.producer);
         self.stats.skipped_late_video += skipped;
         if let Some(p) = self.peers.get_mut(&peer) {

@@ -429,9 +429,9 @@ async fn monitor_path(conn: Connection, relay: SharedRelay, peer_id: PeerId) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let window = relay
-            .lock()
-            .on_path_sample(peer_id, path_sample(&quic), Instant::now());
+        // Read the transport before taking the core's lock: stats() takes quinn's own.
+        let sample = path_sample(&quic);
+        let window = relay.lock().on_path_sample(peer_id, sample, Instant::now());
         match window {
             Some(window) => quic.set_send_window(window),
             None => return,
@@ -628,12 +628,16 @@ async fn send_consumer(
             FrameData::Stream { head, payload } => {
                 // Bounded twice: by the frame's latency deadline (late video is skipped,
                 // the consumer restarts at a keyframe) and by the stall timeout.
-                let late_at = relay.lock().write_deadline_for(
-                    consumer_id,
-                    frame.arrived,
-                    head.len() + payload.len(),
-                );
                 let stall_at = Instant::now() + limits.consumer_write_timeout;
+                let late_at = relay
+                    .lock()
+                    .write_deadline_for(
+                        consumer_id,
+                        frame.arrived,
+                        head.len() + payload.len(),
+                        frame.keyframe,
+                    )
+                    .unwrap_or(stall_at);
                 let write = group.write(&conn, frame.keyframe, head, payload);
                 let until = tokio::time::Instant::from_std(late_at.min(stall_at));
                 match tokio::time::timeout_at(until, write).await {
