@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use synapse_sfu::client::media::synthetic_payload;
-use synapse_sfu::client::{ClientOptions, Incoming, Verification, now_us};
+use synapse_sfu::client::{ClientOptions, Incoming, Verification, VideoSend, now_us};
 use synapse_sfu::shaper::{LinkConfig, Shaper, ShaperConfig};
 use synapse_sfu::wire::{FrameHeader, MediaKind, ServerMessage};
 
@@ -169,4 +169,117 @@ async fn a_subscriber_on_a_700_kbit_link_stays_within_the_latency_bound() {
         "{summary}"
     );
     assert!(q(&weak_got.audio_ms, 0.9) < 600.0, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_on_a_700_kbit_uplink_keeps_its_backlog_bounded() {
+    let server = start_relay().await;
+    let shaper = Shaper::start(ShaperConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: server.local_addr(),
+        up: LinkConfig {
+            rate_kbps: 700,
+            queue: Duration::from_millis(200),
+            ..LinkConfig::default()
+        },
+        down: LinkConfig::default(),
+        seed: 12,
+    })
+    .await
+    .unwrap();
+    let weak_options = ClientOptions::new(
+        format!("https://127.0.0.1:{}/", shaper.local_addr().port()),
+        Verification::Pin(server.certificate_sha256().to_owned()),
+    );
+    let mut publisher = join_with(weak_options, "uplink", "publisher", false).await;
+    let subscriber = join(&server, "uplink", "subscriber", true).await;
+    let cam = publisher
+        .client
+        .produce(MediaKind::Video, "vp8")
+        .await
+        .unwrap();
+    let mic = publisher
+        .client
+        .produce(MediaKind::Audio, "opus")
+        .await
+        .unwrap();
+    wait_for_relay(&server, Duration::from_secs(10), |c| c.consumers == 2).await;
+
+    // 10 s of 1 Mbit/s video into a 700 kbit/s uplink, sent as `join` sends it: each frame
+    // within 300 ms of its capture or skipped up to a forced keyframe.
+    const SECONDS: u64 = 10;
+    let bound = Duration::from_millis(300);
+    let stop = tokio::time::Instant::now() + Duration::from_secs(SECONDS + 3);
+    let rx = tokio::spawn(receive(subscriber.incoming, stop));
+    let delta = 1_000_000 / 8 * 2 / (10 + 59);
+    let client = publisher.client.clone();
+    let start = tokio::time::Instant::now();
+    let end = start + Duration::from_secs(SECONDS);
+    // Audio on its own clock, as a microphone is.
+    let audio = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut seq = 0u64;
+            while start + Duration::from_millis(seq * 20) < end {
+                tokio::time::sleep_until(start + Duration::from_millis(seq * 20)).await;
+                let payload = synthetic_payload(seq, 120);
+                client.send_audio(mic, seq, now_us(), &payload).unwrap();
+                seq += 1;
+            }
+            seq
+        }
+    });
+    let (mut seq, mut since_keyframe, mut force) = (0u64, 0, true);
+    let mut due = start;
+    while due < end {
+        tokio::time::sleep_until(due).await;
+        while let Ok(event) = publisher.incoming.events.try_recv() {
+            force |= matches!(event, ServerMessage::KeyframeRequest { .. });
+        }
+        let keyframe = force || since_keyframe >= 60;
+        since_keyframe = if keyframe { 1 } else { since_keyframe + 1 };
+        let header = FrameHeader {
+            seq,
+            capture_us: now_us(),
+            keyframe,
+        };
+        let size = if keyframe { 10 * delta } else { delta };
+        let payload = synthetic_payload(seq, size as usize);
+        let sent = client
+            .send_video_within(cam, header, payload, due + bound)
+            .await
+            .unwrap();
+        force = sent == VideoSend::Skipped;
+        seq += 1;
+        // The camera runs on from now after a skip, as `join`'s publisher does.
+        due += Duration::from_micros(33_333);
+        if force {
+            due = due.max(tokio::time::Instant::now());
+        }
+    }
+    let audio_seq = audio.await.unwrap();
+    let got = rx.await.unwrap();
+    let (skipped, abandoned) = client.video_skips(cam).await;
+    let q = Received::quantile;
+    let summary = format!(
+        "publisher skipped {skipped} frames, abandoned {abandoned} groups; subscriber: {} video \
+         (p50 {:.0} / p90 {:.0} / max {:.0} ms), {} of {audio_seq} audio (p90 {:.0} ms); shaper {:?}",
+        got.video_ms.len(),
+        q(&got.video_ms, 0.5),
+        q(&got.video_ms, 0.9),
+        q(&got.video_ms, 1.0),
+        got.audio_ms.len(),
+        q(&got.audio_ms, 0.9),
+        shaper.stats(),
+    );
+    eprintln!("{summary}");
+    // The uplink could not carry everything, and the publisher skipped rather than queue.
+    assert!(skipped > 0, "{summary}");
+    // Video still arrives, and not seconds late: an unbounded publisher's backlog grows by
+    // about 0.3 s every second here.
+    assert!(got.video_ms.len() >= 5, "{summary}");
+    assert!(q(&got.video_ms, 0.9) < 2000.0, "{summary}");
+    // Audio is nearly all there, behind no more than the uplink's queue and a margin.
+    assert!(got.audio_ms.len() as u64 >= audio_seq * 9 / 10, "{summary}");
+    assert!(q(&got.audio_ms, 0.9) < 800.0, "{summary}");
 }
