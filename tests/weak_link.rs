@@ -13,7 +13,7 @@ use common::*;
 use synapse_sfu::client::media::synthetic_payload;
 use synapse_sfu::client::{ClientOptions, Incoming, Verification, VideoSend, now_us};
 use synapse_sfu::shaper::{LinkConfig, Shaper, ShaperConfig};
-use synapse_sfu::wire::{FrameHeader, MediaKind, ServerMessage};
+use synapse_sfu::wire::{FrameHeader, MediaKind, ProducerId, ServerMessage};
 
 /// Latencies (ms) of what one subscriber received, per kind, in arrival order.
 #[derive(Default, Debug)]
@@ -45,41 +45,53 @@ async fn receive(mut incoming: Incoming, stop: tokio::time::Instant) -> Received
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscriber_on_a_700_kbit_link_stays_within_the_latency_bound() {
-    let server = start_relay().await;
-    // 700 kbit/s down with a 200 ms drop-tail queue: the subscriber's link cannot carry the
-    // 1 Mbit/s publisher.
+/// 700 kbit/s through a 200 ms drop-tail queue: less than the 1 Mbit/s publisher needs.
+fn link_700_kbit() -> LinkConfig {
+    LinkConfig {
+        rate_kbps: 700,
+        queue: Duration::from_millis(200),
+        ..LinkConfig::default()
+    }
+}
+
+/// A shaper in front of `server` and the client options that reach the relay through it.
+async fn shaped(
+    server: &synapse_sfu::server::Server,
+    up: LinkConfig,
+    down: LinkConfig,
+) -> (Shaper, ClientOptions) {
     let shaper = Shaper::start(ShaperConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstream: server.local_addr(),
-        up: LinkConfig::default(),
-        down: LinkConfig {
-            rate_kbps: 700,
-            queue: Duration::from_millis(200),
-            ..LinkConfig::default()
-        },
+        up,
+        down,
         seed: 11,
     })
     .await
     .unwrap();
-    let weak_options = ClientOptions::new(
+    let options = ClientOptions::new(
         format!("https://127.0.0.1:{}/", shaper.local_addr().port()),
         Verification::Pin(server.certificate_sha256().to_owned()),
     );
+    (shaper, options)
+}
+
+/// The publisher's camera and microphone.
+async fn produce_av(publisher: &Peer) -> (ProducerId, ProducerId) {
+    let client = &publisher.client;
+    let cam = client.produce(MediaKind::Video, "vp8").await.unwrap();
+    let mic = client.produce(MediaKind::Audio, "opus").await.unwrap();
+    (cam, mic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_a_700_kbit_link_stays_within_the_latency_bound() {
+    let server = start_relay().await;
+    let (shaper, weak_options) = shaped(&server, LinkConfig::default(), link_700_kbit()).await;
     let mut publisher = join(&server, "weak", "publisher", false).await;
     let clean = join(&server, "weak", "clean", true).await;
     let weak = join_with(weak_options, "weak", "weak", true).await;
-    let cam = publisher
-        .client
-        .produce(MediaKind::Video, "vp8")
-        .await
-        .unwrap();
-    let mic = publisher
-        .client
-        .produce(MediaKind::Audio, "opus")
-        .await
-        .unwrap();
+    let (cam, mic) = produce_av(&publisher).await;
     wait_for_relay(&server, Duration::from_secs(10), |c| c.consumers == 4).await;
 
     // 10 s of 1 Mbit/s video (30 fps, a keyframe every 2 s ten times a delta, or sooner when
@@ -174,35 +186,10 @@ async fn a_subscriber_on_a_700_kbit_link_stays_within_the_latency_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_on_a_700_kbit_uplink_keeps_its_backlog_bounded() {
     let server = start_relay().await;
-    let shaper = Shaper::start(ShaperConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: server.local_addr(),
-        up: LinkConfig {
-            rate_kbps: 700,
-            queue: Duration::from_millis(200),
-            ..LinkConfig::default()
-        },
-        down: LinkConfig::default(),
-        seed: 12,
-    })
-    .await
-    .unwrap();
-    let weak_options = ClientOptions::new(
-        format!("https://127.0.0.1:{}/", shaper.local_addr().port()),
-        Verification::Pin(server.certificate_sha256().to_owned()),
-    );
+    let (shaper, weak_options) = shaped(&server, link_700_kbit(), LinkConfig::default()).await;
     let mut publisher = join_with(weak_options, "uplink", "publisher", false).await;
     let subscriber = join(&server, "uplink", "subscriber", true).await;
-    let cam = publisher
-        .client
-        .produce(MediaKind::Video, "vp8")
-        .await
-        .unwrap();
-    let mic = publisher
-        .client
-        .produce(MediaKind::Audio, "opus")
-        .await
-        .unwrap();
+    let (cam, mic) = produce_av(&publisher).await;
     wait_for_relay(&server, Duration::from_secs(10), |c| c.consumers == 2).await;
 
     // 10 s of 1 Mbit/s video into a 700 kbit/s uplink, sent as `join` sends it: each frame
