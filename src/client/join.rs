@@ -220,6 +220,69 @@ pub(crate) struct Publisher {
 /// skipped up to a fresh keyframe (`Client::send_video_within`).
 pub const MAX_SEND_DELAY: Duration = Duration::from_millis(300);
 
+/// The publisher's encoder bitrate, following its uplink as a WebRTC sender follows its
+/// bandwidth estimate: when video had to be skipped (the uplink could not carry it within
+/// `MAX_SEND_DELAY`), cut to 80% of what the connection actually sent, less audio's share,
+/// at most once per `RATE_HOLD` (the skips of one episode, and the lower send rate they
+/// cause, are not news); after `RATE_HOLD` without a skip, raise by 10%, never above the
+/// configured bitrate. A
+/// keyframe costs ten deltas, so a stream that fits its uplink is what keeps keyframes,
+/// and with them every subscriber, on time.
+pub struct EncoderRate {
+    max_bps: u64,
+    target_bps: u64,
+    last_change: Option<tokio::time::Instant>,
+    last_cut: Option<tokio::time::Instant>,
+}
+
+/// Time without a skip before the encoder is allowed 10% more.
+pub const RATE_HOLD: Duration = Duration::from_secs(2);
+/// The lowest bitrate a publisher cuts its video to.
+pub const MIN_VIDEO_BITRATE: u64 = 100_000;
+/// What audio and packet overhead take from the measured send rate.
+const AUDIO_SHARE_BPS: f64 = 64_000.0;
+
+impl EncoderRate {
+    pub fn new(max_bps: u64) -> Self {
+        Self {
+            max_bps,
+            target_bps: max_bps,
+            last_change: None,
+            last_cut: None,
+        }
+    }
+
+    /// A frame is due at `now`: a new bitrate if it is time to probe up.
+    pub fn on_frame(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        let since = self.last_change?;
+        if self.target_bps >= self.max_bps || now.saturating_duration_since(since) < RATE_HOLD {
+            return None;
+        }
+        self.target_bps = (self.target_bps + self.target_bps / 10).min(self.max_bps);
+        self.last_change = Some(now);
+        Some(self.target_bps)
+    }
+
+    /// Video was skipped at `now`; `sent_bps` is the connection's measured send rate.
+    pub fn on_skip(&mut self, now: tokio::time::Instant, sent_bps: Option<f64>) -> Option<u64> {
+        self.last_change = Some(now);
+        if self
+            .last_cut
+            .is_some_and(|cut| now.saturating_duration_since(cut) < RATE_HOLD)
+        {
+            return None;
+        }
+        let sent = sent_bps?;
+        self.last_cut = Some(now);
+        let fits = ((sent - AUDIO_SHARE_BPS) * 0.8).max(MIN_VIDEO_BITRATE as f64) as u64;
+        if fits >= self.target_bps {
+            return None;
+        }
+        self.target_bps = fits.min(self.max_bps);
+        Some(self.target_bps)
+    }
+}
+
 /// Produces a track and sends `source` on it in real time, from when `go` resolves.
 pub(crate) async fn publish(
     client: &Client,
@@ -240,9 +303,15 @@ pub(crate) async fn publish(
     );
     let task = tokio::spawn(async move {
         go.await;
+        let mut rate = source.target_bitrate().map(EncoderRate::new);
         // Pace against a fixed schedule so that a slow send does not slow the frame rate.
         let mut next = tokio::time::Instant::now();
         for seq in 0u64.. {
+            if let Some(rate) = rate.as_mut()
+                && let Some(bps) = rate.on_frame(tokio::time::Instant::now())
+            {
+                source.set_target_bitrate(bps);
+            }
             if k.swap(false, Ordering::Relaxed) {
                 source.force_keyframe();
             }
@@ -269,6 +338,13 @@ pub(crate) async fn publish(
                         Ok(VideoSend::Sent) => Ok(()),
                         Ok(VideoSend::Skipped) => {
                             source.force_keyframe();
+                            if let Some(rate) = rate.as_mut() {
+                                let now = tokio::time::Instant::now();
+                                let sent_bps = client.path_estimate().map(|e| e.send_bps);
+                                if let Some(bps) = rate.on_skip(now, sent_bps) {
+                                    source.set_target_bitrate(bps);
+                                }
+                            }
                             // The camera runs on from now: frames the loop fell behind on
                             // were never captured, so the forced keyframe gets its full
                             // allowance instead of starting late.
@@ -511,5 +587,41 @@ mod tests {
 
         let nothing = FreezeMeter::starting_at(t0).finish(t0 + ms(2000));
         assert_eq!((nothing.freezes, nothing.frozen), (1, ms(2000)));
+    }
+}
+
+#[cfg(test)]
+mod encoder_rate_tests {
+    use super::*;
+
+    #[test]
+    fn encoder_rate_cuts_once_per_episode_and_probes_back_up() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut rate = EncoderRate::new(1_000_000);
+        // Nothing to probe before the first cut.
+        assert_eq!(rate.on_frame(t0 + ms(5000)), None);
+        // A skip on a link that sent 700 kbit/s: (700 - 64) x 0.8.
+        assert_eq!(rate.on_skip(t0, Some(700_000.0)), Some(508_800));
+        // More skips of the same episode, at a lower measured rate: no further cut.
+        assert_eq!(rate.on_skip(t0 + ms(500), Some(300_000.0)), None);
+        // 2 s without a skip: +10%, then again 2 s later.
+        assert_eq!(rate.on_frame(t0 + ms(1500)), None);
+        assert_eq!(rate.on_frame(t0 + ms(2600)), Some(559_680));
+        assert_eq!(rate.on_frame(t0 + ms(3000)), None);
+        assert_eq!(rate.on_frame(t0 + ms(4700)), Some(615_648));
+        // Never below the floor, never above the configured rate.
+        assert_eq!(
+            rate.on_skip(t0 + ms(9000), Some(50_000.0)),
+            Some(MIN_VIDEO_BITRATE)
+        );
+        let mut t = t0 + ms(9000);
+        for _ in 0..40 {
+            t += RATE_HOLD;
+            rate.on_frame(t);
+        }
+        assert_eq!(rate.target_bps, 1_000_000);
+        // Without a measurement there is nothing to cut to.
+        assert_eq!(EncoderRate::new(1_000_000).on_skip(t0, None), None);
     }
 }

@@ -33,6 +33,12 @@ pub trait MediaSource: Send {
     fn next_frame(&mut self, seq: u64) -> SourceFrame;
     /// Make the next frame a keyframe, if the source can (files cannot).
     fn force_keyframe(&mut self) {}
+    /// The bitrate the source encodes at now, if it can change it (files cannot).
+    fn target_bitrate(&self) -> Option<u64> {
+        None
+    }
+    /// Encode at about this many bits per second from now on, if the source can.
+    fn set_target_bitrate(&mut self, _bps: u64) {}
 }
 
 /// Video of a set bitrate and frame rate, keyframes every `keyframe_interval` about ten
@@ -40,6 +46,7 @@ pub trait MediaSource: Send {
 pub struct SyntheticVideo {
     fps: u32,
     keyframe_every: u64,
+    bitrate_bps: u64,
     delta_size: usize,
     since_keyframe: u64,
     forced: bool,
@@ -50,17 +57,16 @@ impl SyntheticVideo {
         let fps = fps.max(1);
         let keyframe_every =
             ((keyframe_interval.as_secs_f64() * f64::from(fps)).round() as u64).max(1);
-        // One group carries bitrate × interval bits: one keyframe (10 units) and
-        // keyframe_every − 1 deltas (1 unit each).
-        let group_bytes = bitrate_bps as f64 / 8.0 * keyframe_every as f64 / f64::from(fps);
-        let units = 10.0 + (keyframe_every as f64 - 1.0);
-        Self {
+        let mut video = Self {
             fps,
             keyframe_every,
-            delta_size: (group_bytes / units).max(16.0) as usize,
+            bitrate_bps,
+            delta_size: 0,
             since_keyframe: 0,
             forced: true,
-        }
+        };
+        video.set_target_bitrate(bitrate_bps);
+        video
     }
 }
 
@@ -92,6 +98,19 @@ impl MediaSource for SyntheticVideo {
 
     fn force_keyframe(&mut self) {
         self.forced = true;
+    }
+
+    fn target_bitrate(&self) -> Option<u64> {
+        Some(self.bitrate_bps)
+    }
+
+    fn set_target_bitrate(&mut self, bps: u64) {
+        // One group carries bitrate × interval bits: one keyframe (10 units) and
+        // keyframe_every − 1 deltas (1 unit each).
+        self.bitrate_bps = bps;
+        let group_bytes = bps as f64 / 8.0 * self.keyframe_every as f64 / f64::from(self.fps);
+        let units = 10.0 + (self.keyframe_every as f64 - 1.0);
+        self.delta_size = (group_bytes / units).max(16.0) as usize;
     }
 }
 

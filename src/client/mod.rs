@@ -132,6 +132,8 @@ struct Inner {
     /// The sending state of each video producer of ours.
     /// One lock per producer, so that one stalled video producer does not hold up another.
     video: Mutex<HashMap<ProducerId, Arc<tokio::sync::Mutex<VideoSender>>>>,
+    /// The latest estimate of the path to the relay (`follow_congestion_window`).
+    path: Arc<Mutex<Option<crate::core::PathEstimate>>>,
     // Kept alive for as long as the client is.
     _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
 }
@@ -267,13 +269,15 @@ impl Client {
         tokio::spawn(read_control(recv, pending.clone(), events_tx));
         tokio::spawn(receive_datagrams(connection.clone(), frames_tx.clone()));
         tokio::spawn(receive_streams(connection.clone(), frames_tx));
-        tokio::spawn(follow_congestion_window(connection.clone()));
+        let path = Arc::new(Mutex::new(None));
+        tokio::spawn(follow_congestion_window(connection.clone(), path.clone()));
         let inner = Inner {
             connection,
             control,
             pending,
             next_id: AtomicU64::new(1),
             video: Default::default(),
+            path,
             _endpoint: endpoint,
         };
         Ok((
@@ -472,6 +476,12 @@ impl Client {
         }
     }
 
+    /// The client's own estimate of its path to the relay (send rate, RTT, loss), updated
+    /// every 100 ms; `None` until the second sample.
+    pub fn path_estimate(&self) -> Option<crate::core::PathEstimate> {
+        *self.inner.path.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Frames skipped and group streams abandoned by [`Client::send_video_within`].
     pub async fn video_skips(&self, producer_id: ProducerId) -> (u64, u64) {
         let sender = self.video_sender(producer_id);
@@ -579,7 +589,10 @@ impl VideoSender {
 
 /// Keeps the connection's send window near its congestion window (see `core::path`), so
 /// that video waits where `send_video_within` can skip it rather than in QUIC's buffer.
-async fn follow_congestion_window(connection: Connection) {
+async fn follow_congestion_window(
+    connection: Connection,
+    estimate: Arc<Mutex<Option<crate::core::PathEstimate>>>,
+) {
     let quic = connection.quic_connection().clone();
     let mut path = crate::core::PathEstimator::default();
     let mut tick = tokio::time::interval(crate::core::PATH_SAMPLE_INTERVAL);
@@ -587,6 +600,7 @@ async fn follow_congestion_window(connection: Connection) {
         tick.tick().await;
         let sample = crate::server::path_sample(&quic);
         quic.set_send_window(path.on_sample(sample, std::time::Instant::now()));
+        *estimate.lock().unwrap_or_else(|e| e.into_inner()) = path.estimate();
     }
 }
 
