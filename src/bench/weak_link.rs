@@ -323,7 +323,7 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
         shape.fps,
         shape.keyframe_interval,
     ));
-    let publishers: Vec<Publisher> = vec![
+    let mut publishers: Vec<Publisher> = vec![
         publish(&publisher, MediaKind::Audio, audio_source, start_signal()).await?,
         publish(&publisher, MediaKind::Video, video_source, start_signal()).await?,
     ];
@@ -376,8 +376,8 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
             _ = tokio::time::sleep_until(stop_sending) => break,
         }
     }
-    for p in &publishers {
-        p.task.abort();
+    for p in &mut publishers {
+        p.stop().await;
     }
     let sent = Sent {
         audio_frames: publishers[0].frames.load(Ordering::Relaxed),

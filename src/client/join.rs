@@ -220,6 +220,15 @@ pub(crate) struct Publisher {
 /// skipped up to a fresh keyframe (`Client::send_video_within`).
 pub const MAX_SEND_DELAY: Duration = Duration::from_millis(300);
 
+impl Publisher {
+    /// Stops sending and waits until the task is gone, so that its counters are final
+    /// (an aborted task may still be between a send and its count).
+    pub async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
 /// The publisher's encoder bitrate, following its uplink as a WebRTC sender follows its
 /// bandwidth estimate: when video had to be skipped (the uplink could not carry it within
 /// `MAX_SEND_DELAY`), cut to 80% of what the connection actually sent, less audio's share,
@@ -424,8 +433,8 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
 
     let received = receive(&options, incoming, &mut names, &publishers).await;
 
-    for p in &publishers {
-        p.task.abort();
+    for p in &mut publishers {
+        p.stop().await;
     }
     let mut sent = Vec::new();
     for p in &publishers {
