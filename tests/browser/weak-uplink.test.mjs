@@ -103,9 +103,15 @@ test('a publisher on a weak uplink keeps its send backlog bounded', { timeout: 1
       }
       await sleep(250);
     }
-    console.log((pageLogs.get("pub") ?? []).filter((l) => l.includes("DBG")).join("\n"));
     const pubState = await pageState(pub);
-    const after = await pubOnSub();
+    // Delivery is checked as an event, not a rate: a slow machine gets longer to decode.
+    const after = await waitFor(
+      async () => {
+        const s = await pubOnSub();
+        return s.videoFrames - before.videoFrames >= MIN_VIDEO_FRAMES && s.audioFrames - before.audioFrames >= MIN_AUDIO_FRAMES && s;
+      },
+      { timeout: 60_000, describe: async () => `sub decoded too little from pub: ${JSON.stringify(await pubOnSub())}` },
+    );
     const send = pubState.send;
     log(`pub overlay:\n${pubState.overlay}`);
     log(`pub link (relay's view): ${JSON.stringify(pubState.link)}`);
@@ -115,7 +121,7 @@ test('a publisher on a weak uplink keeps its send backlog bounded', { timeout: 1
     );
     const gotVideo = after.videoFrames - before.videoFrames;
     const gotAudio = after.audioFrames - before.audioFrames;
-    log(`sub got ${gotVideo} video and ${gotAudio} audio frames from pub in ${OBSERVE_MS / 1000} s`);
+    log(`sub got ${gotVideo} video and ${gotAudio} audio frames from pub`);
     const shaperSaid = shaper.logs().trim();
     if (shaperSaid) log(`shaper log:\n${shaperSaid.split('\n').slice(-5).join('\n')}`);
 
@@ -127,8 +133,8 @@ test('a publisher on a weak uplink keeps its send backlog bounded', { timeout: 1
     // 1 Mbit/s does not fit in 300 kbit/s: the policy must have acted, or this test proves nothing.
     assert.ok(send.skippedFrames > 0, 'the publisher skipped no frame on a 300 kbit/s uplink');
     assert.ok(send.abandonedGroups > 0, 'the publisher reset no late group on a 300 kbit/s uplink');
-    assert.ok(gotVideo >= MIN_VIDEO_FRAMES, `sub decoded only ${gotVideo} video frames from pub in ${OBSERVE_MS / 1000} s`);
-    assert.ok(gotAudio >= MIN_AUDIO_FRAMES, `sub decoded only ${gotAudio} audio frames from pub in ${OBSERVE_MS / 1000} s`);
+    assert.ok(gotVideo >= MIN_VIDEO_FRAMES, `sub decoded only ${gotVideo} video frames from pub`);
+    assert.ok(gotAudio >= MIN_AUDIO_FRAMES, `sub decoded only ${gotAudio} audio frames from pub`);
     assert.match(pubState.overlay, /backlog \d+ ms/, "the publisher's overlay should show its send backlog");
     for (const [name, page] of pages) assert.equal((await pageState(page)).error, '', `${name} shows an error`);
     assert.deepEqual(pageErrors, [], 'a page threw');
