@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use synapse_sfu::client::media::synthetic_payload;
+use synapse_sfu::client::media::{MediaSource, SyntheticVideo, synthetic_payload};
 use synapse_sfu::client::{ClientOptions, Incoming, Verification, VideoSend, now_us};
 use synapse_sfu::shaper::{LinkConfig, Shaper, ShaperConfig};
 use synapse_sfu::wire::{FrameHeader, MediaKind, ProducerId, ServerMessage};
@@ -76,6 +76,12 @@ async fn shaped(
     (shaper, options)
 }
 
+/// 1 Mbit/s video at 30 fps, a keyframe every 2 s ten times a delta (or sooner when forced,
+/// as an encoder answers a keyframe request): the shape every bench publisher sends.
+fn camera() -> SyntheticVideo {
+    SyntheticVideo::new(1_000_000, 30, Duration::from_secs(2))
+}
+
 /// The publisher's camera and microphone.
 async fn produce_av(publisher: &Peer) -> (ProducerId, ProducerId) {
     let client = &publisher.client;
@@ -100,34 +106,27 @@ async fn a_subscriber_on_a_700_kbit_link_stays_within_the_latency_bound() {
     let stop = tokio::time::Instant::now() + Duration::from_secs(SECONDS + 3);
     let clean_rx = tokio::spawn(receive(clean.incoming, stop));
     let weak_rx = tokio::spawn(receive(weak.incoming, stop));
-    let delta = 1_000_000 / 8 * 2 / (10 + 59);
+    let mut camera = camera();
     let client = publisher.client.clone();
     let start = tokio::time::Instant::now();
     let mut audio_seq = 0u64;
-    let mut since_keyframe = 0;
     let mut keyframe_requests = 0;
     for seq in 0..SECONDS * 30 {
         let due = start + Duration::from_micros(seq * 33_333);
         tokio::time::sleep_until(due).await;
-        let mut asked = false;
         while let Ok(event) = publisher.incoming.events.try_recv() {
             if matches!(event, ServerMessage::KeyframeRequest { .. }) {
-                asked = true;
+                camera.force_keyframe();
                 keyframe_requests += 1;
             }
         }
-        let keyframe = seq == 0 || asked || since_keyframe >= 60;
-        since_keyframe = if keyframe { 1 } else { since_keyframe + 1 };
+        let frame = camera.next_frame(seq);
         let header = FrameHeader {
             seq,
             capture_us: now_us(),
-            keyframe,
+            keyframe: frame.keyframe,
         };
-        let size = if keyframe { 10 * delta } else { delta };
-        client
-            .send_video(cam, header, synthetic_payload(seq, size as usize))
-            .await
-            .unwrap();
+        client.send_video(cam, header, frame.payload).await.unwrap();
         // Audio every 20 ms, caught up to the video clock.
         while Duration::from_millis(audio_seq * 20) <= due - start {
             client
@@ -203,7 +202,7 @@ async fn a_publisher_on_a_700_kbit_uplink_keeps_its_backlog_bounded() {
     let bound = Duration::from_millis(300);
     let stop = tokio::time::Instant::now() + Duration::from_secs(SECONDS + 3);
     let rx = tokio::spawn(receive(subscriber.incoming, stop));
-    let delta = 1_000_000 / 8 * 2 / (10 + 59);
+    let mut camera = camera();
     let client = publisher.client.clone();
     let start = tokio::time::Instant::now();
     let end = start + Duration::from_secs(SECONDS);
@@ -221,31 +220,30 @@ async fn a_publisher_on_a_700_kbit_uplink_keeps_its_backlog_bounded() {
             seq
         }
     });
-    let (mut seq, mut since_keyframe, mut force) = (0u64, 0, true);
+    let mut seq = 0u64;
     let mut due = start;
     while due < end {
         tokio::time::sleep_until(due).await;
         while let Ok(event) = publisher.incoming.events.try_recv() {
-            force |= matches!(event, ServerMessage::KeyframeRequest { .. });
+            if matches!(event, ServerMessage::KeyframeRequest { .. }) {
+                camera.force_keyframe();
+            }
         }
-        let keyframe = force || since_keyframe >= 60;
-        since_keyframe = if keyframe { 1 } else { since_keyframe + 1 };
+        let frame = camera.next_frame(seq);
         let header = FrameHeader {
             seq,
             capture_us: now_us(),
-            keyframe,
+            keyframe: frame.keyframe,
         };
-        let size = if keyframe { 10 * delta } else { delta };
-        let payload = synthetic_payload(seq, size as usize);
         let sent = client
-            .send_video_within(cam, header, payload, due + bound)
+            .send_video_within(cam, header, frame.payload, due + bound)
             .await
             .unwrap();
-        force = sent == VideoSend::Skipped;
         seq += 1;
-        // The camera runs on from now after a skip, as `join`'s publisher does.
-        due += Duration::from_micros(33_333);
-        if force {
+        due += frame.duration;
+        if sent == VideoSend::Skipped {
+            // As `join`'s publisher: a keyframe next, and the camera runs on from now.
+            camera.force_keyframe();
             due = due.max(tokio::time::Instant::now());
         }
     }

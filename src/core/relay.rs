@@ -1453,12 +1453,8 @@ impl Relay {
     /// the path's estimated rate (at most another bound). `None` for a keyframe: it is the
     /// consumer's restart point, and abandoning keyframes too large for the link would
     /// leave that consumer nothing but keyframe requests; only the stall timeout applies.
-    pub fn write_deadline(&self, consumer_id: ConsumerId, frame: &QueuedFrame) -> Option<Instant> {
-        self.write_deadline_for(consumer_id, frame.arrived, frame.data.len(), frame.keyframe)
-    }
-
-    /// [`Relay::write_deadline`] for a frame of `len` bytes that arrived at `arrived`.
-    pub fn write_deadline_for(
+    /// The frame is given by its arrival, size in bytes and keyframe flag.
+    pub fn write_deadline(
         &self,
         consumer_id: ConsumerId,
         arrived: Instant,

@@ -984,7 +984,7 @@ fn a_keyframe_gets_the_time_its_size_takes_on_the_path() {
     let cv = h.consume(b, cam);
     // Without an estimate: the bound twice at most.
     assert_eq!(
-        h.relay.write_deadline_for(cv, h.now, 40_000, false),
+        h.relay.write_deadline(cv, h.now, 40_000, false),
         Some(h.now + 2 * bound)
     );
     // A 700 kbit/s path: 1,000 bytes take ~11 ms, 40,000 would take 457 ms (capped).
@@ -999,15 +999,15 @@ fn a_keyframe_gets_the_time_its_size_takes_on_the_path() {
     h.relay.on_path_sample(b, sample(0), h.now);
     h.relay
         .on_path_sample(b, sample(8_750), h.now + Duration::from_millis(100));
-    let small = h.relay.write_deadline_for(cv, h.now, 1_000, false).unwrap() - h.now - bound;
+    let small = h.relay.write_deadline(cv, h.now, 1_000, false).unwrap() - h.now - bound;
     // A keyframe has no latency deadline, only the stall timeout.
-    assert_eq!(h.relay.write_deadline_for(cv, h.now, 40_000, true), None);
+    assert_eq!(h.relay.write_deadline(cv, h.now, 40_000, true), None);
     assert!(
         small > Duration::from_millis(10) && small < Duration::from_millis(13),
         "{small:?}"
     );
     assert_eq!(
-        h.relay.write_deadline_for(cv, h.now, 40_000, false),
+        h.relay.write_deadline(cv, h.now, 40_000, false),
         Some(h.now + 2 * bound)
     );
     // Written too late: the consumer restarts at a keyframe, asked for.

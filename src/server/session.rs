@@ -631,7 +631,7 @@ async fn send_consumer(
                 let stall_at = Instant::now() + limits.consumer_write_timeout;
                 let late_at = relay
                     .lock()
-                    .write_deadline_for(
+                    .write_deadline(
                         consumer_id,
                         frame.arrived,
                         head.len() + payload.len(),
