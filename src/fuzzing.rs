@@ -64,7 +64,7 @@ pub fn stream(data: &[u8]) {
             buf.extend_from_slice(chunk);
             if producer.is_none() {
                 match decode_stream_header(&mut buf) {
-                    Ok(Some(id)) => producer = Some(id),
+                    Ok(Some(h)) => producer = Some(h.producer_id),
                     Ok(None) => continue,
                     Err(_) => return (producer, frames, true),
                 }
@@ -112,10 +112,23 @@ pub fn relay_core(data: &[u8]) {
                     } else {
                         MediaKind::Audio
                     };
+                    // Some video producers are simulcast, with one to three layers.
+                    let layers = if kind == MediaKind::Video && b % 3 != 0 {
+                        (0..b % 4)
+                            .map(|i| crate::wire::LayerInfo {
+                                width: 160 << i,
+                                height: 90 << i,
+                                max_bitrate: 100_000 << i,
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     let r = Request::Produce {
                         kind,
                         codec: "vp8".into(),
                         params: Default::default(),
+                        layers,
                     };
                     relay.handle(p, request(r), now);
                 }
@@ -173,7 +186,8 @@ pub fn relay_core(data: &[u8]) {
                         capture_us: 0,
                         keyframe: b % 7 == 0,
                     };
-                    let _ = relay.on_frame(p, some_id, kind, &header, data, now);
+                    let layer = (a / 13) % 4;
+                    let _ = relay.on_frame(p, some_id, kind, layer, &header, data, now);
                 }
             }
             8 => {
@@ -193,6 +207,13 @@ pub fn relay_core(data: &[u8]) {
                         Request::SetAutoSubscribe {
                             enabled: b % 4 == 0,
                         }
+                    } else if b % 3 == 0 {
+                        Request::SetPreferredLayers {
+                            consumer_id: some_id,
+                            max_layer: (b % 5 != 0).then_some(b % 4),
+                            max_width: (b % 7 != 0).then_some(u32::from(b) * 8),
+                            max_height: None,
+                        }
                     } else {
                         Request::RequestKeyframe {
                             consumer_id: some_id,
@@ -211,6 +232,7 @@ pub fn relay_core(data: &[u8]) {
                         sent_packets: id * u64::from(b),
                         lost_packets: id,
                         sent_bytes: id * 1000,
+                        bandwidth_bps: (b % 2 == 0).then_some(u64::from(b) * 50_000),
                     };
                     let _ = relay.on_path_sample(p, sample, now);
                 }

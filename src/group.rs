@@ -33,13 +33,16 @@ pub enum GroupWriteError {
 #[derive(Debug)]
 pub struct GroupWriter {
     producer_id: ProducerId,
+    /// The simulcast layer this writer's groups carry (`None`: a plain group stream).
+    layer: Option<u8>,
     stream: Option<SendStream>,
 }
 
 impl GroupWriter {
-    pub fn new(producer_id: ProducerId) -> Self {
+    pub fn new(producer_id: ProducerId, layer: Option<u8>) -> Self {
         Self {
             producer_id,
+            layer,
             stream: None,
         }
     }
@@ -65,7 +68,7 @@ impl GroupWriter {
                 .map_err(|e| GroupWriteError::Open(e.to_string()))?;
             stream
                 .quic_stream_mut()
-                .write_chunk(encode_stream_header(self.producer_id))
+                .write_chunk(encode_stream_header(self.producer_id, self.layer))
                 .await
                 .map_err(|e| GroupWriteError::Write(e.to_string()))?;
             self.stream = Some(stream);

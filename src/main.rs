@@ -429,6 +429,27 @@ struct JoinArgs {
     /// Access token (from `synapse-sfu token`), for a relay that requires one.
     #[arg(long, env = "SYNAPSE_TOKEN")]
     token: Option<String>,
+    /// Publish synthetic video as three simulcast layers: 320x180, 640x360 and 1280x720 at
+    /// 1/8, 3/8 and all of --video-bitrate.
+    #[arg(long, conflicts_with = "video")]
+    simulcast: bool,
+    /// Receive simulcast video at most this large (WxH, e.g. 640x360: the tile's size).
+    #[arg(long, value_parser = parse_resolution)]
+    max_resolution: Option<(u32, u32)>,
+    /// Receive simulcast video at most at this layer (0 is the lowest).
+    #[arg(long)]
+    layer: Option<u8>,
+}
+
+/// `WxH`, both above 0.
+fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
+    let parsed = s
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)));
+    match parsed {
+        Some((w, h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => Err(format!("expected WIDTHxHEIGHT, e.g. 640x360, not {s:?}")),
+    }
 }
 
 fn init_logging(default: &str, format: LogFormat) {
@@ -868,6 +889,9 @@ async fn run_join(args: JoinArgs) -> Result<()> {
         keyframe_interval: Duration::from_secs(2),
         duration: args.duration,
         live_stats: true,
+        simulcast: args.simulcast,
+        max_resolution: args.max_resolution,
+        max_layer: args.layer,
     };
     let summary = join::run(options).await?;
     if args.json {

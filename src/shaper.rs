@@ -197,6 +197,12 @@ impl LinkModel {
         &self.config
     }
 
+    /// Changes the link from now on (a limit lifted mid-call, say). Packets already
+    /// scheduled keep their times.
+    pub fn reconfigure(&mut self, config: LinkConfig) {
+        self.config = config;
+    }
+
     /// Time to put `size` payload bytes (and their headers) on the link.
     fn transmission(&self, size: usize) -> Duration {
         let bits = (size as u64 + HEADER_BYTES) * 8;
@@ -415,6 +421,20 @@ impl Shaper {
     /// Where clients send.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Changes both directions of every client's link seen so far (new clients still get
+    /// the configuration the shaper started with).
+    pub fn reconfigure(&self, up: LinkConfig, down: LinkConfig) -> Result<(), ShaperError> {
+        up.validate()?;
+        down.validate()?;
+        let registry = lock(&self.registry);
+        for flow in registry.live.values() {
+            let mut flow = lock(flow);
+            flow.up.reconfigure(up);
+            flow.down.reconfigure(down);
+        }
+        Ok(())
     }
 
     /// Live counters.

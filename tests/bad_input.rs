@@ -89,6 +89,7 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         kind: MediaKind::Audio,
         codec: "opus".into(),
         params: Default::default(),
+        layers: Vec::new(),
     };
     assert_eq!(
         code(early.request_raw(produce.clone()).await),
@@ -235,7 +236,10 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         .await
         .unwrap();
     let mut stream = huge_frame.client.open_uni().await.unwrap();
-    stream.write_all(&encode_stream_header(cam)).await.unwrap();
+    stream
+        .write_all(&encode_stream_header(cam, None))
+        .await
+        .unwrap();
     stream
         .write_all(&encode_stream_frame_head(&header(0, true), 10 << 20))
         .await
@@ -267,7 +271,10 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         .await
         .unwrap();
     let mut stream = vanishing.client.open_uni().await.unwrap();
-    stream.write_all(&encode_stream_header(vcam)).await.unwrap();
+    stream
+        .write_all(&encode_stream_header(vcam, None))
+        .await
+        .unwrap();
     stream
         .write_all(&encode_stream_frame_head(&header(1, true), 50_000))
         .await

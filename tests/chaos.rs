@@ -45,7 +45,7 @@ fn vanishing_client(
                 if seq == frames - 1 && seq % 2 == 0 {
                     if let Ok(mut s) = peer.client.open_uni().await {
                         let _ = s
-                            .write_all(&synapse_sfu::wire::frame::encode_stream_header(cam))
+                            .write_all(&synapse_sfu::wire::frame::encode_stream_header(cam, None))
                             .await;
                         let _ = s.write_all(&[0x00, 0x01, 0x01, 0x80, 0x80]).await;
                     }

@@ -299,7 +299,7 @@ async fn a_consumer_that_stops_reading_slows_nobody() {
     let asked = wait_event(
         &mut publisher.incoming,
         Duration::from_secs(2),
-        |e| matches!(e, ServerMessage::KeyframeRequest { producer_id } if *producer_id == cam),
+        |e| matches!(e, ServerMessage::KeyframeRequest { producer_id, .. } if *producer_id == cam),
     )
     .await;
     assert!(asked.is_some());

@@ -42,7 +42,7 @@ pub struct DirectOutcome {
 
 /// Writes one receiver's frames, one stream per group, as the relay's consumers do.
 async fn send_to(conn: Connection, mut frames: mpsc::Receiver<Outgoing>) {
-    let mut group = GroupWriter::new(VIDEO_PRODUCER);
+    let mut group = GroupWriter::new(VIDEO_PRODUCER, None);
     while let Some(out) = frames.recv().await {
         match out {
             Outgoing::Datagram(d) => {

@@ -147,7 +147,7 @@ pub async fn run(
                         None => break,
                     },
                     event = incoming.events.recv() => {
-                        if let Some(ServerMessage::KeyframeRequest { producer_id }) = event
+                        if let Some(ServerMessage::KeyframeRequest { producer_id, .. }) = event
                             && let Some(p) = publishers.iter().find(|p| p.producer_id == producer_id)
                         {
                             p.keyframe_wanted.store(true, Ordering::Relaxed);

@@ -358,12 +358,11 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
     loop {
         tokio::select! {
             event = publisher_events.events.recv() => match event {
-                Some(ServerMessage::KeyframeRequest { producer_id }) => {
-                    if let Some(p) = publishers.iter().find(|p| p.producer_id == producer_id) {
-                        p.keyframe_wanted.store(true, Ordering::Relaxed);
+                Some(event) => {
+                    for p in &publishers {
+                        p.on_event(&event);
                     }
                 }
-                Some(_) => {}
                 None => bail!("the relay closed the publisher's session"),
             },
             _ = tick.tick(), if options.progress => eprint!(

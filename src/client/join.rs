@@ -13,7 +13,9 @@ use serde::Serialize;
 
 use super::media::{IvfFile, MediaSource, OggOpusFile, SyntheticAudio, SyntheticVideo};
 use super::{Client, ClientOptions, Incoming, ReceivedFrame, VideoSend, now_us};
-use crate::wire::{FrameHeader, MediaKind, PeerId, ProducerId, ServerMessage};
+use crate::wire::{
+    FrameHeader, LayerInfo, MediaKind, Params, PeerId, ProducerId, Request, ServerMessage,
+};
 
 #[derive(Debug, Clone)]
 pub struct JoinOptions {
@@ -33,6 +35,34 @@ pub struct JoinOptions {
     pub duration: Option<Duration>,
     /// Print a live stats line to stderr every second.
     pub live_stats: bool,
+    /// Publish synthetic video as three simulcast layers ([`simulcast_ladder`]).
+    pub simulcast: bool,
+    /// For received simulcast tracks: the most wanted (`set_preferred_layers`).
+    pub max_resolution: Option<(u32, u32)>,
+    pub max_layer: Option<u8>,
+}
+
+/// The layers `join --simulcast` publishes for a top bitrate of `top_bps`: 320×180 at 1/8,
+/// 640×360 at 3/8 and 1280×720 at the full rate (LiveKit's h180/h360/h720 presets run
+/// about 150, 450 and 1,200 kbit/s).
+pub fn simulcast_ladder(top_bps: u64) -> Vec<LayerInfo> {
+    vec![
+        LayerInfo {
+            width: 320,
+            height: 180,
+            max_bitrate: top_bps / 8,
+        },
+        LayerInfo {
+            width: 640,
+            height: 360,
+            max_bitrate: top_bps * 3 / 8,
+        },
+        LayerInfo {
+            width: 1280,
+            height: 720,
+            max_bitrate: top_bps,
+        },
+    ]
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -75,6 +105,14 @@ pub struct ReceivedTrack {
     pub freezes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freeze_ms: Option<f64>,
+    /// Simulcast tracks only: the layers received (from the frames' layer marks, for the
+    /// synthetic source), how often the layer changed, and the last layer the relay named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<u8>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_switches: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<u8>,
 }
 
 /// The `--json` summary.
@@ -150,6 +188,16 @@ struct TrackStats {
     last_seq: Option<u64>,
     latency_us: Histogram<u64>,
     freeze: FreezeMeter,
+    /// For a simulcast track: layers seen (by payload mark), changes, the relay's last word.
+    simulcast: Option<LayerStats>,
+}
+
+#[derive(Debug, Default)]
+struct LayerStats {
+    seen: std::collections::BTreeSet<u8>,
+    last_mark: Option<u8>,
+    switches: u64,
+    announced: Option<u8>,
 }
 
 impl TrackStats {
@@ -165,6 +213,7 @@ impl TrackStats {
             last_seq: None,
             latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             freeze: FreezeMeter::default(),
+            simulcast: None,
         }
     }
 
@@ -173,6 +222,13 @@ impl TrackStats {
         self.bytes += frame.payload.len() as u64;
         if self.kind == MediaKind::Video {
             self.freeze.frame(Instant::now());
+        }
+        if let (Some(layers), Some(mark)) = (self.simulcast.as_mut(), frame.payload.first()) {
+            layers.seen.insert(*mark);
+            if layers.last_mark.is_some_and(|m| m != *mark) {
+                layers.switches += 1;
+            }
+            layers.last_mark = Some(*mark);
         }
         let seq = frame.header.seq;
         match self.last_seq {
@@ -205,7 +261,7 @@ impl TrackStats {
 }
 
 /// A producer of ours and the task that paces its source onto the wire.
-pub(crate) struct Publisher {
+pub struct Publisher {
     pub producer_id: ProducerId,
     pub kind: MediaKind,
     pub codec: String,
@@ -213,7 +269,52 @@ pub(crate) struct Publisher {
     pub bytes: Arc<AtomicU64>,
     /// Set on a keyframe request; the task makes its next frame a keyframe.
     pub keyframe_wanted: Arc<AtomicBool>,
+    /// A simulcast publisher's layers, lowest first (empty otherwise).
+    pub layers: Vec<LayerControl>,
     pub task: tokio::task::JoinHandle<()>,
+}
+
+/// What the relay asks of one layer of a simulcast publisher.
+#[derive(Debug, Clone)]
+pub struct LayerControl {
+    /// A keyframe was requested for this layer.
+    pub keyframe: Arc<AtomicBool>,
+    /// Some consumer needs this layer (dynacast); while not, its encoder idles.
+    pub wanted: Arc<AtomicBool>,
+    /// Frames this layer sent.
+    pub frames: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    /// Applies a keyframe request or a dynacast update from the relay, if it is for this
+    /// publisher.
+    pub fn on_event(&self, event: &ServerMessage) {
+        match event {
+            ServerMessage::KeyframeRequest { producer_id, layer }
+                if *producer_id == self.producer_id =>
+            {
+                match layer.and_then(|l| self.layers.get(usize::from(l))) {
+                    Some(l) => l.keyframe.store(true, Ordering::Relaxed),
+                    None => {
+                        self.keyframe_wanted.store(true, Ordering::Relaxed);
+                        for l in &self.layers {
+                            l.keyframe.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+            ServerMessage::LayersWanted {
+                producer_id,
+                layers,
+            } if *producer_id == self.producer_id => {
+                for (i, l) in self.layers.iter().enumerate() {
+                    l.wanted
+                        .store(layers.contains(&(i as u8)), Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The most video a publisher lets wait for its uplink, from capture: past it, frames are
@@ -384,6 +485,124 @@ pub(crate) async fn publish(
         frames,
         bytes,
         keyframe_wanted,
+        layers: Vec::new(),
+        task,
+    })
+}
+
+/// Produces a simulcast video track and sends each layer's source in real time, from when
+/// `go` resolves. The encodings of one captured frame share its `seq` and capture time:
+/// every layer follows one capture schedule. Each layer bounds its own send backlog as
+/// [`publish`] does (skipping to a fresh keyframe of that layer), and idles while the
+/// relay says no consumer wants it. A relay without simulcast gets the top layer alone.
+pub async fn publish_simulcast(
+    client: &Client,
+    ladder: Vec<LayerInfo>,
+    fps: u32,
+    keyframe_interval: Duration,
+    go: impl Future<Output = ()> + Send + 'static,
+) -> Result<Publisher> {
+    let result = client
+        .produce_layers("vp8", Params::new(), ladder.clone())
+        .await?;
+    let producer_id = result.producer_id;
+    let simulcast = result.layers.is_some();
+    let frames = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let keyframe_wanted = Arc::new(AtomicBool::new(false));
+    let layers: Vec<LayerControl> = ladder
+        .iter()
+        .map(|_| LayerControl {
+            keyframe: Arc::new(AtomicBool::new(false)),
+            wanted: Arc::new(AtomicBool::new(true)),
+            frames: Arc::new(AtomicU64::new(0)),
+        })
+        .collect();
+    let (start_tx, start_rx) = tokio::sync::watch::channel(None);
+    let sent_layers: Vec<(Option<u8>, LayerInfo)> = if simulcast {
+        ladder
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (Some(i as u8), *l))
+            .collect()
+    } else {
+        vec![(None, *ladder.last().expect("a ladder has layers"))]
+    };
+    // Dropped with the publisher's task (`Publisher::stop` aborts it): the layers stop too.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (layer, info) in sent_layers {
+        let control = layers[usize::from(layer.unwrap_or(ladder.len() as u8 - 1))].clone();
+        let (f, b, client) = (frames.clone(), bytes.clone(), client.clone());
+        let mut start_rx = start_rx.clone();
+        let mark = layer.unwrap_or(0);
+        let mut source = SyntheticVideo::layer(mark, info.max_bitrate, fps, keyframe_interval);
+        tasks.spawn(async move {
+            let Ok(start) = start_rx
+                .wait_for(Option::is_some)
+                .await
+                .map(|s| s.expect("some"))
+            else {
+                return;
+            };
+            let (start, start_us): (tokio::time::Instant, u64) = start;
+            let period = Duration::from_secs(1) / fps.max(1);
+            let mut was_wanted = true;
+            let mut index: u64 = 0;
+            loop {
+                let next = start + period * index as u32;
+                tokio::time::sleep_until(next).await;
+                let wanted = control.wanted.load(Ordering::Relaxed);
+                if !wanted {
+                    was_wanted = false;
+                    index += 1;
+                    continue;
+                }
+                if !was_wanted || control.keyframe.swap(false, Ordering::Relaxed) {
+                    source.force_keyframe();
+                }
+                was_wanted = true;
+                let frame = source.next_frame(index);
+                let header = FrameHeader {
+                    seq: index,
+                    capture_us: start_us + period.as_micros() as u64 * index,
+                    keyframe: frame.keyframe,
+                };
+                let len = frame.payload.len() as u64;
+                let deadline = next + MAX_SEND_DELAY;
+                match client
+                    .send_layer_within(producer_id, layer, header, frame.payload, deadline)
+                    .await
+                {
+                    Ok(VideoSend::Sent) => {
+                        f.fetch_add(1, Ordering::Relaxed);
+                        b.fetch_add(len, Ordering::Relaxed);
+                        control.frames.fetch_add(1, Ordering::Relaxed);
+                        index += 1;
+                    }
+                    Ok(VideoSend::Skipped) => {
+                        // The camera ran on meanwhile: continue at the frame due now.
+                        source.force_keyframe();
+                        let due = tokio::time::Instant::now().saturating_duration_since(start);
+                        index = (index + 1).max(due.as_micros() as u64 / period.as_micros() as u64);
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    let task = tokio::spawn(async move {
+        go.await;
+        let _ = start_tx.send(Some((tokio::time::Instant::now(), now_us())));
+        while tasks.join_next().await.is_some() {}
+    });
+    Ok(Publisher {
+        producer_id,
+        kind: MediaKind::Video,
+        codec: "vp8".to_owned(),
+        frames,
+        bytes,
+        keyframe_wanted,
+        layers,
         task,
     })
 }
@@ -428,10 +647,24 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
             )),
         };
         publishers.push(publish(&client, MediaKind::Audio, audio, async {}).await?);
-        publishers.push(publish(&client, MediaKind::Video, video, async {}).await?);
+        if options.simulcast && options.video.is_none() {
+            let ladder = simulcast_ladder(options.video_bitrate);
+            publishers.push(
+                publish_simulcast(
+                    &client,
+                    ladder,
+                    options.video_fps,
+                    options.keyframe_interval,
+                    async {},
+                )
+                .await?,
+            );
+        } else {
+            publishers.push(publish(&client, MediaKind::Video, video, async {}).await?);
+        }
     }
 
-    let received = receive(&options, incoming, &mut names, &publishers).await;
+    let received = receive(&options, &client, incoming, &mut names, &publishers).await;
 
     for p in &mut publishers {
         p.stop().await;
@@ -471,6 +704,12 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
             latency_ms: t.latency(),
             freezes: (t.kind == MediaKind::Video).then_some(t.freeze.freezes),
             freeze_ms: (t.kind == MediaKind::Video).then(|| t.freeze.frozen_ms()),
+            layers: t
+                .simulcast
+                .as_ref()
+                .map(|l| l.seen.iter().copied().collect()),
+            layer_switches: t.simulcast.as_ref().map(|l| l.switches),
+            layer: t.simulcast.as_ref().and_then(|l| l.announced),
         })
         .collect();
     received.sort_by_key(|t| t.producer_id);
@@ -487,6 +726,7 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
 
 async fn receive(
     options: &JoinOptions,
+    client: &Client,
     mut incoming: Incoming,
     names: &mut HashMap<PeerId, String>,
     publishers: &[Publisher],
@@ -518,11 +758,35 @@ async fn receive(
                 }
                 Some(ServerMessage::ConsumerAdded { consumer }) => {
                     let p = consumer.producer;
-                    tracks.entry(p.producer_id).or_insert_with(|| TrackStats::new(p.peer_id, p.kind, p.codec));
+                    let layered = !p.layers.is_empty();
+                    let t = tracks.entry(p.producer_id).or_insert_with(|| TrackStats::new(p.peer_id, p.kind, p.codec));
+                    if layered {
+                        t.simulcast = Some(LayerStats::default());
+                        if options.max_resolution.is_some() || options.max_layer.is_some() {
+                            let request = Request::SetPreferredLayers {
+                                consumer_id: consumer.consumer_id,
+                                max_layer: options.max_layer,
+                                max_width: options.max_resolution.map(|r| r.0),
+                                max_height: options.max_resolution.map(|r| r.1),
+                            };
+                            // Not awaited here: the loop must keep reading events.
+                            let client = client.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = client.command(request).await {
+                                    eprintln!("could not set the preferred layers: {e}");
+                                }
+                            });
+                        }
+                    }
                 }
-                Some(ServerMessage::KeyframeRequest { producer_id }) => {
-                    if let Some(p) = publishers.iter().find(|p| p.producer_id == producer_id) {
-                        p.keyframe_wanted.store(true, Ordering::Relaxed);
+                Some(ServerMessage::LayerChanged { producer_id, layer, .. }) => {
+                    if let Some(l) = tracks.get_mut(&producer_id).and_then(|t| t.simulcast.as_mut()) {
+                        l.announced = Some(layer);
+                    }
+                }
+                Some(event @ (ServerMessage::KeyframeRequest { .. } | ServerMessage::LayersWanted { .. })) => {
+                    for p in publishers {
+                        p.on_event(&event);
                     }
                 }
                 Some(ServerMessage::Error { code, message, .. }) => {

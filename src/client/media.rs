@@ -50,9 +50,20 @@ pub struct SyntheticVideo {
     delta_size: usize,
     since_keyframe: u64,
     forced: bool,
+    /// A simulcast layer's encoder marks its frames: the first payload byte is the layer
+    /// (so that a receiver can tell which layer it got).
+    mark: Option<u8>,
 }
 
 impl SyntheticVideo {
+    /// One layer of a synthetic simulcast source: its frames' first byte is `layer`.
+    pub fn layer(layer: u8, bitrate_bps: u64, fps: u32, keyframe_interval: Duration) -> Self {
+        Self {
+            mark: Some(layer),
+            ..Self::new(bitrate_bps, fps, keyframe_interval)
+        }
+    }
+
     pub fn new(bitrate_bps: u64, fps: u32, keyframe_interval: Duration) -> Self {
         let fps = fps.max(1);
         let keyframe_every =
@@ -64,6 +75,7 @@ impl SyntheticVideo {
             delta_size: 0,
             since_keyframe: 0,
             forced: true,
+            mark: None,
         };
         video.set_target_bitrate(bitrate_bps);
         video
@@ -89,9 +101,17 @@ impl MediaSource for SyntheticVideo {
         }
         self.since_keyframe += 1;
         let size = jitter(self.delta_size * if keyframe { 10 } else { 1 }, seq);
+        let payload = match self.mark {
+            Some(layer) => {
+                let mut bytes = synthetic_payload(seq, size).to_vec();
+                bytes[0] = layer;
+                bytes.into()
+            }
+            None => synthetic_payload(seq, size),
+        };
         SourceFrame {
             keyframe,
-            payload: synthetic_payload(seq, size),
+            payload,
             duration: Duration::from_secs(1) / self.fps,
         }
     }

@@ -131,7 +131,8 @@ struct Inner {
     next_id: AtomicU64,
     /// The sending state of each video producer of ours.
     /// One lock per producer, so that one stalled video producer does not hold up another.
-    video: Mutex<HashMap<ProducerId, Arc<tokio::sync::Mutex<VideoSender>>>>,
+    /// Per video producer and simulcast layer (`None`: a single-encoding producer).
+    video: Mutex<HashMap<(ProducerId, Option<u8>), SharedVideoSender>>,
     /// The latest estimate of the path to the relay (`follow_congestion_window`).
     path: Arc<Mutex<Option<crate::core::PathEstimate>>>,
     // Kept alive for as long as the client is.
@@ -349,9 +350,27 @@ impl Client {
                 kind,
                 codec: codec.to_owned(),
                 params,
+                layers: Vec::new(),
             })
             .await?;
         Ok(result.producer_id)
+    }
+
+    /// Produces a simulcast video track of `layers` (lowest first). The result's `layers`
+    /// is `None` from a relay without simulcast: then send one encoding.
+    pub async fn produce_layers(
+        &self,
+        codec: &str,
+        params: Params,
+        layers: Vec<crate::wire::LayerInfo>,
+    ) -> Result<ProduceResult, ClientError> {
+        self.request(Request::Produce {
+            kind: MediaKind::Video,
+            codec: codec.to_owned(),
+            params,
+            layers,
+        })
+        .await
     }
 
     pub async fn consume(&self, producer_id: ProducerId) -> Result<ConsumerInfo, ClientError> {
@@ -396,13 +415,22 @@ impl Client {
             .map_err(|e| ClientError::Send(e.to_string()))
     }
 
-    fn video_sender(&self, producer_id: ProducerId) -> Arc<tokio::sync::Mutex<VideoSender>> {
+    fn video_sender(
+        &self,
+        producer_id: ProducerId,
+        layer: Option<u8>,
+    ) -> Arc<tokio::sync::Mutex<VideoSender>> {
         self.inner
             .video
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(producer_id)
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(VideoSender::new(producer_id))))
+            .entry((producer_id, layer))
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(VideoSender::new(
+                    producer_id,
+                    layer,
+                )))
+            })
             .clone()
     }
 
@@ -416,7 +444,7 @@ impl Client {
         payload: Bytes,
     ) -> Result<(), ClientError> {
         let head = frame::encode_stream_frame_head(&header, payload.len());
-        self.video_sender(producer_id)
+        self.video_sender(producer_id, None)
             .lock()
             .await
             .group
@@ -440,7 +468,21 @@ impl Client {
         payload: Bytes,
         deadline: tokio::time::Instant,
     ) -> Result<VideoSend, ClientError> {
-        let sender = self.video_sender(producer_id);
+        self.send_layer_within(producer_id, None, header, payload, deadline)
+            .await
+    }
+
+    /// [`Client::send_video_within`] for one layer of a simulcast producer (`Some(layer)`:
+    /// its own group streams, of stream type 0x02), or a single-encoding producer (`None`).
+    pub async fn send_layer_within(
+        &self,
+        producer_id: ProducerId,
+        layer: Option<u8>,
+        header: FrameHeader,
+        payload: Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<VideoSend, ClientError> {
+        let sender = self.video_sender(producer_id, layer);
         let mut sender = sender.lock().await;
         let now = tokio::time::Instant::now();
         // A keyframe is the restart point: one too large for the uplink to carry within
@@ -484,20 +526,36 @@ impl Client {
 
     /// Frames skipped and group streams abandoned by [`Client::send_video_within`].
     pub async fn video_skips(&self, producer_id: ProducerId) -> (u64, u64) {
-        let sender = self.video_sender(producer_id);
-        let sender = sender.lock().await;
-        (sender.skipped, sender.abandoned)
-    }
-
-    /// Ends a video producer's open group stream (before closing the producer, say).
-    pub async fn finish_video(&self, producer_id: ProducerId) {
-        let group = self
+        let senders: Vec<_> = self
             .inner
             .video
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&producer_id);
-        if let Some(group) = group {
+            .iter()
+            .filter(|((p, _), _)| *p == producer_id)
+            .map(|(_, s)| s.clone())
+            .collect();
+        let mut total = (0, 0);
+        for sender in senders {
+            let sender = sender.lock().await;
+            total.0 += sender.skipped;
+            total.1 += sender.abandoned;
+        }
+        total
+    }
+
+    /// Ends a video producer's open group stream (before closing the producer, say).
+    pub async fn finish_video(&self, producer_id: ProducerId) {
+        let groups: Vec<_> = {
+            let mut video = self.inner.video.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<_> = video
+                .keys()
+                .filter(|(p, _)| *p == producer_id)
+                .copied()
+                .collect();
+            keys.iter().filter_map(|k| video.remove(k)).collect()
+        };
+        for group in groups {
             group.lock().await.group.finish();
         }
     }
@@ -560,6 +618,9 @@ pub enum VideoSend {
 }
 
 /// One video producer's sending state.
+/// One video producer's (or simulcast layer's) sender, shared by its sending calls.
+type SharedVideoSender = Arc<tokio::sync::Mutex<VideoSender>>;
+
 struct VideoSender {
     group: GroupWriter,
     /// Frames are skipped until the next keyframe.
@@ -569,9 +630,9 @@ struct VideoSender {
 }
 
 impl VideoSender {
-    fn new(producer_id: ProducerId) -> Self {
+    fn new(producer_id: ProducerId, layer: Option<u8>) -> Self {
         Self {
-            group: GroupWriter::new(producer_id),
+            group: GroupWriter::new(producer_id, layer),
             skipping: false,
             skipped: 0,
             abandoned: 0,
@@ -688,8 +749,8 @@ pub(crate) async fn receive_streams(connection: Connection, frames: mpsc::Sender
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let header = async {
             loop {
-                if let Some(id) = frame::decode_stream_header(&mut buf).ok()? {
-                    return Some(id);
+                if let Some(h) = frame::decode_stream_header(&mut buf).ok()? {
+                    return Some(h.producer_id);
                 }
                 if !read_more(&mut stream, &mut buf).await.ok()? {
                     return None;
@@ -701,7 +762,7 @@ pub(crate) async fn receive_streams(connection: Connection, frames: mpsc::Sender
             continue;
         };
         let (done_tx, done_rx) = oneshot::channel();
-        let turn = order.register(producer_id, stream.id().into_u64(), done_rx);
+        let turn = order.register((producer_id, 0), stream.id().into_u64(), done_rx);
         if order.len() > 64 {
             order.retain(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
         }

@@ -7,8 +7,9 @@ mod path;
 mod queue;
 mod rate;
 mod relay;
+mod simulcast;
 
-pub use order::GroupOrder;
+pub use order::{GroupKey, GroupOrder};
 pub use path::{
     MIN_SEND_WINDOW, PATH_SAMPLE_INTERVAL, PathEstimate, PathEstimator, PathSample, send_window,
 };
@@ -17,6 +18,9 @@ pub use rate::TokenBucket;
 pub use relay::{
     ConsumerStats, LatencyHistogram, Limits, PeerOutput, PeerSnapshot, Relay, RelayConfig,
     RelayCounts, RelayStats, RoomSnapshot, TransportSnapshot,
+};
+pub use simulcast::{
+    ACTIVE_HOLD, DYNACAST_DELAY, LayerSelection, LinkBudget, Preference, UP_HOLD, allocate,
 };
 
 #[cfg(test)]

@@ -12,11 +12,15 @@ use std::collections::HashMap;
 
 use crate::wire::ProducerId;
 
-/// Tracks, per producer, the newest stream seen and a handle the next one waits on (in
+/// Whose groups a stream carries: a producer, and its simulcast layer (0 without layers).
+/// Each layer of a simulcast producer is its own sequence of groups.
+pub type GroupKey = (ProducerId, u8);
+
+/// Tracks, per producer (and layer), the newest stream seen and a handle the next one waits on (in
 /// practice a receiver that completes when that stream has been read).
 #[derive(Debug)]
 pub struct GroupOrder<H> {
-    newest: HashMap<ProducerId, (u64, H)>,
+    newest: HashMap<GroupKey, (u64, H)>,
 }
 
 impl<H> Default for GroupOrder<H> {
@@ -30,7 +34,7 @@ impl<H> Default for GroupOrder<H> {
 impl<H> GroupOrder<H> {
     /// Registers stream `stream_id` of `producer`, whose completion `handle` signals.
     /// Returns the handle of the stream to wait for first, if any.
-    pub fn register(&mut self, producer: ProducerId, stream_id: u64, handle: H) -> Option<H> {
+    pub fn register(&mut self, producer: GroupKey, stream_id: u64, handle: H) -> Option<H> {
         match self.newest.get(&producer) {
             Some((newest, _)) if *newest > stream_id => None,
             _ => self
@@ -61,18 +65,22 @@ mod tests {
     #[test]
     fn streams_wait_for_their_predecessor_only() {
         let mut order = GroupOrder::default();
-        assert_eq!(order.register(7, 2, "a"), None);
-        assert_eq!(order.register(7, 6, "b"), Some("a"));
+        assert_eq!(order.register((7, 0), 2, "a"), None);
+        assert_eq!(order.register((7, 0), 6, "b"), Some("a"));
         assert_eq!(
-            order.register(9, 10, "x"),
+            order.register((9, 0), 10, "x"),
             None,
             "another producer is independent"
         );
         // Stream 14 was accepted before stream 10 of producer 7.
-        assert_eq!(order.register(7, 18, "d"), Some("b"));
-        assert_eq!(order.register(7, 14, "c"), None, "late: waits for nothing");
+        assert_eq!(order.register((7, 0), 18, "d"), Some("b"));
         assert_eq!(
-            order.register(7, 22, "e"),
+            order.register((7, 0), 14, "c"),
+            None,
+            "late: waits for nothing"
+        );
+        assert_eq!(
+            order.register((7, 0), 22, "e"),
             Some("d"),
             "the newest stays the tail"
         );

@@ -70,6 +70,10 @@ pub struct PathSample {
     pub lost_packets: u64,
     /// Bytes put on the wire (UDP payloads, retransmissions included).
     pub sent_bytes: u64,
+    /// The congestion controller's own estimate of the path's bandwidth, bits per second,
+    /// if it has one (BBR's pacing rate, from acknowledged delivery): what simulcast layer
+    /// selection budgets with (`simulcast.rs`).
+    pub bandwidth_bps: Option<u64>,
 }
 
 /// The relay's current view of the path to one peer.
@@ -186,6 +190,7 @@ mod tests {
             sent_packets,
             lost_packets,
             sent_bytes,
+            bandwidth_bps: None,
         }
     }
 

@@ -17,10 +17,15 @@ use serde::Serialize;
 use super::path::{PathEstimate, PathEstimator, PathSample};
 use super::queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 use super::rate::TokenBucket;
+use super::simulcast::{
+    BudgetSample, DYNACAST_DELAY, Demand, HEADROOM, LayerDecision, LayerSelection, LayerState,
+    LinkBudget, Preference, RateMeter, allocate, choose_target,
+};
+use crate::wire::frame::encode_stream_frame_head;
 use crate::wire::{
-    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, FrameHeader, Grants, JoinResult,
-    LeaveReason, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult, ProducerId,
-    ProducerInfo, ProtocolError, Request, ServerMessage,
+    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, FrameHeader, Grants, JoinResult, LayerInfo,
+    LeaveReason, MAX_LAYERS, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult,
+    ProducerId, ProducerInfo, ProtocolError, Request, ServerMessage,
 };
 
 /// Tunables of the core. The defaults suit a browser client (see `docs/PROTOCOL.md`).
@@ -137,6 +142,12 @@ pub struct RelayStats {
     pub forwarding_latency: LatencyHistogram,
     pub frame_errors: u64,
     pub keyframe_requests: u64,
+    /// Simulcast consumers moved from one layer to another (at a keyframe of the new one).
+    pub layer_switches: u64,
+    /// Dynacast messages telling publishers which layers are wanted.
+    pub dynacast_updates: u64,
+    /// Path samples that showed congestion (simulcast budgets were cut).
+    pub congestion_samples: u64,
     /// Frames skipped because they grew older than their consumer's latency bound.
     pub skipped_late_video: u64,
     pub skipped_late_audio: u64,
@@ -159,6 +170,9 @@ impl Default for RelayStats {
             dropped_slow_consumer: 0,
             dropped_producer_paused: 0,
             dropped_stale: 0,
+            layer_switches: 0,
+            dynacast_updates: 0,
+            congestion_samples: 0,
             dropped_bitrate: 0,
             dropped_too_large: 0,
             forwarding_latency: LatencyHistogram::default(),
@@ -292,6 +306,8 @@ struct Peer {
     skipped_late: u64,
     /// Queue delay at the last path sample, milliseconds (for listings between samples).
     last_queue_ms: f64,
+    /// What the path to this peer carries, for simulcast layer selection.
+    budget: LinkBudget,
 }
 
 #[derive(Debug)]
@@ -300,9 +316,17 @@ struct Producer {
     room: String,
     consumers: Vec<ConsumerId>,
     last_keyframe_request: Option<Instant>,
-    /// Highest video sequence number forwarded so far.
+    /// Highest video sequence number forwarded so far (single-encoding producers; each
+    /// simulcast layer keeps its own).
     last_seq: Option<u64>,
     bitrate: Option<TokenBucket>,
+    /// What the producer sends, for budgeting its consumers' paths.
+    meter: RateMeter,
+    /// Simulcast layers, lowest first; empty for one encoding.
+    layers: Vec<LayerState>,
+    /// Dynacast: the layers the owner was last told are wanted, and since when fewer are.
+    wanted: Vec<u8>,
+    unwanted_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -313,6 +337,8 @@ struct Consumer {
     paused: bool,
     queue: ConsumerQueue,
     waker: Option<Waker>,
+    /// For a consumer of a simulcast producer: its layers.
+    layers: Option<LayerSelection>,
 }
 
 /// Per-consumer figures, for tests and the admin view.
@@ -586,13 +612,13 @@ impl Relay {
         let skipped = consumer.queue.skip_late(now, bound);
         if skipped > 0 {
             *late += skipped;
-            let (peer, producer) = (consumer.peer, consumer.producer);
+            let peer = consumer.peer;
             let restart = consumer.queue.waiting_for_keyframe();
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.skipped_late += skipped;
             }
             if restart {
-                self.request_keyframe(producer, now);
+                self.consumer_keyframe(consumer_id, now);
             }
         }
         let consumer = self
@@ -711,6 +737,7 @@ impl Relay {
                 last_transport_stats: None,
                 skipped_late: 0,
                 last_queue_ms: 0.0,
+                budget: LinkBudget::default(),
             },
         );
         self.rooms
@@ -862,9 +889,17 @@ impl Relay {
                 kind,
                 codec,
                 params,
-            } => self
-                .produce(peer_id, kind, codec, params, now)
-                .map(|producer_id| to_value(ProduceResult { producer_id })),
+                layers,
+            } => {
+                let count = layers.len();
+                self.produce(peer_id, kind, codec, params, layers, now)
+                    .map(|producer_id| {
+                        to_value(ProduceResult {
+                            producer_id,
+                            layers: (count > 0).then_some(count),
+                        })
+                    })
+            }
             Request::CloseProducer { producer_id } => {
                 self.own_producer(peer_id, producer_id)?;
                 self.remove_producer(producer_id);
@@ -905,8 +940,27 @@ impl Relay {
             }
             Request::RequestKeyframe { consumer_id } => {
                 self.own_consumer(peer_id, consumer_id)?;
-                let producer = self.consumers[&consumer_id].producer;
-                self.request_keyframe(producer, now);
+                self.consumer_keyframe(consumer_id, now);
+                Ok(empty())
+            }
+            Request::SetPreferredLayers {
+                consumer_id,
+                max_layer,
+                max_width,
+                max_height,
+            } => {
+                self.own_consumer(peer_id, consumer_id)?;
+                let consumer = self.consumers.get_mut(&consumer_id).expect("checked");
+                // A consumer of a single-encoding producer keeps the preference for nothing:
+                // accepted, so that a client need not know which producers have layers.
+                if let Some(selection) = consumer.layers.as_mut() {
+                    selection.preference = Preference {
+                        max_layer,
+                        max_width,
+                        max_height,
+                    };
+                    self.reallocate(peer_id, now);
+                }
                 Ok(empty())
             }
         }
@@ -942,8 +996,10 @@ impl Relay {
         kind: MediaKind,
         codec: String,
         params: Params,
+        layers: Vec<LayerInfo>,
         now: Instant,
     ) -> Result<ProducerId, ProtocolError> {
+        validate_layers(kind, &layers)?;
         if !self.peers[&peer_id].grants.may_publish(kind) {
             return Err(err(
                 ErrorCode::Forbidden,
@@ -983,6 +1039,7 @@ impl Relay {
             codec,
             params,
             paused: false,
+            layers: layers.clone(),
         };
         let peer = self.peers.get_mut(&peer_id).expect("caller checked");
         peer.producers.push(producer_id);
@@ -1000,6 +1057,11 @@ impl Relay {
                     let burst = bytes_per_second.max(self.config.max_frame_size as f64);
                     TokenBucket::new(burst, bytes_per_second)
                 }),
+                meter: RateMeter::default(),
+                // Until told otherwise, a publisher sends every layer it declared.
+                wanted: (0..layers.len() as u8).collect(),
+                layers: layers.into_iter().map(LayerState::new).collect(),
+                unwanted_since: None,
             },
         );
         self.broadcast(
@@ -1039,10 +1101,9 @@ impl Relay {
                 if let Some(c) = self.consumers.get_mut(&consumer_id) {
                     c.queue.resync();
                 }
+                self.consumer_keyframe(consumer_id, now);
             }
-            if producer.info.kind == MediaKind::Video {
-                self.request_keyframe(producer_id, now);
-            }
+            self.request_keyframe(producer_id, now);
         }
         let message = if paused {
             ServerMessage::ProducerPaused { producer_id }
@@ -1113,10 +1174,17 @@ impl Relay {
             MediaKind::Video => self.config.video_queue,
         };
         producer.consumers.push(consumer_id);
-        let info = ConsumerInfo {
+        // A simulcast consumer starts on the top layer its path is known to carry (all of
+        // them until the path is measured); `reallocate` below settles it.
+        let layers = (!producer.layers.is_empty()).then(|| {
+            let desired = producer.layers.len() as u8 - 1;
+            LayerSelection::new(desired, choose_target(desired, None, &producer.layers, now))
+        });
+        let mut info = ConsumerInfo {
             consumer_id,
             producer: producer.info.clone(),
             paused,
+            layer: None,
         };
         self.consumers.insert(
             consumer_id,
@@ -1127,6 +1195,7 @@ impl Relay {
                 paused,
                 queue: ConsumerQueue::new(kind, limits),
                 waker: None,
+                layers,
             },
         );
         self.peers
@@ -1142,10 +1211,17 @@ impl Relay {
                 kind,
             },
         );
+        if self.consumers[&consumer_id].layers.is_some() {
+            self.reallocate(peer_id, now);
+            info.layer = self.consumers[&consumer_id]
+                .layers
+                .as_ref()
+                .map(|l| l.target);
+        }
         // A consumer joining mid-stream starts at a keyframe: ask for one now rather than
         // wait up to a whole group.
         if kind == MediaKind::Video && !paused {
-            self.request_keyframe(producer_id, now);
+            self.consumer_keyframe(consumer_id, now);
         }
         info
     }
@@ -1194,9 +1270,14 @@ impl Relay {
         }
         consumer.paused = paused;
         consumer.queue.resync();
-        if !paused && consumer.kind == MediaKind::Video {
-            let producer = consumer.producer;
-            self.request_keyframe(producer, now);
+        let (peer, producer) = (consumer.peer, consumer.producer);
+        if consumer.layers.is_some() {
+            // A paused consumer wants no layer (dynacast), a resumed one its share again.
+            self.reallocate(peer, now);
+            self.update_dynacast(producer, now);
+        }
+        if !paused && self.consumers[&consumer_id].kind == MediaKind::Video {
+            self.consumer_keyframe(consumer_id, now);
         }
         Ok(())
     }
@@ -1249,12 +1330,19 @@ impl Relay {
 
     // ---- media -----------------------------------------------------------------------------
 
-    /// Asks a producer's peer for a keyframe, at most once per `keyframe_request_interval`.
+    /// Asks a producer's peer for a keyframe, at most once per `keyframe_request_interval`
+    /// (per layer for a simulcast producer, whose every layer is asked here).
     pub fn request_keyframe(&mut self, producer_id: ProducerId, now: Instant) {
-        let interval = self.config.keyframe_request_interval;
         let Some(producer) = self.producers.get_mut(&producer_id) else {
             return;
         };
+        if !producer.layers.is_empty() {
+            for layer in 0..producer.layers.len() as u8 {
+                self.request_layer_keyframe(producer_id, layer, now);
+            }
+            return;
+        }
+        let interval = self.config.keyframe_request_interval;
         if producer.info.kind != MediaKind::Video {
             return;
         }
@@ -1267,7 +1355,57 @@ impl Relay {
         producer.last_keyframe_request = Some(now);
         let owner = producer.info.peer_id;
         self.stats.keyframe_requests += 1;
-        self.send(owner, ServerMessage::KeyframeRequest { producer_id });
+        self.send(
+            owner,
+            ServerMessage::KeyframeRequest {
+                producer_id,
+                layer: None,
+            },
+        );
+    }
+
+    /// Asks for a keyframe of one layer of a simulcast producer, rate-limited per layer.
+    fn request_layer_keyframe(&mut self, producer_id: ProducerId, layer: u8, now: Instant) {
+        let interval = self.config.keyframe_request_interval;
+        let Some(producer) = self.producers.get_mut(&producer_id) else {
+            return;
+        };
+        let Some(state) = producer.layers.get_mut(usize::from(layer)) else {
+            return;
+        };
+        if state
+            .last_keyframe_request
+            .is_some_and(|last| now.saturating_duration_since(last) < interval)
+        {
+            return;
+        }
+        state.last_keyframe_request = Some(now);
+        let owner = producer.info.peer_id;
+        self.stats.keyframe_requests += 1;
+        self.send(
+            owner,
+            ServerMessage::KeyframeRequest {
+                producer_id,
+                layer: Some(layer),
+            },
+        );
+    }
+
+    /// A consumer needs a keyframe (new, resumed, restarted, or its decoder asked): of its
+    /// target layer for a simulcast consumer, which restarts on that layer.
+    fn consumer_keyframe(&mut self, consumer_id: ConsumerId, now: Instant) {
+        let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+            return;
+        };
+        let producer = consumer.producer;
+        match consumer.layers.as_mut() {
+            Some(selection) => {
+                selection.restart();
+                let target = selection.target;
+                self.request_layer_keyframe(producer, target, now);
+            }
+            None => self.request_keyframe(producer, now),
+        }
     }
 
     /// Whether `peer_id` may send media of `producer_id` on a transport meant for
@@ -1278,8 +1416,18 @@ impl Relay {
         peer_id: PeerId,
         producer_id: ProducerId,
         transport_kind: MediaKind,
+        layer: u8,
     ) -> Result<(), ProtocolError> {
         match self.producers.get(&producer_id) {
+            Some(p) if p.info.peer_id == peer_id && usize::from(layer) >= p.layers.len().max(1) => {
+                Err(err(
+                    ErrorCode::UnknownLayer,
+                    format!(
+                        "producer {producer_id} has {} layer(s); layer {layer} does not exist",
+                        p.layers.len().max(1)
+                    ),
+                ))
+            }
             Some(p) if p.info.peer_id != peer_id => Err(err(
                 ErrorCode::NotOwner,
                 format!("producer {producer_id} is not yours"),
@@ -1314,17 +1462,19 @@ impl Relay {
     ///
     /// A bad frame is reported to its sender (rate-limited) and returned as an error; it
     /// never affects anybody else.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_frame(
         &mut self,
         peer_id: PeerId,
         producer_id: ProducerId,
         transport_kind: MediaKind,
+        layer: u8,
         header: &FrameHeader,
         data: FrameData,
         now: Instant,
     ) -> Result<(), ProtocolError> {
         let keyframe = header.keyframe;
-        let checked = self.check_media_source(peer_id, producer_id, transport_kind);
+        let checked = self.check_media_source(peer_id, producer_id, transport_kind, layer);
         if let Err(e) = checked {
             self.report_frame_error(peer_id, &e, now);
             return Err(e);
@@ -1346,6 +1496,9 @@ impl Relay {
                 for consumer_id in &producer.consumers {
                     if let Some(c) = self.consumers.get_mut(consumer_id) {
                         c.queue.wait_for_keyframe();
+                        if let Some(selection) = c.layers.as_mut() {
+                            selection.restart();
+                        }
                     }
                 }
             }
@@ -1357,12 +1510,21 @@ impl Relay {
             self.tell_frame_error(peer_id, &e, now);
             return Ok(());
         }
+        let last_seq = match producer.layers.get_mut(usize::from(layer)) {
+            Some(state) => &mut state.last_seq,
+            None => &mut producer.last_seq,
+        };
         if transport_kind == MediaKind::Video {
-            if producer.last_seq.is_some_and(|last| header.seq <= last) {
+            if last_seq.is_some_and(|last| header.seq <= last) {
                 self.stats.dropped_stale += 1;
                 return Ok(());
             }
-            producer.last_seq = Some(header.seq);
+            *last_seq = Some(header.seq);
+        }
+        producer.meter.add(data.len(), now);
+        if !producer.layers.is_empty() {
+            producer.layers[usize::from(layer)].on_frame(data.len(), now);
+            return self.forward_layer_frame(producer_id, layer, header, data, now);
         }
         let producer = &*producer;
         let frame = QueuedFrame {
@@ -1399,6 +1561,97 @@ impl Relay {
         // consumer still waits for one.
         if wants_keyframe && !keyframe {
             self.request_keyframe(producer_id, now);
+        }
+        Ok(())
+    }
+
+    /// `on_frame` for a simulcast producer: each consumer takes the frame if it is of its
+    /// layer, or switches to its target layer at that layer's keyframe (`simulcast.rs`).
+    fn forward_layer_frame(
+        &mut self,
+        producer_id: ProducerId,
+        layer: u8,
+        header: &FrameHeader,
+        data: FrameData,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        let producer = &self.producers[&producer_id];
+        let info = producer.layers[usize::from(layer)].info;
+        let mut keyframes_for: Vec<u8> = Vec::new();
+        let mut told: Vec<(PeerId, ServerMessage)> = Vec::new();
+        for consumer_id in &producer.consumers {
+            let Some(consumer) = self.consumers.get_mut(consumer_id) else {
+                continue;
+            };
+            if consumer.paused {
+                continue;
+            }
+            let Some(selection) = consumer.layers.as_mut() else {
+                continue;
+            };
+            let switches_before = selection.switches;
+            let (seq, switched) = match selection.on_frame(layer, header) {
+                LayerDecision::Ignore => continue,
+                LayerDecision::NeedKeyframe => {
+                    keyframes_for.push(layer);
+                    continue;
+                }
+                LayerDecision::Forward { seq, switched } => (seq, switched),
+            };
+            if switched {
+                told.push((
+                    consumer.peer,
+                    ServerMessage::LayerChanged {
+                        consumer_id: *consumer_id,
+                        producer_id,
+                        layer,
+                        width: info.width,
+                        height: info.height,
+                    },
+                ));
+                self.stats.layer_switches += selection.switches - switches_before;
+            }
+            // Renumbered only after a switch that needed it: a few header bytes, the
+            // payload still shared.
+            let data = match (&data, seq == header.seq) {
+                (FrameData::Stream { payload, .. }, false) => FrameData::Stream {
+                    head: encode_stream_frame_head(&FrameHeader { seq, ..*header }, payload.len()),
+                    payload: payload.clone(),
+                },
+                _ => data.clone(),
+            };
+            let frame = QueuedFrame {
+                keyframe: header.keyframe,
+                data,
+                arrived: now,
+            };
+            let queued = match consumer.queue.push(frame) {
+                PushOutcome::Queued => true,
+                PushOutcome::QueuedAfterDrop { dropped } => {
+                    self.stats.dropped_slow_consumer += dropped;
+                    true
+                }
+                PushOutcome::NeedsKeyframe { dropped } => {
+                    self.stats.dropped_slow_consumer += dropped;
+                    selection.restart();
+                    keyframes_for.push(selection.target);
+                    false
+                }
+            };
+            if queued && let Some(waker) = consumer.waker.take() {
+                waker.wake();
+            }
+        }
+        for (peer, message) in told {
+            self.send(peer, message);
+        }
+        keyframes_for.sort_unstable();
+        keyframes_for.dedup();
+        for l in keyframes_for {
+            // The keyframe that just went out satisfies whoever waited for this layer.
+            if !(header.keyframe && l == layer) {
+                self.request_layer_keyframe(producer_id, l, now);
+            }
         }
         Ok(())
     }
@@ -1488,12 +1741,12 @@ impl Relay {
         // The frame being written was counted as forwarded when it was taken; what was
         // queued behind it is what this skips.
         let skipped = consumer.queue.resync();
-        let (peer, producer) = (consumer.peer, consumer.producer);
+        let peer = consumer.peer;
         self.stats.skipped_late_video += skipped;
         if let Some(p) = self.peers.get_mut(&peer) {
             p.skipped_late += skipped;
         }
-        self.request_keyframe(producer, now);
+        self.consumer_keyframe(consumer_id, now);
     }
 
     /// A measurement of the transport to `peer_id` (see `path.rs`). Returns the send window
@@ -1511,7 +1764,26 @@ impl Relay {
             now.saturating_duration_since(last) >= self.config.transport_stats_interval
         });
         let snapshot = self.transport_snapshot(peer_id, Some(now))?;
-        self.peers.get_mut(&peer_id)?.last_queue_ms = snapshot.queue_ms;
+        let peer = self.peers.get_mut(&peer_id)?;
+        peer.last_queue_ms = snapshot.queue_ms;
+        let congested = peer.budget.on_sample(
+            BudgetSample {
+                transport_bps: sample.bandwidth_bps.map(|b| b as f64),
+                send_bps: snapshot.path.send_bps,
+                loss: snapshot.path.loss,
+                queue: Duration::from_secs_f64(snapshot.queue_ms / 1000.0),
+                skipped_total: snapshot.skipped_frames,
+            },
+            now,
+        );
+        let available = peer.budget.available_bps();
+        if congested {
+            self.stats.congestion_samples += 1;
+        }
+        self.reallocate(peer_id, now);
+        for producer_id in self.peers[&peer_id].producers.clone() {
+            self.update_dynacast(producer_id, now);
+        }
         self.stats.path_rtt.record(sample.rtt);
         self.stats
             .path_loss_ppm
@@ -1531,10 +1803,141 @@ impl Relay {
                     cwnd_bytes: e.cwnd_bytes,
                     queue_ms: round1(snapshot.queue_ms),
                     skipped_frames: snapshot.skipped_frames,
+                    available_kbps: available.map(|b| round1(b / 1000.0)),
                 },
             );
         }
         Some(window)
+    }
+
+    /// Chooses the layer of each of a peer's simulcast consumers from their preferences and
+    /// the peer's budget (`simulcast.rs`): audio first, then single-encoding video, then the
+    /// layers. A consumer whose target changes is asked a keyframe of the new layer for.
+    fn reallocate(&mut self, peer_id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        let mut fixed = 0.0;
+        let mut ids = Vec::new();
+        let mut demands = Vec::new();
+        for consumer_id in &peer.consumers {
+            let Some(c) = self.consumers.get(consumer_id) else {
+                continue;
+            };
+            if c.paused {
+                continue;
+            }
+            let Some(producer) = self.producers.get(&c.producer) else {
+                continue;
+            };
+            match &c.layers {
+                None => fixed += producer.meter.rate_bps().unwrap_or(0.0),
+                Some(selection) => {
+                    let infos: Vec<LayerInfo> = producer.layers.iter().map(|l| l.info).collect();
+                    ids.push(*consumer_id);
+                    demands.push(Demand {
+                        preferred: selection.preference.layer(&infos),
+                        current: selection.current,
+                        rates: producer.layers.iter().map(LayerState::rate_bps).collect(),
+                    });
+                }
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let budget = peer
+            .budget
+            .available_bps()
+            .map(|b| (b * HEADROOM - fixed).max(0.0));
+        let levels = allocate(budget, &demands, peer.budget.may_go_up(now));
+        let mut touched = Vec::new();
+        let mut keyframes = Vec::new();
+        for (consumer_id, desired) in ids.into_iter().zip(levels) {
+            let consumer = self.consumers.get_mut(&consumer_id).expect("listed above");
+            let producer = &self.producers[&consumer.producer];
+            let selection = consumer.layers.as_mut().expect("listed above");
+            let target = choose_target(desired, selection.current, &producer.layers, now);
+            if selection.desired != desired {
+                touched.push(consumer.producer);
+            }
+            selection.desired = desired;
+            if selection.target != target {
+                selection.target = target;
+                if selection.current != Some(target) {
+                    keyframes.push((consumer.producer, target));
+                }
+            }
+        }
+        for (producer_id, layer) in keyframes {
+            self.request_layer_keyframe(producer_id, layer, now);
+        }
+        for producer_id in touched {
+            self.update_dynacast(producer_id, now);
+        }
+    }
+
+    /// Dynacast: tells a simulcast producer's owner which layers its unpaused consumers
+    /// need: at once when one more is needed (with a keyframe request), after
+    /// [`DYNACAST_DELAY`] when one fewer is.
+    fn update_dynacast(&mut self, producer_id: ProducerId, now: Instant) {
+        let Some(producer) = self.producers.get(&producer_id) else {
+            return;
+        };
+        if producer.layers.is_empty() {
+            return;
+        }
+        let mut needed: Vec<u8> = producer
+            .consumers
+            .iter()
+            .filter_map(|c| self.consumers.get(c))
+            .filter(|c| !c.paused)
+            .filter_map(|c| c.layers.as_ref())
+            .flat_map(|s| [Some(s.desired), Some(s.target), s.current])
+            .flatten()
+            .collect();
+        needed.sort_unstable();
+        needed.dedup();
+        let added: Vec<u8> = needed
+            .iter()
+            .copied()
+            .filter(|l| !producer.wanted.contains(l))
+            .collect();
+        let fewer = producer.wanted.iter().any(|l| !needed.contains(l));
+        let owner = producer.info.peer_id;
+        let producer = self
+            .producers
+            .get_mut(&producer_id)
+            .expect("looked up above");
+        if !fewer {
+            producer.unwanted_since = None;
+        }
+        let since = *producer.unwanted_since.get_or_insert(now);
+        let remove = fewer && now.saturating_duration_since(since) >= DYNACAST_DELAY;
+        if added.is_empty() && !remove {
+            return;
+        }
+        let mut wanted = if remove {
+            producer.unwanted_since = None;
+            needed.clone()
+        } else {
+            producer.wanted.clone()
+        };
+        wanted.extend(added.iter().copied());
+        wanted.sort_unstable();
+        wanted.dedup();
+        producer.wanted = wanted.clone();
+        self.stats.dynacast_updates += 1;
+        self.send(
+            owner,
+            ServerMessage::LayersWanted {
+                producer_id,
+                layers: wanted,
+            },
+        );
+        for layer in added {
+            self.request_layer_keyframe(producer_id, layer, now);
+        }
     }
 
     /// The path estimate of a peer with its queue delay (at `now`, or at the last sample).
@@ -1571,9 +1974,36 @@ impl Relay {
             return;
         };
         self.stats.dropped_slow_consumer += consumer.queue.resync();
-        let producer = consumer.producer;
-        self.request_keyframe(producer, now);
+        self.consumer_keyframe(consumer_id, now);
     }
+}
+
+/// Simulcast layers must be video, at most [`MAX_LAYERS`], each with a size and a bitrate,
+/// from the lowest up.
+fn validate_layers(kind: MediaKind, layers: &[LayerInfo]) -> Result<(), ProtocolError> {
+    if layers.is_empty() {
+        return Ok(());
+    }
+    let bad = |why: &str| Err(err(ErrorCode::BadRequest, format!("layers: {why}")));
+    if kind != MediaKind::Video {
+        return bad("only a video producer has layers");
+    }
+    if layers.len() > MAX_LAYERS {
+        return bad(&format!("at most {MAX_LAYERS} layers"));
+    }
+    if layers
+        .iter()
+        .any(|l| l.width == 0 || l.height == 0 || l.max_bitrate == 0)
+    {
+        return bad("each layer needs a width, a height and a max_bitrate above 0");
+    }
+    if layers
+        .windows(2)
+        .any(|w| w[1].width < w[0].width || w[1].height < w[0].height)
+    {
+        return bad("list them from the smallest to the largest");
+    }
+    Ok(())
 }
 
 fn round1(v: f64) -> f64 {

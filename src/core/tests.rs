@@ -84,6 +84,7 @@ impl Harness {
                     kind,
                     codec: codec.into(),
                     params: Default::default(),
+                    layers: Vec::new(),
                 },
             )
             .unwrap();
@@ -148,6 +149,7 @@ impl Harness {
                 peer,
                 producer,
                 MediaKind::Video,
+                0,
                 &hdr(seq.into(), key),
                 data,
                 self.now,
@@ -162,6 +164,7 @@ impl Harness {
                 peer,
                 producer,
                 MediaKind::Audio,
+                0,
                 &hdr(seq.into(), false),
                 data,
                 self.now,
@@ -238,6 +241,7 @@ fn frames_go_to_subscribers_only_and_share_the_payload() {
             a,
             cam,
             MediaKind::Video,
+            0,
             &hdr(0, true),
             FrameData::Stream {
                 head: Bytes::new(),
@@ -517,16 +521,16 @@ fn bad_requests_get_typed_errors() {
     let data = || FrameData::Datagram(Bytes::from_static(b"x"));
     let e = h
         .relay
-        .on_frame(b, cam, MediaKind::Video, &hdr(0, true), data(), h.now);
+        .on_frame(b, cam, MediaKind::Video, 0, &hdr(0, true), data(), h.now);
     assert_eq!(e.unwrap_err().code, ErrorCode::NotOwner);
     let e = h
         .relay
-        .on_frame(a, 999, MediaKind::Audio, &hdr(0, false), data(), h.now);
+        .on_frame(a, 999, MediaKind::Audio, 0, &hdr(0, false), data(), h.now);
     assert_eq!(e.unwrap_err().code, ErrorCode::UnknownProducer);
     h.now += Duration::from_secs(2);
     let e = h
         .relay
-        .on_frame(a, cam, MediaKind::Audio, &hdr(0, false), data(), h.now);
+        .on_frame(a, cam, MediaKind::Audio, 0, &hdr(0, false), data(), h.now);
     assert_eq!(e.unwrap_err().code, ErrorCode::KindMismatch);
     let errors_to_a = h
         .messages(a)
@@ -595,6 +599,7 @@ fn a_response_comes_before_what_its_request_caused() {
                 kind: MediaKind::Video,
                 codec: "vp8".into(),
                 params: Default::default(),
+                layers: Vec::new(),
             },
         },
         h.now,
@@ -686,6 +691,7 @@ fn grants_are_enforced_on_every_produce_and_consume() {
         kind,
         codec: "opus".into(),
         params: Default::default(),
+        layers: Vec::new(),
     };
     assert_eq!(
         h.request(l, produce(MediaKind::Audio)),
@@ -777,6 +783,7 @@ fn limits_refuse_the_offender_only() {
         kind: MediaKind::Audio,
         codec: "opus".into(),
         params: Default::default(),
+        layers: Vec::new(),
     };
     assert_eq!(h.request(a, third), Err(ErrorCode::TooManyProducers));
 
@@ -795,7 +802,7 @@ fn limits_refuse_the_offender_only() {
     for seq in 0..12u64 {
         let data = FrameData::Datagram(Bytes::from(vec![0u8; 1000]));
         h.relay
-            .on_frame(a, mic, MediaKind::Audio, &hdr(seq, false), data, h.now)
+            .on_frame(a, mic, MediaKind::Audio, 0, &hdr(seq, false), data, h.now)
             .unwrap();
     }
     assert_eq!(h.relay.stats().dropped_bitrate - dropped_before, 2);
@@ -819,6 +826,7 @@ fn oversized_params_are_refused() {
         kind: MediaKind::Video,
         codec: "vp8".into(),
         params,
+        layers: Vec::new(),
     };
     assert_eq!(h.request(a, produce), Err(ErrorCode::BadRequest));
     assert_eq!(h.relay.counts().producers, 0);
@@ -936,6 +944,7 @@ fn path_samples_set_the_send_window_and_reach_the_peer_and_the_listing() {
         sent_packets: sent,
         lost_packets: lost,
         sent_bytes: bytes,
+        bandwidth_bps: None,
     };
     assert_eq!(
         h.relay.on_path_sample(a, sample(0, 0, 0), h.now),
@@ -995,6 +1004,7 @@ fn a_keyframe_gets_the_time_its_size_takes_on_the_path() {
         sent_packets: 0,
         lost_packets: 0,
         sent_bytes: bytes,
+        bandwidth_bps: None,
     };
     h.relay.on_path_sample(b, sample(0), h.now);
     h.relay
@@ -1023,4 +1033,379 @@ fn a_keyframe_gets_the_time_its_size_takes_on_the_path() {
     assert!(h.frames(cv).is_empty(), "deltas wait for the keyframe");
     h.video(a, cam, 3, true);
     assert_eq!(h.frames(cv).len(), 1);
+}
+
+// ---- simulcast ---------------------------------------------------------------------------
+
+fn ladder() -> Vec<crate::wire::LayerInfo> {
+    [
+        (320, 180, 150_000),
+        (640, 360, 450_000),
+        (1280, 720, 1_200_000),
+    ]
+    .into_iter()
+    .map(|(width, height, max_bitrate)| crate::wire::LayerInfo {
+        width,
+        height,
+        max_bitrate,
+    })
+    .collect()
+}
+
+impl Harness {
+    fn produce_layers(&mut self, peer: PeerId) -> ProducerId {
+        let result = self
+            .request(
+                peer,
+                Request::Produce {
+                    kind: MediaKind::Video,
+                    codec: "vp8".into(),
+                    params: Default::default(),
+                    layers: ladder(),
+                },
+            )
+            .unwrap();
+        let result: ProduceResult = serde_json::from_value(result).unwrap();
+        assert_eq!(result.layers, Some(3));
+        result.producer_id
+    }
+
+    /// One captured picture on the layers listed: same seq, payload bytes [layer, seq, ...],
+    /// `size` bytes long on layer 2 and a third of the next layer's below it.
+    fn picture(&mut self, peer: PeerId, producer: ProducerId, seq: u64, layers: &[(u8, bool)]) {
+        self.picture_sized(peer, producer, seq, layers, 100);
+    }
+
+    fn picture_sized(
+        &mut self,
+        peer: PeerId,
+        producer: ProducerId,
+        seq: u64,
+        layers: &[(u8, bool)],
+        size: usize,
+    ) {
+        for &(layer, key) in layers {
+            let size = size / 3usize.pow(2 - u32::from(layer));
+            let mut payload = vec![seq as u8; size.max(2)];
+            payload[0] = layer;
+            let header = hdr(seq, key);
+            let data = FrameData::Stream {
+                head: crate::wire::frame::encode_stream_frame_head(&header, payload.len()),
+                payload: Bytes::from(payload),
+            };
+            self.relay
+                .on_frame(
+                    peer,
+                    producer,
+                    MediaKind::Video,
+                    layer,
+                    &header,
+                    data,
+                    self.now,
+                )
+                .unwrap();
+        }
+    }
+
+    /// (layer mark, seq as the consumer reads it, keyframe) of each frame taken.
+    fn layered_frames(&mut self, consumer: u64) -> Vec<(u8, u64, bool)> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(f)) = self.relay.poll_consumer(consumer, self.now, &mut cx) {
+            let FrameData::Stream { head, payload } = f.data else {
+                panic!("video on a datagram")
+            };
+            let mut wire = bytes::BytesMut::from(&head[..]);
+            wire.extend_from_slice(&payload);
+            let frame = crate::wire::frame::decode_stream_frame(&mut wire, 1 << 20)
+                .unwrap()
+                .unwrap();
+            out.push((payload[0], frame.header.seq, frame.header.keyframe));
+        }
+        out
+    }
+
+    fn set_preference(&mut self, peer: PeerId, consumer: u64, w: u32, h: u32) {
+        self.request(
+            peer,
+            Request::SetPreferredLayers {
+                consumer_id: consumer,
+                max_layer: None,
+                max_width: Some(w),
+                max_height: Some(h),
+            },
+        )
+        .unwrap();
+    }
+
+    fn layer_keyframe_requests(&mut self, peer: PeerId) -> Vec<Option<u8>> {
+        self.messages(peer)
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::KeyframeRequest { layer, .. } => Some(*layer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A path sample for `peer`: `bw` the transport's estimate, `rate` the send rate.
+    fn path(&mut self, peer: PeerId, sample: &mut PathSample, rate_bps: u64, bw: u64) {
+        sample.sent_bytes += rate_bps / 8 / 10;
+        sample.sent_packets += 10;
+        sample.bandwidth_bps = Some(bw);
+        self.relay.on_path_sample(peer, *sample, self.now);
+    }
+}
+
+const ALL_KEYS: [(u8, bool); 3] = [(0, true), (1, true), (2, true)];
+const ALL_DELTAS: [(u8, bool); 3] = [(0, false), (1, false), (2, false)];
+
+#[test]
+fn simulcast_consumers_each_get_the_layer_they_prefer_and_nothing_else() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let c = h.join("r", "c");
+    let cam = h.produce_layers(a);
+    let cb = h.consume(b, cam);
+    let cc = h.consume(c, cam);
+    h.set_preference(c, cc, 320, 180);
+    h.messages(b);
+    h.messages(c);
+    for seq in 0..5 {
+        let layers = if seq == 0 { ALL_KEYS } else { ALL_DELTAS };
+        h.picture(a, cam, seq, &layers);
+        h.now += Duration::from_millis(33);
+    }
+    let got_b = h.layered_frames(cb);
+    let got_c = h.layered_frames(cc);
+    assert_eq!(got_b.len(), 5);
+    assert!(got_b.iter().all(|f| f.0 == 2), "{got_b:?}");
+    assert!(got_c.iter().all(|f| f.0 == 0), "{got_c:?}");
+    assert_eq!(
+        got_c.iter().map(|f| f.1).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    // Each is told its layer once, at its first frame.
+    let told: Vec<_> = h
+        .messages(c)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::LayerChanged { layer, width, .. } => Some((layer, width)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![(0, 320)]);
+}
+
+#[test]
+fn a_switch_waits_for_the_target_keyframe_and_seq_never_goes_back() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let cam = h.produce_layers(a);
+    let cb = h.consume(b, cam);
+    h.picture(a, cam, 0, &ALL_KEYS);
+    h.picture(a, cam, 1, &ALL_DELTAS);
+    assert_eq!(h.layered_frames(cb), vec![(2, 0, true), (2, 1, false)]);
+    h.messages(a);
+    // The tile shrinks: layer 0 is asked for a keyframe; layer 2 carries on meanwhile.
+    h.set_preference(b, cb, 320, 180);
+    assert_eq!(h.layer_keyframe_requests(a), vec![Some(0)]);
+    h.picture(a, cam, 2, &[(2, false), (0, false), (1, false)]);
+    // Picture 3: layer 2's frame arrives (and goes out) before layer 0's keyframe.
+    h.picture(a, cam, 3, &[(2, false)]);
+    assert_eq!(h.layered_frames(cb), vec![(2, 2, false), (2, 3, false)]);
+    h.picture(a, cam, 3, &[(0, true), (1, false)]);
+    h.picture(a, cam, 4, &ALL_DELTAS);
+    // The keyframe of seq 3 is renumbered 4 (3 went out on layer 2), and so on after it.
+    assert_eq!(h.layered_frames(cb), vec![(0, 4, true), (0, 5, false)]);
+    assert_eq!(h.relay.stats().layer_switches, 1);
+    let told = h.messages(b);
+    assert!(
+        told.iter()
+            .any(|m| matches!(m, ServerMessage::LayerChanged { layer: 0, .. })),
+        "{told:?}"
+    );
+    // Up again once layer 2 has been sending for ACTIVE_HOLD: at its next keyframe,
+    // with nothing from layer 0 after it.
+    let mut seq = 5;
+    while seq < 5 + 35 {
+        h.now += Duration::from_millis(33);
+        h.picture(a, cam, seq, &ALL_DELTAS);
+        assert_eq!(h.layered_frames(cb), vec![(0, seq + 1, false)]);
+        seq += 1;
+    }
+    h.set_preference(b, cb, 1280, 720);
+    h.picture(a, cam, seq, &[(0, false), (2, true)]);
+    h.picture(a, cam, seq + 1, &ALL_DELTAS);
+    let offset = 1;
+    assert_eq!(
+        h.layered_frames(cb),
+        vec![
+            (0, seq + offset, false),
+            (2, seq + offset + 1, true),
+            (2, seq + offset + 2, false)
+        ]
+    );
+}
+
+#[test]
+fn congestion_moves_a_subscriber_down_at_once_and_up_only_after_the_hold() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let cam = h.produce_layers(a);
+    let cb = h.consume(b, cam);
+    let mut sample = PathSample {
+        rtt: Duration::from_millis(40),
+        min_rtt: Duration::from_millis(40),
+        cwnd: 100_000,
+        ..PathSample::default()
+    };
+    // Pictures every 33 ms (3,000, 1,000 and 333 bytes: about 720, 240 and 80 kbit/s),
+    // keyframes on every layer each second; a path sample every 100 ms. The sender
+    // drains the consumer's queue unless the run holds it back to build a queue.
+    let mut seq = 0;
+    let mut run = |h: &mut Harness, ms: u64, drain: bool, rate: u64, bw: u64| -> Vec<u8> {
+        let mut seen = Vec::new();
+        let end = h.now + Duration::from_millis(ms);
+        while h.now < end {
+            let keys = seq % 30 == 0;
+            let layers = if keys { ALL_KEYS } else { ALL_DELTAS };
+            h.picture_sized(a, cam, seq, &layers, 3_000);
+            seq += 1;
+            if seq % 3 == 0 {
+                h.path(b, &mut sample, rate, bw);
+            }
+            if drain {
+                seen.extend(h.layered_frames(cb).into_iter().map(|f| f.0));
+            }
+            h.now += Duration::from_millis(33);
+        }
+        h.messages(a);
+        h.messages(b);
+        seen
+    };
+    let seen = run(&mut h, 2_000, true, 1_500_000, 10_000_000);
+    assert_eq!(seen.last(), Some(&2), "a clean path gets the top layer");
+    // Half a second without draining: the queue grows older than 150 ms, which is
+    // congestion. The budget drops to 85% of what was sent (the smoothed rate falls from
+    // 1.5 Mbit/s towards 100 kbit/s): no room for layer 2.
+    run(&mut h, 500, false, 100_000, 10_000_000);
+    assert!(h.relay.stats().congestion_samples > 0);
+    let seen = run(&mut h, 1_500, true, 100_000, 10_000_000);
+    assert!(
+        seen.last().is_some_and(|l| *l < 2),
+        "down a layer at least: {seen:?}"
+    );
+    // The path is clean again, and its estimate high: no up-switch within the hold after
+    // the last congestion, then back to the top.
+    let seen = run(&mut h, 1_000, true, 1_500_000, 10_000_000);
+    assert!(seen.iter().all(|l| *l < 2), "{seen:?}");
+    let seen = run(&mut h, 6_000, true, 1_500_000, 10_000_000);
+    assert_eq!(seen.last(), Some(&2), "{seen:?}");
+    // A transport estimate that fits only layer 0 (no congestion seen) takes it down too.
+    let seen = run(&mut h, 3_000, true, 1_500_000, 150_000);
+    assert_eq!(seen.last(), Some(&0), "{seen:?}");
+}
+
+#[test]
+fn dynacast_pauses_unwanted_layers_after_a_delay_and_resumes_them_at_once() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let cam = h.produce_layers(a);
+    let cb = h.consume(b, cam);
+    h.set_preference(b, cb, 320, 180);
+    let mut sample = PathSample::default();
+    let wanted = |h: &mut Harness| -> Vec<Vec<u8>> {
+        h.messages(a)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMessage::LayersWanted { layers, .. } => Some(layers),
+                _ => None,
+            })
+            .collect()
+    };
+    h.picture(a, cam, 0, &ALL_KEYS);
+    h.layered_frames(cb);
+    h.relay.on_path_sample(a, sample, h.now);
+    assert!(wanted(&mut h).is_empty(), "not before the delay");
+    h.now += DYNACAST_DELAY;
+    sample.sent_packets += 1;
+    h.relay.on_path_sample(a, sample, h.now);
+    assert_eq!(wanted(&mut h), vec![vec![0]]);
+    // The tile grows: layer 2 is wanted at once, with a keyframe request for it.
+    h.set_preference(b, cb, 1920, 1080);
+    let told = h.messages(a);
+    assert!(
+        told.iter().any(
+            |m| matches!(m, ServerMessage::LayersWanted { layers, .. } if layers == &vec![0, 2])
+        ),
+        "{told:?}"
+    );
+    assert!(
+        told.iter()
+            .any(|m| matches!(m, ServerMessage::KeyframeRequest { layer: Some(2), .. })),
+        "{told:?}"
+    );
+    // Pausing the only consumer: nothing is wanted, after the delay.
+    h.request(b, Request::PauseConsumer { consumer_id: cb })
+        .unwrap();
+    h.now += DYNACAST_DELAY;
+    h.relay.on_path_sample(a, sample, h.now);
+    assert_eq!(wanted(&mut h), vec![Vec::<u8>::new()]);
+}
+
+#[test]
+fn bad_layers_are_refused_with_a_reason() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let mut layers = ladder();
+    let produce = |kind, layers| Request::Produce {
+        kind,
+        codec: "vp8".into(),
+        params: Default::default(),
+        layers,
+    };
+    assert_eq!(
+        h.request(a, produce(MediaKind::Audio, layers.clone())),
+        Err(ErrorCode::BadRequest)
+    );
+    layers.push(layers[2]);
+    assert_eq!(
+        h.request(a, produce(MediaKind::Video, layers.clone())),
+        Err(ErrorCode::BadRequest),
+        "four layers"
+    );
+    let backwards: Vec<_> = ladder().into_iter().rev().collect();
+    assert_eq!(
+        h.request(a, produce(MediaKind::Video, backwards)),
+        Err(ErrorCode::BadRequest)
+    );
+    // A layer beyond the producer's is refused; layer 0 of a plain producer is fine.
+    let cam = h.produce_layers(a);
+    let header = hdr(0, true);
+    let data = || FrameData::Stream {
+        head: Bytes::new(),
+        payload: Bytes::from_static(b"x"),
+    };
+    let refused = h
+        .relay
+        .on_frame(a, cam, MediaKind::Video, 3, &header, data(), h.now);
+    assert_eq!(refused.unwrap_err().code, ErrorCode::UnknownLayer);
+    let plain = h.produce(a, MediaKind::Video);
+    assert_eq!(
+        h.relay
+            .on_frame(a, plain, MediaKind::Video, 1, &header, data(), h.now)
+            .unwrap_err()
+            .code,
+        ErrorCode::UnknownLayer
+    );
+    assert!(
+        h.relay
+            .on_frame(a, plain, MediaKind::Video, 0, &header, data(), h.now)
+            .is_ok()
+    );
 }

@@ -19,7 +19,7 @@ use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{SessionLimits, SharedRelay};
 use crate::auth::AccessPolicy;
-use crate::core::{FrameData, GroupOrder, PATH_SAMPLE_INTERVAL, PathSample, PeerOutput};
+use crate::core::{FrameData, GroupKey, GroupOrder, PATH_SAMPLE_INTERVAL, PathSample, PeerOutput};
 use crate::group::{GroupWriter, read_more};
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
@@ -449,6 +449,7 @@ pub(crate) fn path_sample(quic: &wtransport::quinn::Connection) -> PathSample {
         sent_packets: stats.path.sent_packets,
         lost_packets: stats.path.lost_packets,
         sent_bytes: stats.udp_tx.bytes,
+        bandwidth_bps: quic.congestion_state().metrics().pacing_rate,
     }
 }
 
@@ -464,6 +465,7 @@ async fn receive_datagrams(conn: Connection, relay: SharedRelay, peer_id: PeerId
                 peer_id,
                 d.producer_id,
                 MediaKind::Audio,
+                0,
                 &d.header,
                 FrameData::Datagram(bytes),
                 now,
@@ -497,37 +499,39 @@ async fn accept_media_streams(
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let header = async {
             loop {
-                if let Some(id) = frame::decode_stream_header(&mut buf)? {
-                    return Ok(Some(id));
+                if let Some(h) = frame::decode_stream_header(&mut buf)? {
+                    return Ok(Some(h));
                 }
                 if !read_more(&mut stream, &mut buf).await.unwrap_or(false) {
                     return Ok(None);
                 }
             }
         };
-        let producer_id = match tokio::time::timeout(limits.stream_header_timeout, header).await {
-            Ok(Ok(Some(id))) => id,
-            Ok(Ok(None)) => continue,
-            Ok(Err(e)) => {
-                refuse_stream(stream, &relay, peer_id, frame_error(&e));
-                continue;
-            }
-            Err(_) => {
-                stream.stop(VarInt::from_u32(close_code::STREAM_REFUSED));
-                continue;
-            }
-        };
+        let (producer_id, layer) =
+            match tokio::time::timeout(limits.stream_header_timeout, header).await {
+                Ok(Ok(Some(h))) => (h.producer_id, h.layer),
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => {
+                    refuse_stream(stream, &relay, peer_id, frame_error(&e));
+                    continue;
+                }
+                Err(_) => {
+                    stream.stop(VarInt::from_u32(close_code::STREAM_REFUSED));
+                    continue;
+                }
+            };
         // Refuse a stream for someone else's (or an unknown, or an audio) producer at its
         // header, before a task or any buffer is spent on it.
-        let allowed = relay
-            .lock()
-            .check_media_source(peer_id, producer_id, MediaKind::Video);
+        let allowed =
+            relay
+                .lock()
+                .check_media_source(peer_id, producer_id, MediaKind::Video, layer);
         if let Err(e) = allowed {
             refuse_stream(stream, &relay, peer_id, e);
             continue;
         }
         let (done, done_rx) = oneshot::channel::<()>();
-        let turn = order.register(producer_id, stream.id().into_u64(), done_rx);
+        let turn = order.register((producer_id, layer), stream.id().into_u64(), done_rx);
         if order.len() > 64 {
             // Forget producers whose last stream has ended.
             order.retain(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
@@ -540,7 +544,8 @@ async fn accept_media_streams(
                 // new group; the core drops whatever of the old group comes late.
                 let _ = tokio::time::timeout(order_wait, turn).await;
             }
-            receive_media_stream(stream, buf, producer_id, relay, peer_id, max_frame).await;
+            receive_media_stream(stream, buf, (producer_id, layer), relay, peer_id, max_frame)
+                .await;
             drop(done);
         };
         tokio::spawn(task.in_current_span());
@@ -556,7 +561,7 @@ fn refuse_stream(stream: RecvStream, relay: &SharedRelay, peer_id: PeerId, e: Pr
 async fn receive_media_stream(
     mut stream: RecvStream,
     mut buf: BytesMut,
-    producer_id: ProducerId,
+    (producer_id, layer): GroupKey,
     relay: SharedRelay,
     peer_id: PeerId,
     max_frame: usize,
@@ -573,6 +578,7 @@ async fn receive_media_stream(
                         peer_id,
                         producer_id,
                         MediaKind::Video,
+                        layer,
                         &f.header,
                         data,
                         Instant::now(),
@@ -609,7 +615,7 @@ async fn send_consumer(
     producer_id: ProducerId,
     limits: SessionLimits,
 ) {
-    let mut group = GroupWriter::new(producer_id);
+    let mut group = GroupWriter::new(producer_id, None);
     while let Some(frame) =
         poll_fn(|cx| relay.lock().poll_consumer(consumer_id, Instant::now(), cx)).await
     {

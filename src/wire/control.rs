@@ -61,6 +61,10 @@ pub enum Request {
         codec: String,
         #[serde(default)]
         params: Params,
+        /// Simulcast: the encodings a video producer sends, lowest first (at most
+        /// [`MAX_LAYERS`]). Empty: one encoding, as before simulcast.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        layers: Vec<LayerInfo>,
     },
     CloseProducer {
         producer_id: ProducerId,
@@ -91,7 +95,31 @@ pub enum Request {
     RequestKeyframe {
         consumer_id: ConsumerId,
     },
+    /// The most a consumer of a simulcast producer wants: a layer index and/or a size
+    /// (the tile it renders into). Absent fields: no limit.
+    SetPreferredLayers {
+        consumer_id: ConsumerId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_layer: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_width: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_height: Option<u32>,
+    },
     Leave,
+}
+
+/// Most layers one simulcast producer may declare.
+pub const MAX_LAYERS: usize = 3;
+
+/// One encoding of a simulcast video producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub width: u32,
+    pub height: u32,
+    /// The encoder's target, bit/s: the relay's estimate of the layer's cost until it has
+    /// measured it.
+    pub max_bitrate: u64,
 }
 
 impl Request {
@@ -108,6 +136,7 @@ impl Request {
             Request::ResumeConsumer { .. } => "resume_consumer",
             Request::SetAutoSubscribe { .. } => "set_auto_subscribe",
             Request::RequestKeyframe { .. } => "request_keyframe",
+            Request::SetPreferredLayers { .. } => "set_preferred_layers",
             Request::Leave => "leave",
         }
     }
@@ -134,6 +163,7 @@ pub enum ErrorCode {
     UnknownRoom,
     UnknownPeer,
     UnknownProducer,
+    UnknownLayer,
     UnknownConsumer,
     NotOwner,
     CannotConsumeOwn,
@@ -166,6 +196,7 @@ impl ErrorCode {
             ErrorCode::UnknownRoom => "unknown_room",
             ErrorCode::UnknownPeer => "unknown_peer",
             ErrorCode::UnknownProducer => "unknown_producer",
+            ErrorCode::UnknownLayer => "unknown_layer",
             ErrorCode::UnknownConsumer => "unknown_consumer",
             ErrorCode::NotOwner => "not_owner",
             ErrorCode::CannotConsumeOwn => "cannot_consume_own",
@@ -241,6 +272,9 @@ pub struct ProducerInfo {
     pub codec: String,
     pub params: Params,
     pub paused: bool,
+    /// Simulcast layers, lowest first; empty for a single-encoding producer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,6 +289,9 @@ pub struct ConsumerInfo {
     pub consumer_id: ConsumerId,
     pub producer: ProducerInfo,
     pub paused: bool,
+    /// For a simulcast producer: the layer the relay means to forward first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<u8>,
 }
 
 /// The result of `join`.
@@ -280,6 +317,10 @@ pub struct JoinResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProduceResult {
     pub producer_id: ProducerId,
+    /// Simulcast layers accepted (absent: one encoding). A client that asked for layers and
+    /// gets no such field talks to a relay without simulcast: it sends one encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<usize>,
 }
 
 /// Why a peer left.
@@ -332,6 +373,23 @@ pub enum ServerMessage {
     },
     KeyframeRequest {
         producer_id: ProducerId,
+        /// For a simulcast producer: the layer that needs a keyframe.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<u8>,
+    },
+    /// Dynacast: the layers of a simulcast producer that some consumer needs now; the
+    /// owner may stop encoding the others.
+    LayersWanted {
+        producer_id: ProducerId,
+        layers: Vec<u8>,
+    },
+    /// The layer a consumer of a simulcast producer now receives (from its next keyframe).
+    LayerChanged {
+        consumer_id: ConsumerId,
+        producer_id: ProducerId,
+        layer: u8,
+        width: u32,
+        height: u32,
     },
     /// The relay is shutting down: finish up; the session closes within `deadline_ms`.
     GoingAway {
@@ -347,6 +405,10 @@ pub enum ServerMessage {
         cwnd_bytes: u64,
         queue_ms: f64,
         skipped_frames: u64,
+        /// The relay's estimate of what the path to this peer can carry (what layer
+        /// selection budgets with), kbit/s; absent until there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        available_kbps: Option<f64>,
     },
 }
 
@@ -440,6 +502,7 @@ mod tests {
                 kind: MediaKind::Video,
                 codec: "vp8".into(),
                 params: Params::new(),
+                layers: Vec::new(),
             },
         };
         let mut buf = BytesMut::from(&encode_message(&msg)[..]);
@@ -462,7 +525,10 @@ mod tests {
                 token: None,
             }
         );
-        let out = encode_message(&ServerMessage::KeyframeRequest { producer_id: 4 });
+        let out = encode_message(&ServerMessage::KeyframeRequest {
+            producer_id: 4,
+            layer: None,
+        });
         assert_eq!(&out[4..], br#"{"type":"keyframe_request","producer_id":4}"#);
     }
 

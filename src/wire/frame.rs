@@ -12,6 +12,16 @@ use super::varint::{self, VarIntError};
 pub const FLAG_KEYFRAME: u8 = 0x01;
 /// The first varint on every media unidirectional stream: a group of frames of one producer.
 pub const STREAM_TYPE_MEDIA_GROUP: u64 = 0x01;
+/// A group of frames of one layer of a simulcast producer: the producer id, then the layer.
+pub const STREAM_TYPE_LAYER_GROUP: u64 = 0x02;
+
+/// What opens a media stream: whose frames follow, and of which simulcast layer (0 for a
+/// `STREAM_TYPE_MEDIA_GROUP` stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHeader {
+    pub producer_id: u64,
+    pub layer: u8,
+}
 
 /// Per-frame metadata carried on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +45,8 @@ pub enum FrameError {
     UnknownFlags(u8),
     #[error("unknown stream type {0}")]
     UnknownStreamType(u64),
+    #[error("layer {0} out of range")]
+    LayerOutOfRange(u64),
 }
 
 /// An audio datagram, split into its parts. `payload` is a slice of the received datagram.
@@ -134,28 +146,42 @@ pub fn datagram_overhead(producer_id: u64, header: &FrameHeader) -> usize {
         + 1
 }
 
-/// Decodes the stream header (type, producer id) from the front of `buf`, consuming it.
-/// `Ok(None)`: not all of it has arrived yet.
-pub fn decode_stream_header(buf: &mut BytesMut) -> Result<Option<u64>, FrameError> {
+/// Decodes the stream header (type, producer id, and for a layer group the layer) from the
+/// front of `buf`, consuming it. `Ok(None)`: not all of it has arrived yet.
+pub fn decode_stream_header(buf: &mut BytesMut) -> Result<Option<StreamHeader>, FrameError> {
     let mut pos = 0;
     let Some(stream_type) = read_varint(buf, &mut pos)? else {
         return Ok(None);
     };
-    if stream_type != STREAM_TYPE_MEDIA_GROUP {
+    if stream_type != STREAM_TYPE_MEDIA_GROUP && stream_type != STREAM_TYPE_LAYER_GROUP {
         return Err(FrameError::UnknownStreamType(stream_type));
     }
     let Some(producer_id) = read_varint(buf, &mut pos)? else {
         return Ok(None);
     };
+    let mut layer = 0;
+    if stream_type == STREAM_TYPE_LAYER_GROUP {
+        let Some(value) = read_varint(buf, &mut pos)? else {
+            return Ok(None);
+        };
+        layer = u8::try_from(value).map_err(|_| FrameError::LayerOutOfRange(value))?;
+    }
     buf.advance(pos);
-    Ok(Some(producer_id))
+    Ok(Some(StreamHeader { producer_id, layer }))
 }
 
-/// Encodes the header that opens a media stream.
-pub fn encode_stream_header(producer_id: u64) -> Bytes {
-    let mut buf = BytesMut::with_capacity(9);
-    varint::encode(STREAM_TYPE_MEDIA_GROUP, &mut buf);
+/// Encodes the header that opens a media stream: a plain group for `layer` `None` (what
+/// consumers always receive), a layer group of a simulcast producer otherwise.
+pub fn encode_stream_header(producer_id: u64, layer: Option<u8>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(18);
+    match layer {
+        None => varint::encode(STREAM_TYPE_MEDIA_GROUP, &mut buf),
+        Some(_) => varint::encode(STREAM_TYPE_LAYER_GROUP, &mut buf),
+    }
     varint::encode(producer_id, &mut buf);
+    if let Some(layer) = layer {
+        varint::encode(u64::from(layer), &mut buf);
+    }
     buf.freeze()
 }
 
@@ -255,7 +281,7 @@ mod tests {
     #[test]
     fn stream_frames_arrive_in_pieces() {
         let mut wire = BytesMut::new();
-        wire.extend_from_slice(&encode_stream_header(42));
+        wire.extend_from_slice(&encode_stream_header(42, None));
         for seq in 0..3u64 {
             let payload = vec![seq as u8; 1000 + seq as usize];
             wire.extend_from_slice(&encode_stream_frame_head(
@@ -278,7 +304,7 @@ mod tests {
                 frames.push(frame);
             }
         }
-        assert_eq!(producer, Some(42));
+        assert_eq!(producer.map(|h| h.producer_id), Some(42));
         assert_eq!(frames.len(), 3);
         for (seq, frame) in frames.iter().enumerate() {
             assert_eq!(frame.header, header(seq as u64, seq == 0));
@@ -306,10 +332,44 @@ mod tests {
 
     #[test]
     fn unknown_stream_type_is_refused() {
-        let mut buf = BytesMut::from(&[0x02u8, 0x05][..]);
+        let mut buf = BytesMut::from(&[0x03u8, 0x05][..]);
         assert_eq!(
             decode_stream_header(&mut buf),
-            Err(FrameError::UnknownStreamType(2))
+            Err(FrameError::UnknownStreamType(3))
+        );
+    }
+
+    #[test]
+    fn layer_group_header_round_trips_and_waits_for_its_layer() {
+        let encoded = encode_stream_header(300, Some(2));
+        assert_eq!(&encoded[..], &[0x02, 0x41, 0x2c, 0x02]);
+        let mut partial = BytesMut::from(&encoded[..3]);
+        assert_eq!(decode_stream_header(&mut partial), Ok(None));
+        assert_eq!(
+            partial.len(),
+            3,
+            "nothing consumed before the header is whole"
+        );
+        let mut whole = BytesMut::from(&encoded[..]);
+        assert_eq!(
+            decode_stream_header(&mut whole),
+            Ok(Some(StreamHeader {
+                producer_id: 300,
+                layer: 2
+            }))
+        );
+        let mut plain = BytesMut::from(&encode_stream_header(7, None)[..]);
+        assert_eq!(
+            decode_stream_header(&mut plain),
+            Ok(Some(StreamHeader {
+                producer_id: 7,
+                layer: 0
+            }))
+        );
+        let mut huge = BytesMut::from(&[0x02u8, 0x01, 0x41, 0x00][..]);
+        assert_eq!(
+            decode_stream_header(&mut huge),
+            Err(FrameError::LayerOutOfRange(256))
         );
     }
 }

@@ -6,4 +6,4 @@ pub mod frame;
 pub mod varint;
 
 pub use control::*;
-pub use frame::{Datagram, FrameError, FrameHeader, StreamFrame};
+pub use frame::{Datagram, FrameError, FrameHeader, StreamFrame, StreamHeader};
