@@ -6,7 +6,8 @@
 // (bit/s) set the encoder; ?maxSendDelay= (ms, default 300) bounds the video send backlog;
 // ?relay=host:port talks to another relay than the page's own; ?quic=host:port sends the
 // WebTransport session there instead (a UDP proxy in front of the relay; the certificate
-// hash still comes from the relay); ?token= is the access token for a relay that requires one.
+// hash still comes from the relay); ?token= is the access token for a relay that requires one;
+// ?simulcast=0 publishes one video layer even to a relay that accepts several.
 
 import { Session } from './session.js';
 import {
@@ -21,6 +22,7 @@ import {
   openCapture,
 } from './media.js';
 import { LocalTile, RemoteTile } from './tiles.js';
+import { ConsumerView } from './consumer-view.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -36,6 +38,8 @@ const settings = {
   fps: intParam('fps', 30, 1, 60),
   bitrate: intParam('bitrate', 800_000, 10_000, 20_000_000),
   maxSendDelayMs: intParam('maxSendDelay', DEFAULT_MAX_SEND_DELAY_MS, 50, 60_000),
+  // Simulcast: the camera in up to three sizes, if the relay accepts layers.
+  simulcast: params.get('simulcast') !== '0',
 };
 const forcedCodec = params.get('codec')?.toLowerCase() || null;
 // HTTP and WebTransport share the port number, so by default the page's own host is the relay.
@@ -88,7 +92,7 @@ class Call {
     this.audioOutput = audioOutput;
     this.session = null;
     this.tiles = new Map(); // peerId -> RemoteTile
-    this.receivers = new Map(); // producerId -> { kind, peerId, consumerId, receiver }
+    this.receivers = new Map(); // producerId -> { kind, peerId, consumerId, receiver, view }
     this.pausedProducers = new Set(); // paused before their consumer arrived
     this.videoSender = null;
     this.audioSender = null;
@@ -163,6 +167,7 @@ class Call {
         choice: this.codec,
         settings,
         maxSendDelayMs: settings.maxSendDelayMs,
+        simulcast: settings.simulcast,
       });
       starts.push(this.videoSender.start().catch((e) => this.trackFailed('camera', e)));
     }
@@ -203,6 +208,7 @@ class Call {
     if (this.receivers.has(producer.producer_id)) return;
     const tile = this.tiles.get(producer.peer_id) ?? this.addPeer({ peer_id: producer.peer_id, name: `peer ${producer.peer_id}` });
     let receiver;
+    let view = null;
     if (producer.kind === 'video') {
       receiver = new VideoReceiver({
         consumer,
@@ -210,6 +216,14 @@ class Call {
         requestKeyframe: (consumerId) =>
           this.session.request('request_keyframe', { consumer_id: consumerId }).catch(() => {}),
         onDecoded: () => tile.countVideo(),
+      });
+      // The tile's size picks the layer; an off-screen tile, or a hidden page, pauses it.
+      view = new ConsumerView({
+        element: tile.canvas,
+        consumerId: consumer.consumer_id,
+        producer,
+        paused: consumer.paused === true,
+        request: (type, fields) => this.session.request(type, fields),
       });
     } else {
       receiver = new AudioReceiver({ consumer, output: this.audioOutput, onDecoded: () => tile.countAudio() });
@@ -219,6 +233,7 @@ class Call {
       peerId: producer.peer_id,
       consumerId: consumer.consumer_id,
       receiver,
+      view,
     });
     tile.setPaused(producer.kind, producer.paused || this.pausedProducers.has(producer.producer_id));
   }
@@ -227,6 +242,7 @@ class Call {
     const entry = this.receivers.get(producerId);
     if (!entry) return;
     entry.receiver.close();
+    entry.view?.close();
     this.receivers.delete(producerId);
   }
 
@@ -260,11 +276,22 @@ class Call {
       case 'transport_stats':
         // About once a second: the relay's measurements of its connection to this page.
         this.link = { ...m, receivedAt: performance.now() };
-        this.videoSender?.queue.setRelayRtt(m.rtt_ms); // the network's part of the send backlog
+        this.videoSender?.setRelayRtt(m.rtt_ms); // the network's part of the send backlog
         break;
       case 'keyframe_request':
-        if (m.producer_id === this.videoSender?.producerId) this.videoSender.requestKeyframe();
+        // With `layer` for a producer with layers: that layer's encoder; without, all of them.
+        if (m.producer_id === this.videoSender?.producerId) this.videoSender.requestKeyframe(m.layer);
         break;
+      case 'layers_wanted':
+        // The layers of our camera some consumer needs now: the others stop encoding.
+        if (m.producer_id === this.videoSender?.producerId) this.videoSender.setWantedLayers(m.layers);
+        break;
+      case 'layer_changed': {
+        // The relay switched the layer it forwards to one of our consumers.
+        const entry = this.receivers.get(m.producer_id);
+        if (entry?.kind === 'video' && entry.consumerId === m.consumer_id) entry.receiver.layerChanged(m);
+        break;
+      }
       case 'going_away':
         // The relay is shutting down and asks peers to leave before it closes them.
         this.leave().then(() => {
@@ -316,11 +343,12 @@ class Call {
     for (const entry of this.receivers.values()) {
       const slot = byPeer.get(entry.peerId) ?? {};
       slot[entry.kind] = entry.receiver;
+      if (entry.view) slot.view = entry.view;
       byPeer.set(entry.peerId, slot);
     }
     for (const [peerId, tile] of this.tiles) {
-      const { video, audio } = byPeer.get(peerId) ?? {};
-      tile.updateStats(video, audio);
+      const { video, audio, view } = byPeer.get(peerId) ?? {};
+      tile.updateStats(video, audio, view);
     }
     $('audio-blocked').hidden = !this.audioOutput.blocked;
   }
@@ -347,6 +375,25 @@ class Call {
     if (call === this) call = null;
   }
 
+  /** The video consumer of a remote peer as plain data (null without one). */
+  videoSnapshot(peerId) {
+    const entry = [...this.receivers.values()].find((e) => e.peerId === peerId && e.kind === 'video');
+    if (!entry) return null;
+    const r = entry.receiver;
+    return {
+      consumerId: entry.consumerId,
+      producerId: r.producer.producer_id,
+      layers: r.layers.length, // 0: a producer without layers
+      layer: r.layer, // the layer the relay forwards (layer_changed), or null
+      layerSize: r.layerSize,
+      layerChanges: r.layerChanges,
+      decodedWidth: r.decodedWidth, // of the last decoded frame
+      decodedHeight: r.decodedHeight,
+      decoded: r.decoded,
+      ...entry.view?.snapshot(), // visible, paused, preferred, requests
+    };
+  }
+
   snapshot() {
     return {
       peerId: this.session?.joined?.peer_id ?? null,
@@ -366,14 +413,20 @@ class Call {
             maxSendDelayMs: this.videoSender.maxSendDelayMs,
             backlogMs: this.videoSender.backlogMs,
             maxBacklogMs: this.videoSender.maxBacklogMs,
-            networkDelayMs: this.videoSender.queue.networkMs,
+            networkDelayMs: this.videoSender.networkMs,
             skippedFrames: this.videoSender.skippedFrames,
             abandonedGroups: this.videoSender.abandonedGroups,
             framesSent: this.videoSender.stats.frames,
+            // Simulcast: whether this camera is published in layers, each layer's encoder
+            // (`running`: it encodes now), and the relay's latest layers_wanted.
+            simulcast: this.videoSender.layered,
+            runningEncoders: this.videoSender.layers.filter((l) => l.running).length,
+            layers: this.videoSender.layerSnapshot(),
+            layersWanted: this.videoSender.layersWanted,
           }
         : null,
       link: this.link ? { ...this.link, ageMs: performance.now() - this.link.receivedAt } : null,
-      tiles: [...this.tiles.values()].map((t) => t.snapshot()),
+      tiles: [...this.tiles.values()].map((t) => ({ ...t.snapshot(), video: this.videoSnapshot(t.peerId) })),
     };
   }
 }

@@ -177,77 +177,174 @@ export class TrackStats {
 // ---------------------------------------------------------------------------
 // Sending.
 
+// Simulcast (several encodings of the camera, "layers", of which the relay forwards one per
+// consumer): the ladder is the top size, a half and a quarter, lowest first; a layer
+// narrower than MIN_LAYER_WIDTH is left out, so a small camera publishes fewer layers.
+const MAX_LAYERS = 3;
+const MIN_LAYER_WIDTH = 160;
+// A lower layer's bitrate is the top layer's times its share of the pixels to this power: a
+// quarter of the pixels gets 38% of the bitrate, a sixteenth 14% (small pictures need more
+// bits per pixel). 1.2 Mbit/s at 1280x720 gives 455 and 173 kbit/s.
+const LAYER_BITRATE_EXPONENT = 0.7;
+const MIN_LAYER_BITRATE = 50_000;
+// Captured frames whose seq and capture time are remembered for the encoders' outputs.
+const MAX_PENDING_CAPTURES = 120;
+// A layer that gave way to a lower one (see VideoLayer.checkBacklog) waits this long before
+// it tries again with a keyframe, twice as long after each try that fails, up to the max.
+const YIELD_MIN_MS = 500;
+const YIELD_MAX_MS = 8_000;
+
 /**
- * Camera → MediaStreamTrackProcessor → VideoEncoder → the relay, a group of pictures (a
- * keyframe and the delta frames after it) at a time, each as a run of short streams
- * (send-queue.js says why).
+ * The simulcast ladder for a top size `{ width, height, bitrate }`, lowest layer first, as
+ * `produce` takes it: `{ width, height, max_bitrate }`. Sizes are even (H.264 needs them).
+ */
+export function simulcastLadder(top) {
+  const layers = [];
+  for (let i = 0; i < MAX_LAYERS; i++) {
+    const width = Math.round(top.width / 2 ** i) & ~1;
+    const height = Math.round(top.height / 2 ** i) & ~1;
+    if (i > 0 && (width < MIN_LAYER_WIDTH || height < 2)) break;
+    const share = (width * height) / (top.width * top.height);
+    const bitrate = i === 0 ? top.bitrate : Math.round(top.bitrate * share ** LAYER_BITRATE_EXPONENT);
+    layers.unshift({ width, height, max_bitrate: Math.max(MIN_LAYER_BITRATE, Math.min(top.bitrate, bitrate)) });
+  }
+  return layers;
+}
+
+/**
+ * Camera → MediaStreamTrackProcessor → one VideoEncoder per layer → the relay, a group of
+ * pictures (a keyframe and the delta frames after it) at a time, each as a run of short
+ * streams (send-queue.js says why).
+ *
+ * Without simulcast (?simulcast=0, a camera too small for two layers, or a relay that does
+ * not know layers: its `produce` result has no `layers`) there is one layer and its streams
+ * are type 0x01, as in protocol version 1 from the start. With simulcast each layer has
+ * its own encoder, keyframes and streams (type 0x02, with the layer index); every layer is
+ * fed the same captured frames, and the encodings of one captured frame carry the same seq
+ * and capture time in every layer. Layers the relay does not want (`layers_wanted`) are
+ * not encoded at all until it wants them again; they restart with a keyframe.
  *
  * The send backlog (how long the oldest frame not yet sent has waited, see send-queue.js)
- * is kept under `maxSendDelayMs`: on a weak uplink, late video is worth less than none.
- * Past the bound the late groups' streams are reset (the relay discards a partial frame
- * and moves on), every frame is skipped up to the next keyframe, and the encoder is asked
- * for one at once. Audio is not touched (its datagrams go outside these streams), but it
- * gains: video that fills the uplink loses audio datagrams too.
+ * is kept under `maxSendDelayMs` per layer: on a weak uplink, late video is worth less
+ * than none. Past the bound the late groups' streams are reset (the relay discards a
+ * partial frame and moves on), every frame is skipped up to the next keyframe, and the
+ * encoder is asked for one at once. Audio is not touched (its datagrams go outside these
+ * streams), but it gains: video that fills the uplink loses audio datagrams too.
  */
 export class VideoSender {
-  constructor({ session, track, choice, settings, maxSendDelayMs = DEFAULT_MAX_SEND_DELAY_MS }) {
+  constructor({ session, track, choice, settings, maxSendDelayMs = DEFAULT_MAX_SEND_DELAY_MS, simulcast = true }) {
     this.session = session;
     this.track = track;
     this.choice = choice;
     this.settings = settings;
     this.maxSendDelayMs = maxSendDelayMs;
-    this.stats = new TrackStats();
+    this.simulcast = simulcast; // publish layers if the relay accepts them
+    this.stats = new TrackStats(); // frames: captured frames delivered in some layer
     this.clock = new CaptureClock();
     this.producerId = null;
+    this.layered = false;
+    this.layers = [];
+    this.layersWanted = null; // the relay's latest layers_wanted; null: every layer
     this.paused = false;
     this.stopped = false;
     this.seq = 0;
-    this.forceKey = true; // consumers cannot start before a keyframe
-    this.lastKeyTimestamp = -Infinity;
+    this.lastCountedSeq = -1;
+    this.captures = new Map(); // frame timestamp -> { seq, captureUs } (layered only)
     this.nextFrameDue = -Infinity;
-    this.queue = new SendQueue({
-      openStream: () => this.session.openVideoStream(this.producerId),
-      clock: () => performance.now(),
-      // The backlog is known to within a segment: a fifth of the bound is precise enough
-      // and keeps the streams to about ten a second.
-      segmentMs: Math.max(40, maxSendDelayMs / 5),
-      onWriteError: (e) => this.onWriteError(e),
-    });
-    this.waitingForKey = false; // frames were dropped; send nothing until a keyframe
-    this.keyWhenDrained = false; // ask for that keyframe once the backlog is under the bound
-    this.lastKeyframeReset = false; // the last late keyframe was reset (not kept)
-    this.keptGroup = null; // the group whose late keyframe is let through
-    this.lastCheckAt = -Infinity;
-    this.skippedFrames = 0; // captured or encoded but not sent: late, or waiting for a keyframe
-    this.abandonedGroups = 0; // streams reset because their frames were late
-    this.maxBacklogMs = 0;
-    this.size = null;
-    this.restarts = 0;
   }
 
+  // The send backlog over all layers: the worst layer, and the sums of what was given up.
   get backlogMs() {
-    return this.queue.backlogMs;
+    return Math.max(0, ...this.layers.map((l) => l.queue.backlogMs));
+  }
+
+  get maxBacklogMs() {
+    return Math.max(0, ...this.layers.map((l) => l.maxBacklogMs));
+  }
+
+  get skippedFrames() {
+    return this.layers.reduce((n, l) => n + l.skippedFrames, 0);
+  }
+
+  get abandonedGroups() {
+    return this.layers.reduce((n, l) => n + l.abandonedGroups, 0);
+  }
+
+  get networkMs() {
+    return Math.max(0, ...this.layers.map((l) => l.queue.networkMs));
+  }
+
+  /** The size being sent: the largest layer that is encoding. */
+  get size() {
+    const running = this.layers.filter((l) => l.running);
+    const top = running.at(-1) ?? this.layers.at(-1);
+    return top ? `${top.width}x${top.height}` : null;
+  }
+
+  /** The largest size to encode: the settings, or the camera's if it delivers fewer pixels (no upscaling). */
+  topSize() {
+    const { width, height, bitrate } = this.settings;
+    const camera = this.track.getSettings?.() ?? {};
+    if (camera.width > 0 && camera.height > 0 && camera.width * camera.height < width * height) {
+      return { width: camera.width & ~1, height: camera.height & ~1, bitrate };
+    }
+    return { width, height, bitrate };
+  }
+
+  /** The layers of the ladder this browser can encode with the chosen codec. */
+  async supportedLadder(top) {
+    const ladder = simulcastLadder(top);
+    const supported = [];
+    for (const layer of ladder) {
+      try {
+        const config = { ...this.choice.config, width: layer.width, height: layer.height, bitrate: layer.max_bitrate };
+        if ((await VideoEncoder.isConfigSupported(config)).supported) supported.push(layer);
+      } catch {
+        // Treated as unsupported.
+      }
+    }
+    return supported;
   }
 
   async start() {
-    const { producer_id } = await this.session.request('produce', {
+    let top = this.settings;
+    let ladder = [];
+    if (this.simulcast) {
+      top = this.topSize();
+      ladder = await this.supportedLadder(top);
+      if (ladder.length > 0) top = { ...top, width: ladder.at(-1).width, height: ladder.at(-1).height };
+    }
+    const request = {
       kind: 'video',
       codec: this.choice.codec,
-      params: {
-        codedWidth: this.settings.width,
-        codedHeight: this.settings.height,
-        framerate: this.settings.fps,
-      },
-    });
-    this.producerId = producer_id;
-    this.encoder = new VideoEncoder({
-      output: (chunk) => this.onChunk(chunk),
-      error: (e) => this.onEncoderError(e),
-    });
-    this.encoder.configure(this.choice.config);
-    this.size = `${this.settings.width}x${this.settings.height}`; // the encoder scales to it
+      params: { codedWidth: top.width, codedHeight: top.height, framerate: this.settings.fps },
+    };
+    if (ladder.length > 1) request.layers = ladder;
+    let result;
+    try {
+      result = await this.session.request('produce', request);
+    } catch (e) {
+      // A relay that refuses these layers (more than it takes, say) may still take one
+      // encoding: the camera is sent without simulcast rather than not at all.
+      if (e.code !== 'bad_request' || !request.layers) throw e;
+      console.warn('the relay refused simulcast layers, sending one encoding:', e);
+      delete request.layers;
+      result = await this.session.request('produce', request);
+    }
+    this.producerId = result.producer_id;
+    // The relay says how many layers it takes (the lowest ones, as their indexes are
+    // positions in the list); a relay without simulcast says nothing: one ordinary stream.
+    const accepted = request.layers && Number.isInteger(result.layers) ? Math.min(result.layers, ladder.length) : 0;
+    if (accepted > 0) {
+      this.layered = true;
+      this.layers = ladder
+        .slice(0, accepted)
+        .map((l, i) => new VideoLayer(this, i, { width: l.width, height: l.height, bitrate: l.max_bitrate }));
+    } else {
+      this.layers = [new VideoLayer(this, null, { width: top.width, height: top.height, bitrate: top.bitrate })];
+    }
     this.readLoop();
-    return producer_id;
+    return this.producerId;
   }
 
   async readLoop() {
@@ -263,38 +360,200 @@ export class VideoSender {
       }
       if (result.done) break;
       const frame = result.value;
-      if (!this.paused) this.checkBacklog(); // at the camera's rate, whatever is encoded
-      // Keep to the configured frame rate (the camera may deliver more), and skip
-      // frames while the encoder is behind or the camera is off.
-      const ts = frame.timestamp;
-      const due = ts >= this.nextFrameDue - interval / 4; // camera timestamps jitter a little
-      if (this.paused || !due || this.encoder.state !== 'configured' || this.encoder.encodeQueueSize > 2) {
+      try {
+        this.captured(frame, interval);
+      } finally {
         frame.close();
-        continue;
       }
-      // Keep the schedule's phase; start it over after falling behind by a whole interval.
-      const next = this.nextFrameDue + interval;
-      this.nextFrameDue = next > ts ? next : ts + interval;
-      const keyFrame = this.forceKey || ts - this.lastKeyTimestamp >= KEYFRAME_INTERVAL_US;
-      if (this.waitingForKey && !keyFrame) {
-        // It would be dropped anyway: do not spend the encoder on it.
-        this.skippedFrames++;
-        frame.close();
-        continue;
-      }
-      if (keyFrame) {
-        this.forceKey = false;
-        this.lastKeyTimestamp = ts;
-      }
-      this.clock.record(ts);
-      this.encoder.encode(frame, { keyFrame });
-      frame.close();
+    }
+  }
+
+  /** One camera frame: encoded in every layer that runs, or skipped. */
+  captured(frame, interval) {
+    if (!this.paused) for (const layer of this.layers) layer.checkBacklog(); // at the camera's rate
+    // Keep to the configured frame rate (the camera may deliver more), and skip frames
+    // while an encoder is behind or the camera is off. All running layers encode the same
+    // frames, so that a layer skips a seq only where it waits for a keyframe anyway.
+    const ts = frame.timestamp;
+    const due = ts >= this.nextFrameDue - interval / 4; // camera timestamps jitter a little
+    const running = this.layers.filter((l) => l.running);
+    if (this.paused || !due || running.length === 0 || running.some((l) => l.encoder.encodeQueueSize > 2)) return;
+    // Keep the schedule's phase; start it over after falling behind by a whole interval.
+    const next = this.nextFrameDue + interval;
+    this.nextFrameDue = next > ts ? next : ts + interval;
+    let encoded = false;
+    for (const layer of running) encoded = layer.encode(frame, ts) || encoded;
+    if (!encoded) return;
+    this.clock.record(ts);
+    if (this.layered) {
+      this.captures.set(ts, { seq: this.seq++, captureUs: this.clock.captureUs(ts) });
+      if (this.captures.size > MAX_PENDING_CAPTURES) this.captures.delete(this.captures.keys().next().value);
+    }
+  }
+
+  /** Whether a running layer below `layer` has a send backlog over the bound. */
+  lowerLayerLate(layer) {
+    if (layer.index === null) return false;
+    return this.layers.some(
+      (l) => l.index < layer.index && l.running && l.queue.backlogMs > this.maxSendDelayMs,
+    );
+  }
+
+  /** The seq and capture time of an encoder output; null if it cannot be told (then it is dropped). */
+  frameInfo(timestamp) {
+    if (!this.layered) return { seq: this.seq++, captureUs: this.clock.captureUs(timestamp) };
+    return this.captures.get(timestamp) ?? null;
+  }
+
+  /** A frame of some layer was delivered: counted once per captured frame. */
+  delivered(seq, bytes) {
+    this.stats.bytes += bytes;
+    if (seq > this.lastCountedSeq) {
+      this.lastCountedSeq = seq;
+      this.stats.frames++;
     }
   }
 
   /** Starts the maximum backlog over (a test observes a period of its choice). */
   resetMaxBacklog() {
-    this.maxBacklogMs = this.queue.backlogMs;
+    for (const layer of this.layers) layer.maxBacklogMs = layer.queue.backlogMs;
+  }
+
+  /** The relay's round-trip time to this page: the network's part of every layer's backlog. */
+  setRelayRtt(ms) {
+    for (const layer of this.layers) layer.queue.setRelayRtt(ms);
+  }
+
+  /** The relay wants a keyframe: of one layer, or (`layer` absent) of every layer. */
+  requestKeyframe(layer = null) {
+    for (const l of this.layers) if (layer === null || layer === undefined || l.index === layer) l.forceKey = true;
+  }
+
+  /** The layers some consumer needs (layers_wanted): the others stop encoding until wanted. */
+  setWantedLayers(indexes) {
+    if (!this.layered || !Array.isArray(indexes)) return;
+    this.layersWanted = [...indexes];
+    for (const layer of this.layers) layer.setWanted(indexes.includes(layer.index));
+  }
+
+  /** Camera off/on. While paused nothing is sent, and the open groups are finished. */
+  setPaused(paused) {
+    this.paused = paused;
+    for (const layer of this.layers) {
+      if (paused) layer.queue.finishGroup();
+      else layer.dropUntilKeyframe();
+    }
+  }
+
+  /** Plain data for window.synapse.state(). */
+  layerSnapshot() {
+    return this.layers.map((l) => ({
+      layer: l.index,
+      width: l.width,
+      height: l.height,
+      bitrate: l.bitrate,
+      wanted: l.wanted,
+      running: l.running,
+      encoder: l.encoder?.state ?? null,
+      framesEncoded: l.framesEncoded,
+      keyframes: l.keyframes,
+      framesSent: l.stats.frames,
+      backlogMs: l.queue.backlogMs,
+      skippedFrames: l.skippedFrames,
+      yields: l.yields, // times it gave way to a lower layer on a congested uplink
+    }));
+  }
+
+  stop() {
+    this.stopped = true;
+    this.reader?.cancel().catch(() => {});
+    for (const layer of this.layers) layer.stop();
+  }
+}
+
+/**
+ * One encoding of the camera: its encoder, keyframe schedule and streams with their send
+ * backlog. `index` is the layer index on the wire (null for a producer without layers).
+ */
+class VideoLayer {
+  constructor(sender, index, { width, height, bitrate }) {
+    this.sender = sender;
+    this.index = index;
+    this.width = width;
+    this.height = height;
+    this.bitrate = bitrate;
+    this.config = { ...sender.choice.config, width, height, bitrate };
+    this.stats = new TrackStats();
+    this.wanted = true; // until the relay's first layers_wanted, every layer is sent
+    this.failed = false; // the encoder kept failing
+    this.forceKey = true; // consumers cannot start before a keyframe
+    this.lastKeyTimestamp = -Infinity;
+    this.framesEncoded = 0;
+    this.keyframes = 0;
+    const maxSendDelayMs = sender.maxSendDelayMs;
+    this.queue = new SendQueue({
+      openStream: () => sender.session.openVideoStream(sender.producerId, index),
+      clock: () => performance.now(),
+      // The backlog is known to within a segment: a fifth of the bound is precise enough
+      // and keeps the streams to about ten a second.
+      segmentMs: Math.max(40, maxSendDelayMs / 5),
+      onWriteError: (e) => this.onWriteError(e),
+    });
+    this.waitingForKey = false; // frames were dropped; send nothing until a keyframe
+    this.keyWhenDrained = false; // ask for that keyframe once the backlog is under the bound
+    this.lastKeyframeReset = false; // the last late keyframe was reset (not kept)
+    this.keptGroup = null; // the group whose late keyframe is let through
+    this.lastCheckAt = -Infinity;
+    this.skippedFrames = 0; // captured or encoded but not sent: late, or waiting for a keyframe
+    this.abandonedGroups = 0; // streams reset because their frames were late
+    this.maxBacklogMs = 0;
+    this.yieldUntil = -Infinity; // gives way to a lower layer until then
+    this.yieldBackoffMs = 0;
+    this.yields = 0;
+    this.restarts = 0;
+    this.createEncoder();
+  }
+
+  /** Encoding: wanted by the relay, and with a working encoder. */
+  get running() {
+    return this.wanted && !this.failed && this.encoder?.state === 'configured';
+  }
+
+  createEncoder() {
+    this.encoder = new VideoEncoder({
+      output: (chunk) => this.onChunk(chunk),
+      error: (e) => this.onEncoderError(e),
+    });
+    this.encoder.configure(this.config);
+  }
+
+  /** Encodes one captured frame (the encoder scales it); false if the layer skips it. */
+  encode(frame, ts) {
+    if (performance.now() < this.yieldUntil) {
+      this.skippedFrames++; // giving way to a lower layer: not even a requested keyframe
+      return false;
+    }
+    const keyFrame = this.forceKey || ts - this.lastKeyTimestamp >= KEYFRAME_INTERVAL_US;
+    if (this.waitingForKey && !keyFrame) {
+      // It would be dropped anyway: do not spend the encoder on it.
+      this.skippedFrames++;
+      return false;
+    }
+    if (keyFrame) {
+      this.forceKey = false;
+      this.lastKeyTimestamp = ts;
+    }
+    this.encoder.encode(frame, { keyFrame });
+    this.framesEncoded++;
+    return true;
+  }
+
+  /** The relay wants this layer (again), or no consumer needs it now. */
+  setWanted(wanted) {
+    if (wanted === this.wanted) return;
+    this.wanted = wanted;
+    if (wanted) this.dropUntilKeyframe(); // it restarts with a keyframe
+    else this.queue.finishGroup(); // what was written still goes out
   }
 
   /** Measures the backlog (once per camera frame) and gives up what is late. */
@@ -308,7 +567,17 @@ export class VideoSender {
     if (late) return;
     const backlog = queue.update();
     this.maxBacklogMs = Math.max(this.maxBacklogMs, backlog);
-    if (backlog > this.maxSendDelayMs) {
+    // Layers share the uplink, and a lower layer goes first: it is the one every consumer
+    // can fall back to (the relay forwards the highest layer that is sending). While a
+    // lower layer is late, this one gives up everything it has not delivered, keyframe
+    // included, and waits; an uplink that cannot carry it with the layers below never gets
+    // more than a short try of it, from 0.5 s to 8 s apart.
+    if (this.sender.lowerLayerLate(this)) {
+      this.yieldToLower(now);
+      return;
+    }
+    if (now < this.yieldUntil) return;
+    if (backlog > this.sender.maxSendDelayMs) {
       // A late keyframe is reset too and a fresh one sent (it may be waiting for a lost
       // packet), but never two in a row: a keyframe too large to cross the uplink within
       // the bound would be followed by one as large, and nothing would ever get through.
@@ -334,16 +603,33 @@ export class VideoSender {
     }
   }
 
+  yieldToLower(now) {
+    const cut = this.queue.abandon({ all: true });
+    this.abandonedGroups += cut.groups;
+    this.skippedFrames += cut.frames;
+    if (now >= this.yieldUntil) {
+      // Not already waiting: the first time, or a try that failed.
+      this.yieldBackoffMs = this.yieldBackoffMs ? Math.min(YIELD_MAX_MS, this.yieldBackoffMs * 2) : YIELD_MIN_MS;
+      this.yields++;
+    }
+    this.yieldUntil = now + this.yieldBackoffMs;
+    this.waitingForKey = true;
+    this.keyWhenDrained = true; // once the wait is over and the backlog is under the bound
+  }
+
   onChunk(chunk) {
-    if (this.stopped || this.paused) return;
+    const sender = this.sender;
+    if (sender.stopped || sender.paused || !this.wanted) return;
     const key = chunk.type === 'key';
-    if (!key && (this.waitingForKey || !this.queue.current)) {
+    if (performance.now() < this.yieldUntil || (!key && (this.waitingForKey || !this.queue.current))) {
       this.skippedFrames++;
       return;
     }
     const data = new Uint8Array(chunk.byteLength);
     chunk.copyTo(data);
-    if (data.byteLength > this.session.maxFrameSize) {
+    const info = data.byteLength > sender.session.maxFrameSize ? null : sender.frameInfo(chunk.timestamp);
+    if (!info) {
+      // Too large for the relay, or (layered) an output whose captured frame is forgotten.
       this.skippedFrames++;
       this.dropUntilKeyframe();
       return;
@@ -351,21 +637,23 @@ export class VideoSender {
     if (key) {
       this.waitingForKey = false;
       this.keyWhenDrained = false;
+      this.keyframes++;
       this.queue.startGroup(); // finishes the previous group's stream
     }
-    const captureUs = this.clock.captureUs(chunk.timestamp);
-    const frame = encodeStreamFrame(this.seq++, captureUs, key, data);
+    const frame = encodeStreamFrame(info.seq, info.captureUs, key, data);
     this.queue.write(frame)?.then((delivered) => {
       if (!delivered) return;
+      if (key) this.yieldBackoffMs = 0; // the uplink carried this layer's keyframe
       this.stats.frames++;
       this.stats.bytes += data.byteLength;
+      sender.delivered(info.seq, data.byteLength);
     });
   }
 
   /** The relay stopped the stream (it refused a frame), or the session is gone. */
   onWriteError(e) {
-    if (this.session.ended || this.stopped) return;
-    console.warn('video stream write failed:', e);
+    if (this.sender.session.ended || this.sender.stopped) return;
+    console.warn(`video stream write failed${this.index === null ? '' : ` (layer ${this.index})`}:`, e);
     this.dropUntilKeyframe();
   }
 
@@ -374,22 +662,17 @@ export class VideoSender {
     this.forceKey = true;
   }
 
-  /** The relay wants a keyframe (a consumer is waiting for one). */
-  requestKeyframe() {
-    this.forceKey = true;
-  }
-
   onEncoderError(e) {
-    console.error('video encoder error:', e);
-    if (this.stopped) return;
+    console.error(`video encoder error${this.index === null ? '' : ` (layer ${this.index})`}:`, e);
+    if (this.sender.stopped || this.failed) return;
     if (++this.restarts > 5) {
-      this.stopped = true; // an encoder that keeps failing is not retried for ever
+      this.failed = true; // an encoder that keeps failing is not retried for ever
+      this.queue.finishGroup();
       return;
     }
     // Start over with a fresh encoder; the next frame is a keyframe on a new stream.
     try {
-      this.encoder = new VideoEncoder({ output: (c) => this.onChunk(c), error: (err) => this.onEncoderError(err) });
-      this.encoder.configure(this.choice.config);
+      this.createEncoder();
     } catch (err) {
       console.error('cannot restart the video encoder:', err);
     }
@@ -397,21 +680,9 @@ export class VideoSender {
     this.dropUntilKeyframe();
   }
 
-  /** Camera off/on. While paused nothing is sent, and the open group is finished. */
-  setPaused(paused) {
-    this.paused = paused;
-    if (paused) {
-      this.queue.finishGroup();
-    } else {
-      this.dropUntilKeyframe();
-    }
-  }
-
   stop() {
-    this.stopped = true;
-    this.reader?.cancel().catch(() => {});
     this.queue.close();
-    if (this.encoder?.state !== 'closed') this.encoder?.close();
+    if (this.encoder && this.encoder.state !== 'closed') this.encoder.close();
   }
 }
 
@@ -540,11 +811,26 @@ function base64ToBytes(text) {
  * One video consumer: frames in arrival order (session.js already orders the streams)
  * → VideoDecoder → canvas. Stale frames are dropped, and after a gap decoding waits for
  * a keyframe, asking the relay for one if the wait gets long.
+ *
+ * Of a producer with layers (simulcast) the relay forwards one layer at a time and says
+ * which (`layer_changed`); a switch starts with a keyframe of the new layer, at which the
+ * decoder takes the new size. Such a layer may skip a seq that another layer used (its
+ * encoder skipped a captured frame), so a gap between two frames of one stream is not a
+ * loss there: the relay ends a stream when it drops frames, and the next one starts with
+ * a keyframe.
  */
 export class VideoReceiver {
   constructor({ consumer, canvas, requestKeyframe, onDecoded }) {
     this.consumerId = consumer.consumer_id;
     this.producer = consumer.producer;
+    this.layers = Array.isArray(consumer.producer.layers) ? consumer.producer.layers : [];
+    this.layer = null; // the layer the relay forwards, from layer_changed
+    this.layerSize = null; // { width, height } of that layer
+    this.layerChanges = 0;
+    this.reconfigureAtKey = false;
+    this.decodedWidth = null;
+    this.decodedHeight = null;
+    this.lastStream = null;
     this.canvas = canvas;
     this.ctx = canvas.getContext('2d');
     this.requestKeyframe = requestKeyframe;
@@ -561,7 +847,7 @@ export class VideoReceiver {
     this.createDecoder();
   }
 
-  createDecoder() {
+  decoderConfig() {
     const params = this.producer.params ?? {};
     const config = { codec: this.producer.codec, optimizeForLatency: true };
     if (params.codedWidth && params.codedHeight) {
@@ -569,12 +855,16 @@ export class VideoReceiver {
       config.codedHeight = params.codedHeight;
     }
     if (typeof params.description === 'string') config.description = base64ToBytes(params.description);
+    return config;
+  }
+
+  createDecoder() {
     this.decoder = new VideoDecoder({
       output: (frame) => this.render(frame),
       error: (e) => this.onDecoderError(e),
     });
     try {
-      this.decoder.configure(config);
+      this.decoder.configure(this.decoderConfig());
     } catch (e) {
       this.failure = `cannot decode ${this.producer.codec}`;
       console.warn(this.failure, e);
@@ -586,16 +876,29 @@ export class VideoReceiver {
     if (this.closed || f.seq <= this.lastSeq) return; // stale: an earlier group's tail
     this.stats.bytes += f.payload.byteLength;
     if (this.lastSeq >= 0 && f.seq !== this.lastSeq + 1) {
-      this.stats.lost += f.seq - this.lastSeq - 1;
-      if (this.waitingSince === null) this.waitingSince = performance.now();
+      const skippedByLayer = this.layers.length > 0 && f.stream !== undefined && f.stream === this.lastStream;
+      if (!skippedByLayer) {
+        this.stats.lost += f.seq - this.lastSeq - 1;
+        if (this.waitingSince === null) this.waitingSince = performance.now();
+      }
     }
     this.lastSeq = f.seq;
+    this.lastStream = f.stream;
     if (this.waitingSince !== null) {
       if (!f.keyframe) {
         this.maybeRequestKeyframe();
         return;
       }
       this.waitingSince = null;
+    }
+    if (f.keyframe && this.reconfigureAtKey) {
+      // A decoder that does not follow a change of size by itself (H.264 may not) starts
+      // over at the new layer's first keyframe.
+      this.reconfigureAtKey = false;
+      if (this.decoder.state === 'configured') {
+        this.decoder.reset();
+        this.decoder.configure(this.decoderConfig());
+      }
     }
     if (this.decoder.state !== 'configured') return;
     if (this.decoder.decodeQueueSize > MAX_DECODE_QUEUE && !f.keyframe) {
@@ -609,6 +912,15 @@ export class VideoReceiver {
         data: f.payload,
       }),
     );
+  }
+
+  /** The relay now forwards another layer (layer_changed); its first frame is a keyframe. */
+  layerChanged({ layer, width, height }) {
+    this.layer = Number.isInteger(layer) ? layer : null;
+    this.layerSize = width > 0 && height > 0 ? { width, height } : null;
+    this.layerChanges++;
+    // VP8, VP9 and AV1 decoders take a new size at a keyframe; H.264 is started over.
+    if (this.producer.codec.startsWith('avc')) this.reconfigureAtKey = true;
   }
 
   maybeRequestKeyframe() {
@@ -631,6 +943,8 @@ export class VideoReceiver {
     }
     this.ctx.drawImage(frame, 0, 0, w, h);
     this.size = `${w}x${h}`;
+    this.decodedWidth = w;
+    this.decodedHeight = h;
     this.stats.frames++;
     this.stats.latency(frame.timestamp);
     frame.close();

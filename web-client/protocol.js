@@ -8,8 +8,11 @@ export const PROTOCOL_VERSION = 1;
 // so accept up to 16 MiB before calling the framing broken.
 const MAX_INCOMING_CONTROL = 16 * 1024 * 1024;
 
-// Type byte that opens every video stream: "a group of frames of one producer".
+// Type byte that opens every video stream: "a group of frames of one producer", and for a
+// producer that publishes several layers (simulcast), "a group of frames of one layer".
+// Consumers always receive type 0x01: the relay forwards one layer at a time.
 const STREAM_TYPE_GROUP = 0x01;
+const STREAM_TYPE_LAYER_GROUP = 0x02;
 const FLAG_KEYFRAME = 0x01;
 
 const encoder = new TextEncoder();
@@ -86,11 +89,16 @@ export function decodeDatagram(buf) {
   return { producerId, seq, captureUs, keyframe: (flags & FLAG_KEYFRAME) !== 0, payload: buf.subarray(pos) };
 }
 
-/** The first bytes of a video stream: type 0x01, then the producer id. */
-export function encodeStreamHeader(producerId) {
-  const out = new Uint8Array(1 + varintLength(producerId));
-  out[0] = STREAM_TYPE_GROUP;
-  writeVarint(out, 1, producerId);
+/**
+ * The first bytes of a video stream: type 0x01 and the producer id, or for one layer of a
+ * layered producer (`layer` given), type 0x02, the producer id and the layer index.
+ */
+export function encodeStreamHeader(producerId, layer = null) {
+  const layered = layer !== null && layer !== undefined;
+  const out = new Uint8Array(1 + varintLength(producerId) + (layered ? varintLength(layer) : 0));
+  out[0] = layered ? STREAM_TYPE_LAYER_GROUP : STREAM_TYPE_GROUP;
+  const pos = writeVarint(out, 1, producerId);
+  if (layered) writeVarint(out, pos, layer);
   return out;
 }
 
@@ -175,8 +183,11 @@ export class VideoStreamReader extends ByteReader {
   async header() {
     const type = await this.varint();
     if (type === null) return null;
-    if (type !== STREAM_TYPE_GROUP) throw new Error(`unknown stream type ${type}`);
-    return this.varint();
+    if (type !== STREAM_TYPE_GROUP && type !== STREAM_TYPE_LAYER_GROUP) throw new Error(`unknown stream type ${type}`);
+    const producerId = await this.varint();
+    // A relay sends consumers type 0x01 only; a layer index would be read and set aside.
+    this.layer = type === STREAM_TYPE_LAYER_GROUP && producerId !== null ? await this.varint() : null;
+    return producerId;
   }
 
   async frame() {

@@ -130,6 +130,7 @@ export class Session {
     this.leaving = false;
     this.ended = false;
     this.videoOrder = new Map(); // producerId -> promise of its newest stream's end
+    this.streamCount = 0; // incoming video streams so far
     this.datagramWriter = null;
     // The consumer_added events that follow the join response must not overtake the
     // caller's handling of that response (its peers list names the tiles).
@@ -189,11 +190,14 @@ export class Session {
     return true;
   }
 
-  /** Opens a video stream for `producerId` and writes its header; returns its writer. */
-  async openVideoStream(producerId) {
+  /**
+   * Opens a video stream for `producerId` (one of its layers if `layer` is given: stream
+   * type 0x02) and writes its header; returns its writer.
+   */
+  async openVideoStream(producerId, layer = null) {
     const stream = await this.wt.createUnidirectionalStream();
     const writer = stream.getWriter();
-    writer.write(encodeStreamHeader(producerId)).catch(() => {});
+    writer.write(encodeStreamHeader(producerId, layer)).catch(() => {});
     return writer;
   }
 
@@ -260,10 +264,12 @@ export class Session {
       myTurn = true;
       for (const f of held.splice(0)) sink.frame(f);
     });
+    const streamNo = ++this.streamCount;
     try {
       for (;;) {
         const frame = await reader.frame();
         if (!frame) break;
+        frame.stream = streamNo; // which frames came on one stream (media.js: seq gaps)
         if (myTurn) sink.frame(frame);
         else held.push(frame);
       }

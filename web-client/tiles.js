@@ -20,8 +20,8 @@ const LINK_STALE_MS = 5000;
 
 /**
  * The relay's view of its connection to this page (a transport_stats event), for people:
- * "link RTT 23 ms · loss 1.2% · 813 kbit/s" and "relay queue 35 ms · skipped 12". A field
- * the relay did not send is left out.
+ * "link RTT 23 ms · loss 1.2% · 813 kbit/s · est. 5.0 Mbit/s" and "relay queue 35 ms ·
+ * skipped 12". A field the relay did not send is left out.
  */
 function linkLines(link) {
   const num = (name) => (Number.isFinite(link[name]) ? link[name] : null);
@@ -30,6 +30,8 @@ function linkLines(link) {
   if (num('rtt_ms') !== null) first.push(`RTT ${fmt(link.rtt_ms)} ms`);
   if (num('loss') !== null) first.push(`loss ${fmt(link.loss * 100, 1)}%`);
   if (num('send_kbps') !== null) first.push(fmtRate(link.send_kbps));
+  // What the relay reckons the path carries (it picks simulcast layers within it).
+  if (num('available_kbps') !== null) first.push(`est. ${fmtRate(link.available_kbps)}`);
   if (num('queue_ms') !== null) second.push(`queue ${fmt(link.queue_ms)} ms`);
   if (num('skipped_frames') !== null) second.push(`skipped ${link.skipped_frames}`);
   const stale = performance.now() - link.receivedAt > LINK_STALE_MS ? ' (no update)' : '';
@@ -71,6 +73,11 @@ export class LocalTile {
     if (video) {
       const s = video.stats.sample();
       lines.push(`sending ${codecName} ${video.size ?? '–'} ${fmt(s.fps, 1)} fps ${fmt(s.kbps)} kbit/s`);
+      if (video.layered) {
+        // Simulcast: each layer's size and rate, or "off" when no one needs it now.
+        const layers = video.layers.map((l) => `${l.height}p ${l.running ? `${fmt(l.stats.sample().kbps)}k` : 'off'}`);
+        lines.push(`layers ${layers.join(' · ')}`);
+      }
       // The send backlog: how long the oldest unsent frame has waited (kept under a bound),
       // and what keeping it there cost.
       lines.push(`backlog ${fmt(video.backlogMs)} ms (max ${fmt(video.maxBacklogMs)})`);
@@ -83,6 +90,8 @@ export class LocalTile {
       d.maxSendBacklogMs = String(Math.round(video.maxBacklogMs));
       d.skippedFrames = String(video.skippedFrames);
       d.abandonedGroups = String(video.abandonedGroups);
+      d.layers = String(video.layered ? video.layers.length : 1);
+      d.runningEncoders = String(video.layers.filter((l) => l.running).length);
     }
     if (audio) {
       const s = audio.stats.sample();
@@ -144,14 +153,28 @@ export class RemoteTile {
       .join(' · ');
   }
 
-  /** `video`/`audio` are this peer's receivers (either may be missing). */
-  updateStats(video, audio) {
+  /**
+   * `video`/`audio` are this peer's receivers (either may be missing); `view` is what the
+   * video tile asks of the relay (consumer-view.js).
+   */
+  updateStats(video, audio, view) {
     const lines = [];
     const latency = [];
     if (video) {
       const s = video.stats.sample();
       const failed = video.failure ? ` (${video.failure})` : '';
       lines.push(`video ${video.producer.codec} ${video.size ?? '–'} ${fmt(s.fps, 1)} fps ${fmt(s.kbps)} kbit/s${failed}`);
+      if (video.layers.length > 0) {
+        // Simulcast: the layer the relay forwards (the decoded size is on the line above).
+        const layer = video.layer === null ? '–' : String(video.layer);
+        const size = video.layerSize ? ` (${video.layerSize.width}x${video.layerSize.height})` : '';
+        lines.push(`layer ${layer}${size} of ${video.layers.length}`);
+      }
+      if (view?.paused) lines.push('video paused while not visible');
+      const d = this.root.dataset;
+      d.videoWidth = String(video.decodedWidth ?? 0);
+      d.videoHeight = String(video.decodedHeight ?? 0);
+      d.videoLayer = video.layer === null ? '' : String(video.layer);
       if (s.latencyMs !== null) latency.push(`video ${fmt(s.latencyMs)} ms`);
       this.videoLatencyMs = s.latencyMs;
       if (video.stats.lost) lines.push(`video frames lost: ${video.stats.lost}`);
