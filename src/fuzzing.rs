@@ -232,7 +232,6 @@ pub fn relay_core(data: &[u8]) {
                         sent_packets: id * u64::from(b),
                         lost_packets: id,
                         sent_bytes: id * 1000,
-                        bandwidth_bps: (b % 2 == 0).then_some(u64::from(b) * 50_000),
                     };
                     let _ = relay.on_path_sample(p, sample, now);
                 }

@@ -281,6 +281,12 @@ struct WeakLinkArgs {
     /// Seeds the shapers' random losses and jitter.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The publisher sends three simulcast layers (1/8, 3/8 and all of the video bitrate).
+    #[arg(long)]
+    simulcast: bool,
+    /// Lift the impaired subscriber's rate limit after this long (loss and delay stay).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lift_after: Option<Duration>,
 }
 
 impl WeakLinkArgs {
@@ -304,6 +310,8 @@ impl WeakLinkArgs {
                 ..LinkConfig::default()
             }),
             seed: self.seed,
+            simulcast: self.simulcast,
+            lift_after: self.lift_after,
         }
     }
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::stats::{Latency, Recorder, machine_line};
 use super::{BenchOptions, SHARED_NOTE, Shape, ratio, relay_drops, start_relay};
-use crate::client::join::{FreezeMeter, Publisher, publish};
+use crate::client::join::{FreezeMeter, Publisher, publish, publish_simulcast, simulcast_ladder};
 use crate::client::media::{SyntheticAudio, SyntheticVideo};
 use crate::client::{Client, ClientOptions, Incoming, Verification, fetch_certificate_hash};
 use crate::shaper::{LinkConfig, Shaper, ShaperConfig, ShaperStats};
@@ -34,6 +34,23 @@ pub struct WeakLink {
     pub publisher_up: Option<LinkConfig>,
     /// Seeds the shapers' losses and jitter.
     pub seed: u64,
+    /// The publisher sends three simulcast layers ([`simulcast_ladder`]).
+    pub simulcast: bool,
+    /// The impaired subscriber's rate limit is lifted after this long.
+    #[serde(with = "humantime_serde_opt")]
+    pub lift_after: Option<Duration>,
+}
+
+/// `Option<Duration>` as milliseconds in reports.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,7 +92,30 @@ pub struct Shapers {
 pub struct SubscriberReport {
     pub video: VideoReport,
     pub audio: AudioReport,
+    /// Simulcast runs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<LayerReport>,
 }
+
+/// Which simulcast layers a subscriber received.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    /// Frames received per layer, lowest first.
+    pub frames_per_layer: Vec<u64>,
+    /// Changes of the layer received.
+    pub switches: u64,
+    /// The longest gap between frames after the first [`SETTLE`] (a layer switch must not
+    /// freeze the picture).
+    pub longest_gap_after_settle_ms: f64,
+    /// Video latency after the first [`SETTLE`].
+    pub settled_latency_ms: Latency,
+    /// With `lift_after`: seconds from the lift to the first of 30 top-layer frames in a row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub back_on_top_s: Option<f64>,
+}
+
+/// Time a subscriber's layer choice is given to settle before it is judged.
+pub const SETTLE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct VideoReport {
@@ -112,6 +152,21 @@ struct Received {
     video: Recorder,
     audio: Recorder,
     freeze: FreezeMeter,
+    layers: Option<LayerTrack>,
+}
+
+/// A subscriber's simulcast layers, from the frames' layer marks.
+#[derive(Default)]
+struct LayerTrack {
+    frames: [u64; 3],
+    last: Option<u8>,
+    switches: u64,
+    last_frame: Option<Instant>,
+    longest_gap_after_settle: Duration,
+    settled: Recorder,
+    top_run: u32,
+    top_run_start: Option<Instant>,
+    back_on_top: Option<Instant>,
 }
 
 /// Time after the publisher stops for what is in flight to arrive (a slow link drains
@@ -200,15 +255,16 @@ async fn consumers_added(incoming: &mut Incoming, count: usize) -> Result<()> {
 /// Records what `incoming` delivers until `stop`; freezes count from `start` to `end`.
 async fn receive(
     mut incoming: Incoming,
-    start: Instant,
-    end: Instant,
+    (start, end, lift): (Instant, Instant, Option<Instant>),
     stop: tokio::time::Instant,
     counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    simulcast: bool,
 ) -> Received {
     let mut received = Received {
         video: Recorder::default(),
         audio: Recorder::default(),
         freeze: FreezeMeter::starting_at(start),
+        layers: simulcast.then(LayerTrack::default),
     };
     loop {
         tokio::select! {
@@ -218,8 +274,12 @@ async fn receive(
                         MediaKind::Video => {
                             // Freezes are counted over the run: a frame that comes
                             // after its end (in flight) ends the last gap there.
-                            received.freeze.frame(Instant::now().min(end));
+                            let now = Instant::now();
+                            received.freeze.frame(now.min(end));
                             received.video.record(f.header.capture_us, f.payload.len(), 1);
+                            if let (Some(t), Some(&layer)) = (received.layers.as_mut(), f.payload.first()) {
+                                t.frame(layer, now, start, lift, f.header.capture_us, f.payload.len());
+                            }
                         }
                         MediaKind::Audio => received.audio.record(f.header.capture_us, f.payload.len(), 1),
                     }
@@ -234,7 +294,68 @@ async fn receive(
     received
 }
 
-fn subscriber_report(r: &Received, sent: &Sent, seconds: f64) -> SubscriberReport {
+impl LayerTrack {
+    fn frame(
+        &mut self,
+        layer: u8,
+        now: Instant,
+        start: Instant,
+        lift: Option<Instant>,
+        capture_us: u64,
+        len: usize,
+    ) {
+        if let Some(n) = self.frames.get_mut(usize::from(layer)) {
+            *n += 1;
+        }
+        if self.last.is_some_and(|l| l != layer) {
+            self.switches += 1;
+        }
+        self.last = Some(layer);
+        let settled = now >= start + SETTLE;
+        if settled {
+            if let Some(last) = self.last_frame.filter(|l| *l >= start + SETTLE) {
+                self.longest_gap_after_settle = self.longest_gap_after_settle.max(now - last);
+            }
+            self.settled.record(capture_us, len, 1);
+        }
+        self.last_frame = Some(now);
+        if let Some(lift) = lift.filter(|l| now >= *l)
+            && self.back_on_top.is_none()
+        {
+            if layer == 2 {
+                self.top_run += 1;
+                let run_start = *self.top_run_start.get_or_insert(now);
+                if self.top_run >= 30 {
+                    self.back_on_top = Some(run_start.max(lift));
+                }
+            } else {
+                self.top_run = 0;
+                self.top_run_start = None;
+            }
+        }
+    }
+
+    fn report(&self, lift: Option<Instant>) -> LayerReport {
+        LayerReport {
+            frames_per_layer: self.frames.to_vec(),
+            switches: self.switches,
+            longest_gap_after_settle_ms: self.longest_gap_after_settle.as_secs_f64() * 1000.0,
+            settled_latency_ms: Latency::of(&self.settled.latency_us),
+            back_on_top_s: lift.and_then(|lift| {
+                self.back_on_top.map(|at| {
+                    (at.saturating_duration_since(lift).as_secs_f64() * 10.0).round() / 10.0
+                })
+            }),
+        }
+    }
+}
+
+fn subscriber_report(
+    r: &Received,
+    sent: &Sent,
+    seconds: f64,
+    lift: Option<Instant>,
+) -> SubscriberReport {
     let audio = Latency::of(&r.audio.latency_us);
     SubscriberReport {
         video: VideoReport {
@@ -255,6 +376,7 @@ fn subscriber_report(r: &Received, sent: &Sent, seconds: f64) -> SubscriberRepor
                 p99: audio.p99,
             },
         },
+        layers: r.layers.as_ref().map(|t| t.report(lift)),
     }
 }
 
@@ -323,9 +445,21 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
         shape.fps,
         shape.keyframe_interval,
     ));
+    let video = if link.simulcast {
+        publish_simulcast(
+            &publisher,
+            simulcast_ladder(shape.video_bitrate),
+            shape.fps,
+            shape.keyframe_interval,
+            start_signal(),
+        )
+        .await?
+    } else {
+        publish(&publisher, MediaKind::Video, video_source, start_signal()).await?
+    };
     let mut publishers: Vec<Publisher> = vec![
         publish(&publisher, MediaKind::Audio, audio_source, start_signal()).await?,
-        publish(&publisher, MediaKind::Video, video_source, start_signal()).await?,
+        video,
     ];
     consumers_added(&mut clean, 2).await?;
     consumers_added(&mut impaired, 2).await?;
@@ -337,20 +471,22 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
     let _ = go.send(true);
     let counters = [(); 2].map(|_| std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)));
     let end = start + options.duration;
+    let lift = link.lift_after.map(|after| start + after);
     let clean_task = tokio::spawn(receive(
         clean,
-        start,
-        end,
+        (start, end, lift),
         stop_receiving,
         counters[0].clone(),
+        link.simulcast,
     ));
     let impaired_task = tokio::spawn(receive(
         impaired,
-        start,
-        end,
+        (start, end, lift),
         stop_receiving,
         counters[1].clone(),
+        link.simulcast,
     ));
+    let mut lifted = lift.is_none();
 
     // The publisher answers keyframe requests until it stops.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -372,15 +508,26 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
                 counters[0].load(Ordering::Relaxed),
                 counters[1].load(Ordering::Relaxed),
             ),
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(lift.unwrap_or(start))), if !lifted => {
+                lifted = true;
+                let down = LinkConfig { rate_kbps: 0, ..link.subscriber_down };
+                subscriber_shaper.reconfigure(link.subscriber_up, down)?;
+            }
             _ = tokio::time::sleep_until(stop_sending) => break,
         }
     }
     for p in &mut publishers {
         p.stop().await;
     }
+    // Pictures captured: a simulcast publisher counts each layer's frames; its clean
+    // subscriber's layer (the top) was never paused.
+    let video_frames = match publishers[1].layers.last() {
+        Some(top) => top.frames.load(Ordering::Relaxed),
+        None => publishers[1].frames.load(Ordering::Relaxed),
+    };
     let sent = Sent {
         audio_frames: publishers[0].frames.load(Ordering::Relaxed),
-        video_frames: publishers[1].frames.load(Ordering::Relaxed),
+        video_frames,
     };
     let clean = clean_task.await?;
     let impaired = impaired_task.await?;
@@ -395,8 +542,8 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
         shape,
         links: *link,
         subscribers: Subscribers {
-            clean: subscriber_report(&clean, &sent, seconds),
-            impaired: subscriber_report(&impaired, &sent, seconds),
+            clean: subscriber_report(&clean, &sent, seconds, lift),
+            impaired: subscriber_report(&impaired, &sent, seconds, lift),
         },
         sent,
         relay_drops: relay_drops(&url).await,
@@ -487,6 +634,25 @@ pub fn print_report(r: &WeakLinkReport) {
             s.audio.latency_ms.p99,
             s.audio.delivered_ratio * 100.0,
         );
+    }
+    for (name, s) in [
+        ("clean", &r.subscribers.clean),
+        ("impaired", &r.subscribers.impaired),
+    ] {
+        if let Some(l) = &s.layers {
+            println!(
+                "{name}: frames per layer {:?}, {} switches, after {} s: longest gap {:.0} ms, video p50 {:.1} / p99 {:.1} ms{}",
+                l.frames_per_layer,
+                l.switches,
+                SETTLE.as_secs(),
+                l.longest_gap_after_settle_ms,
+                l.settled_latency_ms.p50,
+                l.settled_latency_ms.p99,
+                l.back_on_top_s.map_or(String::new(), |s| format!(
+                    ", back on the top layer {s} s after the lift"
+                )),
+            );
+        }
     }
     if let Some(drops) = &r.relay_drops {
         let drops: Vec<String> = drops.iter().map(|(k, v)| format!("{k} {v}")).collect();

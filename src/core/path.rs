@@ -52,6 +52,18 @@ pub const QUEUE_TARGET: Duration = Duration::from_millis(50);
 /// Samples over which the highest send rate is kept (1 s at the sample interval).
 pub const RATE_WINDOW: usize = 10;
 
+/// Time over which the path's peak rate is kept: two groups of pictures at the usual
+/// 2 s keyframe interval, and some.
+///
+/// What a path carries, when the relay sends less than it could (media is app-limited),
+/// shows in bursts: a keyframe goes out as fast as the send window lets it, and that
+/// window is self-clocked by acknowledgements, so a burst's rate over one interval is the
+/// bottleneck's rate when the bottleneck is slower than the burst, and the burst's own
+/// size per interval when it is not (a lower bound, then). quinn's BBR would be the
+/// natural source, but it takes no delivery sample while app-limited, which a media
+/// connection held to its send window nearly always is: its estimate stays at zero.
+pub const PEAK_WINDOW: Duration = Duration::from_secs(5);
+
 /// Time over which the lowest round trip is kept.
 pub const RTT_WINDOW: Duration = Duration::from_secs(10);
 
@@ -70,10 +82,6 @@ pub struct PathSample {
     pub lost_packets: u64,
     /// Bytes put on the wire (UDP payloads, retransmissions included).
     pub sent_bytes: u64,
-    /// The congestion controller's own estimate of the path's bandwidth, bits per second,
-    /// if it has one (BBR's pacing rate, from acknowledged delivery): what simulcast layer
-    /// selection budgets with (`simulcast.rs`).
-    pub bandwidth_bps: Option<u64>,
 }
 
 /// The relay's current view of the path to one peer.
@@ -85,6 +93,9 @@ pub struct PathEstimate {
     /// The relay's send rate to this peer, bits per second.
     pub send_bps: f64,
     pub cwnd_bytes: u64,
+    /// The highest send rate of one sample interval in the last [`PEAK_WINDOW`], bits per
+    /// second: what the path has shown it carries (see [`PEAK_WINDOW`]).
+    pub peak_bps: f64,
 }
 
 /// Turns samples into an estimate. `None` until the first sample.
@@ -97,6 +108,9 @@ pub struct PathEstimator {
     rates: std::collections::VecDeque<f64>,
     /// Smoothed RTTs of the last `RTT_WINDOW`, oldest first.
     rtts: std::collections::VecDeque<(Instant, Duration)>,
+    /// Interval send rates of the last `PEAK_WINDOW`, oldest first, kept decreasing (a
+    /// rate below a newer one can never be the peak again).
+    peaks: std::collections::VecDeque<(Instant, f64)>,
 }
 
 impl PathEstimator {
@@ -126,6 +140,18 @@ impl PathEstimator {
                     self.rates.pop_front();
                 }
                 self.rates.push_back(rate);
+                while self.peaks.back().is_some_and(|(_, r)| *r <= rate) {
+                    self.peaks.pop_back();
+                }
+                self.peaks.push_back((now, rate));
+                while self
+                    .peaks
+                    .front()
+                    .is_some_and(|(at, _)| now.saturating_duration_since(*at) > PEAK_WINDOW)
+                {
+                    self.peaks.pop_front();
+                }
+                e.peak_bps = self.peaks.front().map_or(0.0, |(_, r)| *r);
             }
             self.samples += 1;
         } else {
@@ -190,7 +216,6 @@ mod tests {
             sent_packets,
             lost_packets,
             sent_bytes,
-            bandwidth_bps: None,
         }
     }
 
@@ -226,6 +251,26 @@ mod tests {
         let e = p.estimate().unwrap();
         assert!((e.loss - 0.0225).abs() < 1e-9, "{e:?}");
         assert!((e.send_bps - 875_000.0).abs() < 1.0, "{e:?}");
+    }
+
+    #[test]
+    fn peak_is_the_best_interval_of_the_last_five_seconds() {
+        let mut p = PathEstimator::default();
+        let mut now = Instant::now();
+        let mut sent = 0;
+        p.on_sample(sample(0, 0, sent, 40_000), now);
+        // 400 kbit/s, with one 2 Mbit/s interval (a keyframe's burst) at 1 s.
+        for i in 1..=80u64 {
+            now += PATH_SAMPLE_INTERVAL;
+            sent += if i == 10 { 25_000 } else { 5_000 };
+            p.on_sample(sample(0, 0, sent, 40_000), now);
+            let peak = p.estimate().unwrap().peak_bps;
+            match i {
+                10..=59 => assert!((peak - 2e6).abs() < 1.0, "{i}: {peak}"),
+                61.. => assert!((peak - 400e3).abs() < 1.0, "{i}: {peak}"),
+                _ => {}
+            }
+        }
     }
 
     #[test]

@@ -1768,7 +1768,7 @@ impl Relay {
         peer.last_queue_ms = snapshot.queue_ms;
         let congested = peer.budget.on_sample(
             BudgetSample {
-                transport_bps: sample.bandwidth_bps.map(|b| b as f64),
+                capacity_bps: Some(snapshot.path.peak_bps).filter(|b| *b > 0.0),
                 send_bps: snapshot.path.send_bps,
                 loss: snapshot.path.loss,
                 queue: Duration::from_secs_f64(snapshot.queue_ms / 1000.0),
@@ -1896,6 +1896,11 @@ impl Relay {
             .flat_map(|s| [Some(s.desired), Some(s.target), s.current])
             .flatten()
             .collect();
+        // While anyone watches, the base layer runs: it is cheap, and it is where a
+        // congested consumer goes at once (and a weak uplink's last resort).
+        if !needed.is_empty() {
+            needed.push(0);
+        }
         needed.sort_unstable();
         needed.dedup();
         let added: Vec<u8> = needed

@@ -8,9 +8,10 @@
 //!   tile it renders into). Its preferred layer is the highest within both; layer 0 when
 //!   even that is larger than asked (a consumer never gets nothing for asking small).
 //! - **Budget.** Per peer, the relay estimates what the path can carry ([`LinkBudget`]:
-//!   the transport's bandwidth estimate, cut to 85% of the measured send rate as soon as the
-//!   path shows congestion: a standing queue in the relay, frames skipped for latency, or
-//!   loss above 10%). Audio is budgeted first, then single-encoding video, and the rest,
+//!   the highest rate the path has shown in the last 5 s (`path.rs`: a keyframe's burst
+//!   shows the bottleneck), cut to 85% of the measured send rate as soon as the
+//!   path shows congestion: a queue in the relay older than 150 ms for 300 ms, frames
+//!   skipped for latency, or loss above 10%). Audio is budgeted first, then single-encoding video, and the rest,
 //!   [`HEADROOM`] of it, is shared by the peer's simulcast consumers ([`allocate`]): every
 //!   one gets layer 0, then each is raised a layer at a time, lowest layers first, while the
 //!   layer's measured rate (its declared `max_bitrate` until measured) fits.
@@ -25,7 +26,9 @@
 //!   it always sees `seq` increase, with no gap a switch did not make.
 //! - **Dynacast.** A layer that no unpaused consumer wants is paused at the producer
 //!   after [`DYNACAST_DELAY`] (so a flapping preference does not flap encoders); a layer
-//!   that becomes wanted is resumed at once, with a keyframe request.
+//!   that becomes wanted is resumed at once, with a keyframe request. Layer 0 runs while
+//!   any consumer does: it costs little, and a consumer that must come down finds it
+//!   sending, with no wait for an encoder to resume.
 
 use std::time::{Duration, Instant};
 
@@ -41,8 +44,11 @@ pub const LAYER_IDLE: Duration = Duration::from_secs(1);
 pub const DYNACAST_DELAY: Duration = Duration::from_secs(3);
 /// Share of the estimated path capacity that media may be allocated.
 pub const HEADROOM: f64 = 0.9;
-/// A relay queue older than this is congestion.
+/// A relay queue older than this, in [`STANDING_SAMPLES`] samples in a row, is congestion:
+/// a standing queue, not the burst of one keyframe (a 14 kB keyframe alone takes 160 ms at
+/// 700 kbit/s, and is gone a sample or two later).
 pub const CONGESTED_QUEUE: Duration = Duration::from_millis(150);
+pub const STANDING_SAMPLES: u32 = 3;
 /// Loss above this is congestion (random loss below it is the link's nature).
 pub const CONGESTED_LOSS: f64 = 0.10;
 /// On congestion, the budget drops to this share of what was actually sent.
@@ -165,15 +171,17 @@ pub struct LinkBudget {
     /// The budget after the last congestion: it holds until [`UP_HOLD`] passes without more.
     cap_bps: Option<f64>,
     last_congested: Option<Instant>,
-    transport_bps: Option<f64>,
+    capacity_bps: Option<f64>,
     skipped_seen: u64,
+    /// Samples in a row with a queue over [`CONGESTED_QUEUE`].
+    queued_samples: u32,
 }
 
 /// One reading of the path to a peer, as the budget needs it.
 #[derive(Debug, Clone, Copy)]
 pub struct BudgetSample {
-    /// The transport's own bandwidth estimate (BBR's), or `None`.
-    pub transport_bps: Option<f64>,
+    /// What the path has shown it carries (`PathEstimate::peak_bps`), if anything yet.
+    pub capacity_bps: Option<f64>,
     /// What the relay actually sent, smoothed.
     pub send_bps: f64,
     pub loss: f64,
@@ -188,12 +196,15 @@ impl LinkBudget {
     pub fn on_sample(&mut self, s: BudgetSample, now: Instant) -> bool {
         let skipped = s.skipped_total > self.skipped_seen;
         self.skipped_seen = s.skipped_total;
-        let congested = skipped || s.queue > CONGESTED_QUEUE || s.loss > CONGESTED_LOSS;
-        if let Some(bw) = s.transport_bps.filter(|b| *b > 0.0) {
-            self.transport_bps = Some(match self.transport_bps {
-                Some(old) => old + 0.25 * (bw - old),
-                None => bw,
-            });
+        self.queued_samples = if s.queue > CONGESTED_QUEUE {
+            self.queued_samples + 1
+        } else {
+            0
+        };
+        let standing = self.queued_samples >= STANDING_SAMPLES;
+        let congested = skipped || standing || s.loss > CONGESTED_LOSS;
+        if s.capacity_bps.is_some() {
+            self.capacity_bps = s.capacity_bps;
         }
         if congested {
             let cut = s.send_bps * CONGESTION_CUT;
@@ -215,9 +226,13 @@ impl LinkBudget {
         !self.holding(now)
     }
 
-    /// What media to this peer may use, bits per second; `None`: no limit known.
+    /// What media to this peer may use, bits per second; `None`: no limit known. A path
+    /// that has never been congested is not limited by its peak either: until it has
+    /// carried a burst, its peak says nothing (a new subscriber starts on its preferred
+    /// layer and comes down if it must).
     pub fn available_bps(&self) -> Option<f64> {
-        match (self.transport_bps, self.cap_bps) {
+        self.last_congested?;
+        match (self.capacity_bps, self.cap_bps) {
             (Some(t), Some(c)) => Some(t.min(c)),
             (t, c) => t.or(c),
         }
@@ -456,23 +471,29 @@ mod tests {
         let t0 = Instant::now();
         let mut b = LinkBudget::default();
         let sample = |queue_ms, skipped_total, bw| BudgetSample {
-            transport_bps: Some(bw),
+            capacity_bps: Some(bw),
             send_bps: 1_000_000.0,
             loss: 0.0,
             queue: Duration::from_millis(queue_ms),
             skipped_total,
         };
         assert!(!b.on_sample(sample(0, 0, 5e6), t0));
-        assert_eq!(b.available_bps(), Some(5e6));
+        assert_eq!(b.available_bps(), None, "no limit before any congestion");
         assert!(b.may_go_up(t0));
-        // A standing queue: 85% of the send rate, at once.
-        assert!(b.on_sample(sample(300, 0, 5e6), t0 + Duration::from_millis(100)));
+        // A keyframe's burst is not congestion; a standing queue is: 85% of the send
+        // rate, at once.
+        assert!(!b.on_sample(sample(300, 0, 5e6), t0 + Duration::from_millis(100)));
+        assert!(!b.on_sample(sample(0, 0, 5e6), t0 + Duration::from_millis(200)));
+        assert!(!b.on_sample(sample(300, 0, 5e6), t0 + Duration::from_millis(300)));
+        assert!(!b.on_sample(sample(300, 0, 5e6), t0 + Duration::from_millis(400)));
+        assert!(b.on_sample(sample(300, 0, 5e6), t0 + Duration::from_millis(500)));
         assert!((b.available_bps().unwrap() - 850e3).abs() < 1.0);
         assert!(!b.may_go_up(t0 + Duration::from_secs(1)));
+        assert!(!b.may_go_up(t0 + Duration::from_millis(500) + UP_HOLD / 2));
         // Skipped frames are congestion too, even with an empty queue.
         assert!(b.on_sample(sample(0, 3, 5e6), t0 + Duration::from_secs(2)));
-        // The cap holds for UP_HOLD after the last congestion, then the transport's
-        // estimate rules again.
+        // The cap holds for UP_HOLD after the last congestion, then the path's capacity
+        // rules again.
         let later = t0 + Duration::from_secs(2) + UP_HOLD / 2;
         assert!(!b.on_sample(sample(0, 3, 5e6), later));
         assert!((b.available_bps().unwrap() - 850e3).abs() < 1.0);

@@ -449,7 +449,6 @@ pub(crate) fn path_sample(quic: &wtransport::quinn::Connection) -> PathSample {
         sent_packets: stats.path.sent_packets,
         lost_packets: stats.path.lost_packets,
         sent_bytes: stats.udp_tx.bytes,
-        bandwidth_bps: quic.congestion_state().metrics().pacing_rate,
     }
 }
 
