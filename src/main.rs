@@ -242,6 +242,12 @@ enum BenchScenario {
     Meeting {
         #[arg(long, default_value_t = 4)]
         peers: usize,
+        /// Every peer publishes three simulcast layers (1/8, 3/8 and all of the bitrate).
+        #[arg(long)]
+        simulcast: bool,
+        /// Every consumer prefers 320x180 (a grid of thumbnails); implies --simulcast.
+        #[arg(long)]
+        thumbnails: bool,
     },
     /// R rooms of P audio-only peers.
     Rooms {
@@ -578,7 +584,18 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             Scenario::Fanout { subscribers },
             capacity.then_some(p99_bound),
         ),
-        BenchScenario::Meeting { peers } => (Scenario::Meeting { peers }, None),
+        BenchScenario::Meeting {
+            peers,
+            simulcast,
+            thumbnails,
+        } => (
+            Scenario::Meeting {
+                peers,
+                simulcast: simulcast || thumbnails,
+                thumbnails,
+            },
+            None,
+        ),
         BenchScenario::Rooms { rooms, peers } => (Scenario::Rooms { rooms, peers }, None),
         BenchScenario::WeakLink(_) => (Scenario::WeakLink, None),
     };

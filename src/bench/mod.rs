@@ -53,8 +53,14 @@ impl Default for Shape {
 pub enum Scenario {
     /// One publisher (audio + video) to N subscribers.
     Fanout { subscribers: usize },
-    /// M peers, each publishing audio + video and consuming all the others.
-    Meeting { peers: usize },
+    /// M peers, each publishing audio + video and consuming all the others; with
+    /// `simulcast`, video in three layers; with `thumbnails`, every consumer prefers
+    /// 320×180.
+    Meeting {
+        peers: usize,
+        simulcast: bool,
+        thumbnails: bool,
+    },
     /// R rooms of P audio-only peers, each consuming the others of its room.
     Rooms { rooms: usize, peers: usize },
     /// One publisher to a subscriber on a clean link and one behind a shaper, side by side
@@ -71,6 +77,8 @@ impl Scenario {
                 audio: media,
                 video,
                 subscribe,
+                simulcast: false,
+                max_resolution: None,
             };
         match *self {
             Scenario::Fanout { subscribers } => {
@@ -86,8 +94,16 @@ impl Scenario {
                 }));
                 plans
             }
-            Scenario::Meeting { peers } => (0..peers)
-                .map(|i| peer("meeting".into(), format!("peer-{i}"), true, true, true))
+            Scenario::Meeting {
+                peers,
+                simulcast,
+                thumbnails,
+            } => (0..peers)
+                .map(|i| PeerPlan {
+                    simulcast,
+                    max_resolution: thumbnails.then_some((320, 180)),
+                    ..peer("meeting".into(), format!("peer-{i}"), true, true, true)
+                })
                 .collect(),
             Scenario::Rooms { rooms, peers } => (0..rooms)
                 .flat_map(|r| {
@@ -187,6 +203,21 @@ pub struct BenchReport {
     pub note: &'static str,
     pub paths: Paths,
     pub ratios: Ratios,
+    /// Simulcast publishers only: what they sent per layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub simulcast: Option<SimulcastReport>,
+}
+
+/// What simulcast publishers sent, per layer, and how soon they stopped unused layers.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulcastReport {
+    /// Video frames all publishers sent per layer, lowest first.
+    pub frames_per_layer: Vec<u64>,
+    /// Media bytes the publishers sent, megabits per second (all layers and audio).
+    pub publisher_mbps: f64,
+    /// The latest time, from the start, at which a publisher sent a frame of a layer it
+    /// had been told (by the end) nobody wants; `None` when every layer stayed wanted.
+    pub unused_layers_stopped_after_s: Option<f64>,
 }
 
 const SHARED_NOTE: &str = "load generator and relay run on the same machine and share its cores";
@@ -450,13 +481,29 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
         note: SHARED_NOTE,
         paths: Paths { relay, direct, udp },
         ratios,
+        simulcast: outcome.simulcast.map(|s| SimulcastReport {
+            frames_per_layer: s.frames_per_layer,
+            publisher_mbps: round3(outcome.sent_bytes as f64 * 8.0 / seconds / 1e6),
+            unused_layers_stopped_after_s: s.unused_stopped_after.map(|d| round3(d.as_secs_f64())),
+        }),
     })
 }
 
 fn scenario_label(s: &Scenario) -> String {
     match s {
         Scenario::Fanout { subscribers } => format!("fanout 1→{subscribers}"),
-        Scenario::Meeting { peers } => format!("meeting {peers} peers"),
+        Scenario::Meeting {
+            peers,
+            simulcast,
+            thumbnails,
+        } => format!(
+            "meeting {peers} peers{}",
+            match (simulcast, thumbnails) {
+                (_, true) => ", simulcast, every consumer at 320x180",
+                (true, false) => ", simulcast",
+                _ => "",
+            }
+        ),
         Scenario::Rooms { rooms, peers } => format!("rooms {rooms}×{peers}"),
         Scenario::WeakLink => "weak-link".into(),
     }
@@ -592,6 +639,17 @@ pub fn print_report(report: &BenchReport) {
         );
     };
     row("relay", &report.paths.relay);
+    if let Some(s) = &report.simulcast {
+        println!(
+            "simulcast publishers: frames per layer {:?}, {:.2} Mb/s sent; unused layers stopped {}",
+            s.frames_per_layer,
+            s.publisher_mbps,
+            s.unused_layers_stopped_after_s
+                .map_or("(none unused)".to_owned(), |t| format!(
+                    "{t:.1} s after the start"
+                )),
+        );
+    }
     if let Some(d) = &report.paths.direct {
         row("direct", d);
     }

@@ -11,10 +11,10 @@ use tokio::sync::{Barrier, Semaphore};
 
 use super::Shape;
 use super::stats::{Recorder, packets_for};
-use crate::client::join::{Publisher, publish};
+use crate::client::join::{Publisher, publish, publish_simulcast, simulcast_ladder};
 use crate::client::media::{SyntheticAudio, SyntheticVideo};
 use crate::client::{Client, ClientOptions, Verification};
-use crate::wire::{MediaKind, ServerMessage};
+use crate::wire::{MediaKind, Request, ServerMessage};
 
 /// One simulated peer.
 #[derive(Debug, Clone)]
@@ -24,6 +24,10 @@ pub struct PeerPlan {
     pub audio: bool,
     pub video: bool,
     pub subscribe: bool,
+    /// Video in three simulcast layers ([`simulcast_ladder`]).
+    pub simulcast: bool,
+    /// What this peer's consumers of simulcast video prefer (`set_preferred_layers`).
+    pub max_resolution: Option<(u32, u32)>,
 }
 
 impl PeerPlan {
@@ -38,17 +42,29 @@ pub struct PlanOutcome {
     pub received: Recorder,
     pub sent_frames: u64,
     pub sent_bytes: u64,
-    /// Frames that should have arrived: every frame to every subscriber of its room.
+    /// Frames that should have arrived: every frame to every subscriber of its room (for a
+    /// simulcast producer, every picture, in whichever layer).
     pub expected_frames: u64,
     pub wall_s: f64,
+    /// Simulcast publishers only.
+    pub simulcast: Option<SimulcastOutcome>,
+}
+
+/// What simulcast publishers sent.
+#[derive(Debug, Default, Clone)]
+pub struct SimulcastOutcome {
+    pub frames_per_layer: Vec<u64>,
+    pub unused_stopped_after: Option<Duration>,
 }
 
 struct PeerOutcome {
     room: String,
+    /// Frames of its tracks as a consumer sees them (pictures, for simulcast video).
     sent_frames: u64,
     sent_bytes: u64,
     subscribe: bool,
     received: Recorder,
+    simulcast: Option<SimulcastOutcome>,
 }
 
 /// Runs `plans` against the relay at `url` for `duration` once every consumer is in place.
@@ -103,10 +119,25 @@ pub async fn run(
             };
             let mut publishers: Vec<Publisher> = Vec::new();
             if plan.audio {
-                let source = Box::new(SyntheticAudio::with_interval(shape.audio_bitrate, shape.audio_frame_interval));
+                let source = Box::new(SyntheticAudio::with_interval(
+                    shape.audio_bitrate,
+                    shape.audio_frame_interval,
+                ));
                 publishers.push(publish(&client, MediaKind::Audio, source, start_signal()).await?);
             }
-            if plan.video {
+            if plan.video && plan.simulcast {
+                let ladder = simulcast_ladder(shape.video_bitrate);
+                publishers.push(
+                    publish_simulcast(
+                        &client,
+                        ladder,
+                        shape.fps,
+                        shape.keyframe_interval,
+                        start_signal(),
+                    )
+                    .await?,
+                );
+            } else if plan.video {
                 let source = Box::new(SyntheticVideo::new(
                     shape.video_bitrate,
                     shape.fps,
@@ -121,8 +152,26 @@ pub async fn run(
                     .await
                     .context("waiting for consumers")?;
                 match event {
-                    Some(ServerMessage::ConsumerAdded { .. }) => consumers += 1,
-                    Some(_) => {}
+                    Some(ServerMessage::ConsumerAdded { consumer }) => {
+                        consumers += 1;
+                        if let (Some((w, h)), false) =
+                            (plan.max_resolution, consumer.producer.layers.is_empty())
+                        {
+                            client
+                                .command(Request::SetPreferredLayers {
+                                    consumer_id: consumer.consumer_id,
+                                    max_layer: None,
+                                    max_width: Some(w),
+                                    max_height: Some(h),
+                                })
+                                .await?;
+                        }
+                    }
+                    Some(event) => {
+                        for p in &publishers {
+                            p.on_event(&event);
+                        }
+                    }
                     None => bail!("relay closed the session while setting up"),
                 }
             }
@@ -133,6 +182,10 @@ pub async fn run(
             let stop_receiving = stop_sending + Duration::from_millis(2000);
             let mut received = Recorder::default();
             let mut stopped = false;
+            // When each simulcast layer last sent (sampled), to see unused layers stop.
+            let layers: Vec<_> = publishers.iter().flat_map(|p| p.layers.clone()).collect();
+            let mut last_change = vec![(0u64, Duration::ZERO); layers.len()];
+            let mut sample = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tokio::select! {
                     frame = incoming.frames.recv() => match frame {
@@ -147,10 +200,18 @@ pub async fn run(
                         None => break,
                     },
                     event = incoming.events.recv() => {
-                        if let Some(ServerMessage::KeyframeRequest { producer_id, .. }) = event
-                            && let Some(p) = publishers.iter().find(|p| p.producer_id == producer_id)
-                        {
-                            p.keyframe_wanted.store(true, Ordering::Relaxed);
+                        if let Some(event) = event {
+                            for p in &publishers {
+                                p.on_event(&event);
+                            }
+                        }
+                    }
+                    _ = sample.tick(), if !layers.is_empty() && !stopped => {
+                        for (l, last) in layers.iter().zip(last_change.iter_mut()) {
+                            let frames = l.frames.load(Ordering::Relaxed);
+                            if frames != last.0 {
+                                *last = (frames, start.elapsed());
+                            }
                         }
                     }
                     _ = tokio::time::sleep_until(stop_sending), if !stopped => {
@@ -162,12 +223,34 @@ pub async fn run(
                     _ = tokio::time::sleep_until(stop_receiving) => break,
                 }
             }
+            // A simulcast publisher's consumers each get one layer of every picture; its
+            // base layer runs while anyone watches, so it counts the pictures.
+            let pictures = |p: &Publisher| match p.layers.first() {
+                Some(base) => base.frames.load(Ordering::Relaxed),
+                None => p.frames.load(Ordering::Relaxed),
+            };
+            let simulcast = (!layers.is_empty()).then(|| SimulcastOutcome {
+                frames_per_layer: layers
+                    .iter()
+                    .map(|l| l.frames.load(Ordering::Relaxed))
+                    .collect(),
+                unused_stopped_after: layers
+                    .iter()
+                    .zip(&last_change)
+                    .filter(|(l, _)| !l.wanted.load(Ordering::Relaxed))
+                    .map(|(_, (_, at))| *at)
+                    .max(),
+            });
             let outcome = PeerOutcome {
                 room: plan.room.clone(),
-                sent_frames: publishers.iter().map(|p| p.frames.load(Ordering::Relaxed)).sum(),
-                sent_bytes: publishers.iter().map(|p| p.bytes.load(Ordering::Relaxed)).sum(),
+                sent_frames: publishers.iter().map(pictures).sum(),
+                sent_bytes: publishers
+                    .iter()
+                    .map(|p| p.bytes.load(Ordering::Relaxed))
+                    .sum(),
                 subscribe: plan.subscribe,
                 received,
+                simulcast,
             };
             drop(client);
             anyhow::Ok(outcome)
@@ -225,6 +308,18 @@ pub async fn run(
         result.sent_frames += p.sent_frames;
         result.sent_bytes += p.sent_bytes;
         result.received.merge(&p.received);
+        if let Some(s) = &p.simulcast {
+            let total = result
+                .simulcast
+                .get_or_insert_with(SimulcastOutcome::default);
+            if total.frames_per_layer.len() < s.frames_per_layer.len() {
+                total.frames_per_layer.resize(s.frames_per_layer.len(), 0);
+            }
+            for (t, f) in total.frames_per_layer.iter_mut().zip(&s.frames_per_layer) {
+                *t += f;
+            }
+            total.unused_stopped_after = total.unused_stopped_after.max(s.unused_stopped_after);
+        }
     }
     for p in peers.iter().filter(|p| p.subscribe) {
         result.expected_frames += sent_per_room[p.room.as_str()] - p.sent_frames;

@@ -239,6 +239,24 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         "Keyframe requests sent to producers.",
         stats.keyframe_requests,
     );
+    metric(
+        "layer_switches_total",
+        "counter",
+        "Simulcast consumers moved to another layer (at a keyframe of the new one).",
+        stats.layer_switches,
+    );
+    metric(
+        "dynacast_updates_total",
+        "counter",
+        "layers_wanted messages telling simulcast publishers which layers are needed.",
+        stats.dynacast_updates,
+    );
+    metric(
+        "congestion_samples_total",
+        "counter",
+        "Path samples that showed congestion (queue standing over 150 ms, frames skipped for latency, loss over 10%).",
+        stats.congestion_samples,
+    );
     let mut histogram = |name: &str, help: &str, h: &crate::core::LatencyHistogram, scale: f64| {
         let _ = writeln!(out, "# HELP synapse_{name} {help}");
         let _ = writeln!(out, "# TYPE synapse_{name} histogram");
