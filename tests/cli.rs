@@ -144,6 +144,60 @@ fn two_join_processes_receive_each_other() {
     assert_eq!(outputs[1].2["joined_ongoing_call"], true);
 }
 
+/// `join --simulcast` publishes three layers; `join --max-resolution` takes the smallest.
+#[test]
+fn simulcast_join_processes_honour_the_receivers_preference() {
+    let (_relay, port) = start_relay();
+    let url = format!("https://127.0.0.1:{port}/");
+    let publisher = Command::new(BIN)
+        .args(["join", "--url", &url, "--room", "sc", "--name", "ada"])
+        .args(["--simulcast", "--json", "--duration", "6s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("join starts");
+    wait_for_peers(port, 1);
+    let viewer = Command::new(BIN)
+        .args(["join", "--url", &url, "--room", "sc", "--name", "bo"])
+        .args(["--no-publish", "--max-resolution", "320x180", "--json"])
+        .args(["--duration", "3s"])
+        .output()
+        .expect("join runs");
+    assert!(
+        viewer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&viewer.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&viewer.stdout).expect("--json prints JSON");
+    let video = summary["received"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "video")
+        .unwrap_or_else(|| panic!("no video: {summary}"))
+        .clone();
+    assert!(video["frames"].as_u64().unwrap() >= 20, "{video}");
+    // The relay's last word and the frames' own marks: the base layer.
+    assert_eq!(video["layer"], 0, "{video}");
+    let layers = video["layers"].as_array().unwrap();
+    assert!(layers.contains(&Value::from(0)), "{video}");
+    assert!(video["layer_switches"].is_u64(), "{video}");
+    let out = publisher.wait_with_output().unwrap();
+    assert!(out.status.success());
+
+    let bad = Command::new(BIN)
+        .args(["join", "--url", &url, "--room", "sc", "--name", "cy"])
+        .args(["--max-resolution", "0x180"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected WIDTHxHEIGHT"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 #[test]
 fn join_exits_non_zero_when_refused_or_unreachable() {
     let (_relay, port) = start_relay();
@@ -269,6 +323,18 @@ fn bench_weak_link_reports_both_subscribers() {
     assert!(delivered > 0, "{report}");
     assert_eq!(delivered + dropped, offered, "{report}");
     assert!(report["shapers"].get("publisher").is_none());
+}
+
+/// A simulcast meeting of thumbnails reports what the publishers sent per layer.
+#[test]
+fn bench_meeting_thumbnails_reports_layers() {
+    let report = bench(&["meeting", "--peers", "3", "--thumbnails"]);
+    assert_eq!(report["thumbnails"], true, "{report}");
+    let layers = report["simulcast"]["frames_per_layer"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "{report}");
+    assert!(layers[0].as_u64().unwrap() > 0, "{report}");
+    assert!(report["simulcast"]["publisher_mbps"].as_f64().unwrap() > 0.0);
+    assert_sane_path(&report, "relay");
 }
 
 /// `shaper` prints where it listens, then forwards both ways (here to a UDP echo).
