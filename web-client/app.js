@@ -417,6 +417,9 @@ class Call {
             skippedFrames: this.videoSender.skippedFrames,
             abandonedGroups: this.videoSender.abandonedGroups,
             framesSent: this.videoSender.stats.frames,
+            // The running encoders' bitrate together (bit/s), lowered on a weak uplink;
+            // each layer's in layers[].targetBitrate.
+            targetBitrate: this.videoSender.targetBitrate,
             // Simulcast: whether this camera is published in layers, each layer's encoder
             // (`running`: it encodes now), and the relay's latest layers_wanted.
             simulcast: this.videoSender.layered,

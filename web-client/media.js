@@ -3,6 +3,7 @@
 // handles one track in one direction.
 
 import { encodeDatagram, encodeStreamFrame } from './protocol.js';
+import { EncoderRate } from './encoder-rate.js';
 import { SendQueue } from './send-queue.js';
 
 // Video codecs in order of preference when none is forced with ?codec=. H.264 uses
@@ -193,6 +194,9 @@ const MAX_PENDING_CAPTURES = 120;
 // it tries again with a keyframe, twice as long after each try that fails, up to the max.
 const YIELD_MIN_MS = 500;
 const YIELD_MAX_MS = 8_000;
+// The measured send rate that an encoder's bitrate is cut to (encoder-rate.js): the video
+// this page's streams delivered (acknowledged) over this long.
+const SEND_RATE_WINDOW_MS = 1_000;
 
 /**
  * The simulcast ladder for a top size `{ width, height, bitrate }`, lowest layer first, as
@@ -229,7 +233,10 @@ export function simulcastLadder(top) {
  * than none. Past the bound the late groups' streams are reset (the relay discards a
  * partial frame and moves on), every frame is skipped up to the next keyframe, and the
  * encoder is asked for one at once. Audio is not touched (its datagrams go outside these
- * streams), but it gains: video that fills the uplink loses audio datagrams too.
+ * streams), but it gains: video that fills the uplink loses audio datagrams too. Such a
+ * skip also lowers that encoder's bitrate to what the uplink measurably carries, and 2 s
+ * without one raises it again step by step (encoder-rate.js: the native client's rule);
+ * a layer's share is what is left after the layers below it.
  */
 export class VideoSender {
   constructor({ session, track, choice, settings, maxSendDelayMs = DEFAULT_MAX_SEND_DELAY_MS, simulcast = true }) {
@@ -251,6 +258,8 @@ export class VideoSender {
     this.lastCountedSeq = -1;
     this.captures = new Map(); // frame timestamp -> { seq, captureUs } (layered only)
     this.nextFrameDue = -Infinity;
+    this.deliveries = []; // { at, bytes } of video delivered in every layer, oldest first
+    this.sendingSince = null; // first frame encoded (since the last pause)
   }
 
   // The send backlog over all layers: the worst layer, and the sums of what was given up.
@@ -384,6 +393,7 @@ export class VideoSender {
     let encoded = false;
     for (const layer of running) encoded = layer.encode(frame, ts) || encoded;
     if (!encoded) return;
+    this.sendingSince ??= performance.now();
     this.clock.record(ts);
     if (this.layered) {
       this.captures.set(ts, { seq: this.seq++, captureUs: this.clock.captureUs(ts) });
@@ -408,10 +418,37 @@ export class VideoSender {
   /** A frame of some layer was delivered: counted once per captured frame. */
   delivered(seq, bytes) {
     this.stats.bytes += bytes;
+    const now = performance.now();
+    this.deliveries.push({ at: now, bytes });
+    while (now - this.deliveries[0].at > SEND_RATE_WINDOW_MS) this.deliveries.shift();
     if (seq > this.lastCountedSeq) {
       this.lastCountedSeq = seq;
       this.stats.frames++;
     }
+  }
+
+  /**
+   * The video this page's streams delivered over the last SEND_RATE_WINDOW_MS, in bit/s
+   * (every layer: they share the uplink); null until it has been sending that long.
+   */
+  sentBps(now) {
+    if (this.sendingSince === null || now - this.sendingSince < SEND_RATE_WINDOW_MS) return null;
+    while (this.deliveries.length && now - this.deliveries[0].at > SEND_RATE_WINDOW_MS) this.deliveries.shift();
+    const bytes = this.deliveries.reduce((n, d) => n + d.bytes, 0);
+    return (bytes * 8 * 1000) / SEND_RATE_WINDOW_MS;
+  }
+
+  /** What the running layers below `layer` aim at (bit/s): they go first on the uplink. */
+  lowerTargetsBps(layer) {
+    if (layer.index === null) return 0;
+    return this.layers
+      .filter((l) => l.index < layer.index && l.running)
+      .reduce((n, l) => n + l.rate.targetBps, 0);
+  }
+
+  /** What the running encoders aim at together (bit/s). */
+  get targetBitrate() {
+    return this.layers.filter((l) => l.running).reduce((n, l) => n + l.rate.targetBps, 0);
   }
 
   /** Starts the maximum backlog over (a test observes a period of its choice). */
@@ -439,6 +476,7 @@ export class VideoSender {
   /** Camera off/on. While paused nothing is sent, and the open groups are finished. */
   setPaused(paused) {
     this.paused = paused;
+    this.sendingSince = null; // a pause is not a slow uplink
     for (const layer of this.layers) {
       if (paused) layer.queue.finishGroup();
       else layer.dropUntilKeyframe();
@@ -451,7 +489,10 @@ export class VideoSender {
       layer: l.index,
       width: l.width,
       height: l.height,
-      bitrate: l.bitrate,
+      bitrate: l.bitrate, // configured: the most the encoder is given
+      targetBitrate: l.rate.targetBps, // what it is given now (encoder-rate.js)
+      lowestTargetBitrate: l.rate.lowestBps,
+      bitrateCuts: l.rate.cuts,
       wanted: l.wanted,
       running: l.running,
       encoder: l.encoder?.state ?? null,
@@ -511,6 +552,7 @@ class VideoLayer {
     this.yieldBackoffMs = 0;
     this.yields = 0;
     this.restarts = 0;
+    this.rate = new EncoderRate(bitrate); // the encoder's bitrate, following the uplink
     this.createEncoder();
   }
 
@@ -524,7 +566,27 @@ class VideoLayer {
       output: (chunk) => this.onChunk(chunk),
       error: (e) => this.onEncoderError(e),
     });
-    this.encoder.configure(this.config);
+    this.encoder.configure(this.encoderConfig());
+  }
+
+  encoderConfig() {
+    return { ...this.config, bitrate: this.rate.targetBps };
+  }
+
+  /** Gives the encoder the bitrate `rate` now aims at (a closed one gets it when restarted). */
+  applyBitrate() {
+    if (this.encoder?.state !== 'configured') return;
+    try {
+      this.encoder.configure(this.encoderConfig());
+    } catch (e) {
+      console.warn(`cannot set the video bitrate${this.index === null ? '' : ` (layer ${this.index})`}:`, e);
+    }
+  }
+
+  /** Video of this layer was skipped at `now`: the uplink could not carry it. */
+  uplinkSkip(now) {
+    const sender = this.sender;
+    if (this.rate.onSkip(now, sender.sentBps(now), sender.lowerTargetsBps(this)) !== null) this.applyBitrate();
   }
 
   /** Encodes one captured frame (the encoder scales it); false if the layer skips it. */
@@ -533,6 +595,7 @@ class VideoLayer {
       this.skippedFrames++; // giving way to a lower layer: not even a requested keyframe
       return false;
     }
+    if (this.rate.onFrame(performance.now()) !== null) this.applyBitrate(); // 2 s without a skip
     const keyFrame = this.forceKey || ts - this.lastKeyTimestamp >= KEYFRAME_INTERVAL_US;
     if (this.waitingForKey && !keyFrame) {
       // It would be dropped anyway: do not spend the encoder on it.
@@ -578,6 +641,7 @@ class VideoLayer {
     }
     if (now < this.yieldUntil) return;
     if (backlog > this.sender.maxSendDelayMs) {
+      this.uplinkSkip(now);
       // A late keyframe is reset too and a fresh one sent (it may be waiting for a lost
       // packet), but never two in a row: a keyframe too large to cross the uplink within
       // the bound would be followed by one as large, and nothing would ever get through.
@@ -604,6 +668,7 @@ class VideoLayer {
   }
 
   yieldToLower(now) {
+    this.uplinkSkip(now); // with the layers below, the uplink cannot carry this one
     const cut = this.queue.abandon({ all: true });
     this.abandonedGroups += cut.groups;
     this.skippedFrames += cut.frames;

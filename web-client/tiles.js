@@ -78,6 +78,13 @@ export class LocalTile {
         const layers = video.layers.map((l) => `${l.height}p ${l.running ? `${fmt(l.stats.sample().kbps)}k` : 'off'}`);
         lines.push(`layers ${layers.join(' · ')}`);
       }
+      // The encoders' bitrate, lowered while the uplink cannot carry the configured one.
+      if (video.layered) {
+        lines.push(`target ${video.layers.map((l) => `${l.height}p ${fmt(l.rate.targetBps / 1000)}k`).join(' · ')}`);
+      } else if (video.layers[0]) {
+        const rate = video.layers[0].rate;
+        lines.push(`target ${fmt(rate.targetBps / 1000)} kbit/s (max ${fmt(rate.maxBps / 1000)})`);
+      }
       // The send backlog: how long the oldest unsent frame has waited (kept under a bound),
       // and what keeping it there cost.
       lines.push(`backlog ${fmt(video.backlogMs)} ms (max ${fmt(video.maxBacklogMs)})`);

@@ -1,8 +1,9 @@
 // A publisher on a weak uplink: its page sends 640x480 video at up to 1 Mbit/s through
 // `synapse-sfu shaper` (300 kbit/s up, 1 s drop-tail queue) while a subscriber page is
 // connected directly. The publisher must keep its send backlog bounded (?maxSendDelay=)
-// by skipping frames and resetting late groups, the subscriber must still get its video
-// and audio, and neither page may throw.
+// by skipping frames and resetting late groups, and lower its encoder's target bitrate
+// below the configured one, the subscriber must still get its video and audio, and
+// neither page may throw.
 //
 // Run: npm install --prefix tests/browser && node --test tests/browser/
 // Env: as three-peer-call.test.mjs (SYNAPSE_BIN, SYNAPSE_WEB_ROOT, CHROMIUM_PATH).
@@ -92,10 +93,21 @@ test('a publisher on a weak uplink keeps its send backlog bounded', { timeout: 1
     // machine then delays the acknowledgements the backlog is measured by).
     await pub.evaluate(() => window.synapse.resetMaxBacklog());
     log(`sub decodes pub's video; observing for ${OBSERVE_MS / 1000} s`);
+    // The lowest target bitrate seen per encoder (layer), polled: the encoders start at
+    // their configured bitrate and must come down on this uplink.
+    const lowestTargets = new Map(); // layer index -> { bitrate, lowest }
+    const noteTargets = (send) => {
+      for (const l of send?.layers ?? []) {
+        const seen = lowestTargets.get(l.layer) ?? { bitrate: l.bitrate, lowest: l.targetBitrate };
+        seen.lowest = Math.min(seen.lowest, l.targetBitrate);
+        lowestTargets.set(l.layer, seen);
+      }
+    };
     const observeUntil = Date.now() + OBSERVE_MS;
     let lastReport = 0;
     while (Date.now() < observeUntil) {
       const [p, s] = await Promise.all([pageState(pub), pubOnSub()]);
+      noteTargets(p.send);
       for (const [n, v] of [['pub', p], ['sub', await pageState(sub)]]) if (v.error) throw new Error(`${n} shows an error: ${v.error}`);
       if (Date.now() - lastReport > 2000) {
         lastReport = Date.now();
@@ -104,6 +116,7 @@ test('a publisher on a weak uplink keeps its send backlog bounded', { timeout: 1
       await sleep(250);
     }
     const pubState = await pageState(pub);
+    noteTargets(pubState.send);
     // Delivery is checked as an event, not a rate: a slow machine gets longer to decode.
     const after = await waitFor(
       async () => {
@@ -119,6 +132,12 @@ test('a publisher on a weak uplink keeps its send backlog bounded', { timeout: 1
       `pub: backlog max ${Math.round(send.maxBacklogMs)} ms (bound ${send.maxSendDelayMs} ms), ` +
         `skipped ${send.skippedFrames} frames, reset ${send.abandonedGroups} groups, sent ${send.framesSent} frames`,
     );
+    const kbps = (bps) => Math.round(bps / 1000);
+    const targets = [...lowestTargets].map(([layer, t]) => `layer ${layer}: ${kbps(t.lowest)} of ${kbps(t.bitrate)} kbit/s`);
+    log(
+      `pub: lowest target bitrate polled ${targets.join(', ')}; ` +
+        `now ${send.layers.map((l) => kbps(l.targetBitrate)).join('/')} kbit/s, cuts ${send.layers.map((l) => l.bitrateCuts).join('/')}`,
+    );
     const gotVideo = after.videoFrames - before.videoFrames;
     const gotAudio = after.audioFrames - before.audioFrames;
     log(`sub got ${gotVideo} video and ${gotAudio} audio frames from pub`);
@@ -133,9 +152,14 @@ test('a publisher on a weak uplink keeps its send backlog bounded', { timeout: 1
     // 1 Mbit/s does not fit in 300 kbit/s: the policy must have acted, or this test proves nothing.
     assert.ok(send.skippedFrames > 0, 'the publisher skipped no frame on a 300 kbit/s uplink');
     assert.ok(send.abandonedGroups > 0, 'the publisher reset no late group on a 300 kbit/s uplink');
+    assert.ok(
+      [...lowestTargets.values()].some((t) => t.lowest < t.bitrate),
+      `the publisher never lowered an encoder's target bitrate on a 300 kbit/s uplink: ${targets.join(', ')}`,
+    );
     assert.ok(gotVideo >= MIN_VIDEO_FRAMES, `sub decoded only ${gotVideo} video frames from pub`);
     assert.ok(gotAudio >= MIN_AUDIO_FRAMES, `sub decoded only ${gotAudio} audio frames from pub`);
     assert.match(pubState.overlay, /backlog \d+ ms/, "the publisher's overlay should show its send backlog");
+    assert.match(pubState.overlay, /target \d+/, "the publisher's overlay should show its target bitrate");
     for (const [name, page] of pages) assert.equal((await pageState(page)).error, '', `${name} shows an error`);
     assert.deepEqual(pageErrors, [], 'a page threw');
     log(`passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
