@@ -1401,8 +1401,13 @@ impl Relay {
         match consumer.layers.as_mut() {
             Some(selection) => {
                 selection.restart();
-                let target = selection.target;
+                let (target, restarting) = (selection.target, selection.is_restarting());
                 self.request_layer_keyframe(producer, target, now);
+                // A restart also takes the base layer's keyframe, the smallest, if it comes
+                // first (`LayerSelection::on_frame`).
+                if restarting && target > 0 {
+                    self.request_layer_keyframe(producer, 0, now);
+                }
             }
             None => self.request_keyframe(producer, now),
         }
@@ -1635,6 +1640,9 @@ impl Relay {
                     self.stats.dropped_slow_consumer += dropped;
                     selection.restart();
                     keyframes_for.push(selection.target);
+                    if selection.is_restarting() {
+                        keyframes_for.push(0);
+                    }
                     false
                 }
             };

@@ -314,6 +314,8 @@ pub struct LayerSelection {
     /// Added to `seq` of every frame forwarded to this consumer (see the module's policy).
     seq_offset: u64,
     last_out: Option<u64>,
+    /// The layer of the last frame forwarded.
+    last_layer: Option<u8>,
     pub switches: u64,
 }
 
@@ -322,8 +324,8 @@ pub struct LayerSelection {
 pub enum LayerDecision {
     /// Not this consumer's layer.
     Ignore,
-    /// Forward it with this `seq`; `switched` when it is the first frame on a layer (a
-    /// start or a switch: the consumer is told its layer).
+    /// Forward it with this `seq`; `switched` when it is the consumer's first frame, or on
+    /// another layer than the last one forwarded (it is told its layer).
     Forward { seq: u64, switched: bool },
     /// The consumer waits for a keyframe of its target layer: ask for one.
     NeedKeyframe,
@@ -340,11 +342,22 @@ impl LayerSelection {
     }
 
     /// Decides for a frame of `layer`.
+    ///
+    /// A consumer that restarts (after frames were dropped for it) takes the first keyframe
+    /// of its target layer or of any layer below it, whichever comes first: the picture
+    /// comes back sooner, and the switch up to the target follows at its keyframe. A new
+    /// consumer waits for its target.
     pub fn on_frame(&mut self, layer: u8, header: &FrameHeader) -> LayerDecision {
         let switching = self.current != Some(self.target);
-        if switching && layer == self.target {
+        let restarting = self.current.is_none() && self.last_out.is_some();
+        let starts_here = layer == self.target || (restarting && layer < self.target);
+        if switching && starts_here {
             if !header.keyframe {
-                return LayerDecision::NeedKeyframe;
+                return if layer == self.target {
+                    LayerDecision::NeedKeyframe
+                } else {
+                    LayerDecision::Ignore
+                };
             }
             let mut seq = header.seq + self.seq_offset;
             if let Some(last) = self.last_out
@@ -353,14 +366,16 @@ impl LayerSelection {
                 self.seq_offset = last + 1 - header.seq;
                 seq = last + 1;
             }
-            if self.current.is_some() {
+            let changed = self.last_layer != Some(layer);
+            if changed && self.last_layer.is_some() {
                 self.switches += 1;
             }
             self.current = Some(layer);
+            self.last_layer = Some(layer);
             self.last_out = Some(seq);
             return LayerDecision::Forward {
                 seq,
-                switched: true,
+                switched: changed,
             };
         }
         if self.current != Some(layer) {
@@ -377,9 +392,16 @@ impl LayerSelection {
         }
     }
 
-    /// The consumer restarts (its queue was dropped): it waits for a keyframe of its target.
+    /// The consumer restarts (its queue was dropped): it waits for a keyframe of its
+    /// target, or of a layer below it (see [`LayerSelection::on_frame`]).
     pub fn restart(&mut self) {
         self.current = None;
+    }
+
+    /// Whether the consumer restarts after having received frames (then a keyframe of a
+    /// lower layer also brings its picture back).
+    pub fn is_restarting(&self) -> bool {
+        self.current.is_none() && self.last_out.is_some()
     }
 }
 
@@ -601,8 +623,32 @@ mod tests {
             s.on_frame(0, &header(16, true)),
             LayerDecision::Forward {
                 seq: 17,
+                switched: false
+            }
+        );
+        // Restarting with layer 1 as the target: layer 0's keyframe, if it comes first,
+        // brings the picture back; layer 1 follows at its own keyframe.
+        s.target = 1;
+        s.restart();
+        assert_eq!(
+            s.on_frame(1, &header(17, false)),
+            LayerDecision::NeedKeyframe
+        );
+        assert_eq!(s.on_frame(0, &header(17, false)), LayerDecision::Ignore);
+        assert_eq!(
+            s.on_frame(0, &header(18, true)),
+            LayerDecision::Forward {
+                seq: 19,
+                switched: false
+            }
+        );
+        assert_eq!(
+            s.on_frame(1, &header(19, true)),
+            LayerDecision::Forward {
+                seq: 20,
                 switched: true
             }
         );
+        assert_eq!(s.switches, 2);
     }
 }
