@@ -1333,62 +1333,46 @@ impl Relay {
     /// Asks a producer's peer for a keyframe, at most once per `keyframe_request_interval`
     /// (per layer for a simulcast producer, whose every layer is asked here).
     pub fn request_keyframe(&mut self, producer_id: ProducerId, now: Instant) {
-        let Some(producer) = self.producers.get_mut(&producer_id) else {
+        let Some(producer) = self.producers.get(&producer_id) else {
             return;
         };
-        if !producer.layers.is_empty() {
-            for layer in 0..producer.layers.len() as u8 {
-                self.request_layer_keyframe(producer_id, layer, now);
-            }
-            return;
-        }
-        let interval = self.config.keyframe_request_interval;
         if producer.info.kind != MediaKind::Video {
             return;
         }
-        if producer
-            .last_keyframe_request
-            .is_some_and(|last| now.saturating_duration_since(last) < interval)
-        {
-            return;
+        if producer.layers.is_empty() {
+            self.ask_keyframe(producer_id, None, now);
         }
-        producer.last_keyframe_request = Some(now);
-        let owner = producer.info.peer_id;
-        self.stats.keyframe_requests += 1;
-        self.send(
-            owner,
-            ServerMessage::KeyframeRequest {
-                producer_id,
-                layer: None,
-            },
-        );
+        for layer in 0..self.producers[&producer_id].layers.len() as u8 {
+            self.ask_keyframe(producer_id, Some(layer), now);
+        }
     }
 
-    /// Asks for a keyframe of one layer of a simulcast producer, rate-limited per layer.
+    /// Asks for a keyframe of one layer of a simulcast producer.
     fn request_layer_keyframe(&mut self, producer_id: ProducerId, layer: u8, now: Instant) {
+        self.ask_keyframe(producer_id, Some(layer), now);
+    }
+
+    /// Sends a `keyframe_request` for a producer (`None`) or one of its layers, unless one
+    /// went for the same within `keyframe_request_interval`.
+    fn ask_keyframe(&mut self, producer_id: ProducerId, layer: Option<u8>, now: Instant) {
         let interval = self.config.keyframe_request_interval;
         let Some(producer) = self.producers.get_mut(&producer_id) else {
             return;
         };
-        let Some(state) = producer.layers.get_mut(usize::from(layer)) else {
-            return;
+        let last = match layer {
+            None => &mut producer.last_keyframe_request,
+            Some(l) => match producer.layers.get_mut(usize::from(l)) {
+                Some(state) => &mut state.last_keyframe_request,
+                None => return,
+            },
         };
-        if state
-            .last_keyframe_request
-            .is_some_and(|last| now.saturating_duration_since(last) < interval)
-        {
+        if last.is_some_and(|last| now.saturating_duration_since(last) < interval) {
             return;
         }
-        state.last_keyframe_request = Some(now);
+        *last = Some(now);
         let owner = producer.info.peer_id;
         self.stats.keyframe_requests += 1;
-        self.send(
-            owner,
-            ServerMessage::KeyframeRequest {
-                producer_id,
-                layer: Some(layer),
-            },
-        );
+        self.send(owner, ServerMessage::KeyframeRequest { producer_id, layer });
     }
 
     /// A consumer needs a keyframe (new, resumed, restarted, or its decoder asked): of its
