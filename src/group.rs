@@ -1,14 +1,18 @@
-//! Writing one producer's video as groups of pictures: a keyframe finishes the current
+//! Video as groups of pictures, both ways. Writing: a keyframe finishes the current
 //! unidirectional stream and opens the next with the stream header; the frames after it go
-//! on that stream. The relay (per consumer), the native client (per producer) and the
-//! bench's direct path all send video this way.
+//! on that stream. The relay (per consumer), the native client (per producer and layer)
+//! and the bench's direct path all send video this way. Reading: [`accept_groups`] takes
+//! incoming group streams in order, for the relay and the client alike.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot;
+use tracing::Instrument as _;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
-use crate::wire::ProducerId;
-use crate::wire::frame::encode_stream_header;
+use crate::core::{GroupKey, GroupOrder};
+use crate::wire::frame::{self, encode_stream_header};
+use crate::wire::{FrameError, ProducerId, StreamFrame, StreamHeader};
 
 /// Reads more bytes from `recv` into `buf`, growing it 16 KiB at a time when it runs low;
 /// `Ok(false)` at the end of the stream. Cancel-safe: dropping it before it completes
@@ -96,6 +100,142 @@ impl GroupWriter {
     pub fn reset(&mut self, code: u32) {
         if let Some(mut stream) = self.stream.take() {
             let _ = stream.reset(VarInt::from_u32(code));
+        }
+    }
+}
+
+/// How [`accept_groups`] reads streams.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLimits {
+    /// A stream whose header has not arrived by then is stopped.
+    pub header_timeout: std::time::Duration,
+    /// How long a new group waits for the previous stream of its producer (and layer) to
+    /// end before it is read anyway.
+    pub order_wait: std::time::Duration,
+    /// Largest frame payload accepted.
+    pub max_frame: usize,
+}
+
+/// Why a group stream is not read (further): the stream is stopped with `code`, and
+/// `error` (if any) goes to [`GroupReader::refused`].
+#[derive(Debug)]
+pub struct Refusal<E> {
+    pub code: u32,
+    pub error: Option<E>,
+}
+
+/// What the receiving side does with incoming group streams: the relay hands frames to
+/// its core, the client to its application.
+pub trait GroupReader: Clone + Send + Sync + 'static {
+    type Error: Send + 'static;
+    /// A stream's header arrived: whether to read it.
+    fn admit(&self, header: StreamHeader) -> Result<(), Refusal<Self::Error>>;
+    /// A frame of an admitted stream; a refusal stops the stream.
+    fn frame(
+        &self,
+        key: GroupKey,
+        frame: StreamFrame,
+    ) -> impl Future<Output = Result<(), Refusal<Self::Error>>> + Send;
+    /// Bytes that are not a stream header or a frame (a malformed stream).
+    fn malformed(&self, error: FrameError) -> Refusal<Self::Error>;
+    /// A stream was refused; report it if there is something to say.
+    fn refused(&self, error: Self::Error);
+}
+
+/// Accepts group streams until the connection ends: reads each one's header (within
+/// `header_timeout`), asks `reader` to admit it, then reads its frames in a task of its
+/// own, after the previous stream of the same producer and layer has ended (or
+/// `order_wait` has passed: see [`GroupOrder`]). The one stream acceptor of the relay and
+/// the client.
+pub async fn accept_groups<R: GroupReader>(conn: Connection, limits: GroupLimits, reader: R) {
+    let mut order: GroupOrder<oneshot::Receiver<()>> = GroupOrder::default();
+    while let Ok(mut stream) = conn.accept_uni().await {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let header = async {
+            loop {
+                if let Some(h) = frame::decode_stream_header(&mut buf)? {
+                    return Ok(Some(h));
+                }
+                if !read_more(&mut stream, &mut buf).await.unwrap_or(false) {
+                    return Ok(None);
+                }
+            }
+        };
+        let refusal = match tokio::time::timeout(limits.header_timeout, header).await {
+            Ok(Ok(Some(header))) => match reader.admit(header) {
+                Ok(()) => {
+                    let key = (header.producer_id, header.layer);
+                    let (done, done_rx) = oneshot::channel::<()>();
+                    let turn = order.register(key, stream.id().into_u64(), done_rx);
+                    if order.len() > 64 {
+                        // Forget producers whose last stream has ended.
+                        order.retain(|rx| {
+                            matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+                        });
+                    }
+                    let reader = reader.clone();
+                    let task = async move {
+                        if let Some(turn) = turn {
+                            // Bounded: a sender that leaves an old stream open must not
+                            // stall the new group; what comes late of the old one is
+                            // dropped by the sequence checks downstream.
+                            let _ = tokio::time::timeout(limits.order_wait, turn).await;
+                        }
+                        read_group(stream, buf, key, limits.max_frame, reader).await;
+                        drop(done);
+                    };
+                    tokio::spawn(task.in_current_span());
+                    continue;
+                }
+                Err(refusal) => refusal,
+            },
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => reader.malformed(e),
+            Err(_) => Refusal {
+                code: crate::server::close_code::STREAM_REFUSED,
+                error: None,
+            },
+        };
+        stop(stream, refusal, &reader);
+    }
+}
+
+fn stop<R: GroupReader>(stream: RecvStream, refusal: Refusal<R::Error>, reader: &R) {
+    if let Some(error) = refusal.error {
+        reader.refused(error);
+    }
+    stream.stop(VarInt::from_u32(refusal.code));
+}
+
+/// Reads one admitted group stream's frames into `reader` until it ends.
+async fn read_group<R: GroupReader>(
+    mut stream: RecvStream,
+    mut buf: BytesMut,
+    key: GroupKey,
+    max_frame: usize,
+    reader: R,
+) {
+    loop {
+        loop {
+            match frame::decode_stream_frame(&mut buf, max_frame) {
+                Ok(Some(f)) => {
+                    if let Err(refusal) = reader.frame(key, f).await {
+                        return stop(stream, refusal, &reader);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return stop(stream, reader.malformed(e), &reader),
+            }
+        }
+        match read_more(&mut stream, &mut buf).await {
+            Ok(true) => {}
+            Ok(false) if buf.is_empty() => return,
+            // Ended or reset mid-frame (the sender vanished): the partial frame is
+            // discarded; nothing of it was passed on.
+            _ => {
+                tracing::debug!(partial = buf.len(), "media stream ended mid-frame");
+                return;
+            }
         }
     }
 }

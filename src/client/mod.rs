@@ -29,14 +29,14 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 
-use crate::core::GroupOrder;
-use crate::group::{GroupWriter, read_more};
+use crate::core::GroupKey;
+use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more};
 use crate::server::CongestionController;
 use crate::wire::frame::{self, FrameHeader};
 use crate::wire::{
-    ClientMessage, ConsumerInfo, JoinResult, MAX_CONTROL_MESSAGE, MediaKind, PROTOCOL_VERSION,
-    Params, ProduceResult, ProducerId, ProtocolError, Request, ServerMessage, decode_message,
-    encode_message,
+    ClientMessage, ConsumerInfo, FrameError, JoinResult, MAX_CONTROL_MESSAGE, MediaKind,
+    PROTOCOL_VERSION, Params, ProduceResult, ProducerId, ProtocolError, Request, ServerMessage,
+    StreamFrame, StreamHeader, decode_message, encode_message,
 };
 
 /// Microseconds since the UNIX epoch: the capture timestamp clock of the protocol.
@@ -739,85 +739,71 @@ pub(crate) async fn receive_datagrams(connection: Connection, frames: mpsc::Send
     }
 }
 
-/// Video streams. A producer's frames can span several streams (one per group); streams of
-/// one producer are read in the order they were opened (see [`GroupOrder`]), and frames
-/// older than one already delivered are dropped, so frames stay in order.
+/// Video streams, through the one stream acceptor ([`accept_groups`]). A producer's frames
+/// can span several streams (one per group); streams of one producer are read in the order
+/// they were opened (see [`crate::core::GroupOrder`]), and frames older than one already
+/// delivered are dropped, so frames stay in order.
 pub(crate) async fn receive_streams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
-    let mut order: GroupOrder<oneshot::Receiver<()>> = GroupOrder::default();
-    let delivered: Arc<Mutex<HashMap<ProducerId, u64>>> = Arc::default();
-    while let Ok(mut stream) = connection.accept_uni().await {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let header = async {
-            loop {
-                if let Some(h) = frame::decode_stream_header(&mut buf).ok()? {
-                    return Some(h.producer_id);
-                }
-                if !read_more(&mut stream, &mut buf).await.ok()? {
-                    return None;
-                }
-            }
-        };
-        let Ok(Some(producer_id)) = tokio::time::timeout(Duration::from_secs(5), header).await
-        else {
-            continue;
-        };
-        let (done_tx, done_rx) = oneshot::channel();
-        let turn = order.register((producer_id, 0), stream.id().into_u64(), done_rx);
-        if order.len() > 64 {
-            order.retain(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
-        }
-        let frames = frames.clone();
-        let delivered = delivered.clone();
-        tokio::spawn(async move {
-            if let Some(turn) = turn {
-                // Bounded, in case the relay left the previous stream hanging.
-                let _ = tokio::time::timeout(Duration::from_secs(1), turn).await;
-            }
-            read_group(stream, buf, producer_id, frames, delivered).await;
-            drop(done_tx);
-        });
-    }
+    let limits = GroupLimits {
+        header_timeout: Duration::from_secs(5),
+        // Bounded, in case the relay left the previous stream hanging.
+        order_wait: Duration::from_secs(1),
+        max_frame: 64 * 1024 * 1024,
+    };
+    let reader = ClientGroups {
+        frames,
+        delivered: Arc::default(),
+    };
+    accept_groups(connection, limits, reader).await;
 }
 
-async fn read_group(
-    mut stream: RecvStream,
-    mut buf: BytesMut,
-    producer_id: ProducerId,
+/// The relay's group streams, handed to the application frame by frame.
+#[derive(Clone)]
+struct ClientGroups {
     frames: mpsc::Sender<ReceivedFrame>,
+    /// The last `seq` delivered per producer.
     delivered: Arc<Mutex<HashMap<ProducerId, u64>>>,
-) {
-    loop {
-        loop {
-            match frame::decode_stream_frame(&mut buf, 64 * 1024 * 1024) {
-                Ok(Some(f)) => {
-                    {
-                        let mut delivered = delivered.lock().unwrap_or_else(|e| e.into_inner());
-                        if delivered
-                            .get(&producer_id)
-                            .is_some_and(|last| f.header.seq <= *last)
-                        {
-                            continue; // a late tail of an earlier group
-                        }
-                        delivered.insert(producer_id, f.header.seq);
-                    }
-                    let frame = ReceivedFrame {
-                        producer_id,
-                        kind: MediaKind::Video,
-                        header: f.header,
-                        payload: f.payload,
-                    };
-                    if frames.send(frame).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(_) => return,
-            }
-        }
-        if !matches!(read_more(&mut stream, &mut buf).await, Ok(true)) {
-            return;
-        }
+}
+
+/// Stops a stream the way dropping it would (code 0): nothing to report to anyone.
+const NOT_READ: Refusal<()> = Refusal {
+    code: 0,
+    error: None,
+};
+
+impl GroupReader for ClientGroups {
+    type Error = ();
+
+    fn admit(&self, _header: StreamHeader) -> Result<(), Refusal<()>> {
+        Ok(())
     }
+
+    async fn frame(&self, (producer_id, _): GroupKey, f: StreamFrame) -> Result<(), Refusal<()>> {
+        {
+            let mut delivered = self.delivered.lock().unwrap_or_else(|e| e.into_inner());
+            if delivered
+                .get(&producer_id)
+                .is_some_and(|last| f.header.seq <= *last)
+            {
+                return Ok(()); // a late tail of an earlier group
+            }
+            delivered.insert(producer_id, f.header.seq);
+        }
+        let frame = ReceivedFrame {
+            producer_id,
+            kind: MediaKind::Video,
+            header: f.header,
+            payload: f.payload,
+        };
+        // The application stopped listening: read no further.
+        self.frames.send(frame).await.map_err(|_| NOT_READ)
+    }
+
+    fn malformed(&self, _error: FrameError) -> Refusal<()> {
+        NOT_READ
+    }
+
+    fn refused(&self, _error: ()) {}
 }
 
 #[cfg(test)]

@@ -12,19 +12,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{SessionLimits, SharedRelay};
 use crate::auth::AccessPolicy;
-use crate::core::{FrameData, GroupKey, GroupOrder, PATH_SAMPLE_INTERVAL, PathSample, PeerOutput};
-use crate::group::{GroupWriter, read_more};
+use crate::core::{FrameData, GroupKey, PATH_SAMPLE_INTERVAL, PathSample, PeerOutput};
+use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more};
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
     ClientMessage, ConsumerId, DecodeError, ErrorCode, LeaveReason, MediaKind, PeerId, ProducerId,
-    ProtocolError, Request, ServerMessage, decode_message, encode_message,
+    ProtocolError, Request, ServerMessage, StreamFrame, StreamHeader, decode_message,
+    encode_message,
 };
 
 /// Application error codes used when the relay closes a session or a stream.
@@ -481,11 +481,12 @@ async fn receive_datagrams(conn: Connection, relay: SharedRelay, peer_id: PeerId
     }
 }
 
-/// Video in: every unidirectional stream is a group of frames of one producer. A
-/// producer's streams are read one after the other in the order they were opened (see
-/// [`GroupOrder`]), so the tail of one group is forwarded before the next group's
-/// keyframe. The header is read here, in the accept loop, to know the producer; a client
-/// that stalls it only delays its own streams.
+/// Video in: every unidirectional stream is a group of frames of one producer (and layer),
+/// read by the one stream acceptor ([`accept_groups`]): in the order they were opened, so
+/// the tail of one group is forwarded before the next group's keyframe. A stream for
+/// someone else's (or an unknown, or an audio) producer is refused at its header, before a
+/// task or any buffer is spent on it; a client that stalls a header delays only its own
+/// streams.
 async fn accept_media_streams(
     conn: Connection,
     relay: SharedRelay,
@@ -493,115 +494,75 @@ async fn accept_media_streams(
     limits: SessionLimits,
 ) {
     let max_frame = relay.lock().config().max_frame_size;
-    let mut order: GroupOrder<oneshot::Receiver<()>> = GroupOrder::default();
-    while let Ok(mut stream) = conn.accept_uni().await {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let header = async {
-            loop {
-                if let Some(h) = frame::decode_stream_header(&mut buf)? {
-                    return Ok(Some(h));
-                }
-                if !read_more(&mut stream, &mut buf).await.unwrap_or(false) {
-                    return Ok(None);
-                }
-            }
-        };
-        let (producer_id, layer) =
-            match tokio::time::timeout(limits.stream_header_timeout, header).await {
-                Ok(Ok(Some(h))) => (h.producer_id, h.layer),
-                Ok(Ok(None)) => continue,
-                Ok(Err(e)) => {
-                    refuse_stream(stream, &relay, peer_id, frame_error(&e));
-                    continue;
-                }
-                Err(_) => {
-                    stream.stop(VarInt::from_u32(close_code::STREAM_REFUSED));
-                    continue;
-                }
-            };
-        // Refuse a stream for someone else's (or an unknown, or an audio) producer at its
-        // header, before a task or any buffer is spent on it.
-        let allowed =
-            relay
-                .lock()
-                .check_media_source(peer_id, producer_id, MediaKind::Video, layer);
-        if let Err(e) = allowed {
-            refuse_stream(stream, &relay, peer_id, e);
-            continue;
-        }
-        let (done, done_rx) = oneshot::channel::<()>();
-        let turn = order.register((producer_id, layer), stream.id().into_u64(), done_rx);
-        if order.len() > 64 {
-            // Forget producers whose last stream has ended.
-            order.retain(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
-        }
-        let relay = relay.clone();
-        let order_wait = limits.stream_order_wait;
-        let task = async move {
-            if let Some(turn) = turn {
-                // Bounded: a producer that leaves an old stream open must not stall the
-                // new group; the core drops whatever of the old group comes late.
-                let _ = tokio::time::timeout(order_wait, turn).await;
-            }
-            receive_media_stream(stream, buf, (producer_id, layer), relay, peer_id, max_frame)
-                .await;
-            drop(done);
-        };
-        tokio::spawn(task.in_current_span());
+    let limits = GroupLimits {
+        header_timeout: limits.stream_header_timeout,
+        order_wait: limits.stream_order_wait,
+        max_frame,
+    };
+    accept_groups(conn, limits, RelayGroups { relay, peer_id }).await;
+}
+
+/// A peer's incoming group streams, handed to the core frame by frame.
+#[derive(Clone)]
+struct RelayGroups {
+    relay: SharedRelay,
+    peer_id: PeerId,
+}
+
+fn refused(error: ProtocolError) -> Refusal<ProtocolError> {
+    Refusal {
+        code: close_code::STREAM_REFUSED,
+        error: Some(error),
     }
 }
 
-fn refuse_stream(stream: RecvStream, relay: &SharedRelay, peer_id: PeerId, e: ProtocolError) {
-    debug!(error = %e, "media stream refused");
-    relay.lock().report_frame_error(peer_id, &e, Instant::now());
-    stream.stop(VarInt::from_u32(close_code::STREAM_REFUSED));
-}
+impl GroupReader for RelayGroups {
+    type Error = ProtocolError;
 
-async fn receive_media_stream(
-    mut stream: RecvStream,
-    mut buf: BytesMut,
-    (producer_id, layer): GroupKey,
-    relay: SharedRelay,
-    peer_id: PeerId,
-    max_frame: usize,
-) {
-    loop {
-        loop {
-            match frame::decode_stream_frame(&mut buf, max_frame) {
-                Ok(Some(f)) => {
-                    let data = FrameData::Stream {
-                        head: f.head,
-                        payload: f.payload,
-                    };
-                    let result = relay.lock().on_frame(
-                        peer_id,
-                        producer_id,
-                        MediaKind::Video,
-                        layer,
-                        &f.header,
-                        data,
-                        Instant::now(),
-                    );
-                    if let Err(e) = result {
-                        debug!(error = %e, "frame refused");
-                        stream.stop(VarInt::from_u32(close_code::STREAM_REFUSED));
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return refuse_stream(stream, &relay, peer_id, frame_error(&e)),
+    fn admit(&self, h: StreamHeader) -> Result<(), Refusal<ProtocolError>> {
+        self.relay
+            .lock()
+            .check_media_source(self.peer_id, h.producer_id, MediaKind::Video, h.layer)
+            .map_err(refused)
+    }
+
+    async fn frame(
+        &self,
+        (producer_id, layer): GroupKey,
+        f: StreamFrame,
+    ) -> Result<(), Refusal<ProtocolError>> {
+        let data = FrameData::Stream {
+            head: f.head,
+            payload: f.payload,
+        };
+        let result = self.relay.lock().on_frame(
+            self.peer_id,
+            producer_id,
+            MediaKind::Video,
+            layer,
+            &f.header,
+            data,
+            Instant::now(),
+        );
+        // The core has told the peer already (rate-limited).
+        result.map_err(|e| {
+            debug!(error = %e, "frame refused");
+            Refusal {
+                code: close_code::STREAM_REFUSED,
+                error: None,
             }
-        }
-        match read_more(&mut stream, &mut buf).await {
-            Ok(true) => {}
-            Ok(false) if buf.is_empty() => return,
-            // Ended or reset mid-frame (the peer vanished): the partial frame is discarded,
-            // nothing of it was forwarded.
-            _ => {
-                debug!(partial = buf.len(), "media stream ended mid-frame");
-                return;
-            }
-        }
+        })
+    }
+
+    fn malformed(&self, e: FrameError) -> Refusal<ProtocolError> {
+        refused(frame_error(&e))
+    }
+
+    fn refused(&self, e: ProtocolError) {
+        debug!(error = %e, "media stream refused");
+        self.relay
+            .lock()
+            .report_frame_error(self.peer_id, &e, Instant::now());
     }
 }
 
