@@ -13,7 +13,8 @@ use synapse_sfu::wire::frame::{
     decode_datagram, decode_stream_frame, encode_datagram, encode_stream_frame_head,
 };
 use synapse_sfu::wire::{
-    ClientMessage, FrameHeader, MediaKind, PROTOCOL_VERSION, Request, ServerMessage,
+    ClientMessage, ConsumerId, FrameHeader, MediaKind, PROTOCOL_VERSION, PeerId, ProducerId,
+    Request, ServerMessage,
 };
 
 fn header(seq: u64, keyframe: bool) -> FrameHeader {
@@ -27,9 +28,15 @@ fn header(seq: u64, keyframe: bool) -> FrameHeader {
 fn frame_headers(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame_header");
     let payload = vec![7u8; 160];
-    let datagram = encode_datagram(42, &header(123_456, false), &payload);
+    let datagram = encode_datagram(ProducerId(42), &header(123_456, false), &payload);
     group.bench_function("encode_datagram_160B", |b| {
-        b.iter(|| encode_datagram(black_box(42), black_box(&header(123_456, false)), &payload))
+        b.iter(|| {
+            encode_datagram(
+                black_box(ProducerId(42)),
+                black_box(&header(123_456, false)),
+                &payload,
+            )
+        })
     });
     group.bench_function("decode_datagram_160B", |b| {
         b.iter(|| decode_datagram(black_box(datagram.clone()), 1200).unwrap())
@@ -51,7 +58,7 @@ fn frame_headers(c: &mut Criterion) {
 }
 
 /// A relay with one video producer and `n` consumers in one room.
-fn relay_with_consumers(n: usize) -> (Relay, u64, u64, Vec<u64>) {
+fn relay_with_consumers(n: usize) -> (Relay, PeerId, ProducerId, Vec<ConsumerId>) {
     let now = Instant::now();
     let mut relay = Relay::new(RelayConfig {
         limits: Limits {
@@ -77,11 +84,11 @@ fn relay_with_consumers(n: usize) -> (Relay, u64, u64, Vec<u64>) {
         now,
     );
     let mut cx = Context::from_waker(Waker::noop());
-    let mut producer = 0;
+    let mut producer = ProducerId(0);
     while let std::task::Poll::Ready(Some(out)) = relay.poll_peer(publisher, &mut cx) {
         if let synapse_sfu::core::PeerOutput::Message(ServerMessage::Response { result, .. }) = out
         {
-            producer = result["producer_id"].as_u64().unwrap();
+            producer = ProducerId(result["producer_id"].as_u64().unwrap());
         }
     }
     let mut consumers = Vec::new();

@@ -100,7 +100,10 @@ async fn run(per_frame: bool, frames: u64, group: u64) -> anyhow::Result<Outcome
             }
             let mut s = conn.open_uni().await?.await?;
             s.quic_stream_mut()
-                .write_chunk(frame::encode_stream_header(1, None))
+                .write_chunk(frame::encode_stream_header(
+                    synapse_sfu::wire::ProducerId(1),
+                    None,
+                ))
                 .await?;
             stream = Some(s);
             streams += 1;

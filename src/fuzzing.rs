@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use crate::core::{FrameData, Relay, RelayConfig};
 use crate::wire::frame::{decode_datagram, decode_stream_frame, decode_stream_header};
 use crate::wire::{
-    ClientMessage, LeaveReason, MediaKind, PROTOCOL_VERSION, Request, ServerMessage,
-    decode_message, encode_message,
+    ClientMessage, ConsumerId, LeaveReason, MediaKind, PROTOCOL_VERSION, PeerId, ProducerId,
+    Request, ServerMessage, decode_message, encode_message,
 };
 
 /// Control messages: whatever parses re-encodes to something that parses to the same.
@@ -88,12 +88,12 @@ pub fn stream(data: &[u8]) {
 pub fn relay_core(data: &[u8]) {
     let mut relay = Relay::new(RelayConfig::default());
     let mut now = Instant::now();
-    let mut peers: Vec<u64> = Vec::new();
+    let mut peers: Vec<PeerId> = Vec::new();
     let mut cx = Context::from_waker(Waker::noop());
     for (id, op) in (1u64..).zip(data.chunks(2)) {
         let (a, b) = (op[0], op.get(1).copied().unwrap_or(0));
         now += Duration::from_millis(u64::from(b % 50));
-        let pick = |list: &[u64]| list.get(usize::from(b) % list.len().max(1)).copied();
+        let pick = |list: &[PeerId]| list.get(usize::from(b) % list.len().max(1)).copied();
         // Ids are small integers shared by peers, producers and consumers: guess among them.
         let some_id = u64::from(b % 32);
         let peer = pick(&peers);
@@ -136,7 +136,7 @@ pub fn relay_core(data: &[u8]) {
             3 => {
                 if let Some(p) = peer {
                     let r = Request::Consume {
-                        producer_id: some_id,
+                        producer_id: ProducerId(some_id),
                         paused: b % 5 == 0,
                     };
                     relay.handle(p, request(r), now);
@@ -146,22 +146,22 @@ pub fn relay_core(data: &[u8]) {
                 if let Some(p) = peer {
                     let r = match b % 6 {
                         0 => Request::PauseProducer {
-                            producer_id: some_id,
+                            producer_id: ProducerId(some_id),
                         },
                         1 => Request::ResumeProducer {
-                            producer_id: some_id,
+                            producer_id: ProducerId(some_id),
                         },
                         2 => Request::CloseProducer {
-                            producer_id: some_id,
+                            producer_id: ProducerId(some_id),
                         },
                         3 => Request::PauseConsumer {
-                            consumer_id: some_id,
+                            consumer_id: ConsumerId(some_id),
                         },
                         4 => Request::ResumeConsumer {
-                            consumer_id: some_id,
+                            consumer_id: ConsumerId(some_id),
                         },
                         _ => Request::CloseConsumer {
-                            consumer_id: some_id,
+                            consumer_id: ConsumerId(some_id),
                         },
                     };
                     relay.handle(p, request(r), now);
@@ -187,13 +187,13 @@ pub fn relay_core(data: &[u8]) {
                         keyframe: b % 7 == 0,
                     };
                     let layer = (a / 13) % 4;
-                    let _ = relay.on_frame(p, some_id, kind, layer, &header, data, now);
+                    let _ = relay.on_frame(p, ProducerId(some_id), kind, layer, &header, data, now);
                 }
             }
             8 => {
                 // A consumer's sender drains some frames.
                 for _ in 0..(b % 8) {
-                    let _ = relay.poll_consumer(some_id, now, &mut cx);
+                    let _ = relay.poll_consumer(ConsumerId(some_id), now, &mut cx);
                 }
             }
             9 => {
@@ -209,14 +209,14 @@ pub fn relay_core(data: &[u8]) {
                         }
                     } else if b % 3 == 0 {
                         Request::SetPreferredLayers {
-                            consumer_id: some_id,
+                            consumer_id: ConsumerId(some_id),
                             max_layer: (b % 5 != 0).then_some(b % 4),
                             max_width: (b % 7 != 0).then_some(u32::from(b) * 8),
                             max_height: None,
                         }
                     } else {
                         Request::RequestKeyframe {
-                            consumer_id: some_id,
+                            consumer_id: ConsumerId(some_id),
                         }
                     };
                     relay.handle(p, request(r), now);
@@ -236,7 +236,7 @@ pub fn relay_core(data: &[u8]) {
                     let _ = relay.on_path_sample(p, sample, now);
                 }
                 if b % 3 == 0 {
-                    relay.skip_late_consumer(some_id, now);
+                    relay.skip_late_consumer(ConsumerId(some_id), now);
                 }
             }
             _ => {

@@ -76,7 +76,7 @@ async fn operators_list_mute_remove_and_close() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["ada", "bo", "cy"]);
-    assert_eq!(rooms[1]["peers"][1]["producers"][0]["producer_id"], mic);
+    assert_eq!(rooms[1]["peers"][1]["producers"][0]["producer_id"], mic.0);
 
     // Mute a producer: the room and its owner are told.
     let (status, _) = http_request(

@@ -11,7 +11,9 @@ use synapse_sfu::client::{Client, ClientError, now_us};
 use synapse_sfu::core::{RelayConfig, RelayCounts};
 use synapse_sfu::server::ServerConfig;
 use synapse_sfu::wire::frame::{encode_datagram, encode_stream_frame_head, encode_stream_header};
-use synapse_sfu::wire::{ErrorCode, FrameHeader, MediaKind, Request, ServerMessage};
+use synapse_sfu::wire::{
+    ConsumerId, ErrorCode, FrameHeader, MediaKind, ProducerId, Request, ServerMessage,
+};
 
 const WITNESS_FRAMES: u64 = 150;
 
@@ -138,7 +140,7 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         ErrorCode::AlreadyJoined
     );
     assert_eq!(
-        code(chatty.client.consume(424_242).await),
+        code(chatty.client.consume(ProducerId(424_242)).await),
         ErrorCode::UnknownProducer
     );
     assert_eq!(
@@ -154,7 +156,9 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         code(
             chatty
                 .client
-                .command(Request::PauseConsumer { consumer_id: 5 })
+                .command(Request::PauseConsumer {
+                    consumer_id: ConsumerId(5),
+                })
                 .await
         ),
         ErrorCode::UnknownConsumer
@@ -177,7 +181,11 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
     let mut unknown = join(&server, "r", "unknown", false).await;
     unknown
         .client
-        .send_datagram(encode_datagram(999_999, &header(0, false), b"x"))
+        .send_datagram(encode_datagram(
+            ProducerId(999_999),
+            &header(0, false),
+            b"x",
+        ))
         .unwrap();
     assert_eq!(
         error_event(&mut unknown).await,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use synapse_sfu::client::media::synthetic_payload;
 use synapse_sfu::core::RelayCounts;
-use synapse_sfu::wire::{LeaveReason, MediaKind, ServerMessage};
+use synapse_sfu::wire::{LeaveReason, MediaKind, ProducerId, ServerMessage};
 
 const VIDEO_FRAMES: u64 = 60;
 const AUDIO_FRAMES: u64 = 100;
@@ -62,7 +62,7 @@ async fn three_peers_receive_each_other_and_nobody_else_does() {
     }
 
     for (i, peer) in peers.iter_mut().enumerate() {
-        let others: Vec<(u64, u64)> = tracks
+        let others: Vec<(ProducerId, ProducerId)> = tracks
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)

@@ -12,7 +12,7 @@ use common::*;
 use synapse_sfu::client::join::{Publisher, publish_simulcast, simulcast_ladder};
 use synapse_sfu::client::{Client, ClientOptions, Incoming, Verification, now_us};
 use synapse_sfu::shaper::{LinkConfig, Shaper, ShaperConfig};
-use synapse_sfu::wire::{MediaKind, Request, ServerMessage};
+use synapse_sfu::wire::{ConsumerId, MediaKind, Request, ServerMessage};
 use tokio::sync::{Mutex, oneshot};
 
 /// One received video frame: when, its layer mark, seq, latency.
@@ -82,7 +82,7 @@ async fn publisher(peer: Peer) -> (Arc<Publisher>, oneshot::Sender<()>, Client) 
 }
 
 /// The consumer id of the first `consumer_added` a subscriber saw.
-async fn consumer_id(events: &Mutex<Vec<ServerMessage>>) -> u64 {
+async fn consumer_id(events: &Mutex<Vec<ServerMessage>>) -> ConsumerId {
     let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(10));
     loop {
         let found = events.lock().await.iter().find_map(|e| match e {

@@ -16,11 +16,11 @@ use super::stats::{Recorder, packets_for};
 use crate::client::media::{MediaSource, SyntheticAudio, SyntheticVideo};
 use crate::client::{ReceivedFrame, now_us, receive_datagrams, receive_streams};
 use crate::group::GroupWriter;
-use crate::wire::MediaKind;
 use crate::wire::frame::{self, FrameHeader};
+use crate::wire::{MediaKind, ProducerId};
 
-const AUDIO_PRODUCER: u64 = 1;
-const VIDEO_PRODUCER: u64 = 2;
+const AUDIO_PRODUCER: ProducerId = ProducerId(1);
+const VIDEO_PRODUCER: ProducerId = ProducerId(2);
 
 enum Outgoing {
     Datagram(Bytes),

@@ -62,25 +62,27 @@ impl<H> GroupOrder<H> {
 mod tests {
     use super::*;
 
+    use crate::wire::ProducerId;
+
     #[test]
     fn streams_wait_for_their_predecessor_only() {
         let mut order = GroupOrder::default();
-        assert_eq!(order.register((7, 0), 2, "a"), None);
-        assert_eq!(order.register((7, 0), 6, "b"), Some("a"));
+        assert_eq!(order.register((ProducerId(7), 0), 2, "a"), None);
+        assert_eq!(order.register((ProducerId(7), 0), 6, "b"), Some("a"));
         assert_eq!(
-            order.register((9, 0), 10, "x"),
+            order.register((ProducerId(9), 0), 10, "x"),
             None,
             "another producer is independent"
         );
         // Stream 14 was accepted before stream 10 of producer 7.
-        assert_eq!(order.register((7, 0), 18, "d"), Some("b"));
+        assert_eq!(order.register((ProducerId(7), 0), 18, "d"), Some("b"));
         assert_eq!(
-            order.register((7, 0), 14, "c"),
+            order.register((ProducerId(7), 0), 14, "c"),
             None,
             "late: waits for nothing"
         );
         assert_eq!(
-            order.register((7, 0), 22, "e"),
+            order.register((ProducerId(7), 0), 22, "e"),
             Some("d"),
             "the newest stays the tail"
         );

@@ -699,7 +699,7 @@ impl Relay {
                 "this access token does not allow subscribing",
             ));
         }
-        let peer_id = self.new_id();
+        let peer_id = PeerId(self.new_id());
         let peers: Vec<PeerInfo> = self
             .rooms
             .get(room)
@@ -1031,7 +1031,7 @@ impl Relay {
                 "codec must be 1 to 64 printable characters (e.g. \"opus\", \"vp8\")",
             ));
         }
-        let producer_id = self.new_id();
+        let producer_id = ProducerId(self.new_id());
         let info = ProducerInfo {
             producer_id,
             peer_id,
@@ -1163,7 +1163,7 @@ impl Relay {
         paused: bool,
         now: Instant,
     ) -> ConsumerInfo {
-        let consumer_id = self.new_id();
+        let consumer_id = ConsumerId(self.new_id());
         let producer = self
             .producers
             .get_mut(&producer_id)

@@ -7,8 +7,8 @@ use bytes::Bytes;
 
 use super::*;
 use crate::wire::{
-    ClientMessage, ConsumerInfo, ErrorCode, FrameHeader, LeaveReason, MediaKind, PROTOCOL_VERSION,
-    PeerId, ProduceResult, ProducerId, Request, ServerMessage,
+    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, FrameHeader, LeaveReason, MediaKind,
+    PROTOCOL_VERSION, PeerId, ProduceResult, ProducerId, Request, ServerMessage,
 };
 
 fn hdr(seq: u64, keyframe: bool) -> FrameHeader {
@@ -93,7 +93,7 @@ impl Harness {
             .producer_id
     }
 
-    fn consume(&mut self, peer: PeerId, producer_id: ProducerId) -> u64 {
+    fn consume(&mut self, peer: PeerId, producer_id: ProducerId) -> ConsumerId {
         let result = self
             .request(
                 peer,
@@ -127,7 +127,7 @@ impl Harness {
             .collect()
     }
 
-    fn frames(&mut self, consumer: u64) -> Vec<Bytes> {
+    fn frames(&mut self, consumer: ConsumerId) -> Vec<Bytes> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut out = Vec::new();
         while let Poll::Ready(Some(f)) = self.relay.poll_consumer(consumer, self.now, &mut cx) {
@@ -510,11 +510,21 @@ fn bad_requests_get_typed_errors() {
         Err(ErrorCode::NotOwner)
     );
     assert_eq!(
-        h.request(b, Request::CloseProducer { producer_id: 999 }),
+        h.request(
+            b,
+            Request::CloseProducer {
+                producer_id: ProducerId(999)
+            }
+        ),
         Err(ErrorCode::UnknownProducer)
     );
     assert_eq!(
-        h.request(a, Request::PauseConsumer { consumer_id: 999 }),
+        h.request(
+            a,
+            Request::PauseConsumer {
+                consumer_id: ConsumerId(999)
+            }
+        ),
         Err(ErrorCode::UnknownConsumer)
     );
     // Frames: not yours, unknown, wrong transport. Each reported to the sender only.
@@ -523,9 +533,15 @@ fn bad_requests_get_typed_errors() {
         .relay
         .on_frame(b, cam, MediaKind::Video, 0, &hdr(0, true), data(), h.now);
     assert_eq!(e.unwrap_err().code, ErrorCode::NotOwner);
-    let e = h
-        .relay
-        .on_frame(a, 999, MediaKind::Audio, 0, &hdr(0, false), data(), h.now);
+    let e = h.relay.on_frame(
+        a,
+        ProducerId(999),
+        MediaKind::Audio,
+        0,
+        &hdr(0, false),
+        data(),
+        h.now,
+    );
     assert_eq!(e.unwrap_err().code, ErrorCode::UnknownProducer);
     h.now += Duration::from_secs(2);
     let e = h
@@ -833,7 +849,7 @@ fn oversized_params_are_refused() {
 }
 
 /// Frames popped for `consumer` at `h.now`, with their time in the relay.
-fn popped_ages(h: &mut Harness, consumer: u64) -> Vec<(u8, bool, Duration)> {
+fn popped_ages(h: &mut Harness, consumer: ConsumerId) -> Vec<(u8, bool, Duration)> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut out = Vec::new();
     while let Poll::Ready(Some(f)) = h.relay.poll_consumer(consumer, h.now, &mut cx) {
@@ -1106,7 +1122,7 @@ impl Harness {
     }
 
     /// (layer mark, seq as the consumer reads it, keyframe) of each frame taken.
-    fn layered_frames(&mut self, consumer: u64) -> Vec<(u8, u64, bool)> {
+    fn layered_frames(&mut self, consumer: ConsumerId) -> Vec<(u8, u64, bool)> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut out = Vec::new();
         while let Poll::Ready(Some(f)) = self.relay.poll_consumer(consumer, self.now, &mut cx) {
@@ -1123,7 +1139,7 @@ impl Harness {
         out
     }
 
-    fn set_preference(&mut self, peer: PeerId, consumer: u64, w: u32, h: u32) {
+    fn set_preference(&mut self, peer: PeerId, consumer: ConsumerId, w: u32, h: u32) {
         self.request(
             peer,
             Request::SetPreferredLayers {

@@ -73,7 +73,7 @@ pub async fn close_room(State(state): State<HttpState>, Path(room): Path<String>
 
 pub async fn remove_peer(State(state): State<HttpState>, Path(peer_id): Path<PeerId>) -> Response {
     if state.relay.lock().kick(peer_id, "removed by an operator") {
-        tracing::info!(peer = peer_id, "peer removed by an operator");
+        tracing::info!(peer = peer_id.0, "peer removed by an operator");
         Json(json!({ "peer_id": peer_id, "removed": true })).into_response()
     } else {
         error(

@@ -167,7 +167,7 @@ async fn run(
         response,
     } = joined;
 
-    let span = info_span!("peer", %room, peer = peer_id, peer_name = %name);
+    let span = info_span!("peer", %room, peer = peer_id.0, peer_name = %name);
     async move {
         let sent = tokio::time::timeout(
             limits.control_write_timeout,
@@ -393,7 +393,7 @@ async fn drive(
                 }
                 Some(PeerOutput::StartConsumer { consumer_id, producer_id, .. }) => {
                     let task = send_consumer(conn.clone(), relay.clone(), consumer_id, producer_id, limits.clone());
-                    tokio::spawn(task.instrument(info_span!("consumer", consumer = consumer_id, producer = producer_id)));
+                    tokio::spawn(task.instrument(info_span!("consumer", consumer = consumer_id.0, producer = producer_id.0)));
                 }
                 Some(PeerOutput::Disconnect(e)) => {
                     warn!(error = %e, "disconnecting peer");

@@ -12,9 +12,38 @@ pub const MAX_CONTROL_MESSAGE: usize = 64 * 1024;
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
 
-pub type PeerId = u64;
-pub type ProducerId = u64;
-pub type ConsumerId = u64;
+/// Ids of peers, producers and consumers: one counter for all three (docs/PROTOCOL.md), but
+/// distinct types, so that a consumer id cannot be passed where a producer id is meant. On
+/// the wire each is a plain integer.
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A peer: one joined session.
+    PeerId
+);
+id_type!(
+    /// A producer: one track a peer sends. Media frames carry it.
+    ProducerId
+);
+id_type!(
+    /// A consumer: one peer's subscription to a producer.
+    ConsumerId
+);
 /// Codec parameters as the producer gives them (width, height, sample rate, a WebCodecs
 /// `description`...): the relay stores and repeats them, it never interprets them.
 pub type Params = serde_json::Map<String, serde_json::Value>;
@@ -526,7 +555,7 @@ mod tests {
             }
         );
         let out = encode_message(&ServerMessage::KeyframeRequest {
-            producer_id: 4,
+            producer_id: ProducerId(4),
             layer: None,
         });
         assert_eq!(&out[4..], br#"{"type":"keyframe_request","producer_id":4}"#);

@@ -6,6 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::control::ProducerId;
 use super::varint::{self, VarIntError};
 
 /// Flag bit: this frame is a keyframe (starts a decodable group).
@@ -19,7 +20,7 @@ pub const STREAM_TYPE_LAYER_GROUP: u64 = 0x02;
 /// `STREAM_TYPE_MEDIA_GROUP` stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamHeader {
-    pub producer_id: u64,
+    pub producer_id: ProducerId,
     pub layer: u8,
 }
 
@@ -52,7 +53,7 @@ pub enum FrameError {
 /// An audio datagram, split into its parts. `payload` is a slice of the received datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
-    pub producer_id: u64,
+    pub producer_id: ProducerId,
     pub header: FrameHeader,
     pub payload: Bytes,
 }
@@ -118,8 +119,9 @@ pub fn decode_datagram(datagram: Bytes, max_size: usize) -> Result<Datagram, Fra
         });
     }
     let mut pos = 0;
-    let producer_id =
-        read_varint(&datagram, &mut pos)?.ok_or(FrameError::Truncated("datagram header"))?;
+    let producer_id = ProducerId(
+        read_varint(&datagram, &mut pos)?.ok_or(FrameError::Truncated("datagram header"))?,
+    );
     let header =
         parse_header(&datagram, &mut pos)?.ok_or(FrameError::Truncated("datagram header"))?;
     Ok(Datagram {
@@ -130,17 +132,17 @@ pub fn decode_datagram(datagram: Bytes, max_size: usize) -> Result<Datagram, Fra
 }
 
 /// Encodes an audio datagram.
-pub fn encode_datagram(producer_id: u64, header: &FrameHeader, payload: &[u8]) -> Bytes {
+pub fn encode_datagram(producer_id: ProducerId, header: &FrameHeader, payload: &[u8]) -> Bytes {
     let mut buf = BytesMut::with_capacity(20 + payload.len());
-    varint::encode(producer_id, &mut buf);
+    varint::encode(producer_id.0, &mut buf);
     put_header(header, &mut buf);
     buf.put_slice(payload);
     buf.freeze()
 }
 
 /// Bytes of datagram header before the payload, for sizing payloads under a datagram limit.
-pub fn datagram_overhead(producer_id: u64, header: &FrameHeader) -> usize {
-    varint::encoded_len(producer_id)
+pub fn datagram_overhead(producer_id: ProducerId, header: &FrameHeader) -> usize {
+    varint::encoded_len(producer_id.0)
         + varint::encoded_len(header.seq)
         + varint::encoded_len(header.capture_us)
         + 1
@@ -167,18 +169,21 @@ pub fn decode_stream_header(buf: &mut BytesMut) -> Result<Option<StreamHeader>, 
         layer = u8::try_from(value).map_err(|_| FrameError::LayerOutOfRange(value))?;
     }
     buf.advance(pos);
-    Ok(Some(StreamHeader { producer_id, layer }))
+    Ok(Some(StreamHeader {
+        producer_id: ProducerId(producer_id),
+        layer,
+    }))
 }
 
 /// Encodes the header that opens a media stream: a plain group for `layer` `None` (what
 /// consumers always receive), a layer group of a simulcast producer otherwise.
-pub fn encode_stream_header(producer_id: u64, layer: Option<u8>) -> Bytes {
+pub fn encode_stream_header(producer_id: ProducerId, layer: Option<u8>) -> Bytes {
     let mut buf = BytesMut::with_capacity(18);
     match layer {
         None => varint::encode(STREAM_TYPE_MEDIA_GROUP, &mut buf),
         Some(_) => varint::encode(STREAM_TYPE_LAYER_GROUP, &mut buf),
     }
-    varint::encode(producer_id, &mut buf);
+    varint::encode(producer_id.0, &mut buf);
     if let Some(layer) = layer {
         varint::encode(u64::from(layer), &mut buf);
     }
@@ -243,16 +248,16 @@ mod tests {
 
     #[test]
     fn datagram_round_trip_shares_the_buffer() {
-        let wire = encode_datagram(7, &header(3, false), b"opus");
+        let wire = encode_datagram(ProducerId(7), &header(3, false), b"opus");
         let ptr = wire.as_ptr();
         let d = decode_datagram(wire.clone(), 1200).unwrap();
-        assert_eq!(d.producer_id, 7);
+        assert_eq!(d.producer_id, ProducerId(7));
         assert_eq!(d.header, header(3, false));
         assert_eq!(&d.payload[..], b"opus");
         // The payload is a view into the datagram, not a copy.
         assert_eq!(d.payload.as_ptr(), unsafe { ptr.add(wire.len() - 4) });
         assert_eq!(
-            datagram_overhead(7, &header(3, false)),
+            datagram_overhead(ProducerId(7), &header(3, false)),
             wire.len() - 4,
             "overhead matches encoding"
         );
@@ -260,7 +265,7 @@ mod tests {
 
     #[test]
     fn datagram_rejects_truncation_size_and_flags() {
-        let wire = encode_datagram(300, &header(70_000, true), b"x");
+        let wire = encode_datagram(ProducerId(300), &header(70_000, true), b"x");
         for cut in 0..wire.len() - 1 {
             assert!(matches!(
                 decode_datagram(wire.slice(..cut), 1200),
@@ -281,7 +286,7 @@ mod tests {
     #[test]
     fn stream_frames_arrive_in_pieces() {
         let mut wire = BytesMut::new();
-        wire.extend_from_slice(&encode_stream_header(42, None));
+        wire.extend_from_slice(&encode_stream_header(ProducerId(42), None));
         for seq in 0..3u64 {
             let payload = vec![seq as u8; 1000 + seq as usize];
             wire.extend_from_slice(&encode_stream_frame_head(
@@ -304,7 +309,7 @@ mod tests {
                 frames.push(frame);
             }
         }
-        assert_eq!(producer.map(|h| h.producer_id), Some(42));
+        assert_eq!(producer.map(|h| h.producer_id), Some(ProducerId(42)));
         assert_eq!(frames.len(), 3);
         for (seq, frame) in frames.iter().enumerate() {
             assert_eq!(frame.header, header(seq as u64, seq == 0));
@@ -341,7 +346,7 @@ mod tests {
 
     #[test]
     fn layer_group_header_round_trips_and_waits_for_its_layer() {
-        let encoded = encode_stream_header(300, Some(2));
+        let encoded = encode_stream_header(ProducerId(300), Some(2));
         assert_eq!(&encoded[..], &[0x02, 0x41, 0x2c, 0x02]);
         let mut partial = BytesMut::from(&encoded[..3]);
         assert_eq!(decode_stream_header(&mut partial), Ok(None));
@@ -354,15 +359,15 @@ mod tests {
         assert_eq!(
             decode_stream_header(&mut whole),
             Ok(Some(StreamHeader {
-                producer_id: 300,
+                producer_id: ProducerId(300),
                 layer: 2
             }))
         );
-        let mut plain = BytesMut::from(&encode_stream_header(7, None)[..]);
+        let mut plain = BytesMut::from(&encode_stream_header(ProducerId(7), None)[..]);
         assert_eq!(
             decode_stream_header(&mut plain),
             Ok(Some(StreamHeader {
-                producer_id: 7,
+                producer_id: ProducerId(7),
                 layer: 0
             }))
         );
