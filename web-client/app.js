@@ -9,7 +9,7 @@
 // hash still comes from the relay); ?token= is the access token for a relay that requires one;
 // ?simulcast=0 publishes one video layer even to a relay that accepts several.
 
-import { Session } from './session.js';
+import { Session, probeRelay } from './session.js';
 import {
   AudioOutput,
   AudioReceiver,
@@ -71,10 +71,45 @@ function captureErrorMessage(e) {
     case 'SecurityError':
       return 'Camera/microphone access was refused. Allow both for this page and join again.';
     case 'NotReadableError':
+    case 'AbortError':
       return 'The camera or microphone cannot be opened (is another application using it?).';
     default:
-      return `Cannot open the camera and microphone: ${e.message || e.name}`;
+      return 'The camera and microphone cannot be opened. Check that they are connected and that this page may use them, then join again.';
   }
+}
+
+/** An error whose message is a sentence for people (the page's own, not the browser's). */
+function readable(message, cause) {
+  const e = new Error(message, { cause });
+  e.readable = true;
+  return e;
+}
+
+// What the relay's error codes (docs/PROTOCOL.md section 4.5) mean to the person using
+// this page. The relay's `message` is for developers (it may name internal types), so it
+// only goes to the console.
+const RELAY_ERRORS = {
+  unauthorized:
+    'The relay did not accept your access token: it may be mistyped, expired, or made for another room. Ask for a new one.',
+  forbidden: 'Your access token does not allow this.',
+  room_full: 'This room is full. Try again later, or use another room.',
+  too_many_rooms:
+    'The relay cannot open another room right now. Try again later, or join a call that is already going on.',
+  invalid_room: 'A room name is 1 to 64 letters, digits, dots, dashes or underscores (no spaces). Change it and join again.',
+  invalid_name: 'Your name must be 1 to 64 characters and not only spaces. Change it and join again.',
+  rate_limited: 'This page asked the relay too often in a short time. Wait a moment and try again.',
+  unsupported_version:
+    'This page and the relay speak different versions of the protocol. Open the page the relay itself serves, or update one of them.',
+  too_many_producers: 'The relay accepts no more media from you in this call.',
+  bitrate_exceeded: 'You send more than the relay allows; some of your video is dropped.',
+  frame_too_large: 'The relay dropped media from this page that was too large.',
+  kicked: 'An operator removed you from the call.',
+  internal: 'The relay failed unexpectedly. Try again; if it keeps happening, tell whoever runs the relay.',
+};
+
+/** A sentence for a relay error code; `fallback` for codes without one of their own. */
+function relayErrorText(code, fallback) {
+  return Object.hasOwn(RELAY_ERRORS, code) ? RELAY_ERRORS[code] : fallback;
 }
 
 // ---------------------------------------------------------------------------
@@ -104,13 +139,14 @@ class Call {
     this.statsTimer = setInterval(() => this.updateStats(), 1000);
   }
 
-  async connect() {
+  async connect(transport) {
     this.session = await Session.connect({
       relayHost,
       quicHost,
       room: this.room,
       name: this.name,
       token: this.token,
+      transport,
       onEvent: (m) => this.onEvent(m),
       onAudio: (f) => {
         const entry = this.receivers.get(f.producerId);
@@ -158,7 +194,12 @@ class Call {
     const starts = [];
     if (audioTrack) {
       this.audioSender = new AudioSender({ session: this.session, track: audioTrack });
-      starts.push(this.audioSender.start().catch((e) => this.trackFailed('microphone', e)));
+      starts.push(
+        this.audioSender.start().then(
+          () => this.senderReady('mic', this.audioSender),
+          (e) => this.trackFailed('microphone', e),
+        ),
+      );
     }
     if (videoTrack) {
       this.videoSender = new VideoSender({
@@ -169,18 +210,32 @@ class Call {
         maxSendDelayMs: settings.maxSendDelayMs,
         simulcast: settings.simulcast,
       });
-      starts.push(this.videoSender.start().catch((e) => this.trackFailed('camera', e)));
+      starts.push(
+        this.videoSender.start().then(
+          () => this.senderReady('camera', this.videoSender),
+          (e) => this.trackFailed('camera', e),
+        ),
+      );
     }
+    // Each control is enabled as soon as its own sender produces: a microphone that is
+    // slow to deliver (or never does) must not keep Camera off disabled, nor the reverse.
+    // One for a track that is not sent stays disabled: there is nothing to mute.
     await Promise.all(starts);
-    // Nothing to mute or turn off for a track that is not sent.
-    $('mic').disabled = !this.audioSender?.producerId;
-    $('camera').disabled = !this.videoSender?.producerId;
+  }
+
+  senderReady(button, sender) {
+    if (call !== this || this.tornDown || !sender?.producerId) return;
+    $(button).disabled = false;
   }
 
   trackFailed(what, e) {
     if (this.session?.ended) return;
     console.error(`${what}:`, e);
-    showError(`Cannot send your ${what}: ${e.message}`);
+    const why =
+      e?.name === 'RelayError'
+        ? relayErrorText(e.code, 'the relay refused it.')
+        : 'it could not be encoded or sent.';
+    showError(`Cannot send your ${what}: ${why.charAt(0).toLowerCase()}${why.slice(1)} The call goes on without it.`);
   }
 
   addPeer(peer) {
@@ -300,8 +355,11 @@ class Call {
         });
         break;
       case 'error':
-        // Not an answer to a request: the relay refused one of our media frames.
-        showError(`The relay refused media from this page (${m.code}): ${m.message}`);
+        // Not an answer to a request: the relay refused one of our media frames (or an
+        // operator removed us: `kicked`, then the session closes).
+        console.warn('relay error:', m.code, m.message);
+        if (m.code === 'kicked') this.kicked = true;
+        showError(relayErrorText(m.code, 'The relay refused some media from this page.'));
         break;
       default:
         // producer_added needs nothing (consumer_added follows); unknown events are ignored.
@@ -312,8 +370,14 @@ class Call {
   onClosed(info) {
     this.teardown();
     showJoinScreen();
-    // Browsers rarely pass on the relay's close reason ("Connection lost." is typical).
-    showError(`Disconnected by the relay: ${info.reason} Join again to reconnect.`);
+    // Browsers rarely pass on the relay's close reason ("Connection lost." is typical), so
+    // it goes to the console only.
+    console.warn('session closed:', info.reason);
+    showError(
+      this.kicked
+        ? `${RELAY_ERRORS.kicked} Join again to come back, if the operator allows it.`
+        : 'The connection to the relay was lost. Join again to reconnect.',
+    );
   }
 
   async setMicMuted(muted) {
@@ -467,6 +531,7 @@ async function join() {
   clearError();
   const room = $('room').value.trim();
   const name = $('name').value.trim();
+  const token = $('token').value.trim();
   $('join').disabled = true;
   // Keep the room and name in the address, so a reload or a shared link comes back here.
   const url = new URL(location.href);
@@ -478,8 +543,17 @@ async function join() {
   let audioOutput = null;
   let joined = null;
   try {
+    // The relay first: an unreachable relay is the commonest failure, and nothing else
+    // (camera, the audio player's module) should be loaded or opened for nothing.
+    setProgress(`Contacting the relay at ${relayHost}…`);
+    const transport = await probeRelay(relayHost);
     setProgress('Checking codecs…');
-    const codec = await chooseVideoCodec(forcedCodec, settings);
+    let codec;
+    try {
+      codec = await chooseVideoCodec(forcedCodec, settings);
+    } catch (e) {
+      throw readable(e.message, e); // media.js words these for people
+    }
     setProgress('Opening camera and microphone…');
     let missing;
     try {
@@ -489,18 +563,31 @@ async function join() {
     }
     // Browsers let audio play once the page has had a user gesture (the Join click).
     audioOutput = new AudioOutput();
-    await audioOutput.start();
+    try {
+      await audioOutput.start();
+    } catch (e) {
+      throw readable(
+        `The audio player of this page could not be loaded from ${location.host}. Check the connection and reload the page.`,
+        e,
+      );
+    }
     setProgress(`Connecting to ${quicHost}…`);
-    joined = new Call({ room, name, token: $('token').value.trim(), codec, capture, audioOutput });
+    joined = new Call({ room, name, token, codec, capture, audioOutput });
     call = joined;
-    await joined.connect();
+    await joined.connect(transport);
     if (missing.length) $('call-status').textContent += ` ${missingDevicesNote(missing)}`;
   } catch (e) {
+    console.warn('join failed:', e, e?.cause);
     joined?.teardown();
     capture?.getTracks().forEach((t) => t.stop());
     audioOutput?.close();
     showJoinScreen();
-    showError(joinErrorMessage(e));
+    showError(joinErrorMessage(e, token));
+    // A relay that requires tokens greets a newcomer with this: show where the token goes.
+    if (!token && refusalCode(e) === 'unauthorized') {
+      $('token-details').open = true;
+      $('token').focus();
+    }
     return;
   } finally {
     joining = false;
@@ -508,7 +595,7 @@ async function join() {
   if (call !== joined) return; // the relay closed the session already (onClosed told why)
   showCallScreen(room);
   setProgress('');
-  $('mic').disabled = true; // until there is a producer to pause
+  $('mic').disabled = true; // until there is a producer to pause (Call.senderReady)
   $('camera').disabled = true;
   joined.startSending();
 }
@@ -518,11 +605,22 @@ function missingDevicesNote(missing) {
   return `No ${missing.join(' or ')} found: the others cannot ${missing.map((m) => cannot[m]).join(' or ')} you.`;
 }
 
-function joinErrorMessage(e) {
-  if (e.name === 'ConnectError' && e.kind === 'refused' && e.cause?.code) {
-    return `The relay refused to join (${e.cause.code}): ${e.cause.relayMessage}`;
+/** The relay's error code if it refused the join, else null. */
+function refusalCode(e) {
+  return e?.name === 'ConnectError' && e.kind === 'refused' && e.cause?.name === 'RelayError' ? e.cause.code : null;
+}
+
+/** What to tell the person when joining failed: always a sentence, never a browser's error. */
+function joinErrorMessage(e, token) {
+  const code = refusalCode(e);
+  if (code === 'unauthorized' && !token) {
+    return 'This relay needs an access token. Paste the token you were given into the Access token field below and join again.';
   }
-  return e.message || String(e);
+  if (code === 'forbidden') return 'Your access token does not allow you to join this call.';
+  if (code) return relayErrorText(code, 'The relay refused to let you join. Try again later.');
+  // session.js words its ConnectErrors for people; so does this page its own errors.
+  if (e?.name === 'ConnectError' || e?.readable) return e.message;
+  return 'Joining failed unexpectedly. Reload the page and try again.';
 }
 
 async function toggle(button, apply) {
@@ -533,7 +631,12 @@ async function toggle(button, apply) {
     button.setAttribute('aria-pressed', String(on));
     return on;
   } catch (e) {
-    showError(`The relay refused (${e.code ?? 'error'}): ${e.relayMessage ?? e.message}`);
+    console.warn('request failed:', e);
+    showError(
+      e?.name === 'RelayError'
+        ? relayErrorText(e.code, 'The relay refused the change. Try again.')
+        : 'The change did not reach the relay. Try again.',
+    );
     return !on;
   } finally {
     button.disabled = false;

@@ -35,30 +35,57 @@ function hexToBytes(hex) {
 }
 
 /**
- * Builds the WebTransport options. A relay with a development identity serves a
- * self-signed certificate that the browser only accepts when its hash is pinned; a relay
- * with a real certificate needs nothing.
+ * Checks that the relay answers and builds the WebTransport options: call this first, so
+ * that an unreachable relay is reported before anything else is loaded or opened. A relay
+ * with a development identity serves a self-signed certificate that the browser only
+ * accepts when its hash is pinned; a relay with a real certificate needs nothing.
+ * Failures are ConnectErrors whose message is written for people (the browser's own
+ * error is their `cause`).
  */
-async function transportOptions(httpBase) {
+export async function probeRelay(relayHost) {
+  const httpBase = `http://${relayHost}`;
+  const unreachable = (e) =>
+    new ConnectError(
+      'unreachable',
+      `Cannot reach the relay at ${relayHost}. Check that it is running and that the address is right, then join again.`,
+      e,
+    );
+  const notARelay = (e) =>
+    new ConnectError(
+      'unreachable',
+      `The server at ${relayHost} does not answer as a Synapse relay does. Check the address, then join again.`,
+      e,
+    );
+  let res;
+  try {
+    res = await fetch(`${httpBase}/healthz`, { cache: 'no-store' });
+  } catch (e) {
+    throw unreachable(e);
+  }
   let health;
   try {
-    const res = await fetch(`${httpBase}/healthz`, { cache: 'no-store' });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     health = await res.json();
   } catch (e) {
-    throw new ConnectError('unreachable', `Cannot reach the relay at ${httpBase} (${e.message}).`, e);
+    throw notARelay(e);
   }
   if (health.protocol !== undefined && health.protocol !== PROTOCOL_VERSION) {
     throw new ConnectError(
       'refused',
-      `The relay speaks protocol version ${health.protocol}; this page speaks ${PROTOCOL_VERSION}.`,
+      `The relay speaks another version of the protocol (${health.protocol}) than this page ` +
+        `(${PROTOCOL_VERSION}). Open the page the relay itself serves, or update one of them.`,
     );
   }
   if (!health.development_identity) return {};
-  const res = await fetch(`${httpBase}/certificate.sha256`, { cache: 'no-store' });
-  const hex = (await res.text()).trim();
+  let hex;
+  try {
+    const cert = await fetch(`${httpBase}/certificate.sha256`, { cache: 'no-store' });
+    hex = (await cert.text()).trim();
+  } catch (e) {
+    throw unreachable(e);
+  }
   if (!/^[0-9a-f]{64}$/i.test(hex)) {
-    throw new ConnectError('unreachable', 'The relay published no valid certificate hash.');
+    throw notARelay(new Error('no valid certificate hash'));
   }
   return { serverCertificateHashes: [{ algorithm: 'sha-256', value: hexToBytes(hex) }] };
 }
@@ -73,13 +100,14 @@ export class Session {
    *   onAudio(frame)            a parsed audio datagram
    *   videoSink(producerId)     returns { frame(f) } for that producer, or null if unknown
    *   onClosed(info)            the session ended without leave() ({ reason })
-   * `token` is the access token, for a relay that requires one.
+   * `token` is the access token, for a relay that requires one. `transport` is what
+   * probeRelay(relayHost) returned, if the caller has checked the relay already.
    * Resolves with the session; `session.joined` holds the join result, and
    * `session.subscribed` whether the relay auto-subscribes this peer. Events are held
    * back until the caller has taken in the join result and calls `releaseEvents()`.
    */
-  static async connect({ relayHost, quicHost = relayHost, room, name, token, onEvent, onAudio, videoSink, onClosed }) {
-    const options = await transportOptions(`http://${relayHost}`);
+  static async connect({ relayHost, quicHost = relayHost, room, name, token, transport, onEvent, onAudio, videoSink, onClosed }) {
+    const options = { ...(transport ?? (await probeRelay(relayHost))) };
     // A hint: real-time media would rather lose throughput than queue in the network.
     // Browsers that do not know the option ignore it, as Chromium 156 does.
     options.congestionControl = 'low-latency';
@@ -90,7 +118,12 @@ export class Session {
       wt.closed.catch(() => {}); // a failed session rejects it; start() handles it from here
       await wt.ready;
     } catch (e) {
-      throw new ConnectError('unreachable', `Cannot open a WebTransport session to ${quicHost} (${e.message}).`, e);
+      throw new ConnectError(
+        'unreachable',
+        `The relay at ${relayHost} answers, but the call connection to ${quicHost} could not be opened. ` +
+          'It runs over UDP, which a firewall or VPN may block; try again, or from another network.',
+        e,
+      );
     }
     session.wt = wt;
     try {
@@ -118,8 +151,8 @@ export class Session {
       }
     } catch (e) {
       wt.close();
-      if (e.name === 'RelayError') throw new ConnectError('refused', e.message, e);
-      throw new ConnectError('unreachable', `The relay ended the session while joining (${e.message}).`, e);
+      if (e.name === 'RelayError') throw new ConnectError('refused', `The relay refused the join (${e.code}).`, e);
+      throw new ConnectError('unreachable', 'The connection to the relay broke off while joining. Join again.', e);
     }
     session.start();
     return session;

@@ -69,7 +69,7 @@ function udpPortFree(port) {
 }
 
 /** A port free on 127.0.0.1 for both TCP (HTTP) and UDP (WebTransport). */
-async function freePort() {
+export async function freePort() {
   for (let attempt = 0; attempt < 20; attempt++) {
     const port = await new Promise((resolve, reject) => {
       const server = net.createServer();
@@ -84,7 +84,7 @@ async function freePort() {
   throw new Error('no free port for the relay');
 }
 
-function relayBinary() {
+export function relayBinary() {
   const bin = process.env.SYNAPSE_BIN || path.join(REPO_ROOT, 'target/debug/synapse-sfu');
   if (!fs.existsSync(bin)) {
     throw new Error(`relay binary not found: ${bin} (build it with cargo build, or set SYNAPSE_BIN)`);
@@ -136,16 +136,18 @@ function childEnv() {
 /**
  * Starts `synapse-sfu serve` (SYNAPSE_BIN, or the debug build) on a free port with a
  * fresh certificate directory. With SYNAPSE_WEB_ROOT set the web client is served from
- * that directory; otherwise the copy embedded in the binary is tested.
+ * that directory; otherwise the copy embedded in the binary is tested. `options.env` adds
+ * environment variables for the relay (e.g. SYNAPSE_API_KEY and SYNAPSE_API_SECRET, so
+ * that joins require access tokens).
  */
-export async function startRelay() {
+export async function startRelay({ env = {} } = {}) {
   const bin = relayBinary();
   const port = await freePort();
   const certsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'synapse-browser-test-'));
   const args = ['serve', '--bind', `127.0.0.1:${port}`, '--certs-dir', certsDir];
   const webRoot = process.env.SYNAPSE_WEB_ROOT;
   if (webRoot) args.push('--web-root', webRoot);
-  const proc = spawnLogged(bin, args, childEnv());
+  const proc = spawnLogged(bin, args, { ...childEnv(), ...env });
 
   const relay = {
     port,
