@@ -341,6 +341,27 @@ struct Consumer {
     layers: Option<LayerSelection>,
 }
 
+impl Consumer {
+    /// Queues a frame (the queue's policy decides what is lost: `queue.rs`), adds what it
+    /// dropped to `dropped`, and wakes the sender if the frame was queued.
+    fn enqueue(&mut self, frame: QueuedFrame, dropped: &mut u64) -> PushOutcome {
+        let outcome = self.queue.push(frame);
+        match outcome {
+            PushOutcome::Queued => {}
+            PushOutcome::QueuedAfterDrop { dropped: n }
+            | PushOutcome::NeedsKeyframe { dropped: n } => {
+                *dropped += n;
+            }
+        }
+        if !matches!(outcome, PushOutcome::NeedsKeyframe { .. })
+            && let Some(waker) = self.waker.take()
+        {
+            waker.wake();
+        }
+        outcome
+    }
+}
+
 /// Per-consumer figures, for tests and the admin view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerStats {
@@ -1347,11 +1368,6 @@ impl Relay {
         }
     }
 
-    /// Asks for a keyframe of one layer of a simulcast producer.
-    fn request_layer_keyframe(&mut self, producer_id: ProducerId, layer: u8, now: Instant) {
-        self.ask_keyframe(producer_id, Some(layer), now);
-    }
-
     /// Sends a `keyframe_request` for a producer (`None`) or one of its layers, unless one
     /// went for the same within `keyframe_request_interval`.
     fn ask_keyframe(&mut self, producer_id: ProducerId, layer: Option<u8>, now: Instant) {
@@ -1386,11 +1402,11 @@ impl Relay {
             Some(selection) => {
                 selection.restart();
                 let (target, restarting) = (selection.target, selection.is_restarting());
-                self.request_layer_keyframe(producer, target, now);
+                self.ask_keyframe(producer, Some(target), now);
                 // A restart also takes the base layer's keyframe, the smallest, if it comes
                 // first (`LayerSelection::on_frame`).
                 if restarting && target > 0 {
-                    self.request_layer_keyframe(producer, 0, now);
+                    self.ask_keyframe(producer, Some(0), now);
                 }
             }
             None => self.request_keyframe(producer, now),
@@ -1529,21 +1545,12 @@ impl Relay {
             if consumer.paused {
                 continue;
             }
-            let queued = match consumer.queue.push(frame.clone()) {
-                PushOutcome::Queued => true,
-                PushOutcome::QueuedAfterDrop { dropped } => {
-                    self.stats.dropped_slow_consumer += dropped;
+            match consumer.enqueue(frame.clone(), &mut self.stats.dropped_slow_consumer) {
+                PushOutcome::Queued => {}
+                PushOutcome::QueuedAfterDrop { .. } => {
                     wants_keyframe |= consumer.kind == MediaKind::Video;
-                    true
                 }
-                PushOutcome::NeedsKeyframe { dropped } => {
-                    self.stats.dropped_slow_consumer += dropped;
-                    wants_keyframe = true;
-                    false
-                }
-            };
-            if queued && let Some(waker) = consumer.waker.take() {
-                waker.wake();
+                PushOutcome::NeedsKeyframe { .. } => wants_keyframe = true,
             }
         }
         // A keyframe that just went out satisfies everyone waiting; only ask while some
@@ -1614,24 +1621,14 @@ impl Relay {
                 data,
                 arrived: now,
             };
-            let queued = match consumer.queue.push(frame) {
-                PushOutcome::Queued => true,
-                PushOutcome::QueuedAfterDrop { dropped } => {
-                    self.stats.dropped_slow_consumer += dropped;
-                    true
+            let outcome = consumer.enqueue(frame, &mut self.stats.dropped_slow_consumer);
+            if let PushOutcome::NeedsKeyframe { .. } = outcome {
+                let selection = consumer.layers.as_mut().expect("a simulcast consumer");
+                selection.restart();
+                keyframes_for.push(selection.target);
+                if selection.is_restarting() {
+                    keyframes_for.push(0);
                 }
-                PushOutcome::NeedsKeyframe { dropped } => {
-                    self.stats.dropped_slow_consumer += dropped;
-                    selection.restart();
-                    keyframes_for.push(selection.target);
-                    if selection.is_restarting() {
-                        keyframes_for.push(0);
-                    }
-                    false
-                }
-            };
-            if queued && let Some(waker) = consumer.waker.take() {
-                waker.wake();
             }
         }
         for (peer, message) in told {
@@ -1642,7 +1639,7 @@ impl Relay {
         for l in keyframes_for {
             // The keyframe that just went out satisfies whoever waited for this layer.
             if !(header.keyframe && l == layer) {
-                self.request_layer_keyframe(producer_id, l, now);
+                self.ask_keyframe(producer_id, Some(l), now);
             }
         }
         Ok(())
@@ -1862,7 +1859,7 @@ impl Relay {
             }
         }
         for (producer_id, layer) in keyframes {
-            self.request_layer_keyframe(producer_id, layer, now);
+            self.ask_keyframe(producer_id, Some(layer), now);
         }
         for producer_id in touched {
             self.update_dynacast(producer_id, now);
@@ -1933,7 +1930,7 @@ impl Relay {
             },
         );
         for layer in added {
-            self.request_layer_keyframe(producer_id, layer, now);
+            self.ask_keyframe(producer_id, Some(layer), now);
         }
     }
 
