@@ -73,7 +73,7 @@ async fn tokens_are_checked_at_join_and_grants_on_every_request() {
     );
     assert_eq!(code, ErrorCode::Unauthorized);
     assert!(message.contains("room"), "{message}");
-    assert_eq!(server.relay().lock().counts(), RelayCounts::default());
+    assert_eq!(server.rooms().counts(), RelayCounts::default());
 
     // A good token: the name comes from the token, the grants are enforced.
     let listener = Grants {
@@ -89,7 +89,7 @@ async fn tokens_are_checked_at_join_and_grants_on_every_request() {
     assert_eq!(joined.grants, listener);
     assert_eq!(joined.name, "Listener");
     assert_eq!(
-        server.relay().lock().peer_label(joined.peer_id).unwrap().1,
+        server.rooms().peer_label(joined.peer_id).unwrap().1,
         "Listener"
     );
     let (code, _) = refused(client.produce(MediaKind::Audio, "opus").await);

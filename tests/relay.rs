@@ -142,7 +142,7 @@ async fn three_peers_receive_each_other_and_nobody_else_does() {
         bystander.incoming.frames.try_recv().is_err(),
         "an unsubscribed peer hears nothing"
     );
-    let relay = server.relay().lock();
+    let relay = server.rooms();
     assert!(relay.peer_consumers(outsider.joined.peer_id).is_empty());
     assert!(relay.peer_consumers(bystander.joined.peer_id).is_empty());
 }
@@ -194,8 +194,7 @@ async fn leaving_and_crashing_peers_are_announced_and_freed() {
     // Bo's producer closed before Bo was announced gone.
     assert!(
         server
-            .relay()
-            .lock()
+            .rooms()
             .peer_consumers(ada.joined.peer_id)
             .iter()
             .all(|(_, p)| *p != bo_mic)
@@ -245,7 +244,7 @@ async fn a_consumer_that_stops_reading_slows_nobody() {
         .await
         .unwrap();
     wait_for_relay(&server, Duration::from_secs(5), |c| c.consumers == 3).await;
-    let requests_before = server.relay().lock().stats().keyframe_requests;
+    let requests_before = server.rooms().stats().keyframe_requests;
 
     let client = publisher.client.clone();
     let sender = tokio::spawn(async move {
@@ -279,7 +278,7 @@ async fn a_consumer_that_stops_reading_slows_nobody() {
         }
     }
     {
-        let relay = server.relay().lock();
+        let relay = server.rooms();
         let slow_consumers = relay.peer_consumers(slow.joined.peer_id);
         assert_eq!(slow_consumers.len(), 1);
         let stats = relay.consumer_stats(slow_consumers[0].0).unwrap();

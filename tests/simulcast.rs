@@ -186,7 +186,7 @@ async fn each_consumer_gets_only_the_layer_it_prefers_and_unused_layers_pause() 
         )),
         "{told:?}"
     );
-    assert!(server.relay().lock().stats().dynacast_updates >= 1);
+    assert!(server.rooms().stats().dynacast_updates >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +252,7 @@ async fn a_subscriber_behind_a_700_kbit_link_moves_down_and_back_up_when_it_lift
         "weak after 5 s: {}; clean: {}; relay {:?}; shaper {:?}",
         summary(&settled),
         summary(&clean_so_far),
-        server.relay().lock().stats().layer_switches,
+        server.rooms().stats().layer_switches,
         shaper.stats(),
     );
     eprintln!("{report}");

@@ -137,7 +137,7 @@ async fn a_subscriber_on_a_700_kbit_link_stays_within_the_latency_bound() {
     }
     let clean_got = clean_rx.await.unwrap();
     let weak_got = weak_rx.await.unwrap();
-    let stats = server.relay().lock().stats().clone();
+    let stats = server.rooms().stats().clone();
     let shaped = shaper.stats();
     let q = Received::quantile;
     let summary = format!(

@@ -561,7 +561,7 @@ fn bad_requests_get_typed_errors() {
 fn a_peer_that_never_reads_is_disconnected_not_buffered_forever() {
     let mut h = Harness::with(RelayConfig {
         max_outbox: 8,
-        limits: super::relay::Limits {
+        limits: super::Limits {
             max_producers_per_peer: 0,
             ..Default::default()
         },
@@ -771,7 +771,7 @@ fn going_away_reaches_every_peer() {
 
 #[test]
 fn limits_refuse_the_offender_only() {
-    use super::relay::Limits;
+    use super::Limits;
     let mut h = Harness::with(RelayConfig {
         limits: Limits {
             max_peers_per_room: 2,
@@ -1681,4 +1681,67 @@ fn simulated_network_gives_each_subscriber_the_layer_its_link_and_tile_allow() {
     // Dynacast: with a thumbnail, the 700 kbit/s one on layer 1 and the clean one on 2,
     // every layer stayed wanted; nothing was paused that someone needed.
     assert!(sim.sent.iter().all(|s| *s > 0), "{:?}", sim.sent);
+}
+
+#[test]
+fn rooms_share_only_ids_and_a_closed_room_keeps_its_counts() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let c = h.join("other", "c");
+    let mic = h.produce(a, MediaKind::Audio);
+    let other_mic = h.produce(c, MediaKind::Audio);
+    // Ids come from one counter: no id of one room names anything in another.
+    let ids = [a.0, b.0, c.0, mic.0, other_mic.0];
+    let mut unique = ids.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    let cb = h.consume(b, mic);
+    h.audio(a, mic, 1);
+    assert_eq!(h.frames(cb).len(), 1);
+    // A peer cannot send media as a producer of another room.
+    let e = h
+        .relay
+        .check_media_source(c, mic, MediaKind::Audio, 0)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownProducer);
+
+    assert_eq!(h.relay.counts().rooms, 2);
+    h.relay.leave(a, LeaveReason::Left);
+    assert_eq!(h.relay.counts().rooms, 2, "b is still in r");
+    h.relay.leave(b, LeaveReason::Left);
+    assert_eq!(h.relay.counts().rooms, 1, "r closed with its last peer");
+    assert_eq!(h.relay.room_peers("r"), None);
+    let stats = h.relay.stats();
+    assert_eq!(
+        (stats.frames_in, stats.frames_out),
+        (1, 1),
+        "r's counts stay"
+    );
+    // The name can be used again: a new, empty room.
+    let (_, again) = h
+        .relay
+        .join(PROTOCOL_VERSION, "r", "d", false, h.now)
+        .unwrap();
+    assert!(!again.ongoing);
+}
+
+#[test]
+fn room_limit_counts_open_rooms_and_a_refused_join_leaves_no_room() {
+    let mut config = RelayConfig::default();
+    config.limits.max_rooms = 1;
+    config.limits.max_peers_per_room = 1;
+    let mut h = Harness::with(config);
+    let a = h.join("r", "a");
+    let refused = h.relay.join(PROTOCOL_VERSION, "s", "b", false, h.now);
+    assert_eq!(refused.unwrap_err().code, ErrorCode::TooManyRooms);
+    let full = h.relay.join(PROTOCOL_VERSION, "r", "b", false, h.now);
+    assert_eq!(full.unwrap_err().code, ErrorCode::RoomFull);
+    let bad_version = h.relay.join(PROTOCOL_VERSION + 1, "t", "b", false, h.now);
+    assert_eq!(bad_version.unwrap_err().code, ErrorCode::UnsupportedVersion);
+    assert_eq!(h.relay.counts().rooms, 1);
+    h.relay.leave(a, LeaveReason::Left);
+    assert_eq!(h.relay.counts().rooms, 0);
+    h.join("s", "b");
 }

@@ -51,28 +51,30 @@ pub async fn authorize(
 }
 
 pub async fn list_rooms(State(state): State<HttpState>) -> Response {
-    let rooms = state.relay.lock().rooms_snapshot();
+    let rooms = state.rooms.rooms_snapshot();
     Json(json!({ "rooms": rooms })).into_response()
 }
 
 pub async fn close_room(State(state): State<HttpState>, Path(room): Path<String>) -> Response {
-    let mut relay = state.relay.lock();
-    let Some(peers) = relay.room_peers(&room) else {
+    let Some(handle) = state.rooms.room(&room) else {
         return error(
             StatusCode::NOT_FOUND,
             ErrorCode::UnknownRoom,
             format!("no room {room:?}"),
         );
     };
+    let mut locked = handle.lock();
+    let peers = locked.members();
     for peer in &peers {
-        relay.kick(*peer, "the room was closed by an operator");
+        locked.kick(*peer, "the room was closed by an operator");
     }
+    drop(locked);
     tracing::info!(%room, peers = peers.len(), "room closed by an operator");
     Json(json!({ "room": room, "removed": peers.len() })).into_response()
 }
 
 pub async fn remove_peer(State(state): State<HttpState>, Path(peer_id): Path<PeerId>) -> Response {
-    if state.relay.lock().kick(peer_id, "removed by an operator") {
+    if state.rooms.kick(peer_id, "removed by an operator") {
         tracing::info!(peer = peer_id.0, "peer removed by an operator");
         Json(json!({ "peer_id": peer_id, "removed": true })).into_response()
     } else {
@@ -85,11 +87,9 @@ pub async fn remove_peer(State(state): State<HttpState>, Path(peer_id): Path<Pee
 }
 
 async fn set_paused(state: HttpState, producer_id: ProducerId, paused: bool) -> Response {
-    let found =
-        state
-            .relay
-            .lock()
-            .set_producer_paused_by_admin(producer_id, paused, Instant::now());
+    let found = state
+        .rooms
+        .set_producer_paused_by_admin(producer_id, paused, Instant::now());
     if found {
         Json(json!({ "producer_id": producer_id, "paused": paused })).into_response()
     } else {

@@ -14,7 +14,7 @@ use axum::routing::{delete, get, post};
 use include_dir::{Dir, include_dir};
 use tokio::net::TcpListener;
 
-use super::{CertificateHash, SharedRelay, admin};
+use super::{CertificateHash, Rooms, admin};
 use crate::auth::AccessPolicy;
 
 /// The web client, built into the binary so that `serve` needs no files beside it.
@@ -22,7 +22,7 @@ static WEB_CLIENT: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web-client");
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub relay: SharedRelay,
+    pub rooms: Rooms,
     pub certificate_sha256: CertificateHash,
     pub development_identity: bool,
     /// Serve the web client from this directory instead of the embedded copy
@@ -112,7 +112,7 @@ pub async fn serve(listener: TcpListener, state: HttpState) {
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
-    let counts = state.relay.lock().counts();
+    let counts = state.rooms.counts();
     axum::Json(serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -140,14 +140,11 @@ async fn certificate_sha256(State(state): State<HttpState>) -> impl IntoResponse
 
 /// Prometheus text format.
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let (counts, stats, (audio_high, video_high)) = {
-        let relay = state.relay.lock();
-        (
-            relay.counts(),
-            relay.stats().clone(),
-            relay.queue_high_water(),
-        )
-    };
+    let (counts, stats, (audio_high, video_high)) = (
+        state.rooms.counts(),
+        state.rooms.stats(),
+        state.rooms.queue_high_water(),
+    );
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP synapse_{name} {help}");

@@ -1,15 +1,16 @@
 //! IO at the edges: the WebTransport endpoint (UDP), the HTTP side (TCP, same port number),
-//! the TLS identity, and the tasks that drive [`crate::core::Relay`].
+//! the TLS identity, and the tasks that drive the core's rooms ([`crate::core::Room`]).
 
 mod admin;
 pub mod http;
 pub mod identity;
+mod rooms;
 mod session;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -20,24 +21,10 @@ use wtransport::config::IpBindConfig;
 use wtransport::{Endpoint, VarInt};
 
 use crate::auth::AccessPolicy;
-use crate::core::{Relay, RelayConfig};
+use crate::core::RelayConfig;
+pub use rooms::{RoomHandle, Rooms};
 pub use session::close_code;
 pub(crate) use session::{CONTROL_PRIORITY, path_sample};
-
-/// The core behind a lock. Every task takes it for one synchronous call at a time, never
-/// across an `.await`; a panic elsewhere does not poison it for everyone else.
-#[derive(Clone, Default)]
-pub struct SharedRelay(Arc<Mutex<Relay>>);
-
-impl SharedRelay {
-    pub fn new(relay: Relay) -> Self {
-        Self(Arc::new(Mutex::new(relay)))
-    }
-
-    pub fn lock(&self) -> MutexGuard<'_, Relay> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 /// Timeouts and sizes that protect the relay from one peer.
 #[derive(Debug, Clone)]
@@ -165,7 +152,7 @@ impl Default for ServerConfig {
 
 /// A running relay. Dropping it stops accepting; `shutdown` also closes every session.
 pub struct Server {
-    relay: SharedRelay,
+    rooms: Rooms,
     endpoint: Arc<ServerEndpoint>,
     local_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
@@ -200,7 +187,7 @@ impl Server {
             (None, None) => identity::development(&config.certs_dir).await?,
             _ => anyhow::bail!("--cert and --key go together"),
         };
-        let relay = SharedRelay::new(Relay::new(config.relay.clone()));
+        let rooms = Rooms::new(config.relay.clone());
 
         // One port number for both: bind UDP first (it may pick the port), then TCP on it.
         // With port 0 the TCP side may find the number taken; try a few.
@@ -231,7 +218,7 @@ impl Server {
             Some(tcp) => {
                 let addr = tcp.local_addr()?;
                 let state = http::HttpState {
-                    relay: relay.clone(),
+                    rooms: rooms.clone(),
                     certificate_sha256: certificate_sha256.clone(),
                     development_identity: identity.development,
                     web_root: config.web_root.clone(),
@@ -252,7 +239,7 @@ impl Server {
         let draining = Arc::new(AtomicBool::new(false));
         tasks.push(tokio::spawn(accept_sessions(
             endpoint.clone(),
-            relay.clone(),
+            rooms.clone(),
             config.limits.clone(),
             Arc::new(config.access.clone()),
             draining.clone(),
@@ -272,7 +259,7 @@ impl Server {
             "relay listening"
         );
         Ok(Self {
-            relay,
+            rooms,
             endpoint,
             local_addr,
             http_addr,
@@ -283,8 +270,9 @@ impl Server {
         })
     }
 
-    pub fn relay(&self) -> &SharedRelay {
-        &self.relay
+    /// The relay's rooms (the core's state), for tests and embedding.
+    pub fn rooms(&self) -> &Rooms {
+        &self.rooms
     }
 
     /// The UDP address WebTransport listens on.
@@ -313,16 +301,15 @@ impl Server {
     /// wait up to `deadline` for them to leave, then close what remains.
     pub async fn shutdown_gracefully(&self, deadline: Duration) {
         self.draining.store(true, Ordering::Relaxed);
-        let peers = self.relay.lock().counts().peers;
+        let peers = self.rooms.counts().peers;
         info!(peers, ?deadline, "shutting down: telling peers");
-        self.relay
-            .lock()
+        self.rooms
             .announce_going_away("the relay is shutting down", deadline);
         let until = tokio::time::Instant::now() + deadline;
-        while self.relay.lock().counts().peers > 0 && tokio::time::Instant::now() < until {
+        while self.rooms.counts().peers > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let remaining = self.relay.lock().counts().peers;
+        let remaining = self.rooms.counts().peers;
         info!(remaining, "closing");
         self.shutdown();
         // Let the close frames leave before the process exits.
@@ -429,7 +416,7 @@ async fn renew_development_identity(
 
 async fn accept_sessions(
     endpoint: Arc<ServerEndpoint>,
-    relay: SharedRelay,
+    rooms: Rooms,
     limits: SessionLimits,
     access: Arc<AccessPolicy>,
     draining: Arc<AtomicBool>,
@@ -447,7 +434,7 @@ async fn accept_sessions(
         }
         let session = session::serve(
             incoming,
-            relay.clone(),
+            rooms.clone(),
             limits.clone(),
             access.clone(),
             addresses.clone(),

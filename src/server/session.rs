@@ -16,7 +16,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
-use super::{SessionLimits, SharedRelay};
+use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
 use crate::core::{FrameData, GroupKey, PATH_SAMPLE_INTERVAL, PathSample, PeerOutput};
 use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more};
@@ -103,7 +103,7 @@ impl Drop for AddressSlot {
 /// Accepts one incoming session and runs it to its end.
 pub(crate) async fn serve(
     incoming: IncomingSession,
-    relay: SharedRelay,
+    rooms: Rooms,
     limits: SessionLimits,
     access: Arc<AccessPolicy>,
     addresses: AddressCounts,
@@ -128,14 +128,14 @@ pub(crate) async fn serve(
             return;
         }
     };
-    if let Err(e) = run(connection, relay, limits, access).await {
+    if let Err(e) = run(connection, rooms, limits, access).await {
         debug!(%remote, error = %e, "session ended");
     }
 }
 
 async fn run(
     conn: Connection,
-    relay: SharedRelay,
+    rooms: Rooms,
     limits: SessionLimits,
     access: Arc<AccessPolicy>,
 ) -> anyhow::Result<()> {
@@ -146,7 +146,7 @@ async fn run(
     let joining = async {
         let (mut send, mut recv) = conn.accept_bi().await?;
         let joined = join_phase(
-            &conn, &relay, &limits, &access, &mut send, &mut recv, &mut buf,
+            &conn, &rooms, &limits, &access, &mut send, &mut recv, &mut buf,
         )
         .await?;
         anyhow::Ok(joined.map(|joined| (send, recv, joined)))
@@ -162,12 +162,13 @@ async fn run(
     };
     let Joined {
         peer_id,
+        room_name,
         room,
         name,
         response,
     } = joined;
 
-    let span = info_span!("peer", %room, peer = peer_id.0, peer_name = %name);
+    let span = info_span!("peer", room = %room_name, peer = peer_id.0, peer_name = %name);
     async move {
         let sent = tokio::time::timeout(
             limits.control_write_timeout,
@@ -176,12 +177,12 @@ async fn run(
         .await;
         let reason = if matches!(sent, Ok(Ok(()))) {
             info!(remote = %conn.remote_address(), "joined");
-            drive(&conn, &relay, &limits, peer_id, send, recv, buf).await
+            drive(&conn, &room, &limits, peer_id, send, recv, buf).await
         } else {
             LeaveReason::Disconnected
         };
         // Whatever ended the session, the peer and everything it owns go.
-        relay.lock().leave(peer_id, reason);
+        rooms.leave(peer_id, reason);
         conn.close(VarInt::from_u32(close_code::NORMAL), b"session ended");
         info!(?reason, "left");
         Ok(())
@@ -192,7 +193,8 @@ async fn run(
 
 struct Joined {
     peer_id: PeerId,
-    room: String,
+    room_name: String,
+    room: RoomHandle,
     name: String,
     response: ServerMessage,
 }
@@ -203,7 +205,7 @@ struct Joined {
 /// the client closed its control stream first.
 async fn join_phase(
     conn: &Connection,
-    relay: &SharedRelay,
+    rooms: &Rooms,
     limits: &SessionLimits,
     access: &AccessPolicy,
     send: &mut SendStream,
@@ -240,7 +242,7 @@ async fn join_phase(
         let joined = access
             .admit(token.as_deref(), &room, &name)
             .and_then(|admitted| {
-                relay.lock().join_with_grants(
+                rooms.join(
                     version,
                     &room,
                     &admitted.name,
@@ -250,12 +252,13 @@ async fn join_phase(
                 )
             });
         match joined {
-            Ok((peer_id, result)) => {
+            Ok((peer_id, result, handle)) => {
                 let name = result.name.clone();
                 let result = serde_json::to_value(result)?;
                 return Ok(Some(Joined {
                     peer_id,
-                    room,
+                    room_name: room,
+                    room: handle,
                     name,
                     response: ServerMessage::Response { id, result },
                 }));
@@ -315,7 +318,7 @@ impl<const N: usize> Drop for AbortOnDrop<N> {
 /// Runs a joined peer until it leaves or its connection ends.
 async fn drive(
     conn: &Connection,
-    relay: &SharedRelay,
+    room: &RoomHandle,
     limits: &SessionLimits,
     peer_id: PeerId,
     mut send: SendStream,
@@ -325,13 +328,11 @@ async fn drive(
     // Media comes in on tasks of their own, so that a slow control write (up to the write
     // timeout) never holds up this peer's audio and video for its consumers.
     let mut datagrams =
-        tokio::spawn(receive_datagrams(conn.clone(), relay.clone(), peer_id).in_current_span());
+        tokio::spawn(receive_datagrams(conn.clone(), room.clone(), peer_id).in_current_span());
     let mut streams = tokio::spawn(
-        accept_media_streams(conn.clone(), relay.clone(), peer_id, limits.clone())
-            .in_current_span(),
+        accept_media_streams(conn.clone(), room.clone(), peer_id, limits.clone()).in_current_span(),
     );
-    let monitor =
-        tokio::spawn(monitor_path(conn.clone(), relay.clone(), peer_id).in_current_span());
+    let monitor = tokio::spawn(monitor_path(conn.clone(), room.clone(), peer_id).in_current_span());
     let _stop_media = AbortOnDrop([
         datagrams.abort_handle(),
         streams.abort_handle(),
@@ -346,7 +347,7 @@ async fn drive(
             match decode_message::<ClientMessage>(&mut buf, limits.max_control_message) {
                 Ok(Some(message)) => {
                     let request = message.request.name();
-                    let last = relay.lock().handle(peer_id, message, Instant::now());
+                    let last = room.lock().handle(peer_id, message, Instant::now());
                     debug!(request, "request");
                     if !last.is_empty() {
                         // `leave`: the core forgot the peer and handed back what was still
@@ -379,7 +380,7 @@ async fn drive(
                     return LeaveReason::Disconnected;
                 }
             }
-            output = poll_fn(|cx| relay.lock().poll_peer(peer_id, cx)) => match output {
+            output = poll_fn(|cx| room.lock().poll_peer(peer_id, cx)) => match output {
                 None => return LeaveReason::Disconnected,
                 Some(PeerOutput::Message(message)) => {
                     // A peer that stops reading its control stream blocks this write; it
@@ -392,7 +393,7 @@ async fn drive(
                     }
                 }
                 Some(PeerOutput::StartConsumer { consumer_id, producer_id, .. }) => {
-                    let task = send_consumer(conn.clone(), relay.clone(), consumer_id, producer_id, limits.clone());
+                    let task = send_consumer(conn.clone(), room.clone(), consumer_id, producer_id, limits.clone());
                     tokio::spawn(task.instrument(info_span!("consumer", consumer = consumer_id.0, producer = producer_id.0)));
                 }
                 Some(PeerOutput::Disconnect(e)) => {
@@ -423,7 +424,7 @@ pub(crate) const CONTROL_PRIORITY: i32 = 8;
 /// Reads what the transport knows of the path to the peer (RTT, congestion window, packet
 /// and byte counters) every sample interval, hands it to the core as an input, and applies
 /// the send window the core decides (see `core::path`).
-async fn monitor_path(conn: Connection, relay: SharedRelay, peer_id: PeerId) {
+async fn monitor_path(conn: Connection, room: RoomHandle, peer_id: PeerId) {
     let quic = conn.quic_connection().clone();
     let mut tick = tokio::time::interval(PATH_SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -431,7 +432,7 @@ async fn monitor_path(conn: Connection, relay: SharedRelay, peer_id: PeerId) {
         tick.tick().await;
         // Read the transport before taking the core's lock: stats() takes quinn's own.
         let sample = path_sample(&quic);
-        let window = relay.lock().on_path_sample(peer_id, sample, Instant::now());
+        let window = room.lock().on_path_sample(peer_id, sample, Instant::now());
         match window {
             Some(window) => quic.set_send_window(window),
             None => return,
@@ -454,13 +455,13 @@ pub(crate) fn path_sample(quic: &wtransport::quinn::Connection) -> PathSample {
 
 /// Audio in: each datagram is checked and handed to the core whole, so consumers get the
 /// very bytes the producer sent.
-async fn receive_datagrams(conn: Connection, relay: SharedRelay, peer_id: PeerId) {
-    let max = relay.lock().config().max_datagram_size;
+async fn receive_datagrams(conn: Connection, room: RoomHandle, peer_id: PeerId) {
+    let max = room.lock().config().max_datagram_size;
     while let Ok(datagram) = conn.receive_datagram().await {
         let bytes = datagram.payload();
         let now = Instant::now();
         let result = match frame::decode_datagram(bytes.clone(), max) {
-            Ok(d) => relay.lock().on_frame(
+            Ok(d) => room.lock().on_frame(
                 peer_id,
                 d.producer_id,
                 MediaKind::Audio,
@@ -471,7 +472,7 @@ async fn receive_datagrams(conn: Connection, relay: SharedRelay, peer_id: PeerId
             ),
             Err(e) => {
                 let e = frame_error(&e);
-                relay.lock().report_frame_error(peer_id, &e, now);
+                room.lock().report_frame_error(peer_id, &e, now);
                 Err(e)
             }
         };
@@ -489,23 +490,23 @@ async fn receive_datagrams(conn: Connection, relay: SharedRelay, peer_id: PeerId
 /// streams.
 async fn accept_media_streams(
     conn: Connection,
-    relay: SharedRelay,
+    room: RoomHandle,
     peer_id: PeerId,
     limits: SessionLimits,
 ) {
-    let max_frame = relay.lock().config().max_frame_size;
+    let max_frame = room.lock().config().max_frame_size;
     let limits = GroupLimits {
         header_timeout: limits.stream_header_timeout,
         order_wait: limits.stream_order_wait,
         max_frame,
     };
-    accept_groups(conn, limits, RelayGroups { relay, peer_id }).await;
+    accept_groups(conn, limits, RelayGroups { room, peer_id }).await;
 }
 
 /// A peer's incoming group streams, handed to the core frame by frame.
 #[derive(Clone)]
 struct RelayGroups {
-    relay: SharedRelay,
+    room: RoomHandle,
     peer_id: PeerId,
 }
 
@@ -520,7 +521,7 @@ impl GroupReader for RelayGroups {
     type Error = ProtocolError;
 
     fn admit(&self, h: StreamHeader) -> Result<(), Refusal<ProtocolError>> {
-        self.relay
+        self.room
             .lock()
             .check_media_source(self.peer_id, h.producer_id, MediaKind::Video, h.layer)
             .map_err(refused)
@@ -535,7 +536,7 @@ impl GroupReader for RelayGroups {
             head: f.head,
             payload: f.payload,
         };
-        let result = self.relay.lock().on_frame(
+        let result = self.room.lock().on_frame(
             self.peer_id,
             producer_id,
             MediaKind::Video,
@@ -560,7 +561,7 @@ impl GroupReader for RelayGroups {
 
     fn refused(&self, e: ProtocolError) {
         debug!(error = %e, "media stream refused");
-        self.relay
+        self.room
             .lock()
             .report_frame_error(self.peer_id, &e, Instant::now());
     }
@@ -570,14 +571,14 @@ impl GroupReader for RelayGroups {
 /// pictures (a keyframe opens a new stream, after the previous one is finished).
 async fn send_consumer(
     conn: Connection,
-    relay: SharedRelay,
+    room: RoomHandle,
     consumer_id: ConsumerId,
     producer_id: ProducerId,
     limits: SessionLimits,
 ) {
     let mut group = GroupWriter::new(producer_id, None);
     while let Some(frame) =
-        poll_fn(|cx| relay.lock().poll_consumer(consumer_id, Instant::now(), cx)).await
+        poll_fn(|cx| room.lock().poll_consumer(consumer_id, Instant::now(), cx)).await
     {
         match frame.data {
             FrameData::Datagram(datagram) => match conn.send_datagram(&datagram) {
@@ -587,7 +588,7 @@ async fn send_consumer(
                         size = datagram.len(),
                         "datagram too large for this consumer"
                     );
-                    relay.lock().note_datagram_too_large();
+                    room.lock().note_datagram_too_large();
                 }
                 Err(_) => break,
             },
@@ -595,7 +596,7 @@ async fn send_consumer(
                 // Bounded twice: by the frame's latency deadline (late video is skipped,
                 // the consumer restarts at a keyframe) and by the stall timeout.
                 let stall_at = Instant::now() + limits.consumer_write_timeout;
-                let late_at = relay
+                let late_at = room
                     .lock()
                     .write_deadline(
                         consumer_id,
@@ -613,12 +614,12 @@ async fn send_consumer(
                             break;
                         }
                         debug!(error = %e, "consumer stream failed; restarting at a keyframe");
-                        relay.lock().resync_consumer(consumer_id, Instant::now());
+                        room.lock().resync_consumer(consumer_id, Instant::now());
                     }
                     Err(_) if late_at < stall_at => {
                         debug!("video fell behind its latency bound; restarting at a keyframe");
                         group.reset(close_code::CONSUMER_LATE);
-                        relay.lock().skip_late_consumer(consumer_id, Instant::now());
+                        room.lock().skip_late_consumer(consumer_id, Instant::now());
                     }
                     Err(_) => {
                         warn!(
@@ -626,7 +627,7 @@ async fn send_consumer(
                             "consumer stream stalled; restarting at a keyframe"
                         );
                         group.reset(close_code::CONSUMER_STALLED);
-                        relay.lock().resync_consumer(consumer_id, Instant::now());
+                        room.lock().resync_consumer(consumer_id, Instant::now());
                     }
                 }
             }

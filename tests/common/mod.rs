@@ -176,7 +176,7 @@ pub async fn wait_for_relay(
 ) {
     let deadline = tokio::time::Instant::now() + patient(timeout);
     loop {
-        let counts = server.relay().lock().counts();
+        let counts = server.rooms().counts();
         if pred(counts) {
             return;
         }

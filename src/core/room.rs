@@ -1,0 +1,1757 @@
+//! One room's state and every forwarding decision in it, with no IO.
+//!
+//! A `Room` owns its peers and the producers and consumers that hang off them; nothing in
+//! it refers to another room, so each room can be driven by its own owner (the server
+//! keeps one lock per room; `Relay` keeps them all in one struct for tests and fuzzing).
+//! Inputs are calls (`join`, `handle`, `on_frame`, `leave`) that carry the `Instant` they
+//! happened at. Output leaves one way, pulled: `poll_peer` yields the control messages (and
+//! consumer start-ups) for one peer, `poll_consumer` the frames for one consumer. Both take
+//! a `std::task::Context` so the IO layer can sleep until there is something to pull, the
+//! way a channel receiver does, without this module knowing about any runtime.
+//!
+//! The drain rule: after any input, the IO layer must poll every peer and consumer whose
+//! waker fired until it returns `Pending`; an output not pulled stays queued (bounded:
+//! `max_outbox` for a peer, the consumer queue's limits for frames) and nothing is lost
+//! by pulling late, only delayed. `Ready(None)` means the peer or consumer is gone.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::config::RelayConfig;
+use super::path::{PathEstimator, PathSample};
+use super::queue::{ConsumerQueue, FrameData, PushOutcome, QueuedFrame};
+use super::rate::TokenBucket;
+use super::relay::Ids;
+use super::simulcast::{
+    BudgetSample, DYNACAST_DELAY, Demand, HEADROOM, LayerDecision, LayerSelection, LayerState,
+    LinkBudget, Preference, RateMeter, allocate, choose_target,
+};
+use super::stats::{PeerSnapshot, RelayCounts, RelayStats, RoomSnapshot, TransportSnapshot};
+use crate::wire::frame::encode_stream_frame_head;
+use crate::wire::{
+    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, FrameHeader, Grants, JoinResult, LayerInfo,
+    LeaveReason, MAX_LAYERS, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult,
+    ProducerId, ProducerInfo, ProtocolError, Request, ServerMessage,
+};
+
+/// What the IO layer must do for a peer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerOutput {
+    /// Write this on the peer's control stream.
+    Message(ServerMessage),
+    /// A consumer was created for this peer: start sending its frames.
+    StartConsumer {
+        consumer_id: ConsumerId,
+        producer_id: ProducerId,
+        kind: MediaKind,
+    },
+    /// The peer is not reading its control stream fast enough: disconnect it.
+    Disconnect(ProtocolError),
+}
+
+#[derive(Debug)]
+struct Peer {
+    name: String,
+    producers: Vec<ProducerId>,
+    consumers: BTreeSet<ConsumerId>,
+    auto_subscribe: bool,
+    grants: Grants,
+    outbox: VecDeque<PeerOutput>,
+    waker: Option<Waker>,
+    overflowed: bool,
+    last_frame_error: Option<Instant>,
+    requests: Option<TokenBucket>,
+    path: PathEstimator,
+    last_transport_stats: Option<Instant>,
+    /// Frames skipped for this peer's consumers by the latency bound.
+    skipped_late: u64,
+    /// Queue delay at the last path sample, milliseconds (for listings between samples).
+    last_queue_ms: f64,
+    /// What the path to this peer carries, for simulcast layer selection.
+    budget: LinkBudget,
+}
+
+#[derive(Debug)]
+struct Producer {
+    info: ProducerInfo,
+    consumers: Vec<ConsumerId>,
+    last_keyframe_request: Option<Instant>,
+    /// Highest video sequence number forwarded so far (single-encoding producers; each
+    /// simulcast layer keeps its own).
+    last_seq: Option<u64>,
+    bitrate: Option<TokenBucket>,
+    /// What the producer sends, for budgeting its consumers' paths.
+    meter: RateMeter,
+    /// Simulcast layers, lowest first; empty for one encoding.
+    layers: Vec<LayerState>,
+    /// Dynacast: the layers the owner was last told are wanted, and since when fewer are.
+    wanted: Vec<u8>,
+    unwanted_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    peer: PeerId,
+    producer: ProducerId,
+    kind: MediaKind,
+    paused: bool,
+    queue: ConsumerQueue,
+    waker: Option<Waker>,
+    /// For a consumer of a simulcast producer: its layers.
+    layers: Option<LayerSelection>,
+}
+
+impl Consumer {
+    /// Queues a frame (the queue's policy decides what is lost: `queue.rs`), adds what it
+    /// dropped to `dropped`, and wakes the sender if the frame was queued.
+    fn enqueue(&mut self, frame: QueuedFrame, dropped: &mut u64) -> PushOutcome {
+        let outcome = self.queue.push(frame);
+        match outcome {
+            PushOutcome::Queued => {}
+            PushOutcome::QueuedAfterDrop { dropped: n }
+            | PushOutcome::NeedsKeyframe { dropped: n } => {
+                *dropped += n;
+            }
+        }
+        if !matches!(outcome, PushOutcome::NeedsKeyframe { .. })
+            && let Some(waker) = self.waker.take()
+        {
+            waker.wake();
+        }
+        outcome
+    }
+}
+
+/// Per-consumer figures, for tests and the admin view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub queued: usize,
+    pub high_water: usize,
+    pub dropped: u64,
+}
+
+#[derive(Debug)]
+pub struct Room {
+    name: String,
+    config: Arc<RelayConfig>,
+    ids: Ids,
+    /// The room's peers, ordered so that listings and broadcasts are deterministic.
+    members: BTreeSet<PeerId>,
+    peers: HashMap<PeerId, Peer>,
+    producers: HashMap<ProducerId, Producer>,
+    consumers: HashMap<ConsumerId, Consumer>,
+    stats: RelayStats,
+}
+
+/// Largest `params` of a producer, as JSON bytes.
+pub const MAX_PARAMS_SIZE: usize = 4096;
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ProtocolError {
+    ProtocolError::new(code, message)
+}
+
+/// A room name the directory accepts.
+pub(crate) fn validate_room(room: &str) -> Result<(), ProtocolError> {
+    let ok = (1..=64).contains(&room.len())
+        && room
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorCode::InvalidRoom,
+            "room names are 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+        ))
+    }
+}
+
+/// The one protocol version this relay speaks.
+pub(crate) fn check_version(version: u32) -> Result<(), ProtocolError> {
+    if version == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorCode::UnsupportedVersion,
+            format!("this relay speaks protocol version {PROTOCOL_VERSION}, not {version}"),
+        ))
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), ProtocolError> {
+    let chars = name.chars().count();
+    if (1..=64).contains(&chars) && !name.chars().any(char::is_control) && !name.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorCode::InvalidName,
+            "display names are 1 to 64 printable characters",
+        ))
+    }
+}
+
+fn to_value<T: Serialize>(value: T) -> serde_json::Value {
+    serde_json::to_value(value).expect("results always serialize")
+}
+
+impl Room {
+    /// An empty room. `ids` is shared by every room of a relay, so ids stay unique across
+    /// rooms (an operator kicks a peer by id alone).
+    pub fn new(name: &str, config: Arc<RelayConfig>, ids: Ids) -> Self {
+        Self {
+            name: name.to_owned(),
+            config,
+            ids,
+            members: BTreeSet::new(),
+            peers: HashMap::new(),
+            producers: HashMap::new(),
+            consumers: HashMap::new(),
+            stats: RelayStats::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
+    /// What this room has counted since it was created.
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// No peers: the directory removes the room.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn has_peer(&self, peer_id: PeerId) -> bool {
+        self.peers.contains_key(&peer_id)
+    }
+
+    pub fn has_producer(&self, producer_id: ProducerId) -> bool {
+        self.producers.contains_key(&producer_id)
+    }
+
+    pub fn has_consumer(&self, consumer_id: ConsumerId) -> bool {
+        self.consumers.contains_key(&consumer_id)
+    }
+
+    /// Peers, producers and consumers of this room (`rooms` is 1).
+    pub fn counts(&self) -> RelayCounts {
+        RelayCounts {
+            rooms: 1,
+            peers: self.peers.len(),
+            producers: self.producers.len(),
+            consumers: self.consumers.len(),
+        }
+    }
+
+    /// The highest queue depth any open consumer has reached, per kind (audio, video).
+    pub fn queue_high_water(&self) -> (usize, usize) {
+        let mut high = (0, 0);
+        for c in self.consumers.values() {
+            let slot = match c.kind {
+                MediaKind::Audio => &mut high.0,
+                MediaKind::Video => &mut high.1,
+            };
+            *slot = (*slot).max(c.queue.high_water);
+        }
+        high
+    }
+
+    pub fn consumer_stats(&self, consumer_id: ConsumerId) -> Option<ConsumerStats> {
+        self.consumers.get(&consumer_id).map(|c| ConsumerStats {
+            queued: c.queue.len(),
+            high_water: c.queue.high_water,
+            dropped: c.queue.dropped,
+        })
+    }
+
+    /// The consumers of one peer, with the producer each one consumes.
+    pub fn peer_consumers(&self, peer_id: PeerId) -> Vec<(ConsumerId, ProducerId)> {
+        self.peers
+            .get(&peer_id)
+            .map(|p| {
+                p.consumers
+                    .iter()
+                    .map(|cid| (*cid, self.consumers[cid].producer))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The room with its peers and their producers, for the admin API.
+    pub fn snapshot(&self) -> RoomSnapshot {
+        RoomSnapshot {
+            room: self.name.clone(),
+            peers: self
+                .members
+                .iter()
+                .map(|p| PeerSnapshot {
+                    consumers: self.peers[p].consumers.len(),
+                    peer: self.peer_info(*p),
+                    transport: self.transport_snapshot(*p, None),
+                })
+                .collect(),
+        }
+    }
+
+    /// The room's peers.
+    pub fn members(&self) -> Vec<PeerId> {
+        self.members.iter().copied().collect()
+    }
+
+    /// Has a peer's session closed with `reason` (an operator removed it). The peer is
+    /// told, then freed as its session ends. False if there is no such peer.
+    pub fn kick(&mut self, peer_id: PeerId, reason: &str) -> bool {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return false;
+        };
+        let e = err(ErrorCode::Kicked, reason);
+        // Past any outbox limit: this must reach the session.
+        peer.outbox.push_back(PeerOutput::Disconnect(e));
+        if let Some(waker) = peer.waker.take() {
+            waker.wake();
+        }
+        true
+    }
+
+    /// Pauses or resumes a producer on an operator's behalf; its owner is told too.
+    /// False if there is no such producer.
+    pub fn set_producer_paused_by_admin(
+        &mut self,
+        producer_id: ProducerId,
+        paused: bool,
+        now: Instant,
+    ) -> bool {
+        let Some(owner) = self.producers.get(&producer_id).map(|p| p.info.peer_id) else {
+            return false;
+        };
+        if self.set_producer_paused(owner, producer_id, paused, now) == Ok(true) {
+            let message = if paused {
+                ServerMessage::ProducerPaused { producer_id }
+            } else {
+                ServerMessage::ProducerResumed { producer_id }
+            };
+            self.send(owner, message);
+        }
+        true
+    }
+
+    /// The room and display name of a peer, for logs.
+    pub fn peer_label(&self, peer_id: PeerId) -> Option<(&str, &str)> {
+        self.peers
+            .get(&peer_id)
+            .map(|p| (self.name.as_str(), p.name.as_str()))
+    }
+
+    fn new_id(&mut self) -> u64 {
+        self.ids.next()
+    }
+
+    // ---- outputs -------------------------------------------------------------------------
+
+    fn push_output(&mut self, peer_id: PeerId, output: PeerOutput) {
+        let max = self.config.max_outbox;
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        if peer.overflowed {
+            return;
+        }
+        if peer.outbox.len() >= max {
+            peer.overflowed = true;
+            peer.outbox.push_back(PeerOutput::Disconnect(err(
+                ErrorCode::SlowControl,
+                format!("more than {max} control messages waiting: the peer is not reading"),
+            )));
+        } else {
+            peer.outbox.push_back(output);
+        }
+        if let Some(waker) = peer.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn send(&mut self, peer_id: PeerId, message: ServerMessage) {
+        self.push_output(peer_id, PeerOutput::Message(message));
+    }
+
+    /// Sends `message` to every peer of the room but `except`.
+    fn broadcast(&mut self, except: PeerId, message: ServerMessage) {
+        let targets = self.members.clone();
+        for peer_id in targets.into_iter().filter(|p| *p != except) {
+            self.send(peer_id, message.clone());
+        }
+    }
+
+    /// Next output for a peer. `Ready(None)`: the peer is gone, stop driving it.
+    pub fn poll_peer(&mut self, peer_id: PeerId, cx: &mut Context<'_>) -> Poll<Option<PeerOutput>> {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return Poll::Ready(None);
+        };
+        match peer.outbox.pop_front() {
+            Some(output) => Poll::Ready(Some(output)),
+            None => {
+                peer.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Next frame for a consumer. `Ready(None)`: the consumer is closed, stop its sender.
+    /// `now` is when the frame leaves for the network: its time in the relay goes into
+    /// the forwarding-latency histogram.
+    pub fn poll_consumer(
+        &mut self,
+        consumer_id: ConsumerId,
+        now: Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<QueuedFrame>> {
+        let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+            return Poll::Ready(None);
+        };
+        let (bound, late) = match consumer.kind {
+            MediaKind::Video => (
+                self.config.video_latency_bound,
+                &mut self.stats.skipped_late_video,
+            ),
+            MediaKind::Audio => (
+                self.config.audio_latency_bound,
+                &mut self.stats.skipped_late_audio,
+            ),
+        };
+        let skipped = consumer.queue.skip_late(now, bound);
+        if skipped > 0 {
+            *late += skipped;
+            let peer = consumer.peer;
+            let restart = consumer.queue.waiting_for_keyframe();
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.skipped_late += skipped;
+            }
+            if restart {
+                self.consumer_keyframe(consumer_id, now);
+            }
+        }
+        let consumer = self
+            .consumers
+            .get_mut(&consumer_id)
+            .expect("looked up above");
+        match consumer.queue.pop() {
+            Some(frame) => {
+                self.stats.frames_out += 1;
+                self.stats.bytes_out += frame.data.len() as u64;
+                self.stats
+                    .forwarding_latency
+                    .record(now.saturating_duration_since(frame.arrived));
+                Poll::Ready(Some(frame))
+            }
+            None => {
+                consumer.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    // ---- joining and leaving -------------------------------------------------------------
+
+    /// Admits a new peer with every grant (development mode).
+    pub fn join(
+        &mut self,
+        version: u32,
+        name: &str,
+        auto_subscribe: bool,
+        now: Instant,
+    ) -> Result<(PeerId, JoinResult), ProtocolError> {
+        self.join_with_grants(version, name, auto_subscribe, Grants::default(), now)
+    }
+
+    /// Admits a new peer that may do what `grants` allow (checked on every produce and
+    /// consume). The caller writes the result to the peer itself (its output stream starts
+    /// after this), then drives `poll_peer`. The room's name was checked by the directory.
+    pub fn join_with_grants(
+        &mut self,
+        version: u32,
+        name: &str,
+        auto_subscribe: bool,
+        grants: Grants,
+        now: Instant,
+    ) -> Result<(PeerId, JoinResult), ProtocolError> {
+        check_version(version)?;
+        validate_name(name)?;
+        let limits = &self.config.limits;
+        if limits.max_peers_per_room > 0 && self.members.len() >= limits.max_peers_per_room {
+            return Err(err(
+                ErrorCode::RoomFull,
+                format!(
+                    "room {} is full ({} peers)",
+                    self.name, limits.max_peers_per_room
+                ),
+            ));
+        }
+        if auto_subscribe && !grants.can_subscribe {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "this access token does not allow subscribing",
+            ));
+        }
+        let peer_id = PeerId(self.new_id());
+        let peers: Vec<PeerInfo> = self.members.iter().map(|p| self.peer_info(*p)).collect();
+        let result = JoinResult {
+            version: PROTOCOL_VERSION,
+            peer_id,
+            room: self.name.clone(),
+            name: name.to_owned(),
+            ongoing: !peers.is_empty(),
+            peers,
+            max_datagram_size: self.config.max_datagram_size,
+            max_frame_size: self.config.max_frame_size,
+            grants: grants.clone(),
+        };
+        self.peers.insert(
+            peer_id,
+            Peer {
+                name: name.to_owned(),
+                producers: Vec::new(),
+                consumers: BTreeSet::new(),
+                auto_subscribe: false,
+                grants,
+                outbox: VecDeque::new(),
+                waker: None,
+                overflowed: false,
+                last_frame_error: None,
+                requests: (self.config.limits.max_requests_per_second > 0).then(|| {
+                    let rate = f64::from(self.config.limits.max_requests_per_second);
+                    TokenBucket::new(rate * 2.0, rate)
+                }),
+                path: PathEstimator::default(),
+                last_transport_stats: None,
+                skipped_late: 0,
+                last_queue_ms: 0.0,
+                budget: LinkBudget::default(),
+            },
+        );
+        self.members.insert(peer_id);
+        self.broadcast(
+            peer_id,
+            ServerMessage::PeerJoined {
+                peer: self.peer_info(peer_id),
+            },
+        );
+        if auto_subscribe {
+            self.set_auto_subscribe(peer_id, true, now);
+        }
+        Ok((peer_id, result))
+    }
+
+    fn peer_info(&self, peer_id: PeerId) -> PeerInfo {
+        let peer = &self.peers[&peer_id];
+        PeerInfo {
+            peer_id,
+            name: peer.name.clone(),
+            producers: peer
+                .producers
+                .iter()
+                .map(|p| self.producers[p].info.clone())
+                .collect(),
+        }
+    }
+
+    /// Removes a peer and everything it owns, telling the rest of its room.
+    pub fn leave(&mut self, peer_id: PeerId, reason: LeaveReason) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        let consumers: Vec<ConsumerId> = peer.consumers.iter().copied().collect();
+        let producers = peer.producers.clone();
+        for consumer_id in consumers {
+            self.remove_consumer(consumer_id);
+        }
+        for producer_id in producers {
+            self.remove_producer(producer_id);
+        }
+        if let Some(mut peer) = self.peers.remove(&peer_id)
+            && let Some(waker) = peer.waker.take()
+        {
+            waker.wake();
+        }
+        self.members.remove(&peer_id);
+        self.broadcast(peer_id, ServerMessage::PeerLeft { peer_id, reason });
+    }
+
+    // ---- requests ------------------------------------------------------------------------
+
+    /// Handles one request of a joined peer. Its response (or error) goes to the peer's
+    /// outbox ahead of anything the request caused for the same peer, so a client always
+    /// learns an id from the response before it sees it elsewhere.
+    ///
+    /// `leave` removes the peer; what was still waiting for it, then the response, is
+    /// returned for the caller to write, since the peer has no outbox any more.
+    pub fn handle(
+        &mut self,
+        peer_id: PeerId,
+        message: ClientMessage,
+        now: Instant,
+    ) -> Vec<ServerMessage> {
+        let id = message.id;
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            let e = err(ErrorCode::NotJoined, "this session has not joined a room");
+            return vec![ServerMessage::error(Some(id), &e)];
+        };
+        if let Request::Leave = message.request {
+            let mut last: Vec<ServerMessage> = peer
+                .outbox
+                .drain(..)
+                .filter_map(|o| match o {
+                    PeerOutput::Message(m) => Some(m),
+                    _ => None,
+                })
+                .collect();
+            self.leave(peer_id, LeaveReason::Left);
+            last.push(ServerMessage::Response {
+                id,
+                result: serde_json::json!({}),
+            });
+            return last;
+        }
+        let mark = peer.outbox.len();
+        let within_rate = peer
+            .requests
+            .as_mut()
+            .is_none_or(|bucket| bucket.try_take(1.0, now));
+        let outcome = if within_rate {
+            self.dispatch(peer_id, message.request, now)
+        } else {
+            Err(err(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} requests per second",
+                    self.config.limits.max_requests_per_second
+                ),
+            ))
+        };
+        let reply = match outcome {
+            Ok(result) => ServerMessage::Response { id, result },
+            Err(e) => ServerMessage::error(Some(id), &e),
+        };
+        if let Some(peer) = self.peers.get_mut(&peer_id)
+            && !peer.overflowed
+        {
+            let at = mark.min(peer.outbox.len());
+            peer.outbox.insert(at, PeerOutput::Message(reply));
+            if let Some(waker) = peer.waker.take() {
+                waker.wake();
+            }
+        }
+        Vec::new()
+    }
+
+    fn dispatch(
+        &mut self,
+        peer_id: PeerId,
+        request: Request,
+        now: Instant,
+    ) -> Result<serde_json::Value, ProtocolError> {
+        let empty = || serde_json::json!({});
+        match request {
+            Request::Join { .. } => Err(err(
+                ErrorCode::AlreadyJoined,
+                "this session has already joined a room",
+            )),
+            // `handle` takes care of it before dispatching (the peer is gone afterwards).
+            Request::Leave => Err(err(ErrorCode::Internal, "leave dispatched twice")),
+            Request::Produce {
+                kind,
+                codec,
+                params,
+                layers,
+            } => {
+                let count = layers.len();
+                self.produce(peer_id, kind, codec, params, layers, now)
+                    .map(|producer_id| {
+                        to_value(ProduceResult {
+                            producer_id,
+                            layers: (count > 0).then_some(count),
+                        })
+                    })
+            }
+            Request::CloseProducer { producer_id } => {
+                self.own_producer(peer_id, producer_id)?;
+                self.remove_producer(producer_id);
+                Ok(empty())
+            }
+            Request::PauseProducer { producer_id } => self
+                .set_producer_paused(peer_id, producer_id, true, now)
+                .map(|_| empty()),
+            Request::ResumeProducer { producer_id } => self
+                .set_producer_paused(peer_id, producer_id, false, now)
+                .map(|_| empty()),
+            Request::Consume {
+                producer_id,
+                paused,
+            } => self
+                .consume(peer_id, producer_id, paused, now)
+                .map(to_value),
+            Request::CloseConsumer { consumer_id } => {
+                self.own_consumer(peer_id, consumer_id)?;
+                self.remove_consumer(consumer_id);
+                Ok(empty())
+            }
+            Request::PauseConsumer { consumer_id } => self
+                .set_consumer_paused(peer_id, consumer_id, true, now)
+                .map(|_| empty()),
+            Request::ResumeConsumer { consumer_id } => self
+                .set_consumer_paused(peer_id, consumer_id, false, now)
+                .map(|_| empty()),
+            Request::SetAutoSubscribe { enabled } => {
+                if enabled && !self.peers[&peer_id].grants.can_subscribe {
+                    return Err(err(
+                        ErrorCode::Forbidden,
+                        "this access token does not allow subscribing",
+                    ));
+                }
+                self.set_auto_subscribe(peer_id, enabled, now);
+                Ok(empty())
+            }
+            Request::RequestKeyframe { consumer_id } => {
+                self.own_consumer(peer_id, consumer_id)?;
+                self.consumer_keyframe(consumer_id, now);
+                Ok(empty())
+            }
+            Request::SetPreferredLayers {
+                consumer_id,
+                max_layer,
+                max_width,
+                max_height,
+            } => {
+                self.own_consumer(peer_id, consumer_id)?;
+                let consumer = self.consumers.get_mut(&consumer_id).expect("checked");
+                // A consumer of a single-encoding producer keeps the preference for nothing:
+                // accepted, so that a client need not know which producers have layers.
+                if let Some(selection) = consumer.layers.as_mut() {
+                    selection.preference = Preference {
+                        max_layer,
+                        max_width,
+                        max_height,
+                    };
+                    self.reallocate(peer_id, now);
+                }
+                Ok(empty())
+            }
+        }
+    }
+
+    fn own_producer(&self, peer_id: PeerId, producer_id: ProducerId) -> Result<(), ProtocolError> {
+        match self.producers.get(&producer_id) {
+            Some(p) if p.info.peer_id == peer_id => Ok(()),
+            Some(_) => Err(err(
+                ErrorCode::NotOwner,
+                format!("producer {producer_id} belongs to another peer"),
+            )),
+            None => Err(err(
+                ErrorCode::UnknownProducer,
+                format!("no producer {producer_id}"),
+            )),
+        }
+    }
+
+    fn own_consumer(&self, peer_id: PeerId, consumer_id: ConsumerId) -> Result<(), ProtocolError> {
+        match self.consumers.get(&consumer_id) {
+            Some(c) if c.peer == peer_id => Ok(()),
+            _ => Err(err(
+                ErrorCode::UnknownConsumer,
+                format!("no consumer {consumer_id} of yours"),
+            )),
+        }
+    }
+
+    fn produce(
+        &mut self,
+        peer_id: PeerId,
+        kind: MediaKind,
+        codec: String,
+        params: Params,
+        layers: Vec<LayerInfo>,
+        now: Instant,
+    ) -> Result<ProducerId, ProtocolError> {
+        validate_layers(kind, &layers)?;
+        if !self.peers[&peer_id].grants.may_publish(kind) {
+            return Err(err(
+                ErrorCode::Forbidden,
+                format!(
+                    "this access token does not allow publishing {}",
+                    kind.as_str()
+                ),
+            ));
+        }
+        let max_producers = self.config.limits.max_producers_per_peer;
+        if max_producers > 0 && self.peers[&peer_id].producers.len() >= max_producers {
+            return Err(err(
+                ErrorCode::TooManyProducers,
+                format!("a peer may have at most {max_producers} producers"),
+            ));
+        }
+        // Params are repeated to every peer of the room and in every join result: keep
+        // them small (a WebCodecs description is a few hundred bytes).
+        let params_size = serde_json::to_vec(&params).map_or(usize::MAX, |v| v.len());
+        if params_size > MAX_PARAMS_SIZE {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("params of {params_size} bytes exceed the limit of {MAX_PARAMS_SIZE}"),
+            ));
+        }
+        if codec.is_empty() || codec.len() > 64 || codec.chars().any(char::is_control) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "codec must be 1 to 64 printable characters (e.g. \"opus\", \"vp8\")",
+            ));
+        }
+        let producer_id = ProducerId(self.new_id());
+        let info = ProducerInfo {
+            producer_id,
+            peer_id,
+            kind,
+            codec,
+            params,
+            paused: false,
+            layers: layers.clone(),
+        };
+        let peer = self.peers.get_mut(&peer_id).expect("caller checked");
+        peer.producers.push(producer_id);
+        self.producers.insert(
+            producer_id,
+            Producer {
+                info: info.clone(),
+                consumers: Vec::new(),
+                last_keyframe_request: None,
+                last_seq: None,
+                bitrate: (self.config.limits.max_producer_bitrate > 0).then(|| {
+                    let bytes_per_second = self.config.limits.max_producer_bitrate as f64 / 8.0;
+                    let burst = bytes_per_second.max(self.config.max_frame_size as f64);
+                    TokenBucket::new(burst, bytes_per_second)
+                }),
+                meter: RateMeter::default(),
+                // Until told otherwise, a publisher sends every layer it declared.
+                wanted: (0..layers.len() as u8).collect(),
+                layers: layers.into_iter().map(LayerState::new).collect(),
+                unwanted_since: None,
+            },
+        );
+        self.broadcast(peer_id, ServerMessage::ProducerAdded { producer: info });
+        let subscribers: Vec<PeerId> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|p| *p != peer_id && self.peers[p].auto_subscribe)
+            .collect();
+        for subscriber in subscribers {
+            self.auto_consume(subscriber, producer_id, now);
+        }
+        Ok(producer_id)
+    }
+
+    fn set_producer_paused(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        paused: bool,
+        now: Instant,
+    ) -> Result<bool, ProtocolError> {
+        self.own_producer(peer_id, producer_id)?;
+        let producer = self.producers.get_mut(&producer_id).expect("checked");
+        if producer.info.paused == paused {
+            return Ok(false);
+        }
+        producer.info.paused = paused;
+        if !paused {
+            // Consumers resume from a keyframe: they missed what came in between.
+            for consumer_id in producer.consumers.clone() {
+                if let Some(c) = self.consumers.get_mut(&consumer_id) {
+                    c.queue.resync();
+                }
+                self.consumer_keyframe(consumer_id, now);
+            }
+            self.request_keyframe(producer_id, now);
+        }
+        let message = if paused {
+            ServerMessage::ProducerPaused { producer_id }
+        } else {
+            ServerMessage::ProducerResumed { producer_id }
+        };
+        self.broadcast(peer_id, message);
+        Ok(true)
+    }
+
+    fn consume(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        paused: bool,
+        now: Instant,
+    ) -> Result<ConsumerInfo, ProtocolError> {
+        if !self.peers[&peer_id].grants.can_subscribe {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "this access token does not allow subscribing",
+            ));
+        }
+        let producer = match self.producers.get(&producer_id) {
+            Some(p) => p,
+            None => {
+                return Err(err(
+                    ErrorCode::UnknownProducer,
+                    format!("no producer {producer_id} in room {}", self.name),
+                ));
+            }
+        };
+        if producer.info.peer_id == peer_id {
+            return Err(err(
+                ErrorCode::CannotConsumeOwn,
+                "a peer does not consume its own producer",
+            ));
+        }
+        if producer
+            .consumers
+            .iter()
+            .any(|c| self.consumers[c].peer == peer_id)
+        {
+            return Err(err(
+                ErrorCode::AlreadyConsuming,
+                format!("already consuming producer {producer_id}"),
+            ));
+        }
+        Ok(self.add_consumer(peer_id, producer_id, paused, now))
+    }
+
+    fn add_consumer(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        paused: bool,
+        now: Instant,
+    ) -> ConsumerInfo {
+        let consumer_id = ConsumerId(self.new_id());
+        let producer = self
+            .producers
+            .get_mut(&producer_id)
+            .expect("caller checked");
+        let kind = producer.info.kind;
+        let limits = match kind {
+            MediaKind::Audio => self.config.audio_queue,
+            MediaKind::Video => self.config.video_queue,
+        };
+        producer.consumers.push(consumer_id);
+        // A simulcast consumer starts on the top layer its path is known to carry (all of
+        // them until the path is measured); `reallocate` below settles it.
+        let layers = (!producer.layers.is_empty()).then(|| {
+            let desired = producer.layers.len() as u8 - 1;
+            LayerSelection::new(desired, choose_target(desired, None, &producer.layers, now))
+        });
+        let mut info = ConsumerInfo {
+            consumer_id,
+            producer: producer.info.clone(),
+            paused,
+            layer: None,
+        };
+        self.consumers.insert(
+            consumer_id,
+            Consumer {
+                peer: peer_id,
+                producer: producer_id,
+                kind,
+                paused,
+                queue: ConsumerQueue::new(kind, limits),
+                waker: None,
+                layers,
+            },
+        );
+        self.peers
+            .get_mut(&peer_id)
+            .expect("caller checked")
+            .consumers
+            .insert(consumer_id);
+        self.push_output(
+            peer_id,
+            PeerOutput::StartConsumer {
+                consumer_id,
+                producer_id,
+                kind,
+            },
+        );
+        if self.consumers[&consumer_id].layers.is_some() {
+            self.reallocate(peer_id, now);
+            info.layer = self.consumers[&consumer_id]
+                .layers
+                .as_ref()
+                .map(|l| l.target);
+        }
+        // A consumer joining mid-stream starts at a keyframe: ask for one now rather than
+        // wait up to a whole group.
+        if kind == MediaKind::Video && !paused {
+            self.consumer_keyframe(consumer_id, now);
+        }
+        info
+    }
+
+    fn auto_consume(&mut self, peer_id: PeerId, producer_id: ProducerId, now: Instant) {
+        let already = self.producers[&producer_id]
+            .consumers
+            .iter()
+            .any(|c| self.consumers[c].peer == peer_id);
+        if already {
+            return;
+        }
+        let consumer = self.add_consumer(peer_id, producer_id, false, now);
+        self.send(peer_id, ServerMessage::ConsumerAdded { consumer });
+    }
+
+    fn set_auto_subscribe(&mut self, peer_id: PeerId, enabled: bool, now: Instant) {
+        let peer = self.peers.get_mut(&peer_id).expect("caller checked");
+        peer.auto_subscribe = enabled;
+        if !enabled {
+            return;
+        }
+        let producers: Vec<ProducerId> = self
+            .members
+            .iter()
+            .filter(|p| **p != peer_id)
+            .flat_map(|p| self.peers[p].producers.iter().copied())
+            .collect();
+        for producer_id in producers {
+            self.auto_consume(peer_id, producer_id, now);
+        }
+    }
+
+    fn set_consumer_paused(
+        &mut self,
+        peer_id: PeerId,
+        consumer_id: ConsumerId,
+        paused: bool,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        self.own_consumer(peer_id, consumer_id)?;
+        let consumer = self.consumers.get_mut(&consumer_id).expect("checked");
+        if consumer.paused == paused {
+            return Ok(());
+        }
+        consumer.paused = paused;
+        consumer.queue.resync();
+        let (peer, producer) = (consumer.peer, consumer.producer);
+        if consumer.layers.is_some() {
+            // A paused consumer wants no layer (dynacast), a resumed one its share again.
+            self.reallocate(peer, now);
+            self.update_dynacast(producer, now);
+        }
+        if !paused && self.consumers[&consumer_id].kind == MediaKind::Video {
+            self.consumer_keyframe(consumer_id, now);
+        }
+        Ok(())
+    }
+
+    /// Closes a consumer: its sender stops at its next poll.
+    fn remove_consumer(&mut self, consumer_id: ConsumerId) {
+        let Some(mut consumer) = self.consumers.remove(&consumer_id) else {
+            return;
+        };
+        if let Some(producer) = self.producers.get_mut(&consumer.producer) {
+            producer.consumers.retain(|c| *c != consumer_id);
+        }
+        if let Some(peer) = self.peers.get_mut(&consumer.peer) {
+            peer.consumers.remove(&consumer_id);
+        }
+        if let Some(waker) = consumer.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Closes a producer and its consumers, telling the consumers' peers and the room.
+    fn remove_producer(&mut self, producer_id: ProducerId) {
+        let Some(producer) = self.producers.remove(&producer_id) else {
+            return;
+        };
+        if let Some(peer) = self.peers.get_mut(&producer.info.peer_id) {
+            peer.producers.retain(|p| *p != producer_id);
+        }
+        for consumer_id in producer.consumers {
+            if let Some(peer) = self.consumers.get(&consumer_id).map(|c| c.peer) {
+                self.remove_consumer(consumer_id);
+                self.send(
+                    peer,
+                    ServerMessage::ConsumerClosed {
+                        consumer_id,
+                        producer_id,
+                    },
+                );
+            }
+        }
+        self.broadcast(
+            producer.info.peer_id,
+            ServerMessage::ProducerClosed {
+                producer_id,
+                peer_id: producer.info.peer_id,
+            },
+        );
+    }
+
+    // ---- media -----------------------------------------------------------------------------
+
+    /// Asks a producer's peer for a keyframe, at most once per `keyframe_request_interval`
+    /// (per layer for a simulcast producer, whose every layer is asked here).
+    pub fn request_keyframe(&mut self, producer_id: ProducerId, now: Instant) {
+        let Some(producer) = self.producers.get(&producer_id) else {
+            return;
+        };
+        if producer.info.kind != MediaKind::Video {
+            return;
+        }
+        if producer.layers.is_empty() {
+            self.ask_keyframe(producer_id, None, now);
+        }
+        for layer in 0..self.producers[&producer_id].layers.len() as u8 {
+            self.ask_keyframe(producer_id, Some(layer), now);
+        }
+    }
+
+    /// Sends a `keyframe_request` for a producer (`None`) or one of its layers, unless one
+    /// went for the same within `keyframe_request_interval`.
+    fn ask_keyframe(&mut self, producer_id: ProducerId, layer: Option<u8>, now: Instant) {
+        let interval = self.config.keyframe_request_interval;
+        let Some(producer) = self.producers.get_mut(&producer_id) else {
+            return;
+        };
+        let last = match layer {
+            None => &mut producer.last_keyframe_request,
+            Some(l) => match producer.layers.get_mut(usize::from(l)) {
+                Some(state) => &mut state.last_keyframe_request,
+                None => return,
+            },
+        };
+        if last.is_some_and(|last| now.saturating_duration_since(last) < interval) {
+            return;
+        }
+        *last = Some(now);
+        let owner = producer.info.peer_id;
+        self.stats.keyframe_requests += 1;
+        self.send(owner, ServerMessage::KeyframeRequest { producer_id, layer });
+    }
+
+    /// A consumer needs a keyframe (new, resumed, restarted, or its decoder asked): of its
+    /// target layer for a simulcast consumer, which restarts on that layer.
+    fn consumer_keyframe(&mut self, consumer_id: ConsumerId, now: Instant) {
+        let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+            return;
+        };
+        let producer = consumer.producer;
+        match consumer.layers.as_mut() {
+            Some(selection) => {
+                selection.restart();
+                let (target, restarting) = (selection.target, selection.is_restarting());
+                self.ask_keyframe(producer, Some(target), now);
+                // A restart also takes the base layer's keyframe, the smallest, if it comes
+                // first (`LayerSelection::on_frame`).
+                if restarting && target > 0 {
+                    self.ask_keyframe(producer, Some(0), now);
+                }
+            }
+            None => self.request_keyframe(producer, now),
+        }
+    }
+
+    /// Whether `peer_id` may send media of `producer_id` on a transport meant for
+    /// `transport_kind`: the producer exists, is the peer's, and is of that kind. Checked
+    /// for every frame, and for a media stream as soon as its header names the producer.
+    pub fn check_media_source(
+        &self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        transport_kind: MediaKind,
+        layer: u8,
+    ) -> Result<(), ProtocolError> {
+        match self.producers.get(&producer_id) {
+            Some(p) if p.info.peer_id == peer_id && usize::from(layer) >= p.layers.len().max(1) => {
+                Err(err(
+                    ErrorCode::UnknownLayer,
+                    format!(
+                        "producer {producer_id} has {} layer(s); layer {layer} does not exist",
+                        p.layers.len().max(1)
+                    ),
+                ))
+            }
+            Some(p) if p.info.peer_id != peer_id => Err(err(
+                ErrorCode::NotOwner,
+                format!("producer {producer_id} is not yours"),
+            )),
+            Some(p) if p.info.kind != transport_kind => Err(err(
+                ErrorCode::KindMismatch,
+                format!(
+                    "producer {producer_id} is {}: {} frames go on {}",
+                    p.info.kind.as_str(),
+                    p.info.kind.as_str(),
+                    match p.info.kind {
+                        MediaKind::Audio => "datagrams",
+                        MediaKind::Video => "unidirectional streams",
+                    }
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => Err(err(
+                ErrorCode::UnknownProducer,
+                format!("no producer {producer_id}"),
+            )),
+        }
+    }
+
+    /// The forwarding decision: one frame of `producer_id`, sent by `peer_id` on a
+    /// transport meant for `transport_kind` (datagrams carry audio, streams video), goes to
+    /// every unpaused consumer of that producer, and to nobody else. The payload is shared.
+    ///
+    /// Video goes out in sequence order only: a frame whose `seq` is not above the last one
+    /// forwarded is dropped as stale. Audio is forwarded as it comes (datagrams reorder, and
+    /// the receiver's jitter buffer puts them back in order).
+    ///
+    /// A bad frame is reported to its sender (rate-limited) and returned as an error; it
+    /// never affects anybody else.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_frame(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+        transport_kind: MediaKind,
+        layer: u8,
+        header: &FrameHeader,
+        data: FrameData,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        let keyframe = header.keyframe;
+        let checked = self.check_media_source(peer_id, producer_id, transport_kind, layer);
+        if let Err(e) = checked {
+            self.report_frame_error(peer_id, &e, now);
+            return Err(e);
+        }
+        let producer = self.producers.get_mut(&producer_id).expect("checked above");
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += data.len() as u64;
+        if producer.info.paused {
+            self.stats.dropped_producer_paused += 1;
+            return Ok(());
+        }
+        if let Some(bucket) = producer.bitrate.as_mut()
+            && !bucket.try_take(data.len() as f64, now)
+        {
+            self.stats.dropped_bitrate += 1;
+            // A lost video frame breaks the deltas after it: consumers restart at the next
+            // keyframe, which only the producer, by slowing down, can get through.
+            if transport_kind == MediaKind::Video {
+                for consumer_id in &producer.consumers {
+                    if let Some(c) = self.consumers.get_mut(consumer_id) {
+                        c.queue.wait_for_keyframe();
+                        if let Some(selection) = c.layers.as_mut() {
+                            selection.restart();
+                        }
+                    }
+                }
+            }
+            let limit = self.config.limits.max_producer_bitrate;
+            let e = err(
+                ErrorCode::BitrateExceeded,
+                format!("producer {producer_id} sends more than {limit} bit/s; frames dropped"),
+            );
+            self.tell_frame_error(peer_id, &e, now);
+            return Ok(());
+        }
+        let last_seq = match producer.layers.get_mut(usize::from(layer)) {
+            Some(state) => &mut state.last_seq,
+            None => &mut producer.last_seq,
+        };
+        if transport_kind == MediaKind::Video {
+            if last_seq.is_some_and(|last| header.seq <= last) {
+                self.stats.dropped_stale += 1;
+                return Ok(());
+            }
+            *last_seq = Some(header.seq);
+        }
+        producer.meter.add(data.len(), now);
+        if !producer.layers.is_empty() {
+            producer.layers[usize::from(layer)].on_frame(data.len(), now);
+            return self.forward_layer_frame(producer_id, layer, header, data, now);
+        }
+        let producer = &*producer;
+        let frame = QueuedFrame {
+            keyframe,
+            data,
+            arrived: now,
+        };
+        let mut wants_keyframe = false;
+        for consumer_id in &producer.consumers {
+            let Some(consumer) = self.consumers.get_mut(consumer_id) else {
+                continue;
+            };
+            if consumer.paused {
+                continue;
+            }
+            match consumer.enqueue(frame.clone(), &mut self.stats.dropped_slow_consumer) {
+                PushOutcome::Queued => {}
+                PushOutcome::QueuedAfterDrop { .. } => {
+                    wants_keyframe |= consumer.kind == MediaKind::Video;
+                }
+                PushOutcome::NeedsKeyframe { .. } => wants_keyframe = true,
+            }
+        }
+        // A keyframe that just went out satisfies everyone waiting; only ask while some
+        // consumer still waits for one.
+        if wants_keyframe && !keyframe {
+            self.request_keyframe(producer_id, now);
+        }
+        Ok(())
+    }
+
+    /// `on_frame` for a simulcast producer: each consumer takes the frame if it is of its
+    /// layer, or switches to its target layer at that layer's keyframe (`simulcast.rs`).
+    fn forward_layer_frame(
+        &mut self,
+        producer_id: ProducerId,
+        layer: u8,
+        header: &FrameHeader,
+        data: FrameData,
+        now: Instant,
+    ) -> Result<(), ProtocolError> {
+        let producer = &self.producers[&producer_id];
+        let info = producer.layers[usize::from(layer)].info;
+        let mut keyframes_for: Vec<u8> = Vec::new();
+        let mut told: Vec<(PeerId, ServerMessage)> = Vec::new();
+        for consumer_id in &producer.consumers {
+            let Some(consumer) = self.consumers.get_mut(consumer_id) else {
+                continue;
+            };
+            if consumer.paused {
+                continue;
+            }
+            let Some(selection) = consumer.layers.as_mut() else {
+                continue;
+            };
+            let switches_before = selection.switches;
+            let (seq, switched) = match selection.on_frame(layer, header) {
+                LayerDecision::Ignore => continue,
+                LayerDecision::NeedKeyframe => {
+                    keyframes_for.push(layer);
+                    continue;
+                }
+                LayerDecision::Forward { seq, switched } => (seq, switched),
+            };
+            if switched {
+                told.push((
+                    consumer.peer,
+                    ServerMessage::LayerChanged {
+                        consumer_id: *consumer_id,
+                        producer_id,
+                        layer,
+                        width: info.width,
+                        height: info.height,
+                    },
+                ));
+                self.stats.layer_switches += selection.switches - switches_before;
+            }
+            // Renumbered only after a switch that needed it: a few header bytes, the
+            // payload still shared.
+            let data = match (&data, seq == header.seq) {
+                (FrameData::Stream { payload, .. }, false) => FrameData::Stream {
+                    head: encode_stream_frame_head(&FrameHeader { seq, ..*header }, payload.len()),
+                    payload: payload.clone(),
+                },
+                _ => data.clone(),
+            };
+            let frame = QueuedFrame {
+                keyframe: header.keyframe,
+                data,
+                arrived: now,
+            };
+            let outcome = consumer.enqueue(frame, &mut self.stats.dropped_slow_consumer);
+            if let PushOutcome::NeedsKeyframe { .. } = outcome {
+                let selection = consumer.layers.as_mut().expect("a simulcast consumer");
+                selection.restart();
+                keyframes_for.push(selection.target);
+                if selection.is_restarting() {
+                    keyframes_for.push(0);
+                }
+            }
+        }
+        for (peer, message) in told {
+            self.send(peer, message);
+        }
+        keyframes_for.sort_unstable();
+        keyframes_for.dedup();
+        for l in keyframes_for {
+            // The keyframe that just went out satisfies whoever waited for this layer.
+            if !(header.keyframe && l == layer) {
+                self.ask_keyframe(producer_id, Some(l), now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells a peer that a media frame it sent was refused, at most once per interval so
+    /// that a flood of bad frames does not become a flood of errors.
+    pub fn report_frame_error(&mut self, peer_id: PeerId, error: &ProtocolError, now: Instant) {
+        // Frames still in flight from a peer that has just left are not its errors.
+        if self.peers.contains_key(&peer_id) {
+            self.stats.frame_errors += 1;
+        }
+        self.tell_frame_error(peer_id, error, now);
+    }
+
+    /// Sends a frame-related error to its peer, rate-limited, without counting a refusal.
+    fn tell_frame_error(&mut self, peer_id: PeerId, error: &ProtocolError, now: Instant) {
+        let interval = self.config.frame_error_interval;
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        if peer
+            .last_frame_error
+            .is_some_and(|last| now.saturating_duration_since(last) < interval)
+        {
+            return;
+        }
+        peer.last_frame_error = Some(now);
+        self.send(peer_id, ServerMessage::error(None, error));
+    }
+
+    /// Tells every peer that the relay is going away.
+    pub fn announce_going_away(&mut self, reason: &str, deadline: Duration) {
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer_id in peers {
+            self.send(
+                peer_id,
+                ServerMessage::GoingAway {
+                    reason: reason.to_owned(),
+                    deadline_ms: deadline.as_millis() as u64,
+                },
+            );
+        }
+    }
+
+    /// A consumer's transport could not take a datagram this large.
+    pub fn note_datagram_too_large(&mut self) {
+        self.stats.dropped_too_large += 1;
+    }
+
+    /// The latest a frame just taken from `poll_consumer` may finish being handed to the
+    /// transport: its arrival plus the latency bound, plus the time its own bytes take at
+    /// the path's estimated rate (at most another bound). `None` for a keyframe: it is the
+    /// consumer's restart point, and abandoning keyframes too large for the link would
+    /// leave that consumer nothing but keyframe requests; only the stall timeout applies.
+    /// The frame is given by its arrival, size in bytes and keyframe flag.
+    pub fn write_deadline(
+        &self,
+        consumer_id: ConsumerId,
+        arrived: Instant,
+        len: usize,
+        keyframe: bool,
+    ) -> Option<Instant> {
+        if keyframe {
+            return None;
+        }
+        let bound = self.config.video_latency_bound;
+        let rate = self
+            .consumers
+            .get(&consumer_id)
+            .and_then(|c| self.peers.get(&c.peer))
+            .and_then(|p| p.path.estimate())
+            .map_or(0.0, |e| e.send_bps);
+        let own = if rate > 0.0 {
+            Duration::from_secs_f64(len as f64 * 8.0 / rate).min(bound)
+        } else {
+            bound
+        };
+        arrived.checked_add(bound + own)
+    }
+
+    /// A consumer's frame missed its write deadline; the IO layer abandoned its group
+    /// stream. The consumer restarts at the next keyframe, counted as skipped for latency.
+    pub fn skip_late_consumer(&mut self, consumer_id: ConsumerId, now: Instant) {
+        let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+            return;
+        };
+        // The frame being written was counted as forwarded when it was taken; what was
+        // queued behind it is what this skips.
+        let skipped = consumer.queue.resync();
+        let peer = consumer.peer;
+        self.stats.skipped_late_video += skipped;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.skipped_late += skipped;
+        }
+        self.consumer_keyframe(consumer_id, now);
+    }
+
+    /// A measurement of the transport to `peer_id` (see `path.rs`). Returns the send window
+    /// the transport should use, or `None` for a peer that is gone. About once per
+    /// `transport_stats_interval` the peer is told the estimate.
+    pub fn on_path_sample(
+        &mut self,
+        peer_id: PeerId,
+        sample: PathSample,
+        now: Instant,
+    ) -> Option<u64> {
+        let peer = self.peers.get_mut(&peer_id)?;
+        let window = peer.path.on_sample(sample, now);
+        let report_due = peer.last_transport_stats.is_none_or(|last| {
+            now.saturating_duration_since(last) >= self.config.transport_stats_interval
+        });
+        let snapshot = self.transport_snapshot(peer_id, Some(now))?;
+        let peer = self.peers.get_mut(&peer_id)?;
+        peer.last_queue_ms = snapshot.queue_ms;
+        let congested = peer.budget.on_sample(
+            BudgetSample {
+                capacity_bps: Some(snapshot.path.peak_bps).filter(|b| *b > 0.0),
+                send_bps: snapshot.path.send_bps,
+                loss: snapshot.path.loss,
+                queue: Duration::from_secs_f64(snapshot.queue_ms / 1000.0),
+                skipped_total: snapshot.skipped_frames,
+            },
+            now,
+        );
+        let available = peer.budget.available_bps();
+        if congested {
+            self.stats.congestion_samples += 1;
+        }
+        self.reallocate(peer_id, now);
+        for producer_id in self.peers[&peer_id].producers.clone() {
+            self.update_dynacast(producer_id, now);
+        }
+        self.stats.path_rtt.record(sample.rtt);
+        self.stats
+            .path_loss_ppm
+            .record_value((snapshot.path.loss * 1e6) as u64);
+        self.stats
+            .path_queue_delay
+            .record(Duration::from_secs_f64(snapshot.queue_ms / 1000.0));
+        if report_due {
+            self.peers.get_mut(&peer_id)?.last_transport_stats = Some(now);
+            let e = snapshot.path;
+            self.send(
+                peer_id,
+                ServerMessage::TransportStats {
+                    rtt_ms: round1(e.rtt_ms),
+                    loss: (e.loss * 10_000.0).round() / 10_000.0,
+                    send_kbps: round1(e.send_bps / 1000.0),
+                    cwnd_bytes: e.cwnd_bytes,
+                    queue_ms: round1(snapshot.queue_ms),
+                    skipped_frames: snapshot.skipped_frames,
+                    available_kbps: available.map(|b| round1(b / 1000.0)),
+                },
+            );
+        }
+        Some(window)
+    }
+
+    /// Chooses the layer of each of a peer's simulcast consumers from their preferences and
+    /// the peer's budget (`simulcast.rs`): audio first, then single-encoding video, then the
+    /// layers. A consumer whose target changes is asked a keyframe of the new layer for.
+    fn reallocate(&mut self, peer_id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        let mut fixed = 0.0;
+        let mut ids = Vec::new();
+        let mut demands = Vec::new();
+        for consumer_id in &peer.consumers {
+            let Some(c) = self.consumers.get(consumer_id) else {
+                continue;
+            };
+            if c.paused {
+                continue;
+            }
+            let Some(producer) = self.producers.get(&c.producer) else {
+                continue;
+            };
+            match &c.layers {
+                None => fixed += producer.meter.rate_bps().unwrap_or(0.0),
+                Some(selection) => {
+                    let infos: Vec<LayerInfo> = producer.layers.iter().map(|l| l.info).collect();
+                    ids.push(*consumer_id);
+                    demands.push(Demand {
+                        preferred: selection.preference.layer(&infos),
+                        current: selection.current,
+                        rates: producer.layers.iter().map(LayerState::rate_bps).collect(),
+                    });
+                }
+            }
+        }
+        if ids.is_empty() {
+            return;
+        }
+        let budget = peer
+            .budget
+            .available_bps()
+            .map(|b| (b * HEADROOM - fixed).max(0.0));
+        let levels = allocate(budget, &demands, peer.budget.may_go_up(now));
+        let mut touched = Vec::new();
+        let mut keyframes = Vec::new();
+        for (consumer_id, desired) in ids.into_iter().zip(levels) {
+            let consumer = self.consumers.get_mut(&consumer_id).expect("listed above");
+            let producer = &self.producers[&consumer.producer];
+            let selection = consumer.layers.as_mut().expect("listed above");
+            let target = choose_target(desired, selection.current, &producer.layers, now);
+            if selection.desired != desired {
+                touched.push(consumer.producer);
+            }
+            selection.desired = desired;
+            if selection.target != target {
+                selection.target = target;
+                if selection.current != Some(target) {
+                    keyframes.push((consumer.producer, target));
+                }
+            }
+        }
+        for (producer_id, layer) in keyframes {
+            self.ask_keyframe(producer_id, Some(layer), now);
+        }
+        for producer_id in touched {
+            self.update_dynacast(producer_id, now);
+        }
+    }
+
+    /// Dynacast: tells a simulcast producer's owner which layers its unpaused consumers
+    /// need: at once when one more is needed (with a keyframe request), after
+    /// [`DYNACAST_DELAY`] when one fewer is.
+    fn update_dynacast(&mut self, producer_id: ProducerId, now: Instant) {
+        let Some(producer) = self.producers.get(&producer_id) else {
+            return;
+        };
+        if producer.layers.is_empty() {
+            return;
+        }
+        let mut needed: Vec<u8> = producer
+            .consumers
+            .iter()
+            .filter_map(|c| self.consumers.get(c))
+            .filter(|c| !c.paused)
+            .filter_map(|c| c.layers.as_ref())
+            .flat_map(|s| [Some(s.desired), Some(s.target), s.current])
+            .flatten()
+            .collect();
+        // While anyone watches, the base layer runs: it is cheap, and it is where a
+        // congested consumer goes at once (and a weak uplink's last resort).
+        if !needed.is_empty() {
+            needed.push(0);
+        }
+        needed.sort_unstable();
+        needed.dedup();
+        let added: Vec<u8> = needed
+            .iter()
+            .copied()
+            .filter(|l| !producer.wanted.contains(l))
+            .collect();
+        let fewer = producer.wanted.iter().any(|l| !needed.contains(l));
+        let owner = producer.info.peer_id;
+        let producer = self
+            .producers
+            .get_mut(&producer_id)
+            .expect("looked up above");
+        if !fewer {
+            producer.unwanted_since = None;
+        }
+        let since = *producer.unwanted_since.get_or_insert(now);
+        let remove = fewer && now.saturating_duration_since(since) >= DYNACAST_DELAY;
+        if added.is_empty() && !remove {
+            return;
+        }
+        let mut wanted = if remove {
+            producer.unwanted_since = None;
+            needed.clone()
+        } else {
+            producer.wanted.clone()
+        };
+        wanted.extend(added.iter().copied());
+        wanted.sort_unstable();
+        wanted.dedup();
+        producer.wanted = wanted.clone();
+        self.stats.dynacast_updates += 1;
+        self.send(
+            owner,
+            ServerMessage::LayersWanted {
+                producer_id,
+                layers: wanted,
+            },
+        );
+        for layer in added {
+            self.ask_keyframe(producer_id, Some(layer), now);
+        }
+    }
+
+    /// The path estimate of a peer with its queue delay (at `now`, or at the last sample).
+    fn transport_snapshot(
+        &self,
+        peer_id: PeerId,
+        now: Option<Instant>,
+    ) -> Option<TransportSnapshot> {
+        let peer = self.peers.get(&peer_id)?;
+        let path = peer.path.estimate()?;
+        let oldest = peer
+            .consumers
+            .iter()
+            .filter_map(|c| self.consumers.get(c)?.queue.oldest_arrival())
+            .min();
+        let queue_ms = match (oldest, now) {
+            (Some(oldest), Some(now)) => {
+                now.saturating_duration_since(oldest).as_secs_f64() * 1000.0
+            }
+            (None, Some(_)) => 0.0,
+            (_, None) => peer.last_queue_ms,
+        };
+        Some(TransportSnapshot {
+            path,
+            queue_ms,
+            skipped_frames: peer.skipped_late,
+        })
+    }
+
+    /// The path to a consumer broke (its stream was stopped or reset): start it again at
+    /// the next keyframe.
+    pub fn resync_consumer(&mut self, consumer_id: ConsumerId, now: Instant) {
+        let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+            return;
+        };
+        self.stats.dropped_slow_consumer += consumer.queue.resync();
+        self.consumer_keyframe(consumer_id, now);
+    }
+}
+
+/// Simulcast layers must be video, at most [`MAX_LAYERS`], each with a size and a bitrate,
+/// from the lowest up.
+fn validate_layers(kind: MediaKind, layers: &[LayerInfo]) -> Result<(), ProtocolError> {
+    if layers.is_empty() {
+        return Ok(());
+    }
+    let bad = |why: &str| Err(err(ErrorCode::BadRequest, format!("layers: {why}")));
+    if kind != MediaKind::Video {
+        return bad("only a video producer has layers");
+    }
+    if layers.len() > MAX_LAYERS {
+        return bad(&format!("at most {MAX_LAYERS} layers"));
+    }
+    if layers
+        .iter()
+        .any(|l| l.width == 0 || l.height == 0 || l.max_bitrate == 0)
+    {
+        return bad("each layer needs a width, a height and a max_bitrate above 0");
+    }
+    if layers
+        .windows(2)
+        .any(|w| w[1].width < w[0].width || w[1].height < w[0].height)
+    {
+        return bad("list them from the smallest to the largest");
+    }
+    Ok(())
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}

@@ -1,0 +1,187 @@
+//! The core behind locks, one per room.
+//!
+//! Each `Room` sits behind a lock of its own, taken by its sessions' tasks for one
+//! synchronous call at a time and never across an `.await`: sessions of unrelated rooms
+//! never wait for each other. The directory has its own lock, taken only to join, to leave
+//! and for the admin and metrics views, never on the forwarding path. When both are needed
+//! the directory's is taken first (join and leave), so the two cannot deadlock.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::core::{
+    ConsumerStats, Directory, RelayConfig, RelayCounts, RelayStats, Room, RoomSnapshot,
+};
+use crate::wire::{ConsumerId, Grants, JoinResult, LeaveReason, PeerId, ProducerId, ProtocolError};
+
+/// One room, shared by the tasks of its sessions.
+#[derive(Clone, Debug)]
+pub struct RoomHandle(Arc<Mutex<Room>>);
+
+impl RoomHandle {
+    /// A panic in one task does not poison the room for the others.
+    pub fn lock(&self) -> MutexGuard<'_, Room> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The directory of rooms.
+#[derive(Clone)]
+pub struct Rooms(Arc<Mutex<Directory<RoomHandle>>>);
+
+impl Rooms {
+    pub fn new(config: RelayConfig) -> Self {
+        Self(Arc::new(Mutex::new(Directory::new(config))))
+    }
+
+    fn directory(&self) -> MutexGuard<'_, Directory<RoomHandle>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn config(&self) -> Arc<RelayConfig> {
+        self.directory().config().clone()
+    }
+
+    /// Admits a peer to `room` (created if new); returns the room to drive it with.
+    pub fn join(
+        &self,
+        version: u32,
+        room: &str,
+        name: &str,
+        auto_subscribe: bool,
+        grants: Grants,
+        now: Instant,
+    ) -> Result<(PeerId, JoinResult, RoomHandle), ProtocolError> {
+        let mut directory = self.directory();
+        let handle = directory
+            .room_for_join(version, room, |r| RoomHandle(Arc::new(Mutex::new(r))))?
+            .clone();
+        let mut locked = handle.lock();
+        match locked.join_with_grants(version, name, auto_subscribe, grants, now) {
+            Ok((peer_id, result)) => {
+                directory.joined(peer_id, room);
+                drop(locked);
+                Ok((peer_id, result, handle))
+            }
+            Err(e) => {
+                if locked.is_empty() {
+                    directory.remove_room(room, locked.stats());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a peer (if its room still has it) and its room once empty.
+    pub fn leave(&self, peer_id: PeerId, reason: LeaveReason) {
+        let mut directory = self.directory();
+        let Some(handle) = directory.room_of(peer_id).cloned() else {
+            return;
+        };
+        let mut room = handle.lock();
+        room.leave(peer_id, reason);
+        directory.left(peer_id);
+        if room.is_empty() {
+            let name = room.name().to_owned();
+            directory.remove_room(&name, room.stats());
+        }
+    }
+
+    /// The room a peer is in.
+    pub fn room_of(&self, peer_id: PeerId) -> Option<RoomHandle> {
+        self.directory().room_of(peer_id).cloned()
+    }
+
+    /// A room by name.
+    pub fn room(&self, name: &str) -> Option<RoomHandle> {
+        self.directory().room(name).cloned()
+    }
+
+    /// The consumers of one peer, with the producer each one consumes.
+    pub fn peer_consumers(&self, peer_id: PeerId) -> Vec<(ConsumerId, ProducerId)> {
+        self.room_of(peer_id)
+            .map(|r| r.lock().peer_consumers(peer_id))
+            .unwrap_or_default()
+    }
+
+    pub fn consumer_stats(&self, consumer_id: ConsumerId) -> Option<ConsumerStats> {
+        self.all()
+            .iter()
+            .find_map(|r| r.lock().consumer_stats(consumer_id))
+    }
+
+    /// The room and display name of a peer.
+    pub fn peer_label(&self, peer_id: PeerId) -> Option<(String, String)> {
+        let room = self.room_of(peer_id)?;
+        let locked = room.lock();
+        locked
+            .peer_label(peer_id)
+            .map(|(r, n)| (r.to_owned(), n.to_owned()))
+    }
+
+    /// Every open room, for views that visit them one at a time (no two room locks are
+    /// ever held together, and none with the directory's).
+    pub fn all(&self) -> Vec<RoomHandle> {
+        self.directory().rooms().cloned().collect()
+    }
+
+    /// The relay's totals: closed rooms' and each open room's.
+    pub fn stats(&self) -> RelayStats {
+        let (rooms, mut total) = {
+            let directory = self.directory();
+            let rooms: Vec<RoomHandle> = directory.rooms().cloned().collect();
+            (rooms, directory.retired().clone())
+        };
+        for room in rooms {
+            total.add(room.lock().stats());
+        }
+        total
+    }
+
+    pub fn counts(&self) -> RelayCounts {
+        let mut counts = RelayCounts::default();
+        for room in self.all() {
+            counts.add(&room.lock().counts());
+        }
+        counts
+    }
+
+    pub fn queue_high_water(&self) -> (usize, usize) {
+        self.all()
+            .iter()
+            .map(|r| r.lock().queue_high_water())
+            .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
+    }
+
+    pub fn rooms_snapshot(&self) -> Vec<RoomSnapshot> {
+        let mut rooms: Vec<RoomSnapshot> = self.all().iter().map(|r| r.lock().snapshot()).collect();
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        rooms
+    }
+
+    /// Disconnects a peer on an operator's behalf. False if there is no such peer.
+    pub fn kick(&self, peer_id: PeerId, reason: &str) -> bool {
+        self.room_of(peer_id)
+            .is_some_and(|r| r.lock().kick(peer_id, reason))
+    }
+
+    /// Pauses or resumes a producer on an operator's behalf. False if there is none.
+    pub fn set_producer_paused_by_admin(
+        &self,
+        producer_id: ProducerId,
+        paused: bool,
+        now: Instant,
+    ) -> bool {
+        self.all().iter().any(|r| {
+            let mut room = r.lock();
+            room.has_producer(producer_id)
+                && room.set_producer_paused_by_admin(producer_id, paused, now)
+        })
+    }
+
+    pub fn announce_going_away(&self, reason: &str, deadline: Duration) {
+        for room in self.all() {
+            room.lock().announce_going_away(reason, deadline);
+        }
+    }
+}
