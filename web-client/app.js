@@ -18,6 +18,7 @@ import {
   VideoReceiver,
   VideoSender,
   chooseVideoCodec,
+  hasTrackProcessor,
   missingFeatures,
   openCapture,
 } from './media.js';
@@ -193,7 +194,7 @@ class Call {
     const [audioTrack] = this.capture.getAudioTracks().filter((t) => t.readyState === 'live');
     const starts = [];
     if (audioTrack) {
-      this.audioSender = new AudioSender({ session: this.session, track: audioTrack });
+      this.audioSender = new AudioSender({ session: this.session, track: audioTrack, audioContext: this.audioOutput.ctx });
       starts.push(
         this.audioSender.start().then(
           () => this.senderReady('mic', this.audioSender),
@@ -415,6 +416,11 @@ class Call {
       tile.updateStats(video, audio, view);
     }
     $('audio-blocked').hidden = !this.audioOutput.blocked;
+    if (this.audioOutput.blocked && !hasTrackProcessor) {
+      // This browser reads the microphone through the same audio context.
+      $('audio-blocked').textContent =
+        'Sound is blocked by the browser: click anywhere on the page to hear the others and to let them hear you.';
+    }
   }
 
   async leave() {
@@ -540,7 +546,14 @@ async function join() {
   history.replaceState(null, '', url);
 
   let capture = null;
-  let audioOutput = null;
+  // The audio context is created during the click: browsers that hold audio back until a
+  // user gesture let it run (Firefox also reads the microphone through it).
+  const audioOutput = new AudioOutput();
+  try {
+    audioOutput.open();
+  } catch (e) {
+    console.warn('no audio context yet:', e); // start() tries again and words a failure
+  }
   let joined = null;
   try {
     // The relay first: an unreachable relay is the commonest failure, and nothing else
@@ -562,7 +575,6 @@ async function join() {
       throw new Error(captureErrorMessage(e));
     }
     // Browsers let audio play once the page has had a user gesture (the Join click).
-    audioOutput = new AudioOutput();
     try {
       await audioOutput.start();
     } catch (e) {
@@ -677,7 +689,7 @@ function setup() {
     $('join').disabled = true;
     showError(
       `This browser lacks what the call needs: ${missing.join(', ')}. ` +
-        'Use a recent Chromium-based browser (WebTransport and WebCodecs) on https:// or http://localhost.',
+        'Use a recent Chromium-based browser or Firefox (WebTransport and WebCodecs) on https:// or http://localhost.',
     );
     return;
   }

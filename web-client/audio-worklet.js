@@ -1,6 +1,10 @@
-// Playout buffer for one remote audio track, running on the audio rendering thread.
-// The main thread posts decoded mono Float32Array chunks (already in seq order); this
-// plays them back at a steady pace, absorbing network jitter with a small buffer.
+// Audio worklet processors, running on the audio rendering thread:
+// - `jitter-player`: playout buffer for one remote audio track. The main thread posts
+//   decoded mono Float32Array chunks (already in seq order); this plays them back at a
+//   steady pace, absorbing network jitter with a small buffer.
+// - `mic-capture`: the microphone's PCM for browsers without MediaStreamTrackProcessor
+//   (media.js, audioDataReader): mono chunks of `chunkFrames` samples posted to the main
+//   thread, which turns them into AudioData for the Opus encoder.
 
 // Start (and restart after running dry) only once this much audio is buffered.
 const TARGET_MS = 60;
@@ -105,3 +109,37 @@ class JitterPlayer extends AudioWorkletProcessor {
 }
 
 registerProcessor('jitter-player', JitterPlayer);
+
+class MicCapture extends AudioWorkletProcessor {
+  constructor(options) {
+    super();
+    this.chunkFrames = options.processorOptions?.chunkFrames ?? 960;
+    this.chunk = new Float32Array(this.chunkFrames);
+    this.filled = 0;
+    this.stopped = false;
+    this.port.onmessage = (e) => {
+      if (e.data === 'stop') this.stopped = true;
+    };
+  }
+
+  process(inputs) {
+    if (this.stopped) return false;
+    const input = inputs[0]?.[0]; // mono (channelCount 1); absent while nothing is connected
+    if (!input) return true;
+    let i = 0;
+    while (i < input.length) {
+      const n = Math.min(input.length - i, this.chunkFrames - this.filled);
+      this.chunk.set(input.subarray(i, i + n), this.filled);
+      this.filled += n;
+      i += n;
+      if (this.filled === this.chunkFrames) {
+        this.port.postMessage(this.chunk, [this.chunk.buffer]);
+        this.chunk = new Float32Array(this.chunkFrames);
+        this.filled = 0;
+      }
+    }
+    return true; // the output stays silent
+  }
+}
+
+registerProcessor('mic-capture', MicCapture);

@@ -35,6 +35,13 @@ export function nowUs() {
   return Math.round((performance.timeOrigin + performance.now()) * 1000);
 }
 
+/**
+ * Whether camera and microphone frames come from `MediaStreamTrackProcessor` (Chromium).
+ * Where it is missing (Firefox) they are taken from a video element and an AudioWorklet
+ * instead (see `videoFrameReader` and `audioDataReader`); the senders do not know which.
+ */
+export const hasTrackProcessor = typeof MediaStreamTrackProcessor !== 'undefined';
+
 /** Names of the browser features this client cannot work without, if any are missing. */
 export function missingFeatures() {
   const needed = {
@@ -43,13 +50,151 @@ export function missingFeatures() {
     VideoDecoder: typeof VideoDecoder,
     AudioEncoder: typeof AudioEncoder,
     AudioDecoder: typeof AudioDecoder,
-    MediaStreamTrackProcessor: typeof MediaStreamTrackProcessor,
     AudioWorklet: typeof AudioWorkletNode,
     getUserMedia: typeof navigator.mediaDevices?.getUserMedia,
   };
+  if (!hasTrackProcessor) {
+    // The capture fallback builds its frames itself.
+    needed.VideoFrame = typeof VideoFrame;
+    needed.AudioData = typeof AudioData;
+  }
   return Object.entries(needed)
     .filter(([, type]) => type === 'undefined')
     .map(([name]) => name);
+}
+
+// ---------------------------------------------------------------------------
+// Capture: a reader of a track's frames, whichever way this browser gives them.
+
+/**
+ * A reader of `VideoFrame`s from a camera track (`read()`, `cancel()`, as a
+ * ReadableStream's). With MediaStreamTrackProcessor the camera's own frames; without, a
+ * muted video element plays the track and a frame is taken from it at `fps` (paced by
+ * requestVideoFrameCallback where it fires, so a slower camera is not sent twice per
+ * picture; a timer otherwise), timestamped with this page's clock in microseconds.
+ */
+export function videoFrameReader(track, fps) {
+  if (hasTrackProcessor) return new MediaStreamTrackProcessor({ track }).readable.getReader();
+  const video = document.createElement('video');
+  video.muted = true;
+  video.playsInline = true;
+  video.srcObject = new MediaStream([track]);
+  const playing = video.play().catch(() => {}); // muted playback needs no gesture
+  const interval = 1000 / fps;
+  let next = 0;
+  // requestVideoFrameCallback says when the element has a new picture; where it does not
+  // fire (or stops), frames are taken on the timer alone.
+  let fresh = false; // a new picture since the last frame taken
+  let lastPictureAt = -Infinity;
+  const watch = () => {
+    if (typeof video.requestVideoFrameCallback !== 'function') return;
+    video.requestVideoFrameCallback(() => {
+      fresh = true;
+      lastPictureAt = performance.now();
+      if (track.readyState === 'live') watch();
+    });
+  };
+  watch();
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const stream = new ReadableStream(
+    {
+      async pull(controller) {
+        await playing;
+        for (;;) {
+          if (track.readyState !== 'live') {
+            controller.close();
+            return;
+          }
+          const wait = next - performance.now();
+          if (wait > 0) await sleep(wait);
+          else if (video.readyState >= 2 && video.videoWidth > 0 && (fresh || performance.now() - lastPictureAt > 500)) break;
+          else await sleep(Math.min(interval / 4, 10));
+        }
+        fresh = false;
+        const now = performance.now();
+        next = Math.max(next + interval, now + interval / 2); // keep the phase; never burst
+        try {
+          controller.enqueue(new VideoFrame(video, { timestamp: Math.round(now * 1000) }));
+        } catch (e) {
+          // Between pictures (a resize, say) the element may have none to give: try again.
+          console.warn('cannot take a frame from the camera:', e);
+          next = now + interval;
+          await sleep(interval);
+        }
+      },
+      cancel() {
+        video.pause();
+        video.srcObject = null;
+      },
+    },
+    { highWaterMark: 0 }, // a frame is taken when the sender asks for one: never a stale one
+  );
+  return stream.getReader();
+}
+
+/**
+ * A reader of `AudioData` from a microphone track. With MediaStreamTrackProcessor the
+ * microphone's own buffers; without, the track plays into an AudioWorklet in `audioContext`
+ * (its module is audio-worklet.js, loaded by AudioOutput) that hands over 20 ms of mono PCM
+ * at a time. That context must be running: a browser may hold it suspended until the
+ * person clicks the page (AudioOutput.resume).
+ */
+export function audioDataReader(track, audioContext) {
+  if (hasTrackProcessor) return new MediaStreamTrackProcessor({ track }).readable.getReader();
+  let source = null;
+  let node = null;
+  const stop = () => {
+    node?.port.postMessage('stop');
+    node?.disconnect();
+    source?.disconnect();
+  };
+  const stream = new ReadableStream({
+    start(controller) {
+      const sampleRate = audioContext.sampleRate;
+      source = audioContext.createMediaStreamSource(new MediaStream([track]));
+      node = new AudioWorkletNode(audioContext, 'mic-capture', {
+        numberOfInputs: 1,
+        numberOfOutputs: 1,
+        outputChannelCount: [1],
+        channelCount: 1,
+        channelCountMode: 'explicit', // mixed down to mono: one voice
+        processorOptions: { chunkFrames: Math.round(sampleRate / 50) },
+      });
+      let timestampUs = null; // continuous: counted in samples from the first chunk
+      node.port.onmessage = (e) => {
+        const samples = e.data;
+        timestampUs ??= Math.round(performance.now() * 1000);
+        try {
+          controller.enqueue(
+            new AudioData({
+              format: 'f32-planar',
+              sampleRate,
+              numberOfFrames: samples.length,
+              numberOfChannels: 1,
+              timestamp: timestampUs,
+              data: samples,
+            }),
+          );
+        } catch {
+          return; // cancelled meanwhile
+        }
+        timestampUs += Math.round((samples.length / sampleRate) * 1e6);
+      };
+      source.connect(node);
+      // Connected to the output (it writes silence), so that every browser runs it.
+      node.connect(audioContext.destination);
+      track.addEventListener('ended', () => {
+        stop();
+        try {
+          controller.close();
+        } catch {
+          // Already cancelled.
+        }
+      });
+    },
+    cancel: stop,
+  });
+  return stream.getReader();
 }
 
 function videoEncoderConfig(choice, s) {
@@ -216,7 +361,7 @@ export function simulcastLadder(top) {
 }
 
 /**
- * Camera → MediaStreamTrackProcessor → one VideoEncoder per layer → the relay, a group of
+ * Camera (videoFrameReader) → one VideoEncoder per layer → the relay, a group of
  * pictures (a keyframe and the delta frames after it) at a time, each as a run of short
  * streams (send-queue.js says why).
  *
@@ -357,7 +502,7 @@ export class VideoSender {
   }
 
   async readLoop() {
-    const reader = new MediaStreamTrackProcessor({ track: this.track }).readable.getReader();
+    const reader = videoFrameReader(this.track, this.settings.fps);
     this.reader = reader;
     const interval = 1e6 / this.settings.fps;
     while (!this.stopped) {
@@ -751,11 +896,16 @@ class VideoLayer {
   }
 }
 
-/** Microphone → AudioEncoder (Opus, 20 ms frames) → one datagram per frame. */
+/**
+ * Microphone → AudioEncoder (Opus, 20 ms frames) → one datagram per frame. `audioContext`
+ * is the page's (AudioOutput's): without MediaStreamTrackProcessor the microphone is read
+ * through it.
+ */
 export class AudioSender {
-  constructor({ session, track }) {
+  constructor({ session, track, audioContext }) {
     this.session = session;
     this.track = track;
+    this.audioContext = audioContext;
     this.stats = new TrackStats();
     this.clock = new CaptureClock();
     this.producerId = null;
@@ -768,7 +918,7 @@ export class AudioSender {
 
   /** Produces once the first microphone buffer shows its sample rate and channels. */
   async start() {
-    this.reader = new MediaStreamTrackProcessor({ track: this.track }).readable.getReader();
+    this.reader = audioDataReader(this.track, this.audioContext);
     const first = await this.reader.read();
     if (first.done) throw new Error('the microphone delivered no audio');
     try {
@@ -1039,9 +1189,19 @@ export class VideoReceiver {
  * track (the context mixes them). The worklet holds the playout buffer (audio-worklet.js).
  */
 export class AudioOutput {
-  async start() {
+  /**
+   * Creates the context. Called from the Join click itself (before anything is awaited), so
+   * that a browser that keeps audio suspended until a user gesture (Firefox) lets it run.
+   */
+  open() {
     // 48 kHz matches Opus, so decoded audio needs no resampling.
-    this.ctx = new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
+    this.ctx ??= new AudioContext({ sampleRate: 48000, latencyHint: 'interactive' });
+    this.ctx.resume().catch(() => {});
+  }
+
+  /** Loads the worklets (playout, and microphone capture where it is needed). */
+  async start() {
+    this.open();
     await this.ctx.audioWorklet.addModule(new URL('./audio-worklet.js', import.meta.url));
     this.ctx.resume().catch(() => {});
   }
