@@ -357,6 +357,13 @@ struct ServeArgs {
     /// The same for audio.
     #[arg(long, env = "SYNAPSE_AUDIO_LATENCY_BOUND", default_value = "200ms", value_parser = latency_bound)]
     audio_latency_bound: Duration,
+    /// QUIC endpoints sharing the UDP port (SO_REUSEPORT), each with its own driver; 0: one
+    /// per core (docs/ARCHITECTURE.md).
+    #[arg(long, env = "SYNAPSE_ENDPOINTS", default_value_t = 1)]
+    endpoints: usize,
+    /// Worker threads of the relay's runtime; 0: one per core.
+    #[arg(long, env = "SYNAPSE_THREADS", default_value_t = 0)]
+    threads: usize,
     #[command(flatten)]
     keys: ApiKeyArgs,
     #[command(flatten)]
@@ -483,34 +490,50 @@ fn init_logging(default: &str, format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    match cli.command {
+    let serve_args = match cli.command {
         None => {
             init_logging("info", cli.log_format);
             let (args, matches) = ServeArgs::parse_from_env();
-            serve(args.with_config_file(&matches)?).await
+            args.with_config_file(&matches)?
         }
         Some(Command::Serve(args)) => {
             init_logging("info", cli.log_format);
             let matches = matches
                 .subcommand_matches("serve")
                 .expect("serve was given");
-            serve(args.with_config_file(matches)?).await
+            args.with_config_file(matches)?
         }
-        Some(Command::Join(args)) => {
-            init_logging("warn", cli.log_format);
+        Some(command) => return runtime(0)?.block_on(run_command(command, cli.log_format)),
+    };
+    runtime(serve_args.threads)?.block_on(serve(serve_args))
+}
+
+/// A multi-threaded runtime with `threads` workers (0: one per core).
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build().context("starting the runtime")
+}
+
+async fn run_command(command: Command, log_format: LogFormat) -> Result<()> {
+    match command {
+        Command::Serve(_) => unreachable!("serve runs on its own runtime"),
+        Command::Join(args) => {
+            init_logging("warn", log_format);
             run_join(args).await
         }
-        Some(Command::Bench(args)) => {
-            init_logging("warn", cli.log_format);
+        Command::Bench(args) => {
+            init_logging("warn", log_format);
             run_bench(args).await
         }
-        Some(Command::Token(args)) => mint_token(args),
-        Some(Command::Shaper(args)) => {
-            init_logging("warn", cli.log_format);
+        Command::Token(args) => mint_token(args),
+        Command::Shaper(args) => {
+            init_logging("warn", log_format);
             run_shaper(args).await
         }
     }
@@ -731,6 +754,8 @@ impl ServeArgs {
                 .map(|d| check_latency_bound(d).map_err(anyhow::Error::msg))
                 .transpose()?
         );
+        take!("endpoints", self.endpoints, file.endpoints);
+        take!("threads", self.threads, file.threads);
         take!("api_key", self.keys.api_key, file.api_key.map(Some));
         take!(
             "api_secret",
@@ -800,6 +825,8 @@ struct FileConfig {
     congestion_controller: Option<String>,
     video_latency_bound: Option<String>,
     audio_latency_bound: Option<String>,
+    endpoints: Option<usize>,
+    threads: Option<usize>,
     api_key: Option<String>,
     api_secret: Option<String>,
     limits: Option<FileLimits>,
@@ -858,6 +885,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         web_root: args.web_root,
         access: args.keys.policy()?,
         congestion_controller: args.congestion_controller,
+        endpoints: args.endpoints,
         relay: RelayConfig {
             max_datagram_size: args.limits.max_datagram_size,
             max_frame_size: args.limits.max_frame_size,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use common::*;
 use synapse_sfu::client::media::synthetic_payload;
 use synapse_sfu::core::RelayCounts;
+use synapse_sfu::server::{Server, ServerConfig};
 use synapse_sfu::wire::{LeaveReason, MediaKind, ProducerId, ServerMessage};
 
 const VIDEO_FRAMES: u64 = 60;
@@ -14,7 +15,51 @@ const AUDIO_FRAMES: u64 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_receive_each_other_and_nobody_else_does() {
-    let server = start_relay().await;
+    three_peers_call(start_relay().await).await;
+}
+
+/// The same call with the relay on two endpoints sharing the port (SO_REUSEPORT): peers
+/// of one room land on different endpoints and still hear each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_over_two_endpoints() {
+    let server = start_relay_with(ServerConfig {
+        endpoints: 2,
+        ..test_config()
+    })
+    .await;
+    three_peers_call(server).await;
+}
+
+/// Sessions spread over the endpoints, and no other process can join the port's group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_share_the_port_and_keep_it() {
+    let server = start_relay_with(ServerConfig {
+        endpoints: 2,
+        ..test_config()
+    })
+    .await;
+    let mut peers = Vec::new();
+    for i in 0..16 {
+        peers.push(join(&server, "spread", &format!("p{i}"), false).await);
+    }
+    let spread = server.sessions_per_endpoint();
+    assert_eq!(spread.iter().sum::<u64>(), 16, "{spread:?}");
+    // Each source port hashes to one socket: 16 clients all on one of two endpoints has a
+    // chance of 2^-15.
+    assert!(spread.iter().all(|n| *n > 0), "{spread:?}");
+    let taken = Server::start(ServerConfig {
+        bind: server.local_addr(),
+        endpoints: 2,
+        http: false,
+        ..test_config()
+    })
+    .await;
+    let error = format!("{:#}", taken.err().expect("the port is taken"));
+    assert!(error.contains("binding UDP"), "{error}");
+    assert_eq!(server.rooms().counts().peers, 16);
+}
+
+async fn three_peers_call(server: Server) {
     let mut peers = Vec::new();
     for name in ["ada", "bo", "cy"] {
         peers.push(join(&server, "call", name, true).await);

@@ -9,7 +9,7 @@ mod session;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -130,6 +130,10 @@ pub struct ServerConfig {
     /// Who may join: development mode (no keys) or signed access tokens.
     pub access: AccessPolicy,
     pub congestion_controller: CongestionController,
+    /// QUIC endpoints (UDP sockets) sharing the port with `SO_REUSEPORT`, each with its own
+    /// driver; the kernel spreads connections over them (docs/ARCHITECTURE.md). 0: one per
+    /// core.
+    pub endpoints: usize,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +150,7 @@ impl Default for ServerConfig {
             limits: SessionLimits::default(),
             access: AccessPolicy::Development,
             congestion_controller: CongestionController::default(),
+            endpoints: 1,
         }
     }
 }
@@ -153,7 +158,9 @@ impl Default for ServerConfig {
 /// A running relay. Dropping it stops accepting; `shutdown` also closes every session.
 pub struct Server {
     rooms: Rooms,
-    endpoint: Arc<ServerEndpoint>,
+    endpoints: Vec<Arc<ServerEndpoint>>,
+    /// Sessions each endpoint has accepted.
+    accepted: Vec<Arc<AtomicU64>>,
     local_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
     certificate_sha256: CertificateHash,
@@ -192,14 +199,14 @@ impl Server {
         // One port number for both: bind UDP first (it may pick the port), then TCP on it.
         // With port 0 the TCP side may find the number taken; try a few.
         let mut attempts = if config.bind.port() == 0 { 10 } else { 1 };
-        let (endpoint, tcp) = loop {
-            let endpoint = bind_endpoint(&config, identity.identity.clone_identity())?;
-            let addr = endpoint.local_addr()?;
+        let (endpoints, tcp) = loop {
+            let endpoints = bind_endpoints(&config, &identity.identity)?;
+            let addr = endpoints[0].local_addr()?;
             if !config.http {
-                break (endpoint, None);
+                break (endpoints, None);
             }
             match TcpListener::bind(SocketAddr::new(config.bind.ip(), addr.port())).await {
-                Ok(tcp) => break (endpoint, Some(tcp)),
+                Ok(tcp) => break (endpoints, Some(tcp)),
                 Err(e) if attempts > 1 => {
                     attempts -= 1;
                     warn!(port = addr.port(), error = %e, "TCP port taken, trying another");
@@ -209,8 +216,8 @@ impl Server {
                 }
             }
         };
-        let endpoint = Arc::new(endpoint);
-        let local_addr = endpoint.local_addr()?;
+        let endpoints: Vec<Arc<ServerEndpoint>> = endpoints.into_iter().map(Arc::new).collect();
+        let local_addr = endpoints[0].local_addr()?;
         let certificate_sha256 = CertificateHash::default();
         certificate_sha256.set(identity.certificate_sha256.clone());
         let mut tasks = Vec::new();
@@ -237,16 +244,24 @@ impl Server {
             AccessPolicy::Keys(key) => info!(api_key = %key.key, "joins require access tokens"),
         }
         let draining = Arc::new(AtomicBool::new(false));
-        tasks.push(tokio::spawn(accept_sessions(
-            endpoint.clone(),
-            rooms.clone(),
-            config.limits.clone(),
-            Arc::new(config.access.clone()),
-            draining.clone(),
-        )));
+        // Per-address limits hold across endpoints: one client's sessions may land on any.
+        let addresses = session::AddressCounts::default();
+        let access = Arc::new(config.access.clone());
+        let accepted: Vec<Arc<AtomicU64>> = endpoints.iter().map(|_| Arc::default()).collect();
+        for (endpoint, accepted) in endpoints.iter().zip(&accepted) {
+            tasks.push(tokio::spawn(accept_sessions(
+                endpoint.clone(),
+                accepted.clone(),
+                rooms.clone(),
+                config.limits.clone(),
+                access.clone(),
+                addresses.clone(),
+                draining.clone(),
+            )));
+        }
         if identity.development {
             tasks.push(tokio::spawn(renew_development_identity(
-                endpoint.clone(),
+                endpoints.clone(),
                 config.clone(),
                 certificate_sha256.clone(),
             )));
@@ -254,13 +269,15 @@ impl Server {
         info!(
             webtransport = %local_addr,
             http = ?http_addr,
+            endpoints = endpoints.len(),
             certificate_sha256 = %identity.certificate_sha256,
             development_identity = identity.development,
             "relay listening"
         );
         Ok(Self {
             rooms,
-            endpoint,
+            endpoints,
+            accepted,
             local_addr,
             http_addr,
             certificate_sha256,
@@ -273,6 +290,14 @@ impl Server {
     /// The relay's rooms (the core's state), for tests and embedding.
     pub fn rooms(&self) -> &Rooms {
         &self.rooms
+    }
+
+    /// How many sessions each endpoint has accepted (the kernel's spread over them).
+    pub fn sessions_per_endpoint(&self) -> Vec<u64> {
+        self.accepted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The UDP address WebTransport listens on.
@@ -313,7 +338,8 @@ impl Server {
         info!(remaining, "closing");
         self.shutdown();
         // Let the close frames leave before the process exits.
-        tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle())
+        let idle = futures_util::future::join_all(self.endpoints.iter().map(|e| e.wait_idle()));
+        tokio::time::timeout(Duration::from_secs(1), idle)
             .await
             .ok();
     }
@@ -323,8 +349,9 @@ impl Server {
         for task in &self.tasks {
             task.abort();
         }
-        self.endpoint
-            .close(VarInt::from_u32(0), b"relay shutting down");
+        for endpoint in &self.endpoints {
+            endpoint.close(VarInt::from_u32(0), b"relay shutting down");
+        }
     }
 }
 
@@ -343,12 +370,15 @@ type ServerEndpoint = Endpoint<wtransport::endpoint::endpoint_side::Server>;
 /// it at net.core.rmem_max / wmem_max.
 const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
-fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
         // [::] takes IPv4 too, as users expect from the default.
         socket.set_only_v6(false)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
     }
     // Best effort: a smaller buffer is not a reason not to start.
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
@@ -357,12 +387,39 @@ fn bind_socket(addr: SocketAddr) -> Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-fn bind_endpoint(config: &ServerConfig, identity: wtransport::Identity) -> Result<ServerEndpoint> {
-    let socket =
-        bind_socket(config.bind).with_context(|| format!("binding UDP {}", config.bind))?;
-    let builder = wtransport::ServerConfig::builder().with_bind_socket(socket);
-    Endpoint::server(endpoint_config(config, builder, identity)?)
-        .with_context(|| format!("starting WebTransport on {}", config.bind))
+/// How many endpoints `serve` runs: the configured number, or one per core for 0.
+pub fn endpoint_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// The relay's QUIC endpoints, all on one UDP port. Several share it with `SO_REUSEPORT`:
+/// the kernel hashes each datagram's addresses to one socket, so a connection stays on the
+/// endpoint that accepted it, and each endpoint has its own driver task. Another process
+/// could join such a group, so the port is first bound without the option: if anything
+/// holds it, that fails as an ordinary "address in use".
+fn bind_endpoints(
+    config: &ServerConfig,
+    identity: &wtransport::Identity,
+) -> Result<Vec<ServerEndpoint>> {
+    let count = endpoint_count(config.endpoints);
+    let bind = |addr: SocketAddr, reuse_port: bool| -> Result<ServerEndpoint> {
+        let socket =
+            bind_socket(addr, reuse_port).with_context(|| format!("binding UDP {addr}"))?;
+        let builder = wtransport::ServerConfig::builder().with_bind_socket(socket);
+        Endpoint::server(endpoint_config(config, builder, identity.clone_identity())?)
+            .with_context(|| format!("starting WebTransport on {addr}"))
+    };
+    if count == 1 {
+        return Ok(vec![bind(config.bind, false)?]);
+    }
+    let probe =
+        bind_socket(config.bind, false).with_context(|| format!("binding UDP {}", config.bind))?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    (0..count).map(|_| bind(addr, true)).collect()
 }
 
 fn endpoint_config(
@@ -384,7 +441,7 @@ fn endpoint_config(
 /// runs longer swaps in a fresh one a day before expiry. Sessions already open keep theirs;
 /// new sessions (and `/certificate.sha256`) get the new one.
 async fn renew_development_identity(
-    endpoint: Arc<ServerEndpoint>,
+    endpoints: Vec<Arc<ServerEndpoint>>,
     config: ServerConfig,
     hash: CertificateHash,
 ) {
@@ -398,10 +455,13 @@ async fn renew_development_identity(
         let renewed = async {
             let fresh = identity::development(&config.certs_dir).await?;
             // The socket stays; only TLS changes (reload without rebinding ignores this bind).
-            let builder =
-                wtransport::ServerConfig::builder().with_bind_config(IpBindConfig::LocalV4, 0);
-            let server_config = endpoint_config(&config, builder, fresh.identity)?;
-            endpoint.reload_config(server_config, false)?;
+            for endpoint in &endpoints {
+                let builder =
+                    wtransport::ServerConfig::builder().with_bind_config(IpBindConfig::LocalV4, 0);
+                let server_config =
+                    endpoint_config(&config, builder, fresh.identity.clone_identity())?;
+                endpoint.reload_config(server_config, false)?;
+            }
             anyhow::Ok(fresh.certificate_sha256)
         };
         match renewed.await {
@@ -416,14 +476,16 @@ async fn renew_development_identity(
 
 async fn accept_sessions(
     endpoint: Arc<ServerEndpoint>,
+    accepted: Arc<AtomicU64>,
     rooms: Rooms,
     limits: SessionLimits,
     access: Arc<AccessPolicy>,
+    addresses: session::AddressCounts,
     draining: Arc<AtomicBool>,
 ) {
-    let addresses = session::AddressCounts::default();
     loop {
         let incoming = endpoint.accept().await;
+        accepted.fetch_add(1, Ordering::Relaxed);
         if draining.load(Ordering::Relaxed) {
             tokio::spawn(async move {
                 if let Ok(request) = incoming.await {
