@@ -4,16 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== setup: Chromium (Debian package) and the browser tests' npm packages"
-if ! command -v chromium >/dev/null 2>&1; then
+echo "== setup: Chromium and Firefox ESR (Debian packages) and the browser tests' npm packages"
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
+if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq chromium >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 chromium --version
+firefox-esr --version
 # The committed lockfile, exactly; playwright-core drives the system Chromium and
-# downloads no browser of its own.
-npm ci --prefix tests/browser --no-audit --no-fund
+# puppeteer-core the system Firefox (WebDriver BiDi); neither downloads a browser.
+PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund
 
 echo "== checks: formatting and lints"
 cargo fmt --check
@@ -44,6 +48,6 @@ for target in control_message datagram stream relay_core; do
 done
 rm -rf "$scratch"
 
-echo "== tests: headless Chromium pages in a call through the relay, and one behind a shaped uplink"
+echo "== tests: headless Chromium and Firefox pages in calls through the relay (each browser alone, and mixed), and one behind a shaped uplink"
 # Uses the relay binary cargo test just built, with the web client embedded in it.
 SYNAPSE_BIN="$PWD/target/debug/synapse-sfu" node --test tests/browser/

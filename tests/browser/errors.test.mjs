@@ -1,17 +1,17 @@
-// What a person sees when things go wrong, in real Chromium: an unreachable relay, a relay
-// that refuses the access token (or wants one), a microphone that never delivers, and
-// the call screen on a phone-sized window. Every message must be a sentence for people:
-// no browser error text ("Failed to fetch", "Network error"), no internal names
+// What a person sees when things go wrong, in real Chromium and Firefox: an unreachable
+// relay, a relay that refuses the access token (or wants one), a microphone that never
+// delivers, and the call screen on a phone-sized window. Every message must be a sentence
+// for people: no browser error text ("Failed to fetch", "Network error"), no internal names
 // ("InvalidToken", "ConnectError", "unauthorized").
 //
 // Run: npm install --prefix tests/browser && node --test tests/browser/
-// Env: as three-peer-call.test.mjs (SYNAPSE_BIN, SYNAPSE_WEB_ROOT, CHROMIUM_PATH).
+// Env: as three-peer-call.test.mjs (SYNAPSE_BIN, SYNAPSE_WEB_ROOT, CHROMIUM_PATH, FIREFOX_PATH, BROWSERS).
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 
-import { freePort, launchBrowser, log, relayBinary, startRelay, waitFor } from './harness.mjs';
+import { browserKinds, freePort, launchBrowser, log, pageState, relayBinary, startRelay, waitFor } from './harness.mjs';
 
 // Small settings: these pages only need a call to exist, not good video.
 const MEDIA = 'width=320&height=240&fps=15&bitrate=300000';
@@ -48,31 +48,13 @@ function assertReadable(text, what) {
 }
 
 /** What the page shows: the error box, which screen, the token field. */
-function pageView(page) {
-  return page.evaluate(() => {
-    const $ = (id) => document.getElementById(id);
-    return {
-      error: $('error').hidden ? '' : $('error').textContent,
-      progress: $('join-progress').textContent,
-      joinScreen: !$('join-screen').hidden,
-      inCall: !$('call-screen').hidden,
-      joinEnabled: !$('join').disabled,
-      tokenOpen: $('token-details').open,
-      status: $('call-status').textContent,
-    };
-  });
+async function pageView(page) {
+  const { error, progress, joinScreen, inCall, joinEnabled, tokenOpen, status } = await pageState(page);
+  return { error, progress, joinScreen, inCall, joinEnabled, tokenOpen, status };
 }
 
-/** A page in a fresh context of `browser`, its console kept for failure reports. */
-async function openPage(browser, contextOptions = {}) {
-  const context = await browser.newContext(contextOptions);
-  const page = await context.newPage();
-  const lines = [];
-  page.on('console', (m) => lines.push(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => lines.push(`pageerror: ${e.message}`));
-  page.consoleLines = lines;
-  return page;
-}
+/** A page of its own context in `browser`. */
+const openPage = (browser, options) => browser.newPage(options);
 
 /** Waits until the page shows an error after a failed join, and returns its view. */
 function waitForJoinError(page, what) {
@@ -89,12 +71,14 @@ function waitForJoinError(page, what) {
   );
 }
 
-test('an unreachable relay is reported in words, before anything else is loaded', { timeout: TEST_TIMEOUT_MS }, async () => {
+const TESTS = [];
+
+TESTS.push(['an unreachable relay is reported in words, before anything else is loaded', async (kind) => {
   const relay = await startRelay();
   let stopped = false;
   let browser = null;
   try {
-    browser = await launchBrowser();
+    browser = await launchBrowser(kind);
 
     // 1. The page (served by a running relay) is pointed at a port where nothing runs.
     const deadPort = await freePort();
@@ -123,9 +107,9 @@ test('an unreachable relay is reported in words, before anything else is loaded'
     await browser?.close();
     if (!stopped) await relay.stop();
   }
-});
+}]);
 
-test('a relay that requires access tokens: a wrong one, and none at all', { timeout: TEST_TIMEOUT_MS }, async () => {
+TESTS.push(['a relay that requires access tokens: a wrong one, and none at all', async (kind) => {
   const relay = await startRelay({ env: KEYS });
   let browser = null;
   try {
@@ -139,7 +123,7 @@ test('a relay that requires access tokens: a wrong one, and none at all', { time
     const otherRoomToken = minted.stdout.trim();
     assert.equal(otherRoomToken.split('.').length, 3, `a JWT: ${otherRoomToken}`);
 
-    browser = await launchBrowser();
+    browser = await launchBrowser(kind);
     for (const [what, token] of [
       ['a forged token', 'not-a-real-token'],
       ['a token for another room', otherRoomToken],
@@ -157,13 +141,13 @@ test('a relay that requires access tokens: a wrong one, and none at all', { time
     const page = await openPage(browser);
     await page.goto(`${relay.base}/?room=${room}&name=bo&${MEDIA}`);
     await waitFor(async () => (await pageView(page)).joinEnabled, { timeout: UI_TIMEOUT_MS });
-    assert.equal(await page.locator('#token').isVisible(), false, 'the token field starts collapsed');
+    assert.equal(await page.isVisible('#token'), false, 'the token field starts collapsed');
     await page.click('#join');
     const v = await waitForJoinError(page, 'no token');
     log(`no token: "${v.error}"`);
     assertReadable(v.error, 'no token');
     assert.match(v.error, /needs an access token/);
-    await waitFor(() => page.locator('#token').isVisible(), {
+    await waitFor(() => page.isVisible('#token'), {
       timeout: UI_TIMEOUT_MS,
       describe: async () => `the token field stays hidden: ${JSON.stringify(await pageView(page))}`,
     });
@@ -171,28 +155,33 @@ test('a relay that requires access tokens: a wrong one, and none at all', { time
     await browser?.close();
     await relay.stop();
   }
-});
+}]);
 
-test('a microphone that never delivers does not hold back Camera off', { timeout: TEST_TIMEOUT_MS }, async () => {
+TESTS.push(['a microphone that never delivers does not hold back Camera off', async (kind) => {
   const relay = await startRelay();
   let browser = null;
   try {
-    browser = await launchBrowser();
+    // Chromium: the fake microphone is swapped for a track that never delivers a buffer.
+    // Firefox reads the microphone through the page's audio context, and on a machine
+    // without a sound device (a Firefox without the mock device) that context never runs:
+    // the microphone delivers nothing, and the page asks for a click that cannot help.
+    browser = await launchBrowser(kind, { soundDevice: false });
     const page = await openPage(browser);
-    // The fake microphone is swapped for a track that never delivers a buffer.
-    await page.addInitScript(() => {
-      const devices = navigator.mediaDevices;
-      const getUserMedia = devices.getUserMedia.bind(devices);
-      devices.getUserMedia = async (constraints) => {
-        const stream = await getUserMedia(constraints);
-        for (const track of stream.getAudioTracks()) {
-          stream.removeTrack(track);
-          track.stop();
-          stream.addTrack(new MediaStreamTrackGenerator({ kind: 'audio' }));
-        }
-        return stream;
-      };
-    });
+    if (kind === 'chromium') {
+      await page.addInitScript(() => {
+        const devices = navigator.mediaDevices;
+        const getUserMedia = devices.getUserMedia.bind(devices);
+        devices.getUserMedia = async (constraints) => {
+          const stream = await getUserMedia(constraints);
+          for (const track of stream.getAudioTracks()) {
+            stream.removeTrack(track);
+            track.stop();
+            stream.addTrack(new MediaStreamTrackGenerator({ kind: 'audio' }));
+          }
+          return stream;
+        };
+      });
+    }
     await page.goto(`${relay.base}/?room=silent-mic-${process.pid}&name=ada&autojoin=1&${MEDIA}`);
     const describe = async () =>
       `${JSON.stringify(await pageView(page))} ${JSON.stringify(
@@ -226,6 +215,16 @@ test('a microphone that never delivers does not hold back Camera off', { timeout
     assert.equal(state.producers.audio, null, 'the silent microphone has no producer');
     assert.equal(state.mic, true, 'Mute stays disabled while there is nothing to mute');
     assert.equal(state.error, '');
+    if (kind === 'firefox') {
+      // The page says why, in words.
+      const hint = await waitFor(
+        () => page.evaluate(() => !document.getElementById('audio-blocked').hidden && document.getElementById('audio-blocked').textContent),
+        { timeout: UI_TIMEOUT_MS, describe },
+      );
+      log(`firefox without sound: "${hint}"`);
+      assertReadable(hint, 'the blocked-sound hint');
+      assert.match(hint, /let them hear you/);
+    }
 
     await page.click('#camera');
     await waitFor(
@@ -236,13 +235,13 @@ test('a microphone that never delivers does not hold back Camera off', { timeout
     await browser?.close();
     await relay.stop();
   }
-});
+}]);
 
-test('on a phone (390x844) the call header fits and Leave can be clicked', { timeout: TEST_TIMEOUT_MS }, async () => {
+TESTS.push(['on a phone (390x844) the call header fits and Leave can be clicked', async (kind) => {
   const relay = await startRelay();
   let browser = null;
   try {
-    browser = await launchBrowser();
+    browser = await launchBrowser(kind);
     const page = await openPage(browser, { viewport: { width: 390, height: 844 } });
     // A long room name (64 characters is the most the relay allows).
     const room = `the-weekly-planning-call-of-the-platform-team-${process.pid}`.slice(0, 64);
@@ -293,4 +292,12 @@ test('on a phone (390x844) the call header fits and Leave can be clicked', { tim
     await browser?.close();
     await relay.stop();
   }
-});
+}]);
+
+for (const kind of ['chromium', 'firefox']) {
+  for (const [name, run] of TESTS) {
+    test(`${name} (${kind})`, { timeout: TEST_TIMEOUT_MS, skip: !browserKinds().includes(kind) && `BROWSERS leaves out ${kind}` }, () =>
+      run(kind),
+    );
+  }
+}

@@ -1,6 +1,7 @@
 // Helpers for the browser tests: start a relay on a free port (and a shaper in front of
-// it), launch the system Chromium with fake camera/microphone, and poll pages until a
-// condition holds.
+// it), launch the system Chromium (playwright-core) or Firefox ESR (puppeteer-core over
+// WebDriver BiDi) with fake camera/microphone behind one small page interface, read what
+// a page of the web client shows, join calls, and poll pages until a condition holds.
 
 import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
@@ -11,10 +12,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+export const FIREFOX_PATH = process.env.FIREFOX_PATH || '/usr/bin/firefox-esr';
 
 const CHROMIUM_ARGS = [
   '--no-sandbox',
@@ -27,6 +30,20 @@ const CHROMIUM_ARGS = [
   '--use-fake-ui-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
 ];
+
+// Firefox preferences: fake camera and microphone without a permission prompt, and
+// nothing that phones home or updates itself. A machine without a sound device (these test
+// machines have none) leaves every AudioContext suspended, click or not, and the web
+// client reads the microphone through one in Firefox: a mock audio device runs them.
+const FIREFOX_PREFS = {
+  'media.navigator.streams.fake': true,
+  'media.navigator.permission.disabled': true,
+  'media.cubeb.force_mock_context': true,
+  'app.update.enabled': false,
+  'browser.shell.checkDefaultBrowser': false,
+  'datareporting.policy.dataSubmissionEnabled': false,
+  'toolkit.telemetry.enabled': false,
+};
 
 /** GET a JSON document without keep-alive (a pooled socket would hold the test runner open). */
 function getJson(url) {
@@ -210,8 +227,185 @@ export async function startShaper(relayPort, options) {
   }
 }
 
-export function launchBrowser() {
-  return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS });
+/**
+ * Launches a headless browser, `kind` 'chromium' (Debian's chromium, playwright-core) or
+ * 'firefox' (Debian's firefox-esr, puppeteer-core over WebDriver BiDi), with a fake camera
+ * and microphone. Both answer the same small interface (see BrowserPage): tests are
+ * written once. Each `newPage()` is a page of its own context (its own cookies, storage
+ * and devices) and, in Firefox, its own window: a background tab would be hidden, and a
+ * hidden page pauses its video consumers. `soundDevice: false` launches Firefox without
+ * its mock sound device, as on a machine with no sound at all (Chromium ignores it).
+ */
+export async function launchBrowser(kind = 'chromium', { soundDevice = true } = {}) {
+  if (kind === 'chromium') {
+    const browser = await chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS });
+    return {
+      kind,
+      version: `chromium ${browser.version()}`,
+      async newPage({ viewport } = {}) {
+        const context = await browser.newContext(viewport ? { viewport } : {});
+        return new BrowserPage(kind, await context.newPage());
+      },
+      close: () => browser.close(),
+    };
+  }
+  if (kind === 'firefox') {
+    if (!fs.existsSync(FIREFOX_PATH)) throw new Error(`Firefox not found: ${FIREFOX_PATH} (apt-get install firefox-esr, or set FIREFOX_PATH)`);
+    const browser = await puppeteer.launch({
+      browser: 'firefox',
+      executablePath: FIREFOX_PATH,
+      headless: true,
+      extraPrefsFirefox: { ...FIREFOX_PREFS, 'media.cubeb.force_mock_context': soundDevice },
+    });
+    return {
+      kind,
+      version: await browser.version(), // "firefox/153.7.0"
+      async newPage({ viewport } = {}) {
+        const context = await browser.createBrowserContext();
+        const page = await context.newPage({ type: 'window' });
+        await page.setViewport(viewport ?? { width: 1280, height: 720 });
+        return new BrowserPage(kind, page);
+      },
+      close: () => browser.close(),
+    };
+  }
+  throw new Error(`unknown browser ${kind}: chromium or firefox`);
+}
+
+/**
+ * One page, whichever browser drives it: the few things the tests do with pages. Console
+ * lines and uncaught errors are kept (`consoleLines`, `pageErrors`) for failure reports.
+ */
+export class BrowserPage {
+  constructor(kind, page) {
+    this.kind = kind;
+    this.page = page; // playwright's or puppeteer's Page, for what is not covered here
+    this.consoleLines = [];
+    this.pageErrors = [];
+    page.on('console', (m) => this.consoleLines.push(`${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => {
+      this.consoleLines.push(`pageerror: ${e.message}`);
+      this.pageErrors.push(e.message);
+    });
+  }
+
+  /** Loads `url`; resolves to the HTTP status. */
+  async goto(url) {
+    const res = await this.page.goto(url);
+    return res?.status() ?? null;
+  }
+
+  /** Runs `fn(arg)` in the page; resolves to its (JSON-able) result. */
+  evaluate(fn, arg) {
+    return this.page.evaluate(fn, arg);
+  }
+
+  /** A real click (a user gesture: it lets an audio context run) on the element `selector`. */
+  click(selector) {
+    return this.page.click(selector);
+  }
+
+  /** Whether the element `selector` is rendered and visible. */
+  isVisible(selector) {
+    return this.page.evaluate((sel) => {
+      const el = document.querySelector(sel);
+      return !!el && el.checkVisibility({ visibilityProperty: true }) && el.getClientRects().length > 0;
+    }, selector);
+  }
+
+  /** Runs `fn` in every document this page loads from now on, before the page's scripts. */
+  addInitScript(fn) {
+    return this.kind === 'chromium' ? this.page.addInitScript(fn) : this.page.evaluateOnNewDocument(fn);
+  }
+
+  /** A PNG of the viewport (also written to `path` if given), as a Buffer. */
+  async screenshot(path) {
+    return Buffer.from(await this.page.screenshot(path ? { path } : {}));
+  }
+}
+
+/** The browsers of the suite: BROWSERS=chromium,firefox (default both). */
+export function browserKinds() {
+  return (process.env.BROWSERS || 'chromium,firefox').split(',').map((k) => k.trim()).filter(Boolean);
+}
+
+/**
+ * What a page of the web client shows and knows: window.synapse.state() (producers, send
+ * state, tiles with their consumers) plus the status line, the error box, which screen is
+ * up, the stats overlays, and each remote tile as drawn (`shown`: name, decoded video and
+ * audio frames, badges).
+ */
+export function pageState(page) {
+  return page.evaluate(() => {
+    const $ = (id) => document.getElementById(id);
+    return {
+      ...window.synapse.state(),
+      status: $('call-status')?.textContent ?? '',
+      error: $('error')?.hidden ? '' : ($('error')?.textContent ?? ''),
+      progress: $('join-progress')?.textContent ?? '',
+      inCall: !$('call-screen')?.hidden,
+      joinScreen: !$('join-screen')?.hidden,
+      joinEnabled: !$('join')?.disabled,
+      tokenOpen: !!$('token-details')?.open,
+      shown: [...document.querySelectorAll('[data-peer-name]')].map((t) => ({
+        name: t.dataset.peerName,
+        video: Number(t.dataset.videoFrames ?? 0),
+        audio: Number(t.dataset.audioFrames ?? 0),
+        badges: t.querySelector('.badges')?.textContent ?? '',
+      })),
+      overlays: Object.fromEntries(
+        [...document.querySelectorAll('[data-peer-name]')].map((t) => [t.dataset.peerName, t.querySelector('.stats')?.textContent ?? '']),
+      ),
+      localOverlay: document.querySelector('[data-local] .stats')?.textContent ?? '',
+    };
+  });
+}
+
+/**
+ * Opens `url` (a page of the web client) in `page` and joins its call: with ?autojoin=1 in
+ * the URL the page joins by itself, otherwise the test clicks Join as a person would (in
+ * Firefox that click is what lets the page's audio run). Resolves to the page's state once
+ * it is in the call; throws if it shows an error first.
+ */
+export async function joinCall(page, url, { name = '', timeout = 30_000 } = {}) {
+  const status = await page.goto(url);
+  if (status !== 200) {
+    throw new Error(
+      `the relay answered ${status} for the web client at / (a binary built before web-client/ existed? set SYNAPSE_WEB_ROOT)`,
+    );
+  }
+  if (!/[?&]autojoin=1\b/.test(url)) {
+    await waitFor(async () => (await pageState(page)).joinEnabled, {
+      timeout,
+      describe: async () => `${name}: Join stays disabled: ${JSON.stringify(await pageState(page))}`,
+    });
+    await page.click('#join');
+  }
+  return waitFor(
+    async () => {
+      const s = await pageState(page);
+      if (s.error) throw new Error(`${name} shows an error: ${s.error}`);
+      return s.inCall && s.status ? s : null;
+    },
+    { timeout, describe: async () => `${name}: ${JSON.stringify(await pageState(page))}` },
+  );
+}
+
+/** Throws if a page of `pages` (name -> BrowserPage) shows an error or threw one. */
+export async function assertNoPageErrors(pages) {
+  for (const [name, page] of pages) {
+    if (page.pageErrors.length) throw new Error(`${name} threw: ${page.pageErrors.join('; ')}`);
+    const { error } = await pageState(page);
+    if (error) throw new Error(`${name} shows an error: ${error}`);
+  }
+}
+
+/** Prints each page's last console lines and the relay's last log lines (after a failure). */
+export function printFailureLogs(pages, relay) {
+  for (const [name, page] of pages) {
+    console.log(`---- console of ${name} (${page.kind}, last 50 lines) ----\n${page.consoleLines.slice(-50).join('\n')}`);
+  }
+  if (relay) console.log(`---- relay log (last 200 lines) ----\n${relay.logs().split('\n').slice(-200).join('\n')}`);
 }
 
 /** Polls `check()` until it returns a truthy value; throws `describe()` on timeout. */

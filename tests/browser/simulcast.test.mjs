@@ -6,13 +6,26 @@
 // a tile moved out of sight must pause its consumer and resume it when it shows again, and
 // a tile made large again must get the top layer back. Neither page may show an error.
 //
+// Runs in Chromium and in Firefox (both pages in the same browser).
+//
 // Run: npm install --prefix tests/browser && node --test tests/browser/
-// Env: as three-peer-call.test.mjs (SYNAPSE_BIN, SYNAPSE_WEB_ROOT, CHROMIUM_PATH).
+// Env: as three-peer-call.test.mjs (SYNAPSE_BIN, SYNAPSE_WEB_ROOT, CHROMIUM_PATH, FIREFOX_PATH, BROWSERS).
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { launchBrowser, log, sleep, startRelay, waitFor } from './harness.mjs';
+import {
+  assertNoPageErrors,
+  browserKinds,
+  joinCall,
+  launchBrowser,
+  log,
+  pageState,
+  printFailureLogs,
+  sleep,
+  startRelay,
+  waitFor,
+} from './harness.mjs';
 
 const PUBLISHER_MEDIA = 'codec=vp8&width=640&height=480&fps=15&bitrate=800000';
 // The subscriber sends too (every page does): little, and in one layer.
@@ -22,20 +35,6 @@ const LADDER = ['160x120', '320x240', '640x480'];
 // layer (asked for at once); a switch up also waits for the relay's up-switch hold (4 s).
 const SWITCH_TIMEOUT_MS = 20_000;
 const UP_SWITCH_TIMEOUT_MS = 30_000;
-
-/** window.synapse.state() plus what the page shows. */
-function pageState(page) {
-  return page.evaluate(() => ({
-    ...window.synapse.state(),
-    status: document.getElementById('call-status')?.textContent ?? '',
-    error: document.getElementById('error')?.textContent ?? '',
-    inCall: !document.getElementById('call-screen')?.hidden,
-    overlays: Object.fromEntries(
-      [...document.querySelectorAll('[data-peer-name]')].map((t) => [t.dataset.peerName, t.querySelector('.stats')?.textContent ?? '']),
-    ),
-    localOverlay: document.querySelector('[data-local] .stats')?.textContent ?? '',
-  }));
-}
 
 /** Sets the CSS size of the subscriber's tile of `name` (null: back to the grid's). */
 function setTileStyle(page, name, style) {
@@ -50,47 +49,25 @@ function setTileStyle(page, name, style) {
   );
 }
 
-test('simulcast: three layers, the layer follows the tile size, dynacast, hidden tiles pause', { timeout: 150_000 }, async () => {
+async function simulcast(kind) {
   const started = Date.now();
   const relay = await startRelay();
   let browser = null;
   const pages = new Map(); // name -> page
-  const pageLogs = new Map(); // name -> console lines, printed on failure
-  const pageErrors = [];
   try {
-    browser = await launchBrowser();
-    log(`chromium ${browser.version()}; web client from ${process.env.SYNAPSE_WEB_ROOT || 'the binary (embedded copy)'}`);
-    const room = `simulcast-${process.pid}`;
+    browser = await launchBrowser(kind);
+    log(`${browser.version}; web client from ${process.env.SYNAPSE_WEB_ROOT || 'the binary (embedded copy)'}`);
+    const room = `simulcast-${kind}-${process.pid}`;
     const open = async (name, media) => {
-      const context = await browser.newContext();
-      const page = await context.newPage();
-      const lines = [];
-      pageLogs.set(name, lines);
-      page.on('console', (m) => lines.push(`${m.type()}: ${m.text()}`));
-      page.on('pageerror', (e) => {
-        lines.push(`pageerror: ${e.message}`);
-        pageErrors.push(`${name}: ${e.message}`);
-      });
+      const page = await browser.newPage();
       pages.set(name, page);
-      const res = await page.goto(`${relay.base}/?room=${room}&name=${name}&autojoin=1&${media}`);
-      assert.equal(res.status(), 200, 'the relay does not serve the web client at /');
-      const state = await waitFor(
-        async () => {
-          const s = await pageState(page);
-          if (s.error) throw new Error(`${name} shows an error: ${s.error}`);
-          return s.inCall && s.status ? s : null;
-        },
-        { timeout: 30_000, describe: async () => JSON.stringify(await pageState(page)) },
-      );
+      // Chromium joins by itself; in Firefox the test clicks Join.
+      const auto = kind === 'chromium' ? '&autojoin=1' : '';
+      const state = await joinCall(page, `${relay.base}/?room=${room}&name=${name}${auto}&${media}`, { name });
       log(`${name} joined: "${state.status}"`);
       return page;
     };
-    const noErrors = async () => {
-      for (const [name, page] of pages) {
-        const { error } = await pageState(page);
-        if (error) throw new Error(`${name} shows an error: ${error}`);
-      }
-    };
+    const noErrors = () => assertNoPageErrors(pages);
 
     // The publisher: the relay accepts three layers, and each layer's encoder encodes.
     const pub = await open('pub', PUBLISHER_MEDIA);
@@ -210,18 +187,22 @@ test('simulcast: three layers, the layer follows the tile size, dynacast, hidden
     await setTileStyle(sub, 'pub', { width: null, height: null });
     await waitForSize('640x480', 2, UP_SWITCH_TIMEOUT_MS, 'tile back to the grid size');
 
-    assert.deepEqual(pageErrors, [], 'a page threw');
     await noErrors();
     log(`passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   } catch (e) {
-    log(`FAILED: ${e.message}`);
-    for (const [name] of pages) {
-      console.log(`---- console of ${name} (last 50 lines) ----\n${(pageLogs.get(name) ?? []).slice(-50).join('\n')}`);
-    }
-    console.log(`---- relay log (last 200 lines) ----\n${relay.logs().split('\n').slice(-200).join('\n')}`);
+    log(`FAILED (${kind}): ${e.message}`);
+    printFailureLogs(pages, relay);
     throw e;
   } finally {
     await relay.stop();
     await browser?.close().catch(() => {});
   }
-});
+}
+
+for (const kind of ['chromium', 'firefox']) {
+  test(
+    `simulcast in ${kind}: three layers, the layer follows the tile size, dynacast, hidden tiles pause`,
+    { timeout: 150_000, skip: !browserKinds().includes(kind) && `BROWSERS leaves out ${kind}` },
+    () => simulcast(kind),
+  );
+}

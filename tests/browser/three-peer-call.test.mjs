@@ -1,42 +1,53 @@
-// Three real browsers (headless Chromium, fake camera and microphone) hold a call
-// through the relay: each must decode the others' video and audio, one pauses and
-// resumes its camera and microphone, one leaves and disappears from the others, and the
-// relay's shutdown makes the last two leave. A screenshot of the call is kept.
+// Three real browser pages (headless, fake camera and microphone) hold a call through the
+// relay: each must decode the others' video and audio, one pauses and resumes its camera
+// and microphone, one leaves and disappears from the others, and the relay's shutdown
+// makes the last two leave. A screenshot of the call is kept. The same call runs three
+// times: three Chromium pages, three Firefox pages, and a mixed call (a Chromium page and
+// two Firefox pages: each decodes the other browser's video and audio, and the Firefox
+// page pauses and resumes under the Chromium page's eyes).
 //
 // Run: npm install --prefix tests/browser && node --test tests/browser/
 // Env: SYNAPSE_BIN (relay binary, default target/debug/synapse-sfu),
 //      SYNAPSE_WEB_ROOT (serve the web client from a directory instead of the binary),
-//      CHROMIUM_PATH (default /usr/bin/chromium).
+//      CHROMIUM_PATH (default /usr/bin/chromium), FIREFOX_PATH (default /usr/bin/firefox-esr),
+//      BROWSERS (default chromium,firefox: which browsers' calls run).
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 
-import { REPO_ROOT, launchBrowser, log, sleep, startRelay, waitFor } from './harness.mjs';
+import {
+  REPO_ROOT,
+  browserKinds,
+  joinCall,
+  launchBrowser,
+  log,
+  pageState,
+  printFailureLogs,
+  sleep,
+  startRelay,
+  waitFor,
+} from './harness.mjs';
 
 const NAMES = ['ada', 'bo', 'cy'];
+// Who runs in which browser, per call. bo pauses and resumes (seen by ada), cy leaves.
+const CASTS = [
+  { label: 'chromium', kinds: { ada: 'chromium', bo: 'chromium', cy: 'chromium' } },
+  { label: 'firefox', kinds: { ada: 'firefox', bo: 'firefox', cy: 'firefox' } },
+  { label: 'mixed', kinds: { ada: 'chromium', bo: 'firefox', cy: 'firefox' } },
+];
 // Small settings so that three encoders and six decoders fit on a 2-core machine.
 const MEDIA = 'width=320&height=240&fps=15&bitrate=300000';
 const MIN_VIDEO_FRAMES = 60;
 const MIN_AUDIO_FRAMES = 100;
 const MEDIA_TIMEOUT_MS = 90_000;
 const ARTIFACTS = path.join(REPO_ROOT, 'test-artifacts');
-const SCREENSHOT = path.join(ARTIFACTS, 'three-peer-call.png');
 
 /** What a page shows: status texts and its remote tiles' counters (from the DOM). */
-function pageView(page) {
-  return page.evaluate(() => ({
-    status: document.getElementById('call-status')?.textContent ?? '',
-    error: document.getElementById('error')?.textContent ?? '',
-    inCall: !document.getElementById('call-screen')?.hidden,
-    tiles: [...document.querySelectorAll('[data-peer-name]')].map((t) => ({
-      name: t.dataset.peerName,
-      video: Number(t.dataset.videoFrames ?? 0),
-      audio: Number(t.dataset.audioFrames ?? 0),
-      badges: t.querySelector('.badges')?.textContent ?? '',
-    })),
-  }));
+async function pageView(page) {
+  const s = await pageState(page);
+  return { status: s.status, error: s.error, inCall: s.inCall, audioContext: s.audioContext, tiles: s.shown };
 }
 
 /**
@@ -94,45 +105,37 @@ function pngColourCount(page, png) {
   }, png.toString('base64'));
 }
 
-test('three browsers hold a call through the relay', { timeout: 150_000 }, async () => {
+/** The call with `cast.kinds` (name -> browser), to the end: see the top of this file. */
+async function threePeerCall(cast) {
   const started = Date.now();
+  const label = cast.label;
+  // The Chromium call's picture is the one README shows.
+  const screenshot = path.join(ARTIFACTS, label === 'chromium' ? 'three-peer-call.png' : `three-peer-call-${label}.png`);
   // No picture from an earlier run may pass for this run's.
   for (const file of fs.existsSync(ARTIFACTS) ? fs.readdirSync(ARTIFACTS) : []) {
-    if (file === path.basename(SCREENSHOT) || /^failure-.*\.png$/.test(file)) fs.rmSync(path.join(ARTIFACTS, file));
+    if (file === path.basename(screenshot) || file.startsWith(`failure-${label}-`)) fs.rmSync(path.join(ARTIFACTS, file));
   }
   const relay = await startRelay();
-  let browser = null;
+  const browsers = new Map(); // kind -> browser
   const pages = new Map(); // name -> page
-  const pageLogs = new Map(); // name -> console lines, printed on failure
   try {
-    browser = await launchBrowser();
-    log(`chromium ${browser.version()}; web client from ${process.env.SYNAPSE_WEB_ROOT || 'the binary (embedded copy)'}`);
-    const room = `browser-test-${process.pid}`;
+    for (const kind of new Set(Object.values(cast.kinds))) {
+      const browser = await launchBrowser(kind);
+      browsers.set(kind, browser);
+      log(`${browser.version}; web client from ${process.env.SYNAPSE_WEB_ROOT || 'the binary (embedded copy)'}`);
+    }
+    const room = `browser-test-${label}-${process.pid}`;
 
     for (const name of NAMES) {
-      const context = await browser.newContext();
-      const page = await context.newPage();
-      const lines = [];
-      pageLogs.set(name, lines);
-      page.on('console', (m) => lines.push(`${m.type()}: ${m.text()}`));
-      page.on('pageerror', (e) => lines.push(`pageerror: ${e.message}`));
+      const kind = cast.kinds[name];
+      const page = await browsers.get(kind).newPage();
       pages.set(name, page);
-      const res = await page.goto(`${relay.base}/?room=${room}&name=${name}&autojoin=1&${MEDIA}`);
-      assert.equal(
-        res.status(),
-        200,
-        'the relay does not serve the web client at / (a binary built before web-client/ existed? set SYNAPSE_WEB_ROOT)',
-      );
+      // Chromium joins by itself (?autojoin=1); in Firefox the test clicks Join, which
+      // also lets the page's audio context (its microphone capture) run.
+      const auto = kind === 'chromium' ? '&autojoin=1' : '';
       // Join one after the other, so the join result of each names the ones before.
-      const view = await waitFor(
-        async () => {
-          const v = await pageView(page);
-          if (v.error) throw new Error(`${name} shows an error: ${v.error}`);
-          return v.inCall && v.status ? v : null;
-        },
-        { timeout: 20_000, describe: async () => JSON.stringify(await pageView(page)) },
-      );
-      log(`${name} joined: "${view.status}"`);
+      const view = await joinCall(page, `${relay.base}/?room=${room}&name=${name}${auto}&${MEDIA}`, { name, timeout: 30_000 });
+      log(`${name} (${kind}) joined: "${view.status}"`);
       const before = NAMES.slice(0, NAMES.indexOf(name));
       if (before.length === 0) {
         assert.match(view.status, /started a new call/i, `${name} should start the call`);
@@ -181,9 +184,9 @@ test('three browsers hold a call through the relay', { timeout: 150_000 }, async
     }
 
     fs.mkdirSync(ARTIFACTS, { recursive: true });
-    const png = await pages.get('ada').screenshot({ path: SCREENSHOT });
+    const png = await pages.get('ada').screenshot(screenshot);
     const shot = await pngColourCount(pages.get('ada'), png);
-    log(`screenshot ${SCREENSHOT}: ${shot.width}x${shot.height}, ${shot.colours}${shot.colours > 1000 ? '+' : ''} colours`);
+    log(`screenshot ${screenshot}: ${shot.width}x${shot.height}, ${shot.colours}${shot.colours > 1000 ? '+' : ''} colours`);
     assert.ok(shot.colours > 50, `the screenshot is (nearly) a single colour: ${shot.colours} colours`);
 
     // bo turns camera and microphone off: ada sees it and stops receiving bo's media;
@@ -263,18 +266,24 @@ test('three browsers hold a call through the relay', { timeout: 150_000 }, async
     }
     log(`passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   } catch (e) {
-    log(`FAILED: ${e.message}`);
+    log(`FAILED (${label}): ${e.message}`);
     fs.mkdirSync(ARTIFACTS, { recursive: true });
     for (const [name, page] of pages) {
-      await page.screenshot({ path: path.join(ARTIFACTS, `failure-${name}.png`) }).catch(() => {});
-      console.log(`---- console of ${name} (last 50 lines) ----\n${(pageLogs.get(name) ?? []).slice(-50).join('\n')}`);
+      await page.screenshot(path.join(ARTIFACTS, `failure-${label}-${name}.png`)).catch(() => {});
     }
-    console.log(`---- relay log (last 200 lines) ----\n${relay.logs().split('\n').slice(-200).join('\n')}`);
+    printFailureLogs(pages, relay);
     throw e;
   } finally {
     // Relay first: pages that get its going_away leave at once, so it need not wait out
     // its drain deadline for sessions of a browser that vanished.
     await relay.stop();
-    await browser?.close().catch(() => {});
+    for (const browser of browsers.values()) await browser.close().catch(() => {});
   }
-});
+}
+
+for (const cast of CASTS) {
+  const kinds = new Set(Object.values(cast.kinds));
+  const skip = [...kinds].some((k) => !browserKinds().includes(k)) && `BROWSERS leaves out ${[...kinds].join(' or ')}`;
+  const what = cast.label === 'mixed' ? 'a Chromium page and two Firefox pages' : `three ${cast.label} pages`;
+  test(`${what} hold a call through the relay`, { timeout: 150_000, skip }, () => threePeerCall(cast));
+}
