@@ -164,6 +164,10 @@ pub struct PathReport {
     /// CPU microseconds per packet sent (the relay process, or the UDP sender thread).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_us_per_packet: Option<f64>,
+    /// Core-seconds per second of the load generator (this process: publishers and
+    /// subscribers), beside the relay's: on a shared machine, which of the two saturates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_generator_cpu_core_s_per_s: Option<f64>,
     /// The relay's own drop counters after the run (from its /metrics), by reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_drops: Option<std::collections::BTreeMap<String, u64>>,
@@ -323,6 +327,7 @@ fn path_report(received: &Recorder, expected: u64, sent_bytes: u64, seconds: f64
         peak_rss_mb: None,
         cpu_core_s_per_gbit: None,
         cpu_us_per_packet: None,
+        load_generator_cpu_core_s_per_s: None,
         relay_drops: None,
     }
 }
@@ -398,8 +403,9 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
             )
         }
     };
-    let cpu_at_start = std::sync::Arc::new(std::sync::Mutex::new(None::<f64>));
+    let cpu_at_start = std::sync::Arc::new(std::sync::Mutex::new((None::<f64>, None::<f64>)));
     let mark = cpu_at_start.clone();
+    let own_pid = std::process::id();
     let label = format!("relay {}", scenario_label(&options.scenario));
     let outcome = relay_path::run(
         &url,
@@ -407,7 +413,12 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
         options.scenario.plans(),
         options.shape,
         options.duration,
-        move || *mark.lock().unwrap_or_else(|e| e.into_inner()) = pid.and_then(process_cpu_seconds),
+        move || {
+            *mark.lock().unwrap_or_else(|e| e.into_inner()) = (
+                pid.and_then(process_cpu_seconds),
+                process_cpu_seconds(own_pid),
+            )
+        },
         progress_printer(label, options.progress, options.duration),
     )
     .await?;
@@ -421,9 +432,12 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
         outcome.sent_bytes,
         seconds,
     );
+    let (relay_cpu_start, own_cpu_start) = *cpu_at_start.lock().unwrap_or_else(|e| e.into_inner());
+    if let (Some(start), Some(end)) = (own_cpu_start, process_cpu_seconds(own_pid)) {
+        relay.load_generator_cpu_core_s_per_s = Some(round3((end - start) / outcome.wall_s));
+    }
     if let Some(pid) = pid {
-        let start = *cpu_at_start.lock().unwrap_or_else(|e| e.into_inner());
-        if let (Some(start), Some(end)) = (start, process_cpu_seconds(pid)) {
+        if let (Some(start), Some(end)) = (relay_cpu_start, process_cpu_seconds(pid)) {
             let cpu = end - start;
             relay.cpu_core_s_per_s = Some(round3(cpu / outcome.wall_s));
             let gbit = outcome.received.bytes as f64 * 8.0 / 1e9;
@@ -639,6 +653,9 @@ pub fn print_report(report: &BenchReport) {
         );
     };
     row("relay", &report.paths.relay);
+    if let Some(cpu) = report.paths.relay.load_generator_cpu_core_s_per_s {
+        println!("load generator (publishers and subscribers, this process): {cpu:.3} core-s/s");
+    }
     if let Some(s) = &report.simulcast {
         println!(
             "simulcast publishers: frames per layer {:?}, {:.2} Mb/s sent; unused layers stopped {}",
