@@ -984,3 +984,9 @@ async fn run_join(args: JoinArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// The relay allocates and frees small buffers per packet (quinn's frames and
+/// acknowledgements); mimalloc's thread-local free lists do that for less CPU than glibc's
+/// malloc (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

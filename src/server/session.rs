@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
@@ -393,8 +394,10 @@ async fn drive(
                     }
                 }
                 Some(PeerOutput::StartConsumer { consumer_id, producer_id, .. }) => {
-                    let task = send_consumer(conn.clone(), room.clone(), consumer_id, producer_id, limits.clone());
-                    tokio::spawn(task.instrument(info_span!("consumer", consumer = consumer_id.0, producer = producer_id.0)));
+                    // Not `.instrument`ed: entering a span on every poll of every consumer
+                    // cost ~2% of the relay's CPU at fan-out; the span is entered to log.
+                    let span = info_span!("consumer", consumer = consumer_id.0, producer = producer_id.0);
+                    tokio::spawn(send_consumer(conn.clone(), room.clone(), consumer_id, producer_id, limits.clone(), span));
                 }
                 Some(PeerOutput::Disconnect(e)) => {
                     warn!(error = %e, "disconnecting peer");
@@ -575,6 +578,7 @@ async fn send_consumer(
     consumer_id: ConsumerId,
     producer_id: ProducerId,
     limits: SessionLimits,
+    span: tracing::Span,
 ) {
     let mut group = GroupWriter::new(producer_id, None);
     while let Some(frame) =
@@ -584,10 +588,12 @@ async fn send_consumer(
             FrameData::Datagram(datagram) => match conn.send_datagram(&datagram) {
                 Ok(()) => {}
                 Err(wtransport::error::SendDatagramError::TooLarge) => {
-                    debug!(
-                        size = datagram.len(),
-                        "datagram too large for this consumer"
-                    );
+                    span.in_scope(|| {
+                        debug!(
+                            size = datagram.len(),
+                            "datagram too large for this consumer"
+                        )
+                    });
                     room.lock().note_datagram_too_large();
                 }
                 Err(_) => break,
@@ -605,27 +611,44 @@ async fn send_consumer(
                         frame.keyframe,
                     )
                     .unwrap_or(stall_at);
-                let write = group.write(&conn, frame.keyframe, head, payload);
-                let until = tokio::time::Instant::from_std(late_at.min(stall_at));
-                match tokio::time::timeout_at(until, write).await {
+                let written = {
+                    let mut write =
+                        std::pin::pin!(group.write(&conn, frame.keyframe, head, payload));
+                    // Most writes only fill quinn's buffer and finish at once: no timer for
+                    // them (a timer per frame per consumer costs CPU at fan-out).
+                    match write.as_mut().now_or_never() {
+                        Some(done) => Ok(done),
+                        None => {
+                            let until = tokio::time::Instant::from_std(late_at.min(stall_at));
+                            tokio::time::timeout_at(until, write).await
+                        }
+                    }
+                };
+                match written {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         if conn.quic_connection().close_reason().is_some() {
                             break;
                         }
-                        debug!(error = %e, "consumer stream failed; restarting at a keyframe");
+                        span.in_scope(|| {
+                            debug!(error = %e, "consumer stream failed; restarting at a keyframe")
+                        });
                         room.lock().resync_consumer(consumer_id, Instant::now());
                     }
                     Err(_) if late_at < stall_at => {
-                        debug!("video fell behind its latency bound; restarting at a keyframe");
+                        span.in_scope(|| {
+                            debug!("video fell behind its latency bound; restarting at a keyframe")
+                        });
                         group.reset(close_code::CONSUMER_LATE);
                         room.lock().skip_late_consumer(consumer_id, Instant::now());
                     }
                     Err(_) => {
-                        warn!(
-                            timeout = ?limits.consumer_write_timeout,
-                            "consumer stream stalled; restarting at a keyframe"
-                        );
+                        span.in_scope(|| {
+                            warn!(
+                                timeout = ?limits.consumer_write_timeout,
+                                "consumer stream stalled; restarting at a keyframe"
+                            )
+                        });
                         group.reset(close_code::CONSUMER_STALLED);
                         room.lock().resync_consumer(consumer_id, Instant::now());
                     }
