@@ -13,7 +13,7 @@ use synapse_sfu::wire::frame::{
     decode_datagram, decode_stream_frame, encode_datagram, encode_stream_frame_head,
 };
 use synapse_sfu::wire::{
-    ClientMessage, ConsumerId, FrameHeader, MediaKind, PROTOCOL_VERSION, PeerId, ProducerId,
+    ClientMessage, ConsumerId, FrameHeader, MediaKind, PROTOCOL_VERSION, PeerId, ProducerId, Reply,
     Request, ServerMessage,
 };
 
@@ -86,9 +86,12 @@ fn relay_with_consumers(n: usize) -> (Relay, PeerId, ProducerId, Vec<ConsumerId>
     let mut cx = Context::from_waker(Waker::noop());
     let mut producer = ProducerId(0);
     while let std::task::Poll::Ready(Some(out)) = relay.poll_peer(publisher, &mut cx) {
-        if let synapse_sfu::core::PeerOutput::Message(ServerMessage::Response { result, .. }) = out
+        if let synapse_sfu::core::PeerOutput::Message(ServerMessage::Response {
+            result: Reply::Produced(produced),
+            ..
+        }) = out
         {
-            producer = ProducerId(result["producer_id"].as_u64().unwrap());
+            producer = produced.producer_id;
         }
     }
     let mut consumers = Vec::new();

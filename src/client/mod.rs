@@ -306,7 +306,7 @@ impl Client {
             .send(encode_message(&ClientMessage { id, request }))
             .map_err(|_| ClientError::Closed)?;
         match rx.await.map_err(|_| ClientError::Closed)? {
-            ServerMessage::Response { result, .. } => Ok(result),
+            ServerMessage::Response { result, .. } => Ok(result.to_json()),
             ServerMessage::Error { code, message, .. } => {
                 Err(ClientError::Refused(ProtocolError { code, message }))
             }

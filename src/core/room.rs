@@ -19,8 +19,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::config::RelayConfig;
 use super::path::{PathEstimator, PathSample};
 use super::queue::{ConsumerQueue, FrameData, PushOutcome, QueuedFrame};
@@ -31,11 +29,12 @@ use super::simulcast::{
     LinkBudget, Preference, RateMeter, allocate, choose_target,
 };
 use super::stats::{PeerSnapshot, RelayCounts, RelayStats, RoomSnapshot, TransportSnapshot};
+use crate::wire::close_code;
 use crate::wire::frame::encode_stream_frame_head;
 use crate::wire::{
-    ClientMessage, ConsumerId, ConsumerInfo, ErrorCode, FrameHeader, Grants, JoinResult, LayerInfo,
-    LeaveReason, MAX_LAYERS, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo, ProduceResult,
-    ProducerId, ProducerInfo, ProtocolError, Request, ServerMessage,
+    ClientMessage, ConsumerId, ConsumerInfo, Done, ErrorCode, FrameHeader, Grants, JoinResult,
+    LayerInfo, LeaveReason, MAX_LAYERS, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo,
+    ProduceResult, ProducerId, ProducerInfo, ProtocolError, Reply, Request, ServerMessage,
 };
 
 /// What the IO layer must do for a peer.
@@ -49,8 +48,14 @@ pub enum PeerOutput {
         producer_id: ProducerId,
         kind: MediaKind,
     },
-    /// The peer is not reading its control stream fast enough: disconnect it.
-    Disconnect(ProtocolError),
+    /// End the peer's session with this close code (`wire::close_code`). With `notify`, the
+    /// error is first written on the control stream (the peer reads it: it was removed);
+    /// without, the peer is not reading and only the close carries the reason.
+    Disconnect {
+        code: u32,
+        error: ProtocolError,
+        notify: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -194,10 +199,6 @@ fn validate_name(name: &str) -> Result<(), ProtocolError> {
     }
 }
 
-fn to_value<T: Serialize>(value: T) -> serde_json::Value {
-    serde_json::to_value(value).expect("results always serialize")
-}
-
 impl Room {
     /// An empty room. `ids` is shared by every room of a relay, so ids stay unique across
     /// rooms (an operator kicks a peer by id alone).
@@ -317,7 +318,11 @@ impl Room {
         };
         let e = err(ErrorCode::Kicked, reason);
         // Past any outbox limit: this must reach the session.
-        peer.outbox.push_back(PeerOutput::Disconnect(e));
+        peer.outbox.push_back(PeerOutput::Disconnect {
+            code: close_code::KICKED,
+            error: e,
+            notify: true,
+        });
         if let Some(waker) = peer.waker.take() {
             waker.wake();
         }
@@ -369,10 +374,14 @@ impl Room {
         }
         if peer.outbox.len() >= max {
             peer.overflowed = true;
-            peer.outbox.push_back(PeerOutput::Disconnect(err(
-                ErrorCode::SlowControl,
-                format!("more than {max} control messages waiting: the peer is not reading"),
-            )));
+            peer.outbox.push_back(PeerOutput::Disconnect {
+                code: close_code::SLOW_CONTROL,
+                error: err(
+                    ErrorCode::SlowControl,
+                    format!("more than {max} control messages waiting: the peer is not reading"),
+                ),
+                notify: false,
+            });
         } else {
             peer.outbox.push_back(output);
         }
@@ -618,7 +627,7 @@ impl Room {
             self.leave(peer_id, LeaveReason::Left);
             last.push(ServerMessage::Response {
                 id,
-                result: serde_json::json!({}),
+                result: Reply::Done(Done {}),
             });
             return last;
         }
@@ -659,8 +668,8 @@ impl Room {
         peer_id: PeerId,
         request: Request,
         now: Instant,
-    ) -> Result<serde_json::Value, ProtocolError> {
-        let empty = || serde_json::json!({});
+    ) -> Result<Reply, ProtocolError> {
+        let empty = || Reply::Done(Done {});
         match request {
             Request::Join { .. } => Err(err(
                 ErrorCode::AlreadyJoined,
@@ -677,7 +686,7 @@ impl Room {
                 let count = layers.len();
                 self.produce(peer_id, kind, codec, params, layers, now)
                     .map(|producer_id| {
-                        to_value(ProduceResult {
+                        Reply::Produced(ProduceResult {
                             producer_id,
                             layers: (count > 0).then_some(count),
                         })
@@ -699,7 +708,7 @@ impl Room {
                 paused,
             } => self
                 .consume(peer_id, producer_id, paused, now)
-                .map(to_value),
+                .map(Reply::Consumed),
             Request::CloseConsumer { consumer_id } => {
                 self.own_consumer(peer_id, consumer_id)?;
                 self.remove_consumer(consumer_id);

@@ -61,7 +61,7 @@ impl Harness {
             })
         });
         match reply {
-            Some(ServerMessage::Response { id: rid, result }) if rid == id => Ok(result),
+            Some(ServerMessage::Response { id: rid, result }) if rid == id => Ok(result.to_json()),
             Some(ServerMessage::Error {
                 id: Some(rid),
                 code,
@@ -576,7 +576,7 @@ fn a_peer_that_never_reads_is_disconnected_not_buffered_forever() {
     assert_eq!(outputs.len(), 9);
     assert!(matches!(
         outputs.last(),
-        Some(PeerOutput::Disconnect(e)) if e.code == ErrorCode::SlowControl
+        Some(PeerOutput::Disconnect { error: e, code, notify: false }) if e.code == ErrorCode::SlowControl && *code == crate::wire::close_code::SLOW_CONTROL
     ));
 }
 

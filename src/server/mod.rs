@@ -22,8 +22,8 @@ use wtransport::{Endpoint, VarInt};
 
 use crate::auth::AccessPolicy;
 use crate::core::RelayConfig;
+pub use crate::wire::close_code;
 pub use rooms::{RoomHandle, Rooms};
-pub use session::close_code;
 pub(crate) use session::{CONTROL_PRIORITY, path_sample};
 
 /// Timeouts and sizes that protect the relay from one peer.

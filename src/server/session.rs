@@ -21,33 +21,13 @@ use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
 use crate::core::{FrameData, GroupKey, PATH_SAMPLE_INTERVAL, PathSample, PeerOutput};
 use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more};
+use crate::wire::close_code;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
     ClientMessage, ConsumerId, DecodeError, ErrorCode, LeaveReason, MediaKind, PeerId, ProducerId,
-    ProtocolError, Request, ServerMessage, StreamFrame, StreamHeader, decode_message,
+    ProtocolError, Reply, Request, ServerMessage, StreamFrame, StreamHeader, decode_message,
     encode_message,
 };
-
-/// Application error codes used when the relay closes a session or a stream.
-pub mod close_code {
-    /// The session ended normally (left, or the relay is done with it).
-    pub const NORMAL: u32 = 0;
-    /// The peer broke the protocol (e.g. an oversized control message).
-    pub const PROTOCOL_VIOLATION: u32 = 1;
-    /// The peer did not read its control stream.
-    pub const SLOW_CONTROL: u32 = 2;
-    /// The peer did not join in time.
-    pub const JOIN_TIMEOUT: u32 = 3;
-    /// A media stream was refused (bad frame, unknown producer).
-    pub const STREAM_REFUSED: u32 = 4;
-    /// The relay gave up on a consumer's stream that stopped moving.
-    pub const CONSUMER_STALLED: u32 = 5;
-    /// An operator removed the peer (admin API).
-    pub const KICKED: u32 = 6;
-    /// The relay abandoned a group stream whose video fell behind the latency bound; the
-    /// consumer's next stream starts at a keyframe.
-    pub const CONSUMER_LATE: u32 = 7;
-}
 
 pub(crate) fn frame_error(e: &FrameError) -> ProtocolError {
     let code = match e {
@@ -255,7 +235,7 @@ async fn join_phase(
         match joined {
             Ok((peer_id, result, handle)) => {
                 let name = result.name.clone();
-                let result = serde_json::to_value(result)?;
+                let result = Reply::Joined(result);
                 return Ok(Some(Joined {
                     peer_id,
                     room_name: room,
@@ -399,18 +379,15 @@ async fn drive(
                     let span = info_span!("consumer", consumer = consumer_id.0, producer = producer_id.0);
                     tokio::spawn(send_consumer(conn.clone(), room.clone(), consumer_id, producer_id, limits.clone(), span));
                 }
-                Some(PeerOutput::Disconnect(e)) => {
-                    warn!(error = %e, "disconnecting peer");
-                    let code = if e.code == ErrorCode::Kicked {
+                Some(PeerOutput::Disconnect { code, error, notify }) => {
+                    warn!(error = %error, "disconnecting peer");
+                    if notify {
                         // Say why first; the close follows.
-                        let why = ServerMessage::error(None, &e);
+                        let why = ServerMessage::error(None, &error);
                         let _ = tokio::time::timeout(write_timeout, write_message(&mut send, &why)).await;
                         let _ = tokio::time::timeout(Duration::from_millis(500), send.finish()).await;
-                        close_code::KICKED
-                    } else {
-                        close_code::SLOW_CONTROL
-                    };
-                    conn.close(VarInt::from_u32(code), e.to_string().as_bytes());
+                    }
+                    conn.close(VarInt::from_u32(code), error.to_string().as_bytes());
                     return LeaveReason::Disconnected;
                 }
             },

@@ -352,6 +352,32 @@ pub struct ProduceResult {
     pub layers: Option<usize>,
 }
 
+/// The result of a request, typed: the core returns one of these and only the wire turns
+/// it into JSON. On the wire it is the bare result object (`{}` for requests that only
+/// succeed or fail); a client reading it tries the shapes in this order, each told apart
+/// by a field the later ones lack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Joined(JoinResult),
+    Consumed(ConsumerInfo),
+    Produced(ProduceResult),
+    /// Done; nothing to return. (Also what an older client makes of a result shape it
+    /// does not know.)
+    Done(Done),
+}
+
+/// The empty result object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {}
+
+impl Reply {
+    /// The result as JSON, for a caller that wants it as a particular type.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("replies always serialize")
+    }
+}
+
 /// Why a peer left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -366,7 +392,7 @@ pub enum LeaveReason {
 pub enum ServerMessage {
     Response {
         id: u64,
-        result: serde_json::Value,
+        result: Reply,
     },
     Error {
         id: Option<u64>,
@@ -559,6 +585,55 @@ mod tests {
             layer: None,
         });
         assert_eq!(&out[4..], br#"{"type":"keyframe_request","producer_id":4}"#);
+    }
+
+    #[test]
+    fn typed_replies_are_bare_objects_and_read_back_as_the_same_shape() {
+        let producer = ProducerInfo {
+            producer_id: ProducerId(3),
+            peer_id: PeerId(1),
+            kind: MediaKind::Video,
+            codec: "vp8".into(),
+            params: Params::new(),
+            paused: false,
+            layers: Vec::new(),
+        };
+        let replies = [
+            Reply::Joined(JoinResult {
+                version: PROTOCOL_VERSION,
+                peer_id: PeerId(1),
+                room: "r".into(),
+                name: "n".into(),
+                ongoing: false,
+                peers: Vec::new(),
+                max_datagram_size: 1200,
+                max_frame_size: 1 << 20,
+                grants: Grants::default(),
+            }),
+            Reply::Consumed(ConsumerInfo {
+                consumer_id: ConsumerId(7),
+                producer,
+                paused: false,
+                layer: None,
+            }),
+            Reply::Produced(ProduceResult {
+                producer_id: ProducerId(3),
+                layers: Some(2),
+            }),
+            Reply::Done(Done {}),
+        ];
+        for result in replies {
+            let message = ServerMessage::Response { id: 5, result };
+            let encoded = encode_message(&message);
+            let mut buf = BytesMut::from(&encoded[..]);
+            let back: ServerMessage = decode_message(&mut buf, 4096).unwrap().unwrap();
+            assert_eq!(back, message);
+        }
+        let out = encode_message(&ServerMessage::Response {
+            id: 5,
+            result: Reply::Done(Done {}),
+        });
+        assert_eq!(&out[4..], br#"{"type":"response","id":5,"result":{}}"#);
     }
 
     #[test]
