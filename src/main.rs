@@ -1,17 +1,19 @@
 //! The `synapse-sfu` command: `serve` (the default), `join`, `bench`, `token`, `shaper`.
+//!
+//! Argument parsing, logging, the runtime and what each command prints; the work is the
+//! library's (`serve`'s options are [`synapse_sfu::config::ServeConfig`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use synapse_sfu::auth::AccessPolicy;
-use synapse_sfu::client::join::{self, JoinOptions};
+use synapse_sfu::client::join::{self, JoinEvent, JoinOptions, JoinSummary, LiveStats};
 use synapse_sfu::client::{ClientOptions, Verification};
-use synapse_sfu::core::{Limits, RelayConfig};
-use synapse_sfu::server::{CongestionController, Server, ServerConfig, SessionLimits};
+use synapse_sfu::config::ServeConfig;
+use synapse_sfu::server::Server;
 use synapse_sfu::shaper::{self, LinkConfig, Shaper, ShaperConfig};
 use synapse_sfu::wire::{Grants, MediaKind};
 
@@ -43,7 +45,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay (the default when no subcommand is given).
-    Serve(ServeArgs),
+    Serve(ServeConfig),
     /// Join a room: publish audio and video, receive everyone else, report.
     Join(JoinArgs),
     /// Measure forwarding latency, delivery and cost, beside a direct QUIC link and raw UDP.
@@ -323,93 +325,6 @@ impl WeakLinkArgs {
 }
 
 #[derive(clap::Args)]
-struct ServeArgs {
-    /// A TOML file of these options (flags and environment variables win over it).
-    #[arg(long, env = "SYNAPSE_CONFIG")]
-    config: Option<PathBuf>,
-    /// UDP (WebTransport) and TCP (HTTP) address; both use the same port number.
-    #[arg(long, env = "SYNAPSE_BIND", default_value = "[::]:4443")]
-    bind: SocketAddr,
-    /// TLS certificate chain (PEM). Without it, a development certificate is generated.
-    #[arg(long, env = "SYNAPSE_CERT", requires = "key")]
-    cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    #[arg(long, env = "SYNAPSE_KEY", requires = "cert")]
-    key: Option<PathBuf>,
-    /// Where the development certificate is kept.
-    #[arg(long, env = "SYNAPSE_CERTS_DIR", default_value = "certs")]
-    certs_dir: PathBuf,
-    /// Serve the web client from this directory instead of the copy built into the binary
-    /// (for development: edit a file, reload the page).
-    #[arg(long, env = "SYNAPSE_WEB_ROOT")]
-    web_root: Option<PathBuf>,
-    /// On SIGINT/SIGTERM, how long peers get to leave before the relay closes them.
-    #[arg(long, env = "SYNAPSE_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
-    drain: Duration,
-    /// Congestion controller of every connection: cubic, new-reno or bbr (docs/BENCHMARKS.md
-    /// has the measurements behind the default).
-    #[arg(long, env = "SYNAPSE_CONGESTION_CONTROLLER", default_value = "bbr")]
-    congestion_controller: CongestionController,
-    /// Video that has waited longer in the relay is skipped; the subscriber restarts at a
-    /// keyframe instead of falling further behind.
-    #[arg(long, env = "SYNAPSE_VIDEO_LATENCY_BOUND", default_value = "400ms", value_parser = latency_bound)]
-    video_latency_bound: Duration,
-    /// The same for audio.
-    #[arg(long, env = "SYNAPSE_AUDIO_LATENCY_BOUND", default_value = "200ms", value_parser = latency_bound)]
-    audio_latency_bound: Duration,
-    /// QUIC endpoints sharing the UDP port (SO_REUSEPORT), each with its own driver; 0: one
-    /// per core (docs/ARCHITECTURE.md).
-    #[arg(long, env = "SYNAPSE_ENDPOINTS", default_value_t = 1)]
-    endpoints: usize,
-    /// Worker threads of the relay's runtime; 0: one per core.
-    #[arg(long, env = "SYNAPSE_THREADS", default_value_t = 0)]
-    threads: usize,
-    #[command(flatten)]
-    keys: ApiKeyArgs,
-    #[command(flatten)]
-    limits: LimitArgs,
-}
-
-/// Limits; 0 means unlimited where it makes sense.
-#[derive(clap::Args)]
-struct LimitArgs {
-    /// Peers in one room; more get `room_full`.
-    #[arg(long, env = "SYNAPSE_MAX_PEERS_PER_ROOM", default_value_t = 1000)]
-    max_peers_per_room: usize,
-    /// Rooms on this relay; a join that would open one more gets `too_many_rooms`.
-    #[arg(long, env = "SYNAPSE_MAX_ROOMS", default_value_t = 10_000)]
-    max_rooms: usize,
-    /// Producers of one peer; more get `too_many_producers`.
-    #[arg(long, env = "SYNAPSE_MAX_PRODUCERS_PER_PEER", default_value_t = 16)]
-    max_producers_per_peer: usize,
-    /// Control requests per second per peer (bursts of twice that); more get `rate_limited`.
-    #[arg(long, env = "SYNAPSE_MAX_REQUESTS_PER_SECOND", default_value_t = 50)]
-    max_requests_per_second: u32,
-    /// Media bits per second per producer; frames beyond are dropped (`bitrate_exceeded`).
-    #[arg(
-        long,
-        env = "SYNAPSE_MAX_PRODUCER_BITRATE",
-        default_value_t = 20_000_000
-    )]
-    max_producer_bitrate: u64,
-    /// Open sessions per source IP address; more are refused (HTTP 429).
-    #[arg(long, env = "SYNAPSE_MAX_SESSIONS_PER_ADDRESS", default_value_t = 100)]
-    max_sessions_per_address: usize,
-    /// Largest video frame payload, bytes.
-    #[arg(long, env = "SYNAPSE_MAX_FRAME_SIZE", default_value_t = 2 * 1024 * 1024)]
-    max_frame_size: usize,
-    /// Largest audio datagram, header included, bytes (browsers allow about 1200).
-    #[arg(long, env = "SYNAPSE_MAX_DATAGRAM_SIZE", default_value_t = 1200)]
-    max_datagram_size: usize,
-    /// Largest control message, bytes; a larger one disconnects the peer.
-    #[arg(long, env = "SYNAPSE_MAX_CONTROL_MESSAGE", default_value_t = 64 * 1024)]
-    max_control_message: usize,
-    /// A silent connection is dropped after this long.
-    #[arg(long, env = "SYNAPSE_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
-}
-
-#[derive(clap::Args)]
 struct JoinArgs {
     /// The relay's WebTransport URL.
     #[arg(long, env = "SYNAPSE_URL", default_value = "https://127.0.0.1:4443/")]
@@ -491,24 +406,31 @@ fn init_logging(default: &str, format: LogFormat) {
 }
 
 fn main() -> Result<()> {
-    let matches = Cli::command().get_matches();
+    let mut matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let serve_args = match cli.command {
+    let command = match cli.command {
+        Some(command) => command,
         None => {
-            init_logging("info", cli.log_format);
-            let (args, matches) = ServeArgs::parse_from_env();
-            args.with_config_file(&matches)?
+            // No subcommand: `serve` without flags (the environment, and the config file it
+            // may name, still apply).
+            matches = Cli::command().get_matches_from(["synapse-sfu", "serve"]);
+            Cli::from_arg_matches(&matches)
+                .unwrap_or_else(|e| e.exit())
+                .command
+                .expect("serve was given")
         }
-        Some(Command::Serve(args)) => {
+    };
+    match command {
+        Command::Serve(config) => {
             init_logging("info", cli.log_format);
             let matches = matches
                 .subcommand_matches("serve")
                 .expect("serve was given");
-            args.with_config_file(matches)?
+            let config = config.with_file(matches)?;
+            runtime(config.threads)?.block_on(serve(config))
         }
-        Some(command) => return runtime(0)?.block_on(run_command(command, cli.log_format)),
-    };
-    runtime(serve_args.threads)?.block_on(serve(serve_args))
+        command => runtime(0)?.block_on(run_command(command, cli.log_format)),
+    }
 }
 
 /// A multi-threaded runtime with `threads` workers (0: one per core).
@@ -681,190 +603,6 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-impl ServeArgs {
-    /// `synapse-sfu` with no subcommand: the serve defaults, environment applied.
-    fn parse_from_env() -> (Self, clap::ArgMatches) {
-        #[derive(Parser)]
-        struct Bare {
-            #[command(flatten)]
-            serve: ServeArgs,
-        }
-        let matches = Bare::command().get_matches_from(["synapse-sfu"]);
-        let bare = Bare::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        (bare.serve, matches)
-    }
-
-    /// Fills in, from the `--config` TOML file, every option that was given neither as a
-    /// flag nor in the environment: flag > environment > file > default.
-    fn with_config_file(mut self, matches: &clap::ArgMatches) -> Result<Self> {
-        let Some(path) = &self.config else {
-            return Ok(self);
-        };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the config file {}", path.display()))?;
-        let file: FileConfig = toml::from_str(&text)
-            .with_context(|| format!("parsing the config file {}", path.display()))?;
-        let unset = |id: &str| {
-            !matches!(
-                matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
-        let duration = |name: &str, text: Option<String>| -> Result<Option<Duration>> {
-            text.map(|t| {
-                humantime::parse_duration(&t)
-                    .with_context(|| format!("{name} = {t:?} in the config file"))
-            })
-            .transpose()
-        };
-        macro_rules! take {
-            ($id:literal, $dst:expr, $value:expr) => {
-                if unset($id)
-                    && let Some(v) = $value
-                {
-                    $dst = v;
-                }
-            };
-        }
-        take!("bind", self.bind, file.bind);
-        take!("cert", self.cert, file.cert.map(Some));
-        take!("key", self.key, file.key.map(Some));
-        take!("certs_dir", self.certs_dir, file.certs_dir);
-        take!("web_root", self.web_root, file.web_root.map(Some));
-        take!("drain", self.drain, duration("drain", file.drain)?);
-        take!(
-            "congestion_controller",
-            self.congestion_controller,
-            file.congestion_controller
-                .map(|c| c.parse::<CongestionController>())
-                .transpose()
-                .map_err(anyhow::Error::msg)?
-        );
-        take!(
-            "video_latency_bound",
-            self.video_latency_bound,
-            duration("video_latency_bound", file.video_latency_bound)?
-                .map(|d| check_latency_bound(d).map_err(anyhow::Error::msg))
-                .transpose()?
-        );
-        take!(
-            "audio_latency_bound",
-            self.audio_latency_bound,
-            duration("audio_latency_bound", file.audio_latency_bound)?
-                .map(|d| check_latency_bound(d).map_err(anyhow::Error::msg))
-                .transpose()?
-        );
-        take!("endpoints", self.endpoints, file.endpoints);
-        take!("threads", self.threads, file.threads);
-        take!("api_key", self.keys.api_key, file.api_key.map(Some));
-        take!(
-            "api_secret",
-            self.keys.api_secret,
-            file.api_secret.map(Some)
-        );
-        let l = file.limits.unwrap_or_default();
-        let limits = &mut self.limits;
-        take!(
-            "max_peers_per_room",
-            limits.max_peers_per_room,
-            l.max_peers_per_room
-        );
-        take!("max_rooms", limits.max_rooms, l.max_rooms);
-        take!(
-            "max_producers_per_peer",
-            limits.max_producers_per_peer,
-            l.max_producers_per_peer
-        );
-        take!(
-            "max_requests_per_second",
-            limits.max_requests_per_second,
-            l.max_requests_per_second
-        );
-        take!(
-            "max_producer_bitrate",
-            limits.max_producer_bitrate,
-            l.max_producer_bitrate
-        );
-        take!(
-            "max_sessions_per_address",
-            limits.max_sessions_per_address,
-            l.max_sessions_per_address
-        );
-        take!("max_frame_size", limits.max_frame_size, l.max_frame_size);
-        take!(
-            "max_datagram_size",
-            limits.max_datagram_size,
-            l.max_datagram_size
-        );
-        take!(
-            "max_control_message",
-            limits.max_control_message,
-            l.max_control_message
-        );
-        take!(
-            "idle_timeout",
-            limits.idle_timeout,
-            duration("idle_timeout", l.idle_timeout)?
-        );
-        Ok(self)
-    }
-}
-
-/// The `--config` file: the `serve` options by their flag names (with `_`), limits in a
-/// `[limits]` table, durations as text ("5s"). Unknown keys are errors, so a typo does not
-/// silently leave a default in place.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    bind: Option<SocketAddr>,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    certs_dir: Option<PathBuf>,
-    web_root: Option<PathBuf>,
-    drain: Option<String>,
-    congestion_controller: Option<String>,
-    video_latency_bound: Option<String>,
-    audio_latency_bound: Option<String>,
-    endpoints: Option<usize>,
-    threads: Option<usize>,
-    api_key: Option<String>,
-    api_secret: Option<String>,
-    limits: Option<FileLimits>,
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    max_peers_per_room: Option<usize>,
-    max_rooms: Option<usize>,
-    max_producers_per_peer: Option<usize>,
-    max_requests_per_second: Option<u32>,
-    max_producer_bitrate: Option<u64>,
-    max_sessions_per_address: Option<usize>,
-    max_frame_size: Option<usize>,
-    max_datagram_size: Option<usize>,
-    max_control_message: Option<usize>,
-    idle_timeout: Option<String>,
-}
-
-/// A latency bound: a duration from 10 ms to 60 s (0 would skip every frame; a huge one
-/// is no bound at all).
-fn latency_bound(input: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(input).map_err(|e| e.to_string())?;
-    check_latency_bound(d)
-}
-
-fn check_latency_bound(d: Duration) -> Result<Duration, String> {
-    if (Duration::from_millis(10)..=Duration::from_secs(60)).contains(&d) {
-        Ok(d)
-    } else {
-        Err(format!(
-            "a latency bound must be between 10 ms and 60 s, not {}",
-            humantime::format_duration(d)
-        ))
-    }
-}
-
 /// Waits for SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
 async fn shutdown_signal() -> Result<&'static str> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -875,39 +613,9 @@ async fn shutdown_signal() -> Result<&'static str> {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let drain = args.drain;
-    let config = ServerConfig {
-        bind: args.bind,
-        cert: args.cert,
-        key: args.key,
-        certs_dir: args.certs_dir,
-        web_root: args.web_root,
-        access: args.keys.policy()?,
-        congestion_controller: args.congestion_controller,
-        endpoints: args.endpoints,
-        relay: RelayConfig {
-            max_datagram_size: args.limits.max_datagram_size,
-            max_frame_size: args.limits.max_frame_size,
-            video_latency_bound: args.video_latency_bound,
-            audio_latency_bound: args.audio_latency_bound,
-            limits: Limits {
-                max_peers_per_room: args.limits.max_peers_per_room,
-                max_rooms: args.limits.max_rooms,
-                max_producers_per_peer: args.limits.max_producers_per_peer,
-                max_requests_per_second: args.limits.max_requests_per_second,
-                max_producer_bitrate: args.limits.max_producer_bitrate,
-            },
-            ..RelayConfig::default()
-        },
-        limits: SessionLimits {
-            max_control_message: args.limits.max_control_message,
-            idle_timeout: args.limits.idle_timeout,
-            max_sessions_per_address: args.limits.max_sessions_per_address,
-            ..SessionLimits::default()
-        },
-        ..ServerConfig::default()
-    };
+async fn serve(config: ServeConfig) -> Result<()> {
+    let drain = config.drain;
+    let config = config.server_config()?;
     let server = Server::start(config).await.context("starting the relay")?;
     let port = server.local_addr().port();
     eprintln!(
@@ -946,43 +654,96 @@ async fn run_join(args: JoinArgs) -> Result<()> {
         max_resolution: args.max_resolution,
         max_layer: args.layer,
     };
-    let summary = join::run(options).await?;
+    let (events, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        while let Some(event) = reports.recv().await {
+            print_join_event(event);
+        }
+    });
+    let summary = join::run(options, events).await;
+    // `run` has dropped its sender: the printer ends once it has shown every event.
+    let _ = printer.await;
+    let summary = summary?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!(
-            "room {} as {} (peer {}), {:.1} s",
-            summary.room, summary.name, summary.peer_id, summary.duration_s
-        );
-        for t in &summary.sent {
-            println!(
-                "  sent     {:<6} {:<14} {:>7} frames {:>10} bytes",
-                t.kind.as_str(),
-                t.codec,
-                t.frames,
-                t.bytes
-            );
-        }
-        for t in &summary.received {
-            let freezes = match (t.freezes, t.freeze_ms) {
-                (Some(n), Some(ms)) => format!("  {n} freezes ({ms:.0} ms)"),
-                _ => String::new(),
-            };
-            println!(
-                "  received {:<6} {:<14} {:>7} frames {:>10} bytes {:>5} gaps  from {:<12} latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms{freezes}",
-                t.kind.as_str(),
-                t.codec,
-                t.frames,
-                t.bytes,
-                t.gaps,
-                t.peer,
-                t.latency_ms.p50,
-                t.latency_ms.p99,
-                t.latency_ms.max
-            );
-        }
+        print_join_summary(&summary);
     }
     Ok(())
+}
+
+/// What `join` shows on stderr while it runs.
+fn print_join_event(event: JoinEvent) {
+    match event {
+        JoinEvent::Joined {
+            room,
+            ongoing: true,
+            peers,
+        } => eprintln!("joined the call in room {room} with {}", peers.join(", ")),
+        JoinEvent::Joined { room, .. } => eprintln!("started a new call in room {room}"),
+        JoinEvent::Stats(stats) => eprintln!("{}", live_line(&stats)),
+        JoinEvent::RelayError { code, message } => {
+            eprintln!("relay error: {}: {message}", code.as_str())
+        }
+        JoinEvent::GoingAway { reason } => eprintln!("the relay is going away: {reason}"),
+        JoinEvent::PreferredLayersFailed { error } => {
+            eprintln!("could not set the preferred layers: {error}")
+        }
+    }
+}
+
+/// The live stats line: `sent video 30 frames; bo/video: 29 frames, 0 gaps, p50 1.2 ms`.
+fn live_line(stats: &LiveStats) -> String {
+    let sent = stats
+        .sent
+        .iter()
+        .map(|(kind, frames)| format!("sent {} {frames} frames", kind.as_str()));
+    let received = stats.received.iter().map(|t| {
+        format!(
+            "{}/{}: {} frames, {} gaps, p50 {:.1} ms",
+            t.peer.as_deref().unwrap_or("?"),
+            t.kind.as_str(),
+            t.frames,
+            t.gaps,
+            t.latency_p50_ms
+        )
+    });
+    sent.chain(received).collect::<Vec<_>>().join("; ")
+}
+
+/// The table `join` prints on exit without `--json`.
+fn print_join_summary(summary: &JoinSummary) {
+    println!(
+        "room {} as {} (peer {}), {:.1} s",
+        summary.room, summary.name, summary.peer_id, summary.duration_s
+    );
+    for t in &summary.sent {
+        println!(
+            "  sent     {:<6} {:<14} {:>7} frames {:>10} bytes",
+            t.kind.as_str(),
+            t.codec,
+            t.frames,
+            t.bytes
+        );
+    }
+    for t in &summary.received {
+        let freezes = match (t.freezes, t.freeze_ms) {
+            (Some(n), Some(ms)) => format!("  {n} freezes ({ms:.0} ms)"),
+            _ => String::new(),
+        };
+        println!(
+            "  received {:<6} {:<14} {:>7} frames {:>10} bytes {:>5} gaps  from {:<12} latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms{freezes}",
+            t.kind.as_str(),
+            t.codec,
+            t.frames,
+            t.bytes,
+            t.gaps,
+            t.peer,
+            t.latency_ms.p50,
+            t.latency_ms.p99,
+            t.latency_ms.max
+        );
+    }
 }
 
 /// The relay allocates and frees small buffers per packet (quinn's frames and

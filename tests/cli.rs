@@ -574,3 +574,141 @@ fn config_file_sets_options_and_flags_and_env_win() {
     assert!(!typo.status.success());
     assert!(String::from_utf8_lossy(&typo.stderr).contains("bnid"));
 }
+
+/// Runs the relay with `args` and `env` until it answers, then stops it with SIGTERM:
+/// the UDP port it bound and how long it said it would drain (both from its stderr).
+fn serve_and_stop(args: &[&str], env: &[(&str, &str)]) -> (u16, String) {
+    use std::io::BufRead;
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("SYNAPSE_CONFIG")
+        .env_remove("SYNAPSE_BIND")
+        .env_remove("SYNAPSE_DRAIN")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("relay binary starts");
+    let mut relay = Relay(child);
+    let mut lines = std::io::BufReader::new(relay.0.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut next_line = |what: &str| {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("stderr ended before {what} ({args:?}, {env:?}): {seen:#?}"));
+        seen.push(line.unwrap());
+        seen.last().unwrap().clone()
+    };
+    let port = loop {
+        let line = next_line("the banner");
+        if let Some(rest) = line.split_once("WebTransport on UDP ").map(|(_, r)| r) {
+            let addr = rest.split(',').next().unwrap();
+            break addr.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(port, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "relay never answered on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = relay.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let drain = loop {
+        let line = next_line("the shutdown line");
+        if let Some(rest) = line.split_once("draining up to ").map(|(_, r)| r) {
+            break rest.trim_end_matches(')').to_owned();
+        }
+    };
+    assert!(relay.0.wait().unwrap().success());
+    (port, drain)
+}
+
+/// `N` different free ports (the sockets are held until all are picked).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let sockets = [(); N].map(|_| UdpSocket::bind("127.0.0.1:0").unwrap());
+    sockets.map(|s| s.local_addr().unwrap().port())
+}
+
+/// Each option comes from the first of: a flag, its environment variable, the config file,
+/// the default. Also with no subcommand, where only the environment (and the file it
+/// names) configure the relay.
+#[test]
+fn options_come_from_flag_then_env_then_file_then_default() {
+    let dir = common::temp_dir("precedence");
+    let [file_port, env_port, flag_port] = free_ports();
+    let config = dir.join("synapse.toml");
+    let config_arg = config.to_str().unwrap();
+    let certs = format!("certs_dir = {:?}\n", dir.join("certs"));
+    std::fs::write(
+        &config,
+        format!("bind = \"127.0.0.1:{file_port}\"\ndrain = \"1s\"\n{certs}"),
+    )
+    .unwrap();
+    let env_bind = format!("127.0.0.1:{env_port}");
+    let env = [("SYNAPSE_BIND", env_bind.as_str()), ("SYNAPSE_DRAIN", "2s")];
+    let flag_bind = format!("127.0.0.1:{flag_port}");
+
+    let flags = ["serve", "--config", config_arg, "--bind", &flag_bind];
+    let (port, drain) = serve_and_stop(&[&flags[..], &["--drain", "3s"]].concat(), &env);
+    assert_eq!((port, drain.as_str()), (flag_port, "3s"), "flags win");
+
+    let (port, drain) = serve_and_stop(&["serve", "--config", config_arg], &env);
+    assert_eq!(
+        (port, drain.as_str()),
+        (env_port, "2s"),
+        "then the environment"
+    );
+
+    let (port, drain) = serve_and_stop(&[], &[("SYNAPSE_CONFIG", config_arg)]);
+    assert_eq!((port, drain.as_str()), (file_port, "1s"), "then the file");
+
+    std::fs::write(
+        &config,
+        format!("bind = \"127.0.0.1:{file_port}\"\n{certs}"),
+    )
+    .unwrap();
+    let (port, drain) = serve_and_stop(&["serve", "--config", config_arg], &[]);
+    assert_eq!(
+        (port, drain.as_str()),
+        (file_port, "5s"),
+        "then the default"
+    );
+}
+
+/// A mistake in the config file stops the relay with a message that names the file, the
+/// key and its line.
+#[test]
+fn config_file_mistakes_are_named() {
+    let dir = common::temp_dir("config-errors");
+    let config = dir.join("synapse.toml");
+    for (text, wanted) in [
+        (
+            "drain = \"1s\"\n[limits]\nmax_room = 3\n",
+            ["unknown field `max_room`", "line 3"],
+        ),
+        ("drain = \"5 parsecs\"\n", ["drain", "5 parsecs"]),
+        (
+            "audio_latency_bound = \"2m\"\n",
+            ["audio_latency_bound", "between 10 ms and 60 s"],
+        ),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(config.to_str().unwrap()), "{stderr}");
+        for w in wanted {
+            assert!(stderr.contains(w), "{text:?}: no {w:?} in {stderr}");
+        }
+    }
+}

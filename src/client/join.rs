@@ -1,7 +1,9 @@
 //! `synapse-sfu join`: publish audio and video into a room, receive everyone else, and report.
+//!
+//! [`run`] prints nothing: what happens along the way comes out as [`JoinEvent`]s on a
+//! channel, and the result is a [`JoinSummary`]; the command line shows both.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +16,8 @@ use serde::Serialize;
 use super::media::{IvfFile, MediaSource, OggOpusFile, SyntheticAudio, SyntheticVideo};
 use super::{Client, ClientOptions, Incoming, ReceivedFrame, VideoSend, now_us};
 use crate::wire::{
-    FrameHeader, LayerInfo, MediaKind, Params, PeerId, ProducerId, Request, ServerMessage,
+    ErrorCode, FrameHeader, LayerInfo, MediaKind, Params, PeerId, ProducerId, Request,
+    ServerMessage,
 };
 
 #[derive(Debug, Clone)]
@@ -33,7 +36,7 @@ pub struct JoinOptions {
     pub keyframe_interval: Duration,
     /// Stop after this long (otherwise at Ctrl-C).
     pub duration: Option<Duration>,
-    /// Print a live stats line to stderr every second.
+    /// Send a [`JoinEvent::Stats`] every second.
     pub live_stats: bool,
     /// Publish synthetic video as three simulcast layers ([`simulcast_ladder`]).
     pub simulcast: bool,
@@ -127,6 +130,47 @@ pub struct JoinSummary {
     pub sent: Vec<SentTrack>,
     pub received: Vec<ReceivedTrack>,
 }
+
+/// What happens during [`run`], as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JoinEvent {
+    /// In the room: a call was going on with these peers (their names), or none was.
+    Joined {
+        room: String,
+        ongoing: bool,
+        peers: Vec<String>,
+    },
+    /// Every second, with [`JoinOptions::live_stats`].
+    Stats(LiveStats),
+    /// The relay reported an error (the peer stays).
+    RelayError { code: ErrorCode, message: String },
+    /// The relay is shutting down; the run ends.
+    GoingAway { reason: String },
+    /// A `set_preferred_layers` request (from `max_resolution`/`max_layer`) failed.
+    PreferredLayersFailed { error: String },
+}
+
+/// The counters so far: what each of our publishers sent, and each received track.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveStats {
+    /// Per publisher: its kind and the frames it sent.
+    pub sent: Vec<(MediaKind, u64)>,
+    /// Ordered by producer id.
+    pub received: Vec<LiveTrack>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveTrack {
+    /// The publisher's name, when known.
+    pub peer: Option<String>,
+    pub kind: MediaKind,
+    pub frames: u64,
+    pub gaps: u64,
+    pub latency_p50_ms: f64,
+}
+
+/// Where [`run`] sends its [`JoinEvent`]s; a closed receiver is fine (nothing is reported).
+pub type JoinEvents = tokio::sync::mpsc::UnboundedSender<JoinEvent>;
 
 /// A gap between received video frames longer than this is a freeze: the picture visibly
 /// stops (at 30 fps frames are 33 ms apart).
@@ -607,24 +651,18 @@ pub async fn publish_simulcast(
     })
 }
 
-/// Runs a peer until the duration ends or Ctrl-C; returns what it sent and received.
-/// Fails when the relay cannot be reached or refuses the join.
-pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
+/// Runs a peer until the duration ends or Ctrl-C; returns what it sent and received, and
+/// reports along the way on `events`. Fails when the relay cannot be reached or refuses
+/// the join.
+pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary> {
     let (client, incoming) = Client::connect(options.client.clone()).await?;
     let joined = client.join(&options.room, &options.name, true).await?;
     let started = Instant::now();
-    if options.live_stats {
-        if joined.ongoing {
-            let names: Vec<&str> = joined.peers.iter().map(|p| p.name.as_str()).collect();
-            eprintln!(
-                "joined the call in room {} with {}",
-                joined.room,
-                names.join(", ")
-            );
-        } else {
-            eprintln!("started a new call in room {}", joined.room);
-        }
-    }
+    let _ = events.send(JoinEvent::Joined {
+        room: joined.room.clone(),
+        ongoing: joined.ongoing,
+        peers: joined.peers.iter().map(|p| p.name.clone()).collect(),
+    });
     let mut names: HashMap<PeerId, String> = joined
         .peers
         .iter()
@@ -664,7 +702,15 @@ pub async fn run(options: JoinOptions) -> Result<JoinSummary> {
         }
     }
 
-    let received = receive(&options, &client, incoming, &mut names, &publishers).await;
+    let received = receive(
+        &options,
+        &client,
+        incoming,
+        &mut names,
+        &publishers,
+        &events,
+    )
+    .await;
 
     for p in &mut publishers {
         p.stop().await;
@@ -730,6 +776,7 @@ async fn receive(
     mut incoming: Incoming,
     names: &mut HashMap<PeerId, String>,
     publishers: &[Publisher],
+    events: &JoinEvents,
 ) -> HashMap<ProducerId, TrackStats> {
     let mut tracks: HashMap<ProducerId, TrackStats> = HashMap::new();
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
@@ -770,10 +817,10 @@ async fn receive(
                                 max_height: options.max_resolution.map(|r| r.1),
                             };
                             // Not awaited here: the loop must keep reading events.
-                            let client = client.clone();
+                            let (client, events) = (client.clone(), events.clone());
                             tokio::spawn(async move {
                                 if let Err(e) = client.command(request).await {
-                                    eprintln!("could not set the preferred layers: {e}");
+                                    let _ = events.send(JoinEvent::PreferredLayersFailed { error: e.to_string() });
                                 }
                             });
                         }
@@ -790,16 +837,18 @@ async fn receive(
                     }
                 }
                 Some(ServerMessage::Error { code, message, .. }) => {
-                    eprintln!("relay error: {}: {message}", code.as_str());
+                    let _ = events.send(JoinEvent::RelayError { code, message });
                 }
                 Some(ServerMessage::GoingAway { reason, .. }) => {
-                    eprintln!("the relay is going away: {reason}");
+                    let _ = events.send(JoinEvent::GoingAway { reason });
                     break;
                 }
                 Some(_) => {}
                 None => break,
             },
-            _ = tick.tick(), if options.live_stats => print_live(names, &tracks, publishers),
+            _ = tick.tick(), if options.live_stats => {
+                let _ = events.send(JoinEvent::Stats(live_stats(names, &tracks, publishers)));
+            }
             _ = &mut until_deadline => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -807,34 +856,32 @@ async fn receive(
     tracks
 }
 
-fn print_live(
+fn live_stats(
     names: &HashMap<PeerId, String>,
     tracks: &HashMap<ProducerId, TrackStats>,
     publishers: &[Publisher],
-) {
-    let mut line = String::new();
-    for p in publishers {
-        line += &format!(
-            "sent {} {} frames; ",
-            p.kind.as_str(),
-            p.frames.load(Ordering::Relaxed)
-        );
-    }
+) -> LiveStats {
     let mut ids: Vec<&ProducerId> = tracks.keys().collect();
     ids.sort();
-    for id in ids {
-        let t = &tracks[id];
-        let name = names.get(&t.peer_id).map(String::as_str).unwrap_or("?");
-        line += &format!(
-            "{name}/{}: {} frames, {} gaps, p50 {:.1} ms; ",
-            t.kind.as_str(),
-            t.frames,
-            t.gaps,
-            t.latency().p50
-        );
+    LiveStats {
+        sent: publishers
+            .iter()
+            .map(|p| (p.kind, p.frames.load(Ordering::Relaxed)))
+            .collect(),
+        received: ids
+            .into_iter()
+            .map(|id| {
+                let t = &tracks[id];
+                LiveTrack {
+                    peer: names.get(&t.peer_id).cloned(),
+                    kind: t.kind,
+                    frames: t.frames,
+                    gaps: t.gaps,
+                    latency_p50_ms: t.latency().p50,
+                }
+            })
+            .collect(),
     }
-    let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{}", line.trim_end_matches("; "));
 }
 
 #[cfg(test)]
