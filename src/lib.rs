@@ -1,11 +1,13 @@
 //! Synapse SFU: a selective forwarding unit for audio and video over QUIC and WebTransport.
 //!
 //! Layout, one line a module:
-//! - [`core`]: the sans-IO relay state and forwarding policy (rooms, peers, producers,
-//!   consumers, slow-consumer queues, keyframe requests).
+//! - [`core`]: the sans-IO relay state and forwarding policy: one `Room` per room (peers,
+//!   producers, consumers, queues, simulcast, keyframe requests) and the directory of rooms.
 //! - [`wire`]: control messages and media frame formats; the only parser of untrusted bytes.
-//! - [`server`]: the WebTransport endpoint, HTTP side, TLS identity and the tasks that
-//!   drive `core`.
+//! - [`server`]: the WebTransport endpoints, HTTP side, TLS identity, the per-room locks
+//!   and the tasks that drive `core` (docs/ARCHITECTURE.md).
+//! - [`config`]: the `serve` configuration (flags, environment, TOML file), defined once.
+//! - [`group`]: reading and writing group streams, shared by the relay and the client.
 //! - [`client`]: a native client library on the same `wire` module, and the `join` command.
 //! - [`auth`]: access tokens (JWT) and the development-mode policy.
 //! - [`bench`]: the load generator and report of `synapse-sfu bench`.
