@@ -136,8 +136,9 @@ pub trait GroupReader: Clone + Send + Sync + 'static {
         key: GroupKey,
         frame: StreamFrame,
     ) -> impl Future<Output = Result<(), Refusal<Self::Error>>> + Send;
-    /// Bytes that are not a stream header or a frame (a malformed stream).
-    fn malformed(&self, error: FrameError) -> Refusal<Self::Error>;
+    /// Bytes that are not a stream header or a frame (a malformed stream); `key` once the
+    /// header was read.
+    fn malformed(&self, key: Option<GroupKey>, error: FrameError) -> Refusal<Self::Error>;
     /// A stream was refused; report it if there is something to say.
     fn refused(&self, error: Self::Error);
 }
@@ -190,7 +191,7 @@ pub async fn accept_groups<R: GroupReader>(conn: Connection, limits: GroupLimits
                 Err(refusal) => refusal,
             },
             Ok(Ok(None)) => continue,
-            Ok(Err(e)) => reader.malformed(e),
+            Ok(Err(e)) => reader.malformed(None, e),
             Err(_) => Refusal {
                 code: crate::server::close_code::STREAM_REFUSED,
                 error: None,
@@ -224,7 +225,7 @@ async fn read_group<R: GroupReader>(
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return stop(stream, reader.malformed(e), &reader),
+                Err(e) => return stop(stream, reader.malformed(Some(key), e), &reader),
             }
         }
         match read_more(&mut stream, &mut buf).await {

@@ -32,12 +32,26 @@ fn control_frame(body: &[u8]) -> Bytes {
 }
 
 async fn error_event(peer: &mut Peer) -> Option<(Option<u64>, ErrorCode)> {
+    media_error_event(peer)
+        .await
+        .map(|(id, code, _)| (id, code))
+}
+
+/// The next error, with the producer it names (media errors).
+async fn media_error_event(
+    peer: &mut Peer,
+) -> Option<(Option<u64>, ErrorCode, Option<ProducerId>)> {
     match wait_event(&mut peer.incoming, Duration::from_secs(5), |e| {
         matches!(e, ServerMessage::Error { .. })
     })
     .await
     {
-        Some(ServerMessage::Error { id, code, .. }) => Some((id, code)),
+        Some(ServerMessage::Error {
+            id,
+            code,
+            producer_id,
+            ..
+        }) => Some((id, code, producer_id)),
         _ => None,
     }
 }
@@ -173,9 +187,10 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
     let mut not_owner = join(&server, "r", "not-owner", false).await;
     let forged = encode_datagram(wmic, &header(1_000, false), b"forged");
     not_owner.client.send_datagram(forged).unwrap();
+    // The error names the track it is about.
     assert_eq!(
-        error_event(&mut not_owner).await,
-        Some((None, ErrorCode::NotOwner))
+        media_error_event(&mut not_owner).await,
+        Some((None, ErrorCode::NotOwner, Some(wmic)))
     );
 
     let mut unknown = join(&server, "r", "unknown", false).await;
@@ -188,8 +203,8 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         ))
         .unwrap();
     assert_eq!(
-        error_event(&mut unknown).await,
-        Some((None, ErrorCode::UnknownProducer))
+        media_error_event(&mut unknown).await,
+        Some((None, ErrorCode::UnknownProducer, Some(ProducerId(999_999))))
     );
 
     let mut oversized = join(&server, "r", "oversized", false).await;

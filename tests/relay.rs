@@ -59,6 +59,32 @@ async fn endpoints_share_the_port_and_keep_it() {
     assert_eq!(server.rooms().counts().peers, 16);
 }
 
+/// One peer leaves with a request while the other's connection drops: the room closes and
+/// the directory forgets both (a `leave` request used to leave its peer in the directory
+/// when the room closed during its goodbye).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_request_and_a_drop_together_leave_nothing_behind() {
+    let server = start_relay().await;
+    for _ in 0..3 {
+        let p = join(&server, "x", "p", false).await;
+        let q = join(&server, "x", "q", false).await;
+        let (left, ()) = tokio::join!(p.client.leave(), async { q.client.close() });
+        left.unwrap();
+        wait_for_relay(&server, Duration::from_secs(5), |c| {
+            c.peers == 0 && c.rooms == 0
+        })
+        .await;
+        let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(5));
+        while server.rooms().directory_peers() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the directory kept a peer"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 async fn three_peers_call(server: Server) {
     let mut peers = Vec::new();
     for name in ["ada", "bo", "cy"] {

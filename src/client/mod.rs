@@ -799,7 +799,7 @@ impl GroupReader for ClientGroups {
         self.frames.send(frame).await.map_err(|_| NOT_READ)
     }
 
-    fn malformed(&self, _error: FrameError) -> Refusal<()> {
+    fn malformed(&self, _key: Option<GroupKey>, _error: FrameError) -> Refusal<()> {
         NOT_READ
     }
 

@@ -128,6 +128,10 @@ impl<R> Directory<R> {
         self.rooms.values_mut()
     }
 
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
@@ -386,9 +390,15 @@ impl Relay {
         }
     }
 
-    pub fn report_frame_error(&mut self, peer_id: PeerId, error: &ProtocolError, now: Instant) {
+    pub fn report_frame_error(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: Option<ProducerId>,
+        error: &ProtocolError,
+        now: Instant,
+    ) {
         if let Some(room) = self.directory.room_of_mut(peer_id) {
-            room.report_frame_error(peer_id, error, now);
+            room.report_frame_error(peer_id, producer_id, error, now);
         }
     }
 

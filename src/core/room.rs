@@ -1242,7 +1242,7 @@ impl Room {
         let keyframe = header.keyframe;
         let checked = self.check_media_source(peer_id, producer_id, transport_kind, layer);
         if let Err(e) = checked {
-            self.report_frame_error(peer_id, &e, now);
+            self.report_frame_error(peer_id, Some(producer_id), &e, now);
             return Err(e);
         }
         let producer = self.producers.get_mut(&producer_id).expect("checked above");
@@ -1273,7 +1273,7 @@ impl Room {
                 ErrorCode::BitrateExceeded,
                 format!("producer {producer_id} sends more than {limit} bit/s; frames dropped"),
             );
-            self.tell_frame_error(peer_id, &e, now);
+            self.tell_frame_error(peer_id, Some(producer_id), &e, now);
             return Ok(());
         }
         let last_seq = match producer.layers.get_mut(usize::from(layer)) {
@@ -1408,16 +1408,29 @@ impl Room {
 
     /// Tells a peer that a media frame it sent was refused, at most once per interval so
     /// that a flood of bad frames does not become a flood of errors.
-    pub fn report_frame_error(&mut self, peer_id: PeerId, error: &ProtocolError, now: Instant) {
+    /// The error names the producer the media was sent as, when that could be read.
+    pub fn report_frame_error(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: Option<ProducerId>,
+        error: &ProtocolError,
+        now: Instant,
+    ) {
         // Frames still in flight from a peer that has just left are not its errors.
         if self.peers.contains_key(&peer_id) {
             self.stats.frame_errors += 1;
         }
-        self.tell_frame_error(peer_id, error, now);
+        self.tell_frame_error(peer_id, producer_id, error, now);
     }
 
     /// Sends a frame-related error to its peer, rate-limited, without counting a refusal.
-    fn tell_frame_error(&mut self, peer_id: PeerId, error: &ProtocolError, now: Instant) {
+    fn tell_frame_error(
+        &mut self,
+        peer_id: PeerId,
+        producer_id: Option<ProducerId>,
+        error: &ProtocolError,
+        now: Instant,
+    ) {
         let interval = self.config.frame_error_interval;
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
@@ -1429,7 +1442,7 @@ impl Room {
             return;
         }
         peer.last_frame_error = Some(now);
-        self.send(peer_id, ServerMessage::error(None, error));
+        self.send(peer_id, ServerMessage::media_error(producer_id, error));
     }
 
     /// Tells every peer that the relay is going away.

@@ -822,13 +822,15 @@ fn limits_refuse_the_offender_only() {
             .unwrap();
     }
     assert_eq!(h.relay.stats().dropped_bitrate - dropped_before, 2);
+    // The error names the producer it is about.
     assert!(h.messages(a).iter().any(|m| matches!(
         m,
         ServerMessage::Error {
             id: None,
             code: ErrorCode::BitrateExceeded,
+            producer_id: Some(p),
             ..
-        }
+        } if *p == mic
     )));
 }
 

@@ -396,30 +396,45 @@ pub fn endpoint_count(configured: usize) -> usize {
 }
 
 /// The relay's QUIC endpoints, all on one UDP port. Several share it with `SO_REUSEPORT`:
-/// the kernel hashes each datagram's addresses to one socket, so a connection stays on the
-/// endpoint that accepted it, and each endpoint has its own driver task. Another process
-/// could join such a group, so the port is first bound without the option: if anything
-/// holds it, that fails as an ordinary "address in use".
+/// the kernel hashes each datagram's addresses to one socket, so a connection's packets
+/// reach the endpoint that accepted it as long as the client's address does not change
+/// (a client that migrates, or whose NAT rebinds, lands on another endpoint and times
+/// out: docs/ARCHITECTURE.md). All sockets are bound before any endpoint starts, so the
+/// hash does not change under a handshake. Another process could join such a group, so a
+/// fixed port is first bound without the option: if anything holds it, that fails as an
+/// ordinary "address in use".
 fn bind_endpoints(
     config: &ServerConfig,
     identity: &wtransport::Identity,
 ) -> Result<Vec<ServerEndpoint>> {
     let count = endpoint_count(config.endpoints);
-    let bind = |addr: SocketAddr, reuse_port: bool| -> Result<ServerEndpoint> {
-        let socket =
-            bind_socket(addr, reuse_port).with_context(|| format!("binding UDP {addr}"))?;
-        let builder = wtransport::ServerConfig::builder().with_bind_socket(socket);
-        Endpoint::server(endpoint_config(config, builder, identity.clone_identity())?)
-            .with_context(|| format!("starting WebTransport on {addr}"))
+    let bind = |addr: SocketAddr, reuse_port: bool| {
+        bind_socket(addr, reuse_port).with_context(|| format!("binding UDP {addr}"))
     };
-    if count == 1 {
-        return Ok(vec![bind(config.bind, false)?]);
-    }
-    let probe =
-        bind_socket(config.bind, false).with_context(|| format!("binding UDP {}", config.bind))?;
-    let addr = probe.local_addr()?;
-    drop(probe);
-    (0..count).map(|_| bind(addr, true)).collect()
+    let sockets = if count == 1 {
+        vec![bind(config.bind, false)?]
+    } else {
+        if config.bind.port() != 0 {
+            drop(bind(config.bind, false)?);
+        }
+        // Port 0: the first socket picks a free port, the others join it.
+        let first = bind(config.bind, true)?;
+        let addr = first.local_addr()?;
+        let mut sockets = vec![first];
+        for _ in 1..count {
+            sockets.push(bind(addr, true)?);
+        }
+        sockets
+    };
+    sockets
+        .into_iter()
+        .map(|socket| {
+            let addr = socket.local_addr()?;
+            let builder = wtransport::ServerConfig::builder().with_bind_socket(socket);
+            Endpoint::server(endpoint_config(config, builder, identity.clone_identity())?)
+                .with_context(|| format!("starting WebTransport on {addr}"))
+        })
+        .collect()
 }
 
 fn endpoint_config(
@@ -455,11 +470,19 @@ async fn renew_development_identity(
         let renewed = async {
             let fresh = identity::development(&config.certs_dir).await?;
             // The socket stays; only TLS changes (reload without rebinding ignores this bind).
-            for endpoint in &endpoints {
+            // Every configuration first, so that a failure leaves all endpoints on the
+            // old certificate, consistent with the hash still served.
+            let mut server_configs = Vec::new();
+            for _ in &endpoints {
                 let builder =
                     wtransport::ServerConfig::builder().with_bind_config(IpBindConfig::LocalV4, 0);
-                let server_config =
-                    endpoint_config(&config, builder, fresh.identity.clone_identity())?;
+                server_configs.push(endpoint_config(
+                    &config,
+                    builder,
+                    fresh.identity.clone_identity(),
+                )?);
+            }
+            for (endpoint, server_config) in endpoints.iter().zip(server_configs) {
                 endpoint.reload_config(server_config, false)?;
             }
             anyhow::Ok(fresh.certificate_sha256)

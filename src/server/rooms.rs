@@ -72,17 +72,22 @@ impl Rooms {
         }
     }
 
-    /// Removes a peer (if its room still has it) and its room once empty.
+    /// Removes a peer (if its room still has it) and its room once empty. Safe to call
+    /// again, and after the room has already forgotten the peer (a `leave` request).
     pub fn leave(&self, peer_id: PeerId, reason: LeaveReason) {
         let mut directory = self.directory();
-        let Some(handle) = directory.room_of(peer_id).cloned() else {
+        // The directory forgets the peer first, whatever became of its room.
+        let Some(name) = directory.left(peer_id) else {
+            return;
+        };
+        let Some(handle) = directory.room(&name).cloned() else {
             return;
         };
         let mut room = handle.lock();
         room.leave(peer_id, reason);
-        directory.left(peer_id);
+        // Rooms are only ever empty between a join's creation and its admission (both
+        // under the directory's lock) or after their last peer left: either way, done.
         if room.is_empty() {
-            let name = room.name().to_owned();
             directory.remove_room(&name, room.stats());
         }
     }
@@ -90,6 +95,11 @@ impl Rooms {
     /// The room a peer is in.
     pub fn room_of(&self, peer_id: PeerId) -> Option<RoomHandle> {
         self.directory().room_of(peer_id).cloned()
+    }
+
+    /// Peers the directory knows (every joined peer once, until its session ends).
+    pub fn directory_peers(&self) -> usize {
+        self.directory().peer_count()
     }
 
     /// A room by name.

@@ -158,7 +158,7 @@ async fn run(
         .await;
         let reason = if matches!(sent, Ok(Ok(()))) {
             info!(remote = %conn.remote_address(), "joined");
-            drive(&conn, &room, &limits, peer_id, send, recv, buf).await
+            drive(&conn, &rooms, &room, &limits, peer_id, send, recv, buf).await
         } else {
             LeaveReason::Disconnected
         };
@@ -297,8 +297,10 @@ impl<const N: usize> Drop for AbortOnDrop<N> {
 }
 
 /// Runs a joined peer until it leaves or its connection ends.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     conn: &Connection,
+    rooms: &Rooms,
     room: &RoomHandle,
     limits: &SessionLimits,
     peer_id: PeerId,
@@ -331,6 +333,9 @@ async fn drive(
                     let last = room.lock().handle(peer_id, message, Instant::now());
                     debug!(request, "request");
                     if !last.is_empty() {
+                        // Out of the directory now, not after the flush: the room may
+                        // close at once if this was its last peer.
+                        rooms.leave(peer_id, LeaveReason::Left);
                         // `leave`: the core forgot the peer and handed back what was still
                         // due to it, response last. Deliver it, then end the session.
                         let flush = async {
@@ -452,7 +457,7 @@ async fn receive_datagrams(conn: Connection, room: RoomHandle, peer_id: PeerId) 
             ),
             Err(e) => {
                 let e = frame_error(&e);
-                room.lock().report_frame_error(peer_id, &e, now);
+                room.lock().report_frame_error(peer_id, None, &e, now);
                 Err(e)
             }
         };
@@ -490,28 +495,32 @@ struct RelayGroups {
     peer_id: PeerId,
 }
 
-fn refused(error: ProtocolError) -> Refusal<ProtocolError> {
+/// A refused media stream: the error, and the producer its header named (if it could be
+/// read).
+type MediaRefusal = (Option<ProducerId>, ProtocolError);
+
+fn refused(producer_id: Option<ProducerId>, error: ProtocolError) -> Refusal<MediaRefusal> {
     Refusal {
         code: close_code::STREAM_REFUSED,
-        error: Some(error),
+        error: Some((producer_id, error)),
     }
 }
 
 impl GroupReader for RelayGroups {
-    type Error = ProtocolError;
+    type Error = MediaRefusal;
 
-    fn admit(&self, h: StreamHeader) -> Result<(), Refusal<ProtocolError>> {
+    fn admit(&self, h: StreamHeader) -> Result<(), Refusal<MediaRefusal>> {
         self.room
             .lock()
             .check_media_source(self.peer_id, h.producer_id, MediaKind::Video, h.layer)
-            .map_err(refused)
+            .map_err(|e| refused(Some(h.producer_id), e))
     }
 
     async fn frame(
         &self,
         (producer_id, layer): GroupKey,
         f: StreamFrame,
-    ) -> Result<(), Refusal<ProtocolError>> {
+    ) -> Result<(), Refusal<MediaRefusal>> {
         let data = FrameData::Stream {
             head: f.head,
             payload: f.payload,
@@ -535,15 +544,15 @@ impl GroupReader for RelayGroups {
         })
     }
 
-    fn malformed(&self, e: FrameError) -> Refusal<ProtocolError> {
-        refused(frame_error(&e))
+    fn malformed(&self, key: Option<GroupKey>, e: FrameError) -> Refusal<MediaRefusal> {
+        refused(key.map(|(producer_id, _)| producer_id), frame_error(&e))
     }
 
-    fn refused(&self, e: ProtocolError) {
+    fn refused(&self, (producer_id, e): MediaRefusal) {
         debug!(error = %e, "media stream refused");
         self.room
             .lock()
-            .report_frame_error(self.peer_id, &e, Instant::now());
+            .report_frame_error(self.peer_id, producer_id, &e, Instant::now());
     }
 }
 

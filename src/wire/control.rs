@@ -398,6 +398,10 @@ pub enum ServerMessage {
         id: Option<u64>,
         code: ErrorCode,
         message: String,
+        /// For an error about media the peer sent (a refused frame or stream, a bitrate
+        /// over its limit): the producer it was sent as, when the relay could read it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        producer_id: Option<ProducerId>,
     },
     PeerJoined {
         peer: PeerInfo,
@@ -473,6 +477,17 @@ impl ServerMessage {
             id,
             code: err.code,
             message: err.message.clone(),
+            producer_id: None,
+        }
+    }
+
+    /// An error about media a peer sent as `producer_id` (if known).
+    pub fn media_error(producer_id: Option<ProducerId>, err: &ProtocolError) -> Self {
+        ServerMessage::Error {
+            id: None,
+            code: err.code,
+            message: err.message.clone(),
+            producer_id,
         }
     }
 }
