@@ -1331,6 +1331,9 @@ export class AudioReceiver {
 
   decode(f) {
     if (this.decoder.state !== 'configured') return;
+    // The relay forwards an empty payload as it came; it is no Opus packet, and a decoder
+    // given one may close for good. Treat it as a lost packet.
+    if (f.payload.byteLength === 0) return;
     // The decoder may number its output from its own sample count rather than from the
     // input timestamps (it does after a pause), so capture times wait in a queue instead:
     // one Opus packet in, one AudioData out, in order.

@@ -582,6 +582,12 @@ async fn send_consumer(
                     });
                     room.lock().note_datagram_too_large();
                 }
+                Err(wtransport::error::SendDatagramError::UnsupportedByPeer) => {
+                    span.in_scope(|| {
+                        warn!("the peer's session does not accept QUIC datagrams: no audio for it")
+                    });
+                    break;
+                }
                 Err(_) => break,
             },
             FrameData::Stream { head, payload } => {
