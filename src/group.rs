@@ -4,6 +4,8 @@
 //! and the bench's direct path all send video this way. Reading: [`accept_groups`] takes
 //! incoming group streams in order, for the relay and the client alike.
 
+use std::sync::{Arc, Mutex};
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
@@ -143,30 +145,46 @@ pub trait GroupReader: Clone + Send + Sync + 'static {
     fn refused(&self, error: Self::Error);
 }
 
-/// Accepts group streams until the connection ends: reads each one's header (within
-/// `header_timeout`), asks `reader` to admit it, then reads its frames in a task of its
-/// own, after the previous stream of the same producer and layer has ended (or
-/// `order_wait` has passed: see [`GroupOrder`]). The one stream acceptor of the relay and
-/// the client.
+/// Accepts group streams until the connection ends. Each stream gets a task of its own
+/// that reads its header (within `header_timeout`), asks `reader` to admit it, then reads
+/// its frames after the previous stream of the same producer and layer has ended (or
+/// `order_wait` has passed: see [`GroupOrder`]). Headers are read concurrently, so a stream
+/// that sends nothing holds up only itself. The one stream acceptor of the relay and the
+/// client.
 pub async fn accept_groups<R: GroupReader>(conn: Connection, limits: GroupLimits, reader: R) {
-    let mut order: GroupOrder<oneshot::Receiver<()>> = GroupOrder::default();
-    while let Ok(mut stream) = conn.accept_uni().await {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let header = async {
-            loop {
-                if let Some(h) = frame::decode_stream_header(&mut buf)? {
-                    return Ok(Some(h));
-                }
-                if !read_more(&mut stream, &mut buf).await.unwrap_or(false) {
-                    return Ok(None);
-                }
+    let order: Arc<Mutex<GroupOrder<oneshot::Receiver<()>>>> = Arc::default();
+    while let Ok(stream) = conn.accept_uni().await {
+        let task = read_stream(stream, limits, reader.clone(), order.clone());
+        tokio::spawn(task.in_current_span());
+    }
+}
+
+/// One incoming stream: its header, then (if admitted, and in its producer's order) its
+/// frames.
+async fn read_stream<R: GroupReader>(
+    mut stream: RecvStream,
+    limits: GroupLimits,
+    reader: R,
+    order: Arc<Mutex<GroupOrder<oneshot::Receiver<()>>>>,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let header = async {
+        loop {
+            if let Some(h) = frame::decode_stream_header(&mut buf)? {
+                return Ok(Some(h));
             }
-        };
-        let refusal = match tokio::time::timeout(limits.header_timeout, header).await {
-            Ok(Ok(Some(header))) => match reader.admit(header) {
-                Ok(()) => {
-                    let key = (header.producer_id, header.layer);
-                    let (done, done_rx) = oneshot::channel::<()>();
+            if !read_more(&mut stream, &mut buf).await.unwrap_or(false) {
+                return Ok(None);
+            }
+        }
+    };
+    let refusal = match tokio::time::timeout(limits.header_timeout, header).await {
+        Ok(Ok(Some(header))) => match reader.admit(header) {
+            Ok(()) => {
+                let key = (header.producer_id, header.layer);
+                let (done, done_rx) = oneshot::channel::<()>();
+                let turn = {
+                    let mut order = order.lock().unwrap_or_else(|e| e.into_inner());
                     let turn = order.register(key, stream.id().into_u64(), done_rx);
                     if order.len() > 64 {
                         // Forget producers whose last stream has ended.
@@ -174,31 +192,28 @@ pub async fn accept_groups<R: GroupReader>(conn: Connection, limits: GroupLimits
                             matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))
                         });
                     }
-                    let reader = reader.clone();
-                    let task = async move {
-                        if let Some(turn) = turn {
-                            // Bounded: a sender that leaves an old stream open must not
-                            // stall the new group; what comes late of the old one is
-                            // dropped by the sequence checks downstream.
-                            let _ = tokio::time::timeout(limits.order_wait, turn).await;
-                        }
-                        read_group(stream, buf, key, limits.max_frame, reader).await;
-                        drop(done);
-                    };
-                    tokio::spawn(task.in_current_span());
-                    continue;
+                    turn
+                };
+                if let Some(turn) = turn {
+                    // Bounded: a sender that leaves an old stream open must not stall the
+                    // new group; what comes late of the old one is dropped by the sequence
+                    // checks downstream.
+                    let _ = tokio::time::timeout(limits.order_wait, turn).await;
                 }
-                Err(refusal) => refusal,
-            },
-            Ok(Ok(None)) => continue,
-            Ok(Err(e)) => reader.malformed(None, e),
-            Err(_) => Refusal {
-                code: crate::server::close_code::STREAM_REFUSED,
-                error: None,
-            },
-        };
-        stop(stream, refusal, &reader);
-    }
+                read_group(stream, buf, key, limits.max_frame, reader).await;
+                drop(done);
+                return;
+            }
+            Err(refusal) => refusal,
+        },
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => reader.malformed(None, e),
+        Err(_) => Refusal {
+            code: crate::server::close_code::STREAM_REFUSED,
+            error: None,
+        },
+    };
+    stop(stream, refusal, &reader);
 }
 
 fn stop<R: GroupReader>(stream: RecvStream, refusal: Refusal<R::Error>, reader: &R) {

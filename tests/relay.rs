@@ -380,3 +380,33 @@ fn dummy_incoming() -> synapse_sfu::client::Incoming {
     let (_, frames) = tokio::sync::mpsc::channel(1);
     synapse_sfu::client::Incoming { events, frames }
 }
+
+/// A stream that never sends its header holds up only itself: the publisher's next group
+/// arrives at once, not after the 5 s header timeout (headers used to be read one at a
+/// time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_holds_up_only_itself() {
+    let server = start_relay().await;
+    let publisher = join(&server, "s", "pub", false).await;
+    let mut viewer = join(&server, "s", "view", true).await;
+    let cam = publisher
+        .client
+        .produce(MediaKind::Video, "vp8")
+        .await
+        .unwrap();
+    wait_for_relay(&server, Duration::from_secs(5), |c| c.consumers == 1).await;
+    let _silent = publisher.client.open_uni().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    send_video(&publisher.client, cam, 0, true).await;
+    let received = collect_until(&mut viewer.incoming, Duration::from_secs(10), |r| {
+        r.get(&cam).is_some_and(|f| !f.is_empty())
+    })
+    .await;
+    assert!(received.contains_key(&cam), "the group never arrived");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(2500),
+        "the group waited {waited:?} behind the silent stream"
+    );
+}
