@@ -640,8 +640,31 @@ fn free_ports<const N: usize>() -> [u16; N] {
 /// names) configure the relay.
 #[test]
 fn options_come_from_flag_then_env_then_file_then_default() {
+    // The ports are free when picked, not necessarily when the relay binds them (UDP and
+    // TCP), with other tests starting relays meanwhile: a relay that could not bind is
+    // retried on fresh ports; any other failure is the test's.
+    for attempt in 1..=3 {
+        let run = std::panic::catch_unwind(|| precedence_scenario(free_ports()));
+        match run {
+            Ok(()) => return,
+            Err(e) => {
+                let text = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let could_not_bind = text.contains("stderr ended before the banner")
+                    && (text.contains("binding") || text.contains("in use"));
+                if !could_not_bind || attempt == 3 {
+                    std::panic::resume_unwind(e);
+                }
+            }
+        }
+    }
+}
+
+fn precedence_scenario([file_port, env_port, flag_port]: [u16; 3]) {
     let dir = common::temp_dir("precedence");
-    let [file_port, env_port, flag_port] = free_ports();
     let config = dir.join("synapse.toml");
     let config_arg = config.to_str().unwrap();
     let certs = format!("certs_dir = {:?}\n", dir.join("certs"));
