@@ -323,6 +323,7 @@ class Call {
       case 'producer_paused':
       case 'producer_resumed': {
         const paused = m.type === 'producer_paused';
+        if (this.ownPausedByRelay(m.producer_id, paused)) break;
         if (paused) this.pausedProducers.add(m.producer_id);
         else this.pausedProducers.delete(m.producer_id);
         const entry = this.receivers.get(m.producer_id);
@@ -379,6 +380,29 @@ class Call {
         ? `${RELAY_ERRORS.kicked} Join again to come back, if the operator allows it.`
         : 'The connection to the relay was lost. Join again to reconnect.',
     );
+  }
+
+  /**
+   * One of our own producers was paused or resumed for us (an operator, through the
+   * relay's admin API; the relay tells the owner of nothing else): stop or start sending
+   * it, and show it on its button as if the person had pressed it. False for someone
+   * else's producer.
+   */
+  ownPausedByRelay(producerId, paused) {
+    const own = [
+      { sender: this.audioSender, state: 'micMuted', button: 'mic', labels: ['Mute', 'Unmute'] },
+      { sender: this.videoSender, state: 'cameraOff', button: 'camera', labels: ['Camera off', 'Camera on'] },
+    ].find((o) => o.sender?.producerId === producerId);
+    if (!own) return false;
+    own.sender.setPaused(paused);
+    this[own.state] = paused;
+    this.localTile.setBadges(this);
+    const button = document.getElementById(own.button);
+    if (button) {
+      button.setAttribute('aria-pressed', String(paused));
+      button.textContent = own.labels[paused ? 1 : 0];
+    }
+    return true;
   }
 
   async setMicMuted(muted) {

@@ -227,6 +227,32 @@ async function threePeerCall(cast) {
     );
     log(`bo resumed: ${JSON.stringify(await boOnAda())}`);
 
+    // An operator pauses bo's camera through the admin API: bo's page stops sending it and
+    // its button offers to turn it on; resumed, it sends again and the button is back.
+    const rooms = await (await fetch(`${relay.base}/admin/rooms`)).json();
+    const boPeer = rooms.rooms.flatMap((r) => r.peers).find((p) => p.name === 'bo');
+    const boCam = boPeer.producers.find((p) => p.kind === 'video').producer_id;
+    const cameraButton = () => bo.evaluate(() => document.getElementById('camera').textContent);
+    const boSent = async () => (await pageState(bo)).send.framesSent;
+    const admin = async (action) => {
+      const r = await fetch(`${relay.base}/admin/producers/${boCam}/${action}`, { method: 'POST' });
+      assert.equal(r.status, 200, `admin ${action}: ${await r.text()}`);
+    };
+    await admin('pause');
+    await waitFor(async () => (await cameraButton()) === 'Camera on' && /camera off/.test((await boOnAda()).badges), {
+      timeout: 10_000,
+      describe: async () => `bo's button: ${await cameraButton()}, on ada: ${JSON.stringify(await boOnAda())}`,
+    });
+    const sentWhenPaused = await boSent();
+    await sleep(1000);
+    assert.ok((await boSent()) <= sentWhenPaused + 2, "bo's page kept sending its paused camera");
+    await admin('resume');
+    await waitFor(async () => (await cameraButton()) === 'Camera off' && (await boSent()) >= sentWhenPaused + 10, {
+      timeout: 15_000,
+      describe: async () => `bo's button: ${await cameraButton()}, frames sent ${await boSent()} (paused at ${sentWhenPaused})`,
+    });
+    log(`an operator paused and resumed bo's camera: bo's page followed (frames sent ${sentWhenPaused} -> ${await boSent()})`);
+
     // cy leaves: its tile must go from the other two pages, and cy returns to the join screen.
     const leaver = pages.get('cy');
     await leaver.click('#leave');
