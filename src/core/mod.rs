@@ -19,7 +19,7 @@ pub use path::{
 };
 pub use queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 pub use rate::TokenBucket;
-pub use relay::{Directory, Ids, Relay};
+pub use relay::{Directory, Ids, Relay, RelayTotals, room_snapshots};
 pub use room::{ConsumerStats, PeerOutput, Room};
 pub use simulcast::{
     ACTIVE_HOLD, DYNACAST_DELAY, LayerSelection, LinkBudget, Preference, UP_HOLD, allocate,

@@ -8,6 +8,7 @@
 //! `Relay` holds the `Room`s directly, for tests, fuzzing and the benchmark of the core.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -142,6 +143,47 @@ impl<R> Directory<R> {
     }
 }
 
+/// What the relay's views sum over its rooms, taken in one pass: the sizes of the maps, the
+/// counters (closed rooms' included) and the deepest consumer queues.
+#[derive(Debug, Clone, Default)]
+pub struct RelayTotals {
+    pub counts: RelayCounts,
+    pub stats: RelayStats,
+    /// The highest queue depth any open consumer has reached, per kind (audio, video).
+    pub queue_high_water: (usize, usize),
+}
+
+impl RelayTotals {
+    /// Adds `rooms`, visited one at a time (the server passes each room's lock guard, so
+    /// no two are held together), to what closed rooms counted.
+    pub fn over<R: Deref<Target = Room>>(
+        retired: &RelayStats,
+        rooms: impl IntoIterator<Item = R>,
+    ) -> Self {
+        let mut totals = Self {
+            stats: retired.clone(),
+            ..Self::default()
+        };
+        for room in rooms {
+            totals.counts.add(&room.counts());
+            totals.stats.add(room.stats());
+            let (audio, video) = room.queue_high_water();
+            let high = &mut totals.queue_high_water;
+            *high = (high.0.max(audio), high.1.max(video));
+        }
+        totals
+    }
+}
+
+/// The admin API's listing of `rooms`, ordered by name.
+pub fn room_snapshots<R: Deref<Target = Room>>(
+    rooms: impl IntoIterator<Item = R>,
+) -> Vec<RoomSnapshot> {
+    let mut snapshots: Vec<RoomSnapshot> = rooms.into_iter().map(|r| r.snapshot()).collect();
+    snapshots.sort_by(|a, b| a.room.cmp(&b.room));
+    snapshots
+}
+
 /// Every room of a relay in one struct, driven by one owner: the core as tests, the fuzzer
 /// and the core benchmark use it. Calls about a peer, producer or consumer go to its room.
 #[derive(Debug)]
@@ -166,35 +208,25 @@ impl Relay {
         self.directory.config()
     }
 
+    pub fn totals(&self) -> RelayTotals {
+        RelayTotals::over(self.directory.retired(), self.directory.rooms())
+    }
+
     /// The sum over open and closed rooms.
     pub fn stats(&self) -> RelayStats {
-        let mut total = self.directory.retired().clone();
-        for room in self.directory.rooms() {
-            total.add(room.stats());
-        }
-        total
+        self.totals().stats
     }
 
     pub fn counts(&self) -> RelayCounts {
-        let mut counts = RelayCounts::default();
-        for room in self.directory.rooms() {
-            counts.add(&room.counts());
-        }
-        counts
+        self.totals().counts
     }
 
-    /// The highest queue depth any open consumer has reached, per kind (audio, video).
     pub fn queue_high_water(&self) -> (usize, usize) {
-        self.directory
-            .rooms()
-            .map(Room::queue_high_water)
-            .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
+        self.totals().queue_high_water
     }
 
     pub fn rooms_snapshot(&self) -> Vec<RoomSnapshot> {
-        let mut rooms: Vec<RoomSnapshot> = self.directory.rooms().map(Room::snapshot).collect();
-        rooms.sort_by(|a, b| a.room.cmp(&b.room));
-        rooms
+        room_snapshots(self.directory.rooms())
     }
 
     pub fn room_peers(&self, room: &str) -> Option<Vec<PeerId>> {

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use super::{CertificateHash, Rooms, admin};
 use crate::auth::AccessPolicy;
+use crate::core::RelayTotals;
 
 /// The web client, built into the binary so that `serve` needs no files beside it.
 static WEB_CLIENT: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web-client");
@@ -140,11 +141,11 @@ async fn certificate_sha256(State(state): State<HttpState>) -> impl IntoResponse
 
 /// Prometheus text format.
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    let (counts, stats, (audio_high, video_high)) = (
-        state.rooms.counts(),
-        state.rooms.stats(),
-        state.rooms.queue_high_water(),
-    );
+    let RelayTotals {
+        counts,
+        stats,
+        queue_high_water: (audio_high, video_high),
+    } = state.rooms.totals();
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP synapse_{name} {help}");

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::core::{
-    ConsumerStats, Directory, RelayConfig, RelayCounts, RelayStats, Room, RoomSnapshot,
+    ConsumerStats, Directory, RelayConfig, RelayCounts, RelayStats, RelayTotals, Room,
+    RoomSnapshot, room_snapshots,
 };
 use crate::wire::{ConsumerId, Grants, JoinResult, LeaveReason, PeerId, ProducerId, ProtocolError};
 
@@ -135,38 +136,26 @@ impl Rooms {
         self.directory().rooms().cloned().collect()
     }
 
-    /// The relay's totals: closed rooms' and each open room's.
-    pub fn stats(&self) -> RelayStats {
-        let (rooms, mut total) = {
+    /// The relay's totals (closed rooms' and each open room's), in one visit of the rooms.
+    pub fn totals(&self) -> RelayTotals {
+        let (rooms, retired) = {
             let directory = self.directory();
             let rooms: Vec<RoomHandle> = directory.rooms().cloned().collect();
             (rooms, directory.retired().clone())
         };
-        for room in rooms {
-            total.add(room.lock().stats());
-        }
-        total
+        RelayTotals::over(&retired, rooms.iter().map(RoomHandle::lock))
+    }
+
+    pub fn stats(&self) -> RelayStats {
+        self.totals().stats
     }
 
     pub fn counts(&self) -> RelayCounts {
-        let mut counts = RelayCounts::default();
-        for room in self.all() {
-            counts.add(&room.lock().counts());
-        }
-        counts
-    }
-
-    pub fn queue_high_water(&self) -> (usize, usize) {
-        self.all()
-            .iter()
-            .map(|r| r.lock().queue_high_water())
-            .fold((0, 0), |a, b| (a.0.max(b.0), a.1.max(b.1)))
+        self.totals().counts
     }
 
     pub fn rooms_snapshot(&self) -> Vec<RoomSnapshot> {
-        let mut rooms: Vec<RoomSnapshot> = self.all().iter().map(|r| r.lock().snapshot()).collect();
-        rooms.sort_by(|a, b| a.room.cmp(&b.room));
-        rooms
+        room_snapshots(self.all().iter().map(RoomHandle::lock))
     }
 
     /// Disconnects a peer on an operator's behalf. False if there is no such peer.
