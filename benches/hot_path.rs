@@ -22,6 +22,7 @@ fn header(seq: u64, keyframe: bool) -> FrameHeader {
         seq,
         capture_us: 1_764_000_000_000_000 + seq * 33_333,
         keyframe,
+        audio_level: None,
     }
 }
 
@@ -78,6 +79,7 @@ fn relay_with_consumers(n: usize) -> (Relay, PeerId, ProducerId, Vec<ConsumerId>
                 kind: MediaKind::Video,
                 codec: "vp8".into(),
                 params: Default::default(),
+                source: None,
                 layers: Vec::new(),
             },
         },

@@ -112,6 +112,7 @@ async fn run(per_frame: bool, frames: u64, group: u64) -> anyhow::Result<Outcome
             seq,
             capture_us: now_us(),
             keyframe,
+            audio_level: None,
         };
         let head = frame::encode_stream_frame_head(&header, payload.len());
         stream

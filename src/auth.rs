@@ -195,6 +195,8 @@ impl ApiKey {
                 can_publish: false,
                 can_subscribe: false,
                 kinds: Vec::new(),
+                can_publish_data: false,
+                sources: Vec::new(),
             },
             admin: true,
         };
@@ -256,6 +258,7 @@ mod tests {
             can_publish: true,
             can_subscribe: false,
             kinds: vec![MediaKind::Audio],
+            ..Grants::default()
         };
         let token = key()
             .mint(

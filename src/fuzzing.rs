@@ -46,6 +46,24 @@ pub fn datagram(data: &[u8]) {
     if let Ok(d) = decode_datagram(bytes.clone(), 1200) {
         assert!(d.payload.len() <= bytes.len());
         assert_eq!(&bytes[bytes.len() - d.payload.len()..], &d.payload[..]);
+        // Without its level, the same frame and payload.
+        if let Some(plain) = crate::wire::frame::strip_audio_level(&bytes) {
+            let p = decode_datagram(plain, 1200).expect("a stripped datagram parses");
+            assert_eq!(p.header.audio_level, None);
+            assert_eq!((p.producer_id, p.header.seq), (d.producer_id, d.header.seq));
+            assert_eq!(p.payload, d.payload);
+        } else {
+            assert_eq!(d.header.audio_level, None);
+        }
+    }
+    // The same bytes as a lossy data datagram, both as sent and as delivered.
+    if let Ok(l) = crate::wire::frame::decode_lossy_data(bytes.clone(), 1200) {
+        assert!(!l.payload.is_empty());
+        assert!(l.to.len() <= crate::wire::frame::MAX_DATA_RECIPIENTS);
+        assert_eq!(&bytes[bytes.len() - l.payload.len()..], &l.payload[..]);
+    }
+    if let Ok((_, payload)) = crate::wire::frame::decode_delivered_data(bytes.clone()) {
+        assert!(payload.len() <= bytes.len());
     }
 }
 
@@ -98,10 +116,25 @@ pub fn relay_core(data: &[u8]) {
         let some_id = u64::from(b % 32);
         let peer = pick(&peers);
         let request = |request| ClientMessage { id, request };
-        match a % 13 {
+        match a % 15 {
             0 => {
                 let room = ["a", "b"][usize::from(b % 2)];
-                if let Ok((p, _)) = relay.join(PROTOCOL_VERSION, room, "x", b % 3 == 0, now) {
+                // Some peers ask for audio levels and lossy data.
+                let extensions: Vec<String> = if b % 4 == 1 {
+                    vec!["audio_level".into(), "lossy_data".into()]
+                } else {
+                    Vec::new()
+                };
+                let joined = relay.join_with_grants(
+                    PROTOCOL_VERSION,
+                    room,
+                    "x",
+                    b % 3 == 0,
+                    crate::wire::Grants::default(),
+                    &extensions,
+                    now,
+                );
+                if let Ok((p, _)) = joined {
                     peers.push(p);
                 }
             }
@@ -128,6 +161,7 @@ pub fn relay_core(data: &[u8]) {
                         kind,
                         codec: "vp8".into(),
                         params: Default::default(),
+                        source: None,
                         layers,
                     };
                     relay.handle(p, request(r), now);
@@ -174,8 +208,25 @@ pub fn relay_core(data: &[u8]) {
                     } else {
                         MediaKind::Audio
                     };
+                    // Some audio carries a level, encoded as the wire has it.
+                    let audio_level = (kind == MediaKind::Audio && b % 2 == 0).then_some(
+                        crate::wire::AudioLevel {
+                            level: b % 128,
+                            voice: b % 4 == 0,
+                        },
+                    );
                     let data = match kind {
-                        MediaKind::Audio => FrameData::Datagram(Bytes::from(vec![b; 100])),
+                        MediaKind::Audio => {
+                            let h = crate::wire::FrameHeader {
+                                audio_level,
+                                ..crate::wire::FrameHeader::new(id, id * 20_000, false)
+                            };
+                            FrameData::Datagram(crate::wire::frame::encode_datagram(
+                                ProducerId(some_id),
+                                &h,
+                                &[b; 60],
+                            ))
+                        }
                         MediaKind::Video => FrameData::Stream {
                             head: Bytes::new(),
                             payload: Bytes::from(vec![b; usize::from(b) * 100]),
@@ -183,8 +234,9 @@ pub fn relay_core(data: &[u8]) {
                     };
                     let header = crate::wire::FrameHeader {
                         seq: id,
-                        capture_us: 0,
+                        capture_us: id * 20_000,
                         keyframe: b % 7 == 0,
+                        audio_level,
                     };
                     let layer = (a / 13) % 4;
                     let _ = relay.on_frame(p, ProducerId(some_id), kind, layer, &header, data, now);
@@ -239,6 +291,28 @@ pub fn relay_core(data: &[u8]) {
                     relay.skip_late_consumer(ConsumerId(some_id), now);
                 }
             }
+            13 => {
+                if let Some(p) = peer {
+                    let to = if b % 3 == 0 {
+                        Vec::new()
+                    } else {
+                        vec![PeerId(some_id)]
+                    };
+                    let r = Request::SendData {
+                        payload: "x".repeat(usize::from(b) * 100),
+                        to,
+                        topic: (b % 5 == 0).then(|| "chat".to_owned()),
+                    };
+                    relay.handle(p, request(r), now);
+                }
+            }
+            14 => {
+                if let Some(p) = peer {
+                    let to: Vec<u64> = (0..b % 3).map(|i| some_id + u64::from(i)).collect();
+                    let _ = relay.on_lossy_data(p, &to, &[b; 8], now);
+                    relay.poll_speakers(now);
+                }
+            }
             _ => {
                 if let Some(p) = peer {
                     peers.retain(|q| *q != p);
@@ -289,6 +363,7 @@ mod tests {
         framed.extend_from_slice(&encode_message(&ClientMessage {
             id: 1,
             request: Request::Join {
+                extensions: Vec::new(),
                 version: 1,
                 room: "r".into(),
                 name: "n".into(),
@@ -303,6 +378,7 @@ mod tests {
                 seq: 1,
                 capture_us: 2,
                 keyframe: true,
+                audio_level: None,
             },
             4,
         ));

@@ -15,7 +15,7 @@ use synapse_sfu::client::{ClientOptions, Verification};
 use synapse_sfu::config::ServeConfig;
 use synapse_sfu::server::Server;
 use synapse_sfu::shaper::{self, LinkConfig, Shaper, ShaperConfig};
-use synapse_sfu::wire::{Grants, MediaKind};
+use synapse_sfu::wire::{Grants, MediaKind, TrackSource};
 
 #[derive(Parser)]
 #[command(
@@ -183,6 +183,16 @@ struct TokenArgs {
     /// Kinds the peer may publish (comma-separated: audio,video).
     #[arg(long, value_delimiter = ',', default_value = "audio,video")]
     kinds: Vec<String>,
+    /// The peer may not send data messages (chat, lossy data).
+    #[arg(long)]
+    no_data: bool,
+    /// Sources the peer may publish (comma-separated: camera,microphone,screen,screen_audio).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "camera,microphone,screen,screen_audio"
+    )]
+    sources: Vec<String>,
     #[command(flatten)]
     keys: ApiKeyArgs,
 }
@@ -375,6 +385,13 @@ struct JoinArgs {
     /// Receive simulcast video at most at this layer (0 is the lowest).
     #[arg(long)]
     layer: Option<u8>,
+    /// Script the audio's loudness, looping, as DURATION:LEVEL pairs (level in -dBov, 0
+    /// loudest, 127 silence), e.g. `2s:20,3s:127`; the relay's speaker detection uses it.
+    #[arg(long)]
+    speak: Option<synapse_sfu::client::media::SpeechScript>,
+    /// Send each line typed on standard input to the room as a chat message.
+    #[arg(long)]
+    chat: bool,
 }
 
 /// `WxH`, both above 0.
@@ -503,10 +520,26 @@ fn mint_token(args: TokenArgs) -> Result<()> {
             other => anyhow::bail!("unknown kind {other:?} (audio, video)"),
         })
         .collect::<Result<Vec<_>>>()?;
+    let sources = args
+        .sources
+        .iter()
+        .map(|s| {
+            TrackSource::ALL
+                .into_iter()
+                .find(|t| t.as_str() == s.trim())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown source {s:?} (camera, microphone, screen, screen_audio)"
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let grants = Grants {
         can_publish: !args.no_publish,
         can_subscribe: !args.no_subscribe,
         kinds,
+        can_publish_data: !args.no_data,
+        sources,
     };
     let token = match &args.room {
         Some(room) if !args.admin => {
@@ -653,6 +686,8 @@ async fn run_join(args: JoinArgs) -> Result<()> {
         simulcast: args.simulcast,
         max_resolution: args.max_resolution,
         max_layer: args.layer,
+        speech: args.speak,
+        chat_from_stdin: args.chat,
     };
     let (events, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
@@ -689,6 +724,14 @@ fn print_join_event(event: JoinEvent) {
         JoinEvent::PreferredLayersFailed { error } => {
             eprintln!("could not set the preferred layers: {error}")
         }
+        JoinEvent::Speakers { names } if names.is_empty() => eprintln!("nobody speaks"),
+        JoinEvent::Speakers { names } => eprintln!("speaking: {}", names.join(", ")),
+        JoinEvent::Data(data) => {
+            let label = data.topic.as_deref().unwrap_or("data");
+            let lossy = if data.reliable { "" } else { " (lossy)" };
+            eprintln!("[{label}{lossy}] {}: {}", data.from, data.payload)
+        }
+        JoinEvent::DataFailed { error } => eprintln!("message not sent: {error}"),
     }
 }
 

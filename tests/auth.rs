@@ -80,6 +80,7 @@ async fn tokens_are_checked_at_join_and_grants_on_every_request() {
         can_publish: false,
         can_subscribe: true,
         kinds: vec![],
+        ..Grants::default()
     };
     let token = key()
         .mint("r", "u-7", Some("Listener"), hour, listener.clone())

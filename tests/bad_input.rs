@@ -61,6 +61,7 @@ fn header(seq: u64, keyframe: bool) -> FrameHeader {
         seq,
         capture_us: now_us(),
         keyframe,
+        audio_level: None,
     }
 }
 
@@ -102,6 +103,7 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
     // Out of state: requests before join, a wrong version, a bad room; then a good join.
     let (early, _early_in) = Client::connect(options(&server)).await.unwrap();
     let produce = Request::Produce {
+        source: None,
         kind: MediaKind::Audio,
         codec: "opus".into(),
         params: Default::default(),
@@ -112,6 +114,7 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         ErrorCode::NotJoined
     );
     let old = Request::Join {
+        extensions: Vec::new(),
         version: 99,
         room: "r".into(),
         name: "x".into(),

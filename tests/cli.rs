@@ -735,3 +735,57 @@ fn config_file_mistakes_are_named() {
         }
     }
 }
+
+/// `join --speak` scripts the loudness of its audio and `join --chat` sends standard input as
+/// chat; another `join` prints who speaks and what was said, and lists both in `--json`.
+#[test]
+fn join_processes_hear_who_speaks_and_chat() {
+    let (_relay, port) = start_relay();
+    let url = format!("https://127.0.0.1:{port}/");
+    let listener = Command::new(BIN)
+        .args(["join", "--url", &url, "--room", "talk", "--name", "bo"])
+        .args(["--no-publish", "--json", "--duration", "7s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("join starts");
+    wait_for_peers(port, 1);
+    let mut speaker = Command::new(BIN)
+        .args(["join", "--url", &url, "--room", "talk", "--name", "ada"])
+        .args(["--speak", "2s:15,10s:127", "--chat", "--json"])
+        .args(["--duration", "4s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("join starts");
+    let mut stdin = speaker.stdin.take().unwrap();
+    writeln!(stdin, "hello from ada").unwrap();
+    drop(stdin);
+    let spoke = speaker.wait_with_output().unwrap();
+    assert!(
+        spoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&spoke.stderr)
+    );
+    let spoke: Value = serde_json::from_slice(&spoke.stdout).unwrap();
+    assert_eq!(spoke["data_sent"], 1, "{spoke}");
+    let heard = listener.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&heard.stderr);
+    assert!(heard.status.success(), "{stderr}");
+    assert!(stderr.contains("speaking: ada"), "{stderr}");
+    assert!(stderr.contains("[chat] ada: hello from ada"), "{stderr}");
+    let summary: Value = serde_json::from_slice(&heard.stdout).unwrap();
+    let changes: Vec<Vec<String>> = summary["speaker_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| serde_json::from_value(c["speakers"].clone()).unwrap())
+        .collect();
+    // Ada speaks for two seconds, then is silent: she starts, and she stops.
+    assert_eq!(changes, vec![vec!["ada".to_owned()], vec![]], "{summary}");
+    assert_eq!(
+        summary["data_received"][0],
+        serde_json::json!({"from": "ada", "topic": "chat", "payload": "hello from ada", "reliable": true})
+    );
+}

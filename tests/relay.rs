@@ -378,7 +378,12 @@ async fn a_consumer_that_stops_reading_slows_nobody() {
 fn dummy_incoming() -> synapse_sfu::client::Incoming {
     let (_, events) = tokio::sync::mpsc::unbounded_channel();
     let (_, frames) = tokio::sync::mpsc::channel(1);
-    synapse_sfu::client::Incoming { events, frames }
+    let (_, lossy_data) = tokio::sync::mpsc::channel(1);
+    synapse_sfu::client::Incoming {
+        events,
+        frames,
+        lossy_data,
+    }
 }
 
 /// A stream that never sends its header holds up only itself: the publisher's next group

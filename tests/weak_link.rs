@@ -125,6 +125,7 @@ async fn a_subscriber_on_a_700_kbit_link_stays_within_the_latency_bound() {
             seq,
             capture_us: now_us(),
             keyframe: frame.keyframe,
+            audio_level: None,
         };
         client.send_video(cam, header, frame.payload).await.unwrap();
         // Audio every 20 ms, caught up to the video clock.
@@ -234,6 +235,7 @@ async fn a_publisher_on_a_700_kbit_uplink_keeps_its_backlog_bounded() {
             seq,
             capture_us: now_us(),
             keyframe: frame.keyframe,
+            audio_level: None,
         };
         let sent = client
             .send_video_within(cam, header, frame.payload, due + bound)

@@ -108,7 +108,7 @@ pub async fn run_fanout(
             .connect(format!("https://127.0.0.1:{port}/"))
             .await?;
         let (tx, mut rx) = mpsc::channel::<ReceivedFrame>(8192);
-        tokio::spawn(receive_datagrams(conn.clone(), tx.clone()));
+        tokio::spawn(receive_datagrams(conn.clone(), tx.clone(), None));
         tokio::spawn(receive_streams(conn.clone(), tx));
         let mut stop = stop_rx.clone();
         receivers.push(tokio::spawn(async move {
@@ -150,6 +150,7 @@ pub async fn run_fanout(
                     seq,
                     capture_us: now_us(),
                     keyframe: f.keyframe,
+                    audio_level: None,
                 };
                 let out = match kind {
                     MediaKind::Audio => Outgoing::Datagram(frame::encode_datagram(

@@ -13,7 +13,9 @@ use anyhow::Result;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::media::{IvfFile, MediaSource, OggOpusFile, SyntheticAudio, SyntheticVideo};
+use super::media::{
+    IvfFile, MediaSource, OggOpusFile, Speaking, SpeechScript, SyntheticAudio, SyntheticVideo,
+};
 use super::{Client, ClientOptions, Incoming, ReceivedFrame, VideoSend, now_us};
 use crate::wire::{
     ErrorCode, FrameHeader, LayerInfo, MediaKind, Params, PeerId, ProducerId, Request,
@@ -43,6 +45,32 @@ pub struct JoinOptions {
     /// For received simulcast tracks: the most wanted (`set_preferred_layers`).
     pub max_resolution: Option<(u32, u32)>,
     pub max_layer: Option<u8>,
+    /// Send these audio levels with the audio (synthetic audio has no PCM to measure).
+    pub speech: Option<SpeechScript>,
+    /// Send each line of standard input as a chat message (`send_data`, topic `chat`).
+    pub chat_from_stdin: bool,
+}
+
+/// Most speaker changes and data messages a `--json` summary keeps (the first ones).
+pub const MAX_SUMMARY_EVENTS: usize = 1000;
+
+/// A change of who speaks, as `join` saw it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SpeakerChange {
+    /// Seconds since joining.
+    pub at_s: f64,
+    /// The speakers' display names, the main speaker first.
+    pub speakers: Vec<String>,
+}
+
+/// A data message `join` received.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReceivedData {
+    pub from: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    pub payload: String,
+    pub reliable: bool,
 }
 
 /// The layers `join --simulcast` publishes for a top bitrate of `top_bps`: 320×180 at 1/8,
@@ -129,6 +157,11 @@ pub struct JoinSummary {
     pub duration_s: f64,
     pub sent: Vec<SentTrack>,
     pub received: Vec<ReceivedTrack>,
+    /// Who spoke when (`active_speakers`), and the data messages received (lossy data as
+    /// lossily decoded UTF-8).
+    pub speaker_changes: Vec<SpeakerChange>,
+    pub data_received: Vec<ReceivedData>,
+    pub data_sent: u64,
 }
 
 /// What happens during [`run`], as it happens.
@@ -148,6 +181,12 @@ pub enum JoinEvent {
     GoingAway { reason: String },
     /// A `set_preferred_layers` request (from `max_resolution`/`max_layer`) failed.
     PreferredLayersFailed { error: String },
+    /// Who speaks now (display names, the main speaker first; empty: nobody).
+    Speakers { names: Vec<String> },
+    /// A data message from another peer.
+    Data(ReceivedData),
+    /// A chat line could not be sent.
+    DataFailed { error: String },
 }
 
 /// The counters so far: what each of our publishers sent, and each received track.
@@ -477,12 +516,17 @@ pub(crate) async fn publish(
                 seq,
                 capture_us: now_us().saturating_sub(behind.as_micros() as u64),
                 keyframe: frame.keyframe,
+                audio_level: None,
             };
             let len = frame.payload.len() as u64;
             let sent = match kind {
-                MediaKind::Audio => {
-                    client.send_audio(producer_id, seq, header.capture_us, &frame.payload)
-                }
+                MediaKind::Audio => client.send_audio_with_level(
+                    producer_id,
+                    seq,
+                    header.capture_us,
+                    source.audio_level(seq),
+                    &frame.payload,
+                ),
                 MediaKind::Video => {
                     let deadline = next + MAX_SEND_DELAY;
                     match client
@@ -610,6 +654,7 @@ pub async fn publish_simulcast(
                     seq: index,
                     capture_us: start_us + period.as_micros() as u64 * index,
                     keyframe: frame.keyframe,
+                    audio_level: None,
                 };
                 let len = frame.payload.len() as u64;
                 let deadline = next + MAX_SEND_DELAY;
@@ -672,10 +717,17 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
 
     let mut publishers = Vec::new();
     if !options.no_publish {
-        let audio: Box<dyn MediaSource> = match &options.audio {
+        let mut audio: Box<dyn MediaSource> = match &options.audio {
             Some(path) => Box::new(OggOpusFile::open(path)?),
             None => Box::new(SyntheticAudio::new(48_000)),
         };
+        if let Some(script) = &options.speech {
+            audio = Box::new(Speaking {
+                inner: audio,
+                script: script.clone(),
+                frame: Duration::from_millis(20),
+            });
+        }
         let video: Box<dyn MediaSource> = match &options.video {
             Some(path) => Box::new(IvfFile::open(path)?),
             None => Box::new(SyntheticVideo::new(
@@ -702,6 +754,12 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
         }
     }
 
+    let data_sent = Arc::new(AtomicU64::new(0));
+    let chat = options.chat_from_stdin.then(|| {
+        let (client, events, sent) = (client.clone(), events.clone(), data_sent.clone());
+        tokio::spawn(chat_from_stdin(client, events, sent))
+    });
+    let mut conference = Conference::default();
     let received = receive(
         &options,
         &client,
@@ -709,8 +767,13 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
         &mut names,
         &publishers,
         &events,
+        &mut conference,
+        started,
     )
     .await;
+    if let Some(chat) = chat {
+        chat.abort();
+    }
 
     for p in &mut publishers {
         p.stop().await;
@@ -767,9 +830,58 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
         duration_s: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         sent,
         received,
+        speaker_changes: conference.speaker_changes,
+        data_received: conference.data_received,
+        data_sent: data_sent.load(Ordering::Relaxed),
     })
 }
 
+/// What `join` keeps of the room's conversation for its summary.
+#[derive(Default)]
+struct Conference {
+    speaker_changes: Vec<SpeakerChange>,
+    data_received: Vec<ReceivedData>,
+}
+
+impl Conference {
+    fn speakers(&mut self, names: Vec<String>, at: Duration) {
+        if self.speaker_changes.len() < MAX_SUMMARY_EVENTS {
+            self.speaker_changes.push(SpeakerChange {
+                at_s: (at.as_secs_f64() * 1000.0).round() / 1000.0,
+                speakers: names,
+            });
+        }
+    }
+
+    fn data(&mut self, data: ReceivedData) {
+        if self.data_received.len() < MAX_SUMMARY_EVENTS {
+            self.data_received.push(data);
+        }
+    }
+}
+
+/// Sends each line of standard input to the room as chat, until input ends.
+async fn chat_from_stdin(client: Client, events: JoinEvents, sent: Arc<AtomicU64>) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match client.send_data(&line, &[], Some("chat")).await {
+            Ok(_) => {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let _ = events.send(JoinEvent::DataFailed {
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn receive(
     options: &JoinOptions,
     client: &Client,
@@ -777,7 +889,15 @@ async fn receive(
     names: &mut HashMap<PeerId, String>,
     publishers: &[Publisher],
     events: &JoinEvents,
+    conference: &mut Conference,
+    started: Instant,
 ) -> HashMap<ProducerId, TrackStats> {
+    let name_of = |names: &HashMap<PeerId, String>, p: PeerId| {
+        names
+            .get(&p)
+            .cloned()
+            .unwrap_or_else(|| format!("peer {p}"))
+    };
     let mut tracks: HashMap<ProducerId, TrackStats> = HashMap::new();
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
@@ -789,6 +909,7 @@ async fn receive(
     tokio::pin!(until_deadline);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
+    let mut lossy_open = true;
     loop {
         tokio::select! {
             frame = incoming.frames.recv() => match frame {
@@ -843,8 +964,31 @@ async fn receive(
                     let _ = events.send(JoinEvent::GoingAway { reason });
                     break;
                 }
+                Some(ServerMessage::ActiveSpeakers { speakers }) => {
+                    let list: Vec<String> = speakers.iter().map(|s| name_of(names, s.peer_id)).collect();
+                    conference.speakers(list.clone(), started.elapsed());
+                    let _ = events.send(JoinEvent::Speakers { names: list });
+                }
+                Some(ServerMessage::Data { from, payload, topic, reliable }) => {
+                    let data = ReceivedData { from: name_of(names, from), topic, payload, reliable };
+                    conference.data(data.clone());
+                    let _ = events.send(JoinEvent::Data(data));
+                }
                 Some(_) => {}
                 None => break,
+            },
+            data = incoming.lossy_data.recv(), if lossy_open => match data {
+                Some((from, payload)) => {
+                    let data = ReceivedData {
+                        from: name_of(names, from),
+                        topic: None,
+                        payload: String::from_utf8_lossy(&payload).into_owned(),
+                        reliable: false,
+                    };
+                    conference.data(data.clone());
+                    let _ = events.send(JoinEvent::Data(data));
+                }
+                None => lossy_open = false,
             },
             _ = tick.tick(), if options.live_stats => {
                 let _ = events.send(JoinEvent::Stats(live_stats(names, &tracks, publishers)));

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 
+use crate::wire::AudioLevel;
+
 /// Deterministic payload bytes for frame `seq` of a synthetic track, so that a receiver
 /// can check what it got byte for byte.
 pub fn synthetic_payload(seq: u64, len: usize) -> Bytes {
@@ -39,6 +41,88 @@ pub trait MediaSource: Send {
     }
     /// Encode at about this many bits per second from now on, if the source can.
     fn set_target_bitrate(&mut self, _bps: u64) {}
+    /// How loud frame `seq` is (audio that knows its level; others send none).
+    fn audio_level(&self, _seq: u64) -> Option<AudioLevel> {
+        None
+    }
+}
+
+/// A scripted loudness for synthetic audio, looping: `2s:20,3s:127` is two seconds at
+/// -20 dBov, then three of silence. (Synthetic frames carry no PCM to measure.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeechScript(pub Vec<(Duration, u8)>);
+
+impl std::str::FromStr for SpeechScript {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let segments = s
+            .split(',')
+            .map(|segment| {
+                let (length, level) = segment.trim().split_once(':').ok_or_else(|| {
+                    format!("expected DURATION:LEVEL, e.g. 2s:20, not {segment:?}")
+                })?;
+                let length = humantime::parse_duration(length.trim())
+                    .map_err(|e| format!("{length:?}: {e}"))?;
+                let level: u8 =
+                    level
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|l| *l <= 127)
+                        .ok_or_else(|| {
+                            format!("a level is 0 (loudest) to 127 (silence), not {level:?}")
+                        })?;
+                if length.is_zero() {
+                    return Err("a segment lasts more than 0 s".into());
+                }
+                Ok((length, level))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(SpeechScript(segments))
+    }
+}
+
+impl SpeechScript {
+    /// The level at `at` since the start (the script loops).
+    pub fn level_at(&self, at: Duration) -> u8 {
+        let period: Duration = self.0.iter().map(|s| s.0).sum();
+        if period.is_zero() {
+            return 127;
+        }
+        let mut t = Duration::from_nanos((at.as_nanos() % period.as_nanos()) as u64);
+        for (length, level) in &self.0 {
+            if t < *length {
+                return *level;
+            }
+            t -= *length;
+        }
+        127
+    }
+}
+
+/// An audio source with a scripted level on every frame.
+pub struct Speaking {
+    pub inner: Box<dyn MediaSource>,
+    pub script: SpeechScript,
+    pub frame: Duration,
+}
+
+impl MediaSource for Speaking {
+    fn codec(&self) -> &str {
+        self.inner.codec()
+    }
+
+    fn next_frame(&mut self, seq: u64) -> SourceFrame {
+        self.inner.next_frame(seq)
+    }
+
+    fn audio_level(&self, seq: u64) -> Option<AudioLevel> {
+        Some(AudioLevel {
+            level: self.script.level_at(self.frame * seq as u32),
+            voice: false,
+        })
+    }
 }
 
 /// Video of a set bitrate and frame rate, keyframes every `keyframe_interval` about ten
@@ -463,5 +547,21 @@ mod tests {
         // Temporal delimiter (type 2, has_size, size 0), then a sequence header (type 1).
         assert!(av1_is_keyframe(&[0x12, 0x00, 0x0a, 0x01, 0x00]));
         assert!(!av1_is_keyframe(&[0x12, 0x00, 0x32, 0x01, 0x00]));
+    }
+}
+
+#[cfg(test)]
+mod speech_tests {
+    use super::*;
+
+    #[test]
+    fn a_script_loops_and_refuses_nonsense() {
+        let script: SpeechScript = "1s:20, 500ms:127".parse().unwrap();
+        assert_eq!(script.level_at(Duration::ZERO), 20);
+        assert_eq!(script.level_at(Duration::from_millis(1200)), 127);
+        assert_eq!(script.level_at(Duration::from_millis(1600)), 20);
+        assert!("1s".parse::<SpeechScript>().is_err());
+        assert!("1s:200".parse::<SpeechScript>().is_err());
+        assert!("0s:20".parse::<SpeechScript>().is_err());
     }
 }

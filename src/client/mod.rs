@@ -34,9 +34,10 @@ use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups
 use crate::server::CongestionController;
 use crate::wire::frame::{self, FrameHeader};
 use crate::wire::{
-    ClientMessage, ConsumerInfo, FrameError, JoinResult, MAX_CONTROL_MESSAGE, MediaKind,
-    PROTOCOL_VERSION, Params, ProduceResult, ProducerId, ProtocolError, Request, ServerMessage,
-    StreamFrame, StreamHeader, decode_message, encode_message,
+    AudioLevel, ClientMessage, ConsumerInfo, DataSent, EXT_AUDIO_LEVEL, EXT_LOSSY_DATA, FrameError,
+    JoinResult, MAX_CONTROL_MESSAGE, MediaKind, PROTOCOL_VERSION, Params, PeerId, ProduceResult,
+    ProducerId, ProtocolError, Request, ServerMessage, StreamFrame, StreamHeader, TrackSource,
+    decode_message, encode_message,
 };
 
 /// Microseconds since the UNIX epoch: the capture timestamp clock of the protocol.
@@ -89,6 +90,9 @@ pub struct ClientOptions {
     /// Congestion controller of the connection (the relay's default, measured in
     /// docs/BENCHMARKS.md).
     pub congestion_controller: CongestionController,
+    /// Optional formats asked for in `join` (docs/PROTOCOL.md 15.1): by default audio
+    /// levels and lossy data, both of which this client reads.
+    pub extensions: Vec<String>,
 }
 
 impl ClientOptions {
@@ -100,6 +104,7 @@ impl ClientOptions {
             stream_receive_window: None,
             token: None,
             congestion_controller: CongestionController::default(),
+            extensions: vec![EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()],
         }
     }
 }
@@ -114,10 +119,12 @@ pub struct ReceivedFrame {
     pub payload: Bytes,
 }
 
-/// What the relay sends on its own: events (everything but responses) and media.
+/// What the relay sends on its own: events (everything but responses), media, and lossy
+/// data (the sender's peer id and the payload).
 pub struct Incoming {
     pub events: mpsc::UnboundedReceiver<ServerMessage>,
     pub frames: mpsc::Receiver<ReceivedFrame>,
+    pub lossy_data: mpsc::Receiver<(PeerId, Bytes)>,
 }
 
 /// Requests waiting for their answer; `None` once the control stream has ended, so that a
@@ -135,6 +142,8 @@ struct Inner {
     video: Mutex<HashMap<(ProducerId, Option<u8>), SharedVideoSender>>,
     /// The latest estimate of the path to the relay (`follow_congestion_window`).
     path: Arc<Mutex<Option<crate::core::PathEstimate>>>,
+    /// The extensions the relay listed when this client joined.
+    relay_extensions: Mutex<Vec<String>>,
     // Kept alive for as long as the client is.
     _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
 }
@@ -151,6 +160,7 @@ impl Drop for Inner {
 pub struct Client {
     inner: Arc<Inner>,
     token: Option<String>,
+    extensions: Vec<String>,
 }
 
 /// `https://host:port/...` → `(host, port)`.
@@ -268,7 +278,12 @@ impl Client {
         let (control, control_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_control(send, control_rx));
         tokio::spawn(read_control(recv, pending.clone(), events_tx));
-        tokio::spawn(receive_datagrams(connection.clone(), frames_tx.clone()));
+        let (lossy_tx, lossy_data) = mpsc::channel(256);
+        tokio::spawn(receive_datagrams(
+            connection.clone(),
+            frames_tx.clone(),
+            Some(lossy_tx),
+        ));
         tokio::spawn(receive_streams(connection.clone(), frames_tx));
         let path = Arc::new(Mutex::new(None));
         tokio::spawn(follow_congestion_window(connection.clone(), path.clone()));
@@ -279,14 +294,20 @@ impl Client {
             next_id: AtomicU64::new(1),
             video: Default::default(),
             path,
+            relay_extensions: Mutex::new(Vec::new()),
             _endpoint: endpoint,
         };
         Ok((
             Client {
                 inner: Arc::new(inner),
                 token: options.token,
+                extensions: options.extensions,
             },
-            Incoming { events, frames },
+            Incoming {
+                events,
+                frames,
+                lossy_data,
+            },
         ))
     }
 
@@ -325,14 +346,32 @@ impl Client {
         name: &str,
         auto_subscribe: bool,
     ) -> Result<JoinResult, ClientError> {
-        self.request(Request::Join {
-            version: PROTOCOL_VERSION,
-            room: room.to_owned(),
-            name: name.to_owned(),
-            auto_subscribe,
-            token: self.token.clone(),
-        })
-        .await
+        let joined: JoinResult = self
+            .request(Request::Join {
+                version: PROTOCOL_VERSION,
+                room: room.to_owned(),
+                name: name.to_owned(),
+                auto_subscribe,
+                token: self.token.clone(),
+                extensions: self.extensions.clone(),
+            })
+            .await?;
+        *self
+            .inner
+            .relay_extensions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = joined.extensions.clone();
+        Ok(joined)
+    }
+
+    /// Whether the relay listed `extension` when this client joined.
+    pub fn relay_supports(&self, extension: &str) -> bool {
+        self.inner
+            .relay_extensions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|e| e == extension)
     }
 
     pub async fn produce(&self, kind: MediaKind, codec: &str) -> Result<ProducerId, ClientError> {
@@ -350,10 +389,54 @@ impl Client {
                 kind,
                 codec: codec.to_owned(),
                 params,
+                source: None,
                 layers: Vec::new(),
             })
             .await?;
         Ok(result.producer_id)
+    }
+
+    /// Produces a track of a named source (a screen, or its sound).
+    pub async fn produce_source(
+        &self,
+        source: TrackSource,
+        codec: &str,
+        params: Params,
+    ) -> Result<ProducerId, ClientError> {
+        let result: ProduceResult = self
+            .request(Request::Produce {
+                kind: source.kind(),
+                codec: codec.to_owned(),
+                params,
+                source: Some(source),
+                layers: Vec::new(),
+            })
+            .await?;
+        Ok(result.producer_id)
+    }
+
+    /// Sends reliable data to the room (`to` empty) or to named peers; returns how many
+    /// peers it went to.
+    pub async fn send_data(
+        &self,
+        payload: &str,
+        to: &[PeerId],
+        topic: Option<&str>,
+    ) -> Result<usize, ClientError> {
+        let sent: DataSent = self
+            .request(Request::SendData {
+                payload: payload.to_owned(),
+                to: to.to_vec(),
+                topic: topic.map(str::to_owned),
+            })
+            .await?;
+        Ok(sent.delivered)
+    }
+
+    /// Sends a lossy data datagram to the room (`to` empty) or to named peers.
+    pub fn send_lossy_data(&self, to: &[PeerId], payload: &[u8]) -> Result<(), ClientError> {
+        let to: Vec<u64> = to.iter().map(|p| p.0).collect();
+        self.send_datagram(frame::encode_lossy_data(&to, payload))
     }
 
     /// Produces a simulcast video track of `layers` (lowest first). The result's `layers`
@@ -368,6 +451,7 @@ impl Client {
             kind: MediaKind::Video,
             codec: codec.to_owned(),
             params,
+            source: None,
             layers,
         })
         .await
@@ -399,10 +483,23 @@ impl Client {
         capture_us: u64,
         payload: &[u8],
     ) -> Result<(), ClientError> {
+        self.send_audio_with_level(producer_id, seq, capture_us, None, payload)
+    }
+
+    /// Sends one audio frame with its level. The level is left out for a relay whose
+    /// `join` result did not list the `audio_level` extension (it would refuse the frame).
+    pub fn send_audio_with_level(
+        &self,
+        producer_id: ProducerId,
+        seq: u64,
+        capture_us: u64,
+        audio_level: Option<AudioLevel>,
+        payload: &[u8],
+    ) -> Result<(), ClientError> {
+        let audio_level = audio_level.filter(|_| self.relay_supports(EXT_AUDIO_LEVEL));
         let header = FrameHeader {
-            seq,
-            capture_us,
-            keyframe: false,
+            audio_level,
+            ..FrameHeader::new(seq, capture_us, false)
         };
         self.send_datagram(frame::encode_datagram(producer_id, &header, payload))
     }
@@ -724,8 +821,22 @@ async fn read_control(
     *pending.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
-pub(crate) async fn receive_datagrams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
+/// Audio frames, and lossy data when `lossy` is given (dropped otherwise).
+pub(crate) async fn receive_datagrams(
+    connection: Connection,
+    frames: mpsc::Sender<ReceivedFrame>,
+    lossy: Option<mpsc::Sender<(PeerId, Bytes)>>,
+) {
     while let Ok(datagram) = connection.receive_datagram().await {
+        if frame::is_lossy_data(&datagram) {
+            if let (Some(lossy), Ok((from, payload))) =
+                (&lossy, frame::decode_delivered_data(datagram.payload()))
+            {
+                // Stale as soon as newer data exists: a full buffer drops it.
+                let _ = lossy.try_send((PeerId(from), payload));
+            }
+            continue;
+        }
         let Ok(d) = frame::decode_datagram(datagram.payload(), usize::MAX) else {
             continue;
         };

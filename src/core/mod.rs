@@ -10,6 +10,7 @@ mod rate;
 mod relay;
 mod room;
 mod simulcast;
+mod speaker;
 mod stats;
 
 pub use config::{Limits, RelayConfig};
@@ -20,10 +21,14 @@ pub use path::{
 pub use queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 pub use rate::TokenBucket;
 pub use relay::{Directory, Ids, Relay, RelayTotals, room_snapshots};
-pub use room::{ConsumerStats, PeerOutput, Room};
+pub use room::{
+    ConsumerStats, DATA_BURST_BYTES, DATA_BYTES_PER_SECOND, LOSSY_DATA_PER_SECOND, MAX_LOSSY_QUEUE,
+    PeerOutput, Room,
+};
 pub use simulcast::{
     ACTIVE_HOLD, DYNACAST_DELAY, LayerSelection, LinkBudget, Preference, UP_HOLD, allocate,
 };
+pub use speaker::SpeakerDetector;
 pub use stats::{
     LatencyHistogram, PeerSnapshot, RelayCounts, RelayStats, RoomSnapshot, TransportSnapshot,
 };

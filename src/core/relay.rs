@@ -305,9 +305,18 @@ impl Relay {
         auto_subscribe: bool,
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
-        self.join_with_grants(version, room, name, auto_subscribe, Grants::default(), now)
+        self.join_with_grants(
+            version,
+            room,
+            name,
+            auto_subscribe,
+            Grants::default(),
+            &[],
+            now,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn join_with_grants(
         &mut self,
         version: u32,
@@ -315,12 +324,13 @@ impl Relay {
         name: &str,
         auto_subscribe: bool,
         grants: Grants,
+        extensions: &[String],
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
         let joined = self
             .directory
             .room_for_join(version, room, |r| r)?
-            .join_with_grants(version, name, auto_subscribe, grants, now);
+            .join_with_grants(version, name, auto_subscribe, grants, extensions, now);
         match &joined {
             Ok((peer_id, _)) => self.directory.joined(*peer_id, room),
             Err(_) => self.remove_if_empty(room),
@@ -419,6 +429,26 @@ impl Relay {
                 ErrorCode::NotJoined,
                 "this session has not joined a room",
             )),
+        }
+    }
+
+    pub fn on_lossy_data(
+        &mut self,
+        peer_id: PeerId,
+        to: &[u64],
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<usize, ProtocolError> {
+        match self.directory.room_of_mut(peer_id) {
+            Some(room) => room.on_lossy_data(peer_id, to, payload, now),
+            None => Ok(0),
+        }
+    }
+
+    /// Advances every room's speaker detector to `now`.
+    pub fn poll_speakers(&mut self, now: Instant) {
+        for room in self.directory.rooms_mut() {
+            room.poll_speakers(now);
         }
     }
 

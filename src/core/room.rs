@@ -28,20 +28,37 @@ use super::simulcast::{
     BudgetSample, DYNACAST_DELAY, Demand, HEADROOM, LayerDecision, LayerSelection, LayerState,
     LinkBudget, Preference, RateMeter, allocate, choose_target,
 };
+use super::speaker::SpeakerDetector;
 use super::stats::{PeerSnapshot, RelayCounts, RelayStats, RoomSnapshot, TransportSnapshot};
 use crate::wire::close_code;
-use crate::wire::frame::encode_stream_frame_head;
-use crate::wire::{
-    ClientMessage, ConsumerId, ConsumerInfo, Done, ErrorCode, FrameHeader, Grants, JoinResult,
-    LayerInfo, LeaveReason, MAX_LAYERS, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo,
-    ProduceResult, ProducerId, ProducerInfo, ProtocolError, Reply, Request, ServerMessage,
+use crate::wire::frame::{
+    MAX_DATA_RECIPIENTS, encode_delivered_data, encode_stream_frame_head, strip_audio_level,
 };
+use crate::wire::{
+    ClientMessage, ConsumerId, ConsumerInfo, DataSent, Done, EXT_AUDIO_LEVEL, EXT_LOSSY_DATA,
+    EXTENSIONS, ErrorCode, FrameHeader, Grants, JoinResult, LayerInfo, LeaveReason,
+    MAX_DATA_PAYLOAD, MAX_LAYERS, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo,
+    ProduceResult, ProducerId, ProducerInfo, ProtocolError, Reply, Request, ServerMessage,
+    TrackSource,
+};
+use bytes::Bytes;
+
+/// Reliable data (`send_data`) a peer may send: bytes per second, and the burst.
+pub const DATA_BYTES_PER_SECOND: f64 = 64.0 * 1024.0;
+pub const DATA_BURST_BYTES: f64 = 128.0 * 1024.0;
+/// Lossy data datagrams a peer may send per second (and the burst).
+pub const LOSSY_DATA_PER_SECOND: f64 = 60.0;
+/// Lossy data waiting for one recipient; beyond it the oldest is dropped.
+pub const MAX_LOSSY_QUEUE: usize = 32;
 
 /// What the IO layer must do for a peer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerOutput {
     /// Write this on the peer's control stream.
     Message(ServerMessage),
+    /// Send this lossy data datagram to the peer (`docs/PROTOCOL.md` 15.5); if it cannot
+    /// go at once, drop it.
+    LossyData(Bytes),
     /// A consumer was created for this peer: start sending its frames.
     StartConsumer {
         consumer_id: ConsumerId,
@@ -78,6 +95,13 @@ struct Peer {
     last_queue_ms: f64,
     /// What the path to this peer carries, for simulcast layer selection.
     budget: LinkBudget,
+    /// Extensions the peer asked for in `join`.
+    wants_audio_level: bool,
+    wants_lossy_data: bool,
+    /// Lossy data waiting for this peer (at most `MAX_LOSSY_QUEUE`).
+    lossy: VecDeque<Bytes>,
+    data_bytes: TokenBucket,
+    lossy_rate: TokenBucket,
 }
 
 #[derive(Debug)]
@@ -108,6 +132,8 @@ struct Consumer {
     waker: Option<Waker>,
     /// For a consumer of a simulcast producer: its layers.
     layers: Option<LayerSelection>,
+    /// Its peer reads audio levels in datagrams (otherwise they are removed).
+    wants_audio_level: bool,
 }
 
 impl Consumer {
@@ -149,6 +175,7 @@ pub struct Room {
     peers: HashMap<PeerId, Peer>,
     producers: HashMap<ProducerId, Producer>,
     consumers: HashMap<ConsumerId, Consumer>,
+    speakers: SpeakerDetector,
     stats: RelayStats,
 }
 
@@ -211,6 +238,7 @@ impl Room {
             peers: HashMap::new(),
             producers: HashMap::new(),
             consumers: HashMap::new(),
+            speakers: SpeakerDetector::default(),
             stats: RelayStats::default(),
         }
     }
@@ -402,6 +430,21 @@ impl Room {
         }
     }
 
+    /// Tells every peer of the room who speaks now.
+    fn peers_told_speakers(&mut self, speakers: Vec<crate::wire::SpeakerInfo>) {
+        self.stats.speaker_changes += 1;
+        // No peer has id 0: everyone gets it.
+        self.broadcast(PeerId(0), ServerMessage::ActiveSpeakers { speakers });
+    }
+
+    /// Advances the speaker detector's windows to `now` (any input that carries a time
+    /// may; the server's path samples make sure one comes every 100 ms).
+    pub fn poll_speakers(&mut self, now: Instant) {
+        if let Some(speakers) = self.speakers.poll(now) {
+            self.peers_told_speakers(speakers);
+        }
+    }
+
     /// Next output for a peer. `Ready(None)`: the peer is gone, stop driving it.
     pub fn poll_peer(&mut self, peer_id: PeerId, cx: &mut Context<'_>) -> Poll<Option<PeerOutput>> {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
@@ -409,6 +452,9 @@ impl Room {
         };
         match peer.outbox.pop_front() {
             Some(output) => Poll::Ready(Some(output)),
+            None if !peer.lossy.is_empty() => {
+                Poll::Ready(peer.lossy.pop_front().map(PeerOutput::LossyData))
+            }
             None => {
                 peer.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -480,18 +526,20 @@ impl Room {
         auto_subscribe: bool,
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
-        self.join_with_grants(version, name, auto_subscribe, Grants::default(), now)
+        self.join_with_grants(version, name, auto_subscribe, Grants::default(), &[], now)
     }
 
     /// Admits a new peer that may do what `grants` allow (checked on every produce and
     /// consume). The caller writes the result to the peer itself (its output stream starts
     /// after this), then drives `poll_peer`. The room's name was checked by the directory.
+    /// `extensions` are the optional formats the peer asked to receive (PROTOCOL.md 15.1).
     pub fn join_with_grants(
         &mut self,
         version: u32,
         name: &str,
         auto_subscribe: bool,
         grants: Grants,
+        extensions: &[String],
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
         check_version(version)?;
@@ -524,7 +572,9 @@ impl Room {
             max_datagram_size: self.config.max_datagram_size,
             max_frame_size: self.config.max_frame_size,
             grants: grants.clone(),
+            extensions: EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
         };
+        let asked = |name: &str| extensions.iter().any(|e| e == name);
         self.peers.insert(
             peer_id,
             Peer {
@@ -546,9 +596,19 @@ impl Room {
                 skipped_late: 0,
                 last_queue_ms: 0.0,
                 budget: LinkBudget::default(),
+                wants_audio_level: asked(EXT_AUDIO_LEVEL),
+                wants_lossy_data: asked(EXT_LOSSY_DATA),
+                lossy: VecDeque::new(),
+                data_bytes: TokenBucket::new(DATA_BURST_BYTES, DATA_BYTES_PER_SECOND),
+                lossy_rate: TokenBucket::new(LOSSY_DATA_PER_SECOND, LOSSY_DATA_PER_SECOND),
             },
         );
         self.members.insert(peer_id);
+        // Who speaks now, for a peer that walks into a conversation.
+        let speakers = self.speakers.current();
+        if !speakers.is_empty() {
+            self.send(peer_id, ServerMessage::ActiveSpeakers { speakers });
+        }
         self.broadcast(
             peer_id,
             ServerMessage::PeerJoined {
@@ -681,10 +741,12 @@ impl Room {
                 kind,
                 codec,
                 params,
+                source,
                 layers,
             } => {
                 let count = layers.len();
-                self.produce(peer_id, kind, codec, params, layers, now)
+                let source = source.unwrap_or(TrackSource::default_for(kind));
+                self.produce(peer_id, kind, source, codec, params, layers, now)
                     .map(|producer_id| {
                         Reply::Produced(ProduceResult {
                             producer_id,
@@ -755,7 +817,163 @@ impl Room {
                 }
                 Ok(empty())
             }
+            Request::SendData { payload, to, topic } => self
+                .send_data(peer_id, payload, to, topic, now)
+                .map(|delivered| Reply::DataSent(DataSent { delivered })),
         }
+    }
+
+    /// `send_data`: checked whole before anything is sent, so a refusal sends nothing.
+    fn send_data(
+        &mut self,
+        peer_id: PeerId,
+        payload: String,
+        to: Vec<PeerId>,
+        topic: Option<String>,
+        now: Instant,
+    ) -> Result<usize, ProtocolError> {
+        if !self.peers[&peer_id].grants.can_publish_data {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "this access token does not allow sending data",
+            ));
+        }
+        if payload.is_empty() {
+            return Err(err(ErrorCode::BadRequest, "the payload is empty"));
+        }
+        if payload.len() > MAX_DATA_PAYLOAD {
+            return Err(err(
+                ErrorCode::DataTooLarge,
+                format!(
+                    "a payload of {} bytes exceeds the limit of {MAX_DATA_PAYLOAD}",
+                    payload.len()
+                ),
+            ));
+        }
+        if let Some(t) = &topic
+            && (t.is_empty() || t.chars().count() > 64 || t.chars().any(char::is_control))
+        {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "a topic is 1 to 64 printable characters",
+            ));
+        }
+        let recipients = self.data_recipients(peer_id, &to)?;
+        let peer = self.peers.get_mut(&peer_id).expect("caller checked");
+        if !peer.data_bytes.try_take(payload.len() as f64, now) {
+            return Err(err(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} KiB of data per second",
+                    DATA_BYTES_PER_SECOND as u64 / 1024
+                ),
+            ));
+        }
+        self.stats.data_messages += 1;
+        let message = ServerMessage::Data {
+            from: peer_id,
+            payload,
+            topic,
+            reliable: true,
+        };
+        for recipient in &recipients {
+            self.send(*recipient, message.clone());
+        }
+        Ok(recipients.len())
+    }
+
+    /// The peers data from `peer_id` addressed `to` goes to: all the others for an empty
+    /// list; otherwise each named one, which must be another peer of this room.
+    fn data_recipients(
+        &self,
+        peer_id: PeerId,
+        to: &[PeerId],
+    ) -> Result<Vec<PeerId>, ProtocolError> {
+        if to.len() > MAX_DATA_RECIPIENTS {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("at most {MAX_DATA_RECIPIENTS} recipients"),
+            ));
+        }
+        if to.is_empty() {
+            return Ok(self
+                .members
+                .iter()
+                .copied()
+                .filter(|p| *p != peer_id)
+                .collect());
+        }
+        let mut recipients = Vec::with_capacity(to.len());
+        for p in to {
+            if *p == peer_id || !self.members.contains(p) {
+                return Err(err(
+                    ErrorCode::UnknownPeer,
+                    format!("no other peer {p} in room {}", self.name),
+                ));
+            }
+            if !recipients.contains(p) {
+                recipients.push(*p);
+            }
+        }
+        Ok(recipients)
+    }
+
+    /// A lossy data datagram from `peer_id` (`docs/PROTOCOL.md` 15.5): delivered now to each
+    /// recipient that asked for lossy data, or dropped; it never waits behind anything.
+    /// A refusal is reported like refused media and returned.
+    pub fn on_lossy_data(
+        &mut self,
+        peer_id: PeerId,
+        to: &[u64],
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<usize, ProtocolError> {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return Ok(0);
+        };
+        let checked = if !peer.grants.can_publish_data {
+            Err(err(
+                ErrorCode::Forbidden,
+                "this access token does not allow sending data",
+            ))
+        } else if !peer.lossy_rate.try_take(1.0, now) {
+            Err(err(
+                ErrorCode::RateLimited,
+                format!("more than {LOSSY_DATA_PER_SECOND} lossy data messages per second"),
+            ))
+        } else {
+            let to: Vec<PeerId> = to.iter().map(|p| PeerId(*p)).collect();
+            self.data_recipients(peer_id, &to)
+        };
+        let recipients = match checked {
+            Ok(r) => r,
+            Err(e) => {
+                self.report_frame_error(peer_id, None, &e, now);
+                return Err(e);
+            }
+        };
+        // One datagram for every recipient: the sender's id is the only rewrite.
+        let datagram = encode_delivered_data(peer_id.0, payload);
+        let mut delivered = 0;
+        for recipient in recipients {
+            let Some(peer) = self.peers.get_mut(&recipient) else {
+                continue;
+            };
+            if !peer.wants_lossy_data {
+                continue;
+            }
+            if peer.lossy.len() >= MAX_LOSSY_QUEUE {
+                peer.lossy.pop_front();
+                self.stats.dropped_lossy_data += 1;
+            }
+            peer.lossy.push_back(datagram.clone());
+            delivered += 1;
+            if let Some(waker) = peer.waker.take() {
+                waker.wake();
+            }
+        }
+        self.stats.lossy_data_messages += 1;
+        Ok(delivered)
     }
 
     fn own_producer(&self, peer_id: PeerId, producer_id: ProducerId) -> Result<(), ProtocolError> {
@@ -782,22 +1000,44 @@ impl Room {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn produce(
         &mut self,
         peer_id: PeerId,
         kind: MediaKind,
+        source: TrackSource,
         codec: String,
         params: Params,
         layers: Vec<LayerInfo>,
         now: Instant,
     ) -> Result<ProducerId, ProtocolError> {
         validate_layers(kind, &layers)?;
-        if !self.peers[&peer_id].grants.may_publish(kind) {
+        if source.kind() != kind {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!(
+                    "source {} is not {} (video: camera or screen; audio: microphone or screen_audio)",
+                    source.as_str(),
+                    kind.as_str()
+                ),
+            ));
+        }
+        let grants = &self.peers[&peer_id].grants;
+        if !grants.may_publish(kind) {
             return Err(err(
                 ErrorCode::Forbidden,
                 format!(
                     "this access token does not allow publishing {}",
                     kind.as_str()
+                ),
+            ));
+        }
+        if !grants.may_publish_source(source) {
+            return Err(err(
+                ErrorCode::Forbidden,
+                format!(
+                    "this access token does not allow publishing a {} track",
+                    source.as_str().replace('_', " ")
                 ),
             ));
         }
@@ -832,6 +1072,7 @@ impl Room {
             params,
             paused: false,
             layers: layers.clone(),
+            source: Some(source),
         };
         let peer = self.peers.get_mut(&peer_id).expect("caller checked");
         peer.producers.push(producer_id);
@@ -880,7 +1121,9 @@ impl Room {
             return Ok(false);
         }
         producer.info.paused = paused;
-        if !paused {
+        if paused {
+            self.speakers.remove(producer_id);
+        } else {
             // Consumers resume from a keyframe: they missed what came in between.
             for consumer_id in producer.consumers.clone() {
                 if let Some(c) = self.consumers.get_mut(&consumer_id) {
@@ -980,6 +1223,7 @@ impl Room {
                 queue: ConsumerQueue::new(kind, limits),
                 waker: None,
                 layers,
+                wants_audio_level: self.peers[&peer_id].wants_audio_level,
             },
         );
         self.peers
@@ -1086,6 +1330,7 @@ impl Room {
         let Some(producer) = self.producers.remove(&producer_id) else {
             return;
         };
+        self.speakers.remove(producer_id);
         if let Some(peer) = self.peers.get_mut(&producer.info.peer_id) {
             peer.producers.retain(|p| *p != producer_id);
         }
@@ -1292,7 +1537,23 @@ impl Room {
             producer.layers[usize::from(layer)].on_frame(data.len(), now);
             return self.forward_layer_frame(producer_id, layer, header, data, now);
         }
-        let producer = &*producer;
+        // A level goes to the detector; peers that did not ask for levels get the
+        // datagram without it, one copy made for all of them.
+        let mut plain = None;
+        if let (Some(level), FrameData::Datagram(datagram)) = (header.audio_level, &data) {
+            if let Some(speakers) =
+                self.speakers
+                    .on_level(peer_id, producer_id, header.capture_us, level, now)
+            {
+                self.peers_told_speakers(speakers);
+            }
+            plain = strip_audio_level(datagram).map(|d| QueuedFrame {
+                keyframe,
+                data: FrameData::Datagram(d),
+                arrived: now,
+            });
+        }
+        let producer = &self.producers[&producer_id];
         let frame = QueuedFrame {
             keyframe,
             data,
@@ -1306,7 +1567,11 @@ impl Room {
             if consumer.paused {
                 continue;
             }
-            match consumer.enqueue(frame.clone(), &mut self.stats.dropped_slow_consumer) {
+            let frame = match &plain {
+                Some(plain) if !consumer.wants_audio_level => plain.clone(),
+                _ => frame.clone(),
+            };
+            match consumer.enqueue(frame, &mut self.stats.dropped_slow_consumer) {
                 PushOutcome::Queued => {}
                 PushOutcome::QueuedAfterDrop { .. } => {
                     wants_keyframe |= consumer.kind == MediaKind::Video;
@@ -1521,6 +1786,7 @@ impl Room {
         sample: PathSample,
         now: Instant,
     ) -> Option<u64> {
+        self.poll_speakers(now);
         let peer = self.peers.get_mut(&peer_id)?;
         let window = peer.path.on_sample(sample, now);
         let report_due = peer.last_transport_stats.is_none_or(|last| {

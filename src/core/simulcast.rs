@@ -434,6 +434,7 @@ mod tests {
             seq,
             capture_us: seq * 33_333,
             keyframe,
+            audio_level: None,
         }
     }
 

@@ -42,6 +42,13 @@ pub struct RelayStats {
     pub path_loss_ppm: LatencyHistogram,
     /// Per path sample: the age of the oldest frame queued for the peer.
     pub path_queue_delay: LatencyHistogram,
+    /// `active_speakers` changes announced.
+    pub speaker_changes: u64,
+    /// `send_data` messages and lossy data datagrams relayed (each counted once, however
+    /// many recipients), and lossy data dropped for recipients that fell behind.
+    pub data_messages: u64,
+    pub lossy_data_messages: u64,
+    pub dropped_lossy_data: u64,
 }
 
 impl RelayStats {
@@ -67,6 +74,10 @@ impl RelayStats {
         self.path_rtt.add(&other.path_rtt);
         self.path_loss_ppm.add(&other.path_loss_ppm);
         self.path_queue_delay.add(&other.path_queue_delay);
+        self.speaker_changes += other.speaker_changes;
+        self.data_messages += other.data_messages;
+        self.lossy_data_messages += other.lossy_data_messages;
+        self.dropped_lossy_data += other.dropped_lossy_data;
     }
 }
 
@@ -81,6 +92,10 @@ impl Default for RelayStats {
             dropped_slow_consumer: 0,
             dropped_producer_paused: 0,
             dropped_stale: 0,
+            speaker_changes: 0,
+            data_messages: 0,
+            lossy_data_messages: 0,
+            dropped_lossy_data: 0,
             layer_switches: 0,
             dynacast_updates: 0,
             congestion_samples: 0,

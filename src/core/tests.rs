@@ -16,6 +16,7 @@ fn hdr(seq: u64, keyframe: bool) -> FrameHeader {
         seq,
         capture_us: 0,
         keyframe,
+        audio_level: None,
     }
 }
 
@@ -84,6 +85,7 @@ impl Harness {
                     kind,
                     codec: codec.into(),
                     params: Default::default(),
+                    source: None,
                     layers: Vec::new(),
                 },
             )
@@ -477,6 +479,7 @@ fn bad_requests_get_typed_errors() {
     let b = h.join("r", "b");
     let cam = h.produce(a, MediaKind::Video);
     let join_again = Request::Join {
+        extensions: Vec::new(),
         version: 1,
         room: "r".into(),
         name: "a".into(),
@@ -615,6 +618,7 @@ fn a_response_comes_before_what_its_request_caused() {
                 kind: MediaKind::Video,
                 codec: "vp8".into(),
                 params: Default::default(),
+                source: None,
                 layers: Vec::new(),
             },
         },
@@ -690,6 +694,7 @@ fn grants_are_enforced_on_every_produce_and_consume() {
         can_publish: false,
         can_subscribe: true,
         kinds: vec![],
+        ..Grants::default()
     };
     let (l, joined) = h
         .relay
@@ -699,6 +704,7 @@ fn grants_are_enforced_on_every_produce_and_consume() {
             "listener",
             false,
             listener.clone(),
+            &[],
             h.now,
         )
         .unwrap();
@@ -707,6 +713,7 @@ fn grants_are_enforced_on_every_produce_and_consume() {
         kind,
         codec: "opus".into(),
         params: Default::default(),
+        source: None,
         layers: Vec::new(),
     };
     assert_eq!(
@@ -718,6 +725,7 @@ fn grants_are_enforced_on_every_produce_and_consume() {
         can_publish: true,
         can_subscribe: false,
         kinds: vec![MediaKind::Audio],
+        ..Grants::default()
     };
     let (s, _) = h
         .relay
@@ -727,6 +735,7 @@ fn grants_are_enforced_on_every_produce_and_consume() {
             "speaker",
             false,
             audio_only.clone(),
+            &[],
             h.now,
         )
         .unwrap();
@@ -744,9 +753,9 @@ fn grants_are_enforced_on_every_produce_and_consume() {
         h.request(s, Request::SetAutoSubscribe { enabled: true }),
         Err(ErrorCode::Forbidden)
     );
-    let refused = h
-        .relay
-        .join_with_grants(PROTOCOL_VERSION, "r", "x", true, audio_only, h.now);
+    let refused =
+        h.relay
+            .join_with_grants(PROTOCOL_VERSION, "r", "x", true, audio_only, &[], h.now);
     assert_eq!(refused.unwrap_err().code, ErrorCode::Forbidden);
 }
 
@@ -799,6 +808,7 @@ fn limits_refuse_the_offender_only() {
         kind: MediaKind::Audio,
         codec: "opus".into(),
         params: Default::default(),
+        source: None,
         layers: Vec::new(),
     };
     assert_eq!(h.request(a, third), Err(ErrorCode::TooManyProducers));
@@ -841,6 +851,7 @@ fn oversized_params_are_refused() {
     let mut params = crate::wire::Params::new();
     params.insert("description".into(), "x".repeat(5000).into());
     let produce = Request::Produce {
+        source: None,
         kind: MediaKind::Video,
         codec: "vp8".into(),
         params,
@@ -1077,6 +1088,7 @@ impl Harness {
                     kind: MediaKind::Video,
                     codec: "vp8".into(),
                     params: Default::default(),
+                    source: None,
                     layers: ladder(),
                 },
             )
@@ -1384,6 +1396,7 @@ fn bad_layers_are_refused_with_a_reason() {
         kind,
         codec: "vp8".into(),
         params: Default::default(),
+        source: None,
         layers,
     };
     assert_eq!(
@@ -1746,4 +1759,311 @@ fn room_limit_counts_open_rooms_and_a_refused_join_leaves_no_room() {
     h.relay.leave(a, LeaveReason::Left);
     assert_eq!(h.relay.counts().rooms, 0);
     h.join("s", "b");
+}
+
+// ---- conference features: speakers, data, screens ------------------------------------------
+
+impl Harness {
+    fn join_with(&mut self, room: &str, name: &str, extensions: &[&str]) -> PeerId {
+        let extensions: Vec<String> = extensions.iter().map(|e| (*e).to_owned()).collect();
+        self.relay
+            .join_with_grants(
+                PROTOCOL_VERSION,
+                room,
+                name,
+                false,
+                crate::wire::Grants::default(),
+                &extensions,
+                self.now,
+            )
+            .unwrap()
+            .0
+    }
+
+    /// One 20 ms audio frame with a level, as the wire carries it.
+    fn leveled_audio(&mut self, peer: PeerId, producer: ProducerId, seq: u64, level: u8) {
+        let header = FrameHeader {
+            audio_level: Some(crate::wire::AudioLevel {
+                level,
+                voice: false,
+            }),
+            ..FrameHeader::new(seq, seq * 20_000, false)
+        };
+        let datagram = crate::wire::frame::encode_datagram(producer, &header, b"opus");
+        self.relay
+            .on_frame(
+                peer,
+                producer,
+                MediaKind::Audio,
+                0,
+                &header,
+                FrameData::Datagram(datagram),
+                self.now,
+            )
+            .unwrap();
+    }
+
+    fn speaker_events(&mut self, peer: PeerId) -> Vec<Vec<PeerId>> {
+        self.messages(peer)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMessage::ActiveSpeakers { speakers } => {
+                    Some(speakers.iter().map(|s| s.peer_id).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn speakers_are_announced_to_the_room_and_paused_ones_drop_out() {
+    let mut h = Harness::new();
+    let a = h.join_with("r", "a", &["audio_level"]);
+    let b = h.join_with("r", "b", &[]);
+    let mic = h.produce(a, MediaKind::Audio);
+    h.messages(a);
+    h.messages(b);
+    for seq in 0..50 {
+        h.leveled_audio(a, mic, seq, 15);
+        h.now += Duration::from_millis(20);
+    }
+    // Everyone hears who speaks, the speaker too, once (no change, no new event).
+    assert_eq!(h.speaker_events(b), vec![vec![a]]);
+    assert_eq!(h.speaker_events(a), vec![vec![a]]);
+    // A peer that walks in is told at once.
+    let c = h.join("r", "c");
+    assert_eq!(h.speaker_events(c), vec![vec![a]]);
+    // Paused: out at the next window, without waiting for two quiet ones.
+    h.request(a, Request::PauseProducer { producer_id: mic })
+        .unwrap();
+    h.now += Duration::from_millis(400);
+    h.relay.poll_speakers(h.now);
+    assert_eq!(h.speaker_events(b), vec![Vec::<PeerId>::new()]);
+    assert_eq!(h.relay.stats().speaker_changes, 2);
+}
+
+#[test]
+fn levels_reach_only_consumers_that_asked_and_the_rest_get_the_plain_datagram() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let modern = h.join_with("r", "modern", &["audio_level"]);
+    let old = h.join("r", "old");
+    let mic = h.produce(a, MediaKind::Audio);
+    let cm = h.consume(modern, mic);
+    let co = h.consume(old, mic);
+    h.leveled_audio(a, mic, 3, 40);
+    let with_level = h.frames(cm);
+    let without = h.frames(co);
+    let header = FrameHeader::new(3, 60_000, false);
+    assert_eq!(
+        without,
+        vec![crate::wire::frame::encode_datagram(mic, &header, b"opus")]
+    );
+    let d = crate::wire::frame::decode_datagram(with_level[0].clone(), 1200).unwrap();
+    assert_eq!(d.header.audio_level.unwrap().level, 40);
+    assert_eq!(&d.payload[..], b"opus");
+}
+
+#[test]
+fn data_goes_to_the_named_peers_or_the_room_and_refusals_send_nothing() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let c = h.join("r", "c");
+    let elsewhere = h.join("other", "d");
+    for p in [a, b, c, elsewhere] {
+        h.messages(p);
+    }
+    let send = |payload: &str, to: Vec<PeerId>, topic: Option<&str>| Request::SendData {
+        payload: payload.into(),
+        to,
+        topic: topic.map(str::to_owned),
+    };
+    let result = h.request(a, send("hi all", vec![], Some("chat"))).unwrap();
+    assert_eq!(result["delivered"], 2);
+    let result = h.request(a, send("psst", vec![c], None)).unwrap();
+    assert_eq!(result["delivered"], 1);
+    let data = |h: &mut Harness, p: PeerId| -> Vec<(PeerId, String, Option<String>)> {
+        h.messages(p)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMessage::Data {
+                    from,
+                    payload,
+                    topic,
+                    reliable,
+                } => {
+                    assert!(reliable);
+                    Some((from, payload, topic))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        data(&mut h, b),
+        vec![(a, "hi all".into(), Some("chat".into()))]
+    );
+    assert_eq!(
+        data(&mut h, c),
+        vec![
+            (a, "hi all".into(), Some("chat".into())),
+            (a, "psst".into(), None)
+        ]
+    );
+    assert!(data(&mut h, a).is_empty(), "no copy to the sender");
+    assert!(data(&mut h, elsewhere).is_empty(), "rooms are separate");
+    // Refusals, each with nothing delivered.
+    assert_eq!(
+        h.request(a, send("x", vec![elsewhere], None)),
+        Err(ErrorCode::UnknownPeer)
+    );
+    assert_eq!(
+        h.request(a, send("x", vec![a], None)),
+        Err(ErrorCode::UnknownPeer)
+    );
+    assert_eq!(
+        h.request(a, send("", vec![], None)),
+        Err(ErrorCode::BadRequest)
+    );
+    assert_eq!(
+        h.request(a, send("x", vec![], Some("bad\ntopic"))),
+        Err(ErrorCode::BadRequest)
+    );
+    let big = "x".repeat(crate::wire::MAX_DATA_PAYLOAD + 1);
+    assert_eq!(
+        h.request(a, send(&big, vec![], None)),
+        Err(ErrorCode::DataTooLarge)
+    );
+    assert!(data(&mut h, b).is_empty() && data(&mut h, c).is_empty());
+    // The byte budget: 128 KiB at once, then 64 KiB a second.
+    h.now += Duration::from_secs(3);
+    let chunk = "y".repeat(crate::wire::MAX_DATA_PAYLOAD);
+    let mut sent = 0;
+    while h.request(a, send(&chunk, vec![b], None)).is_ok() {
+        sent += 1;
+        assert!(sent < 100, "never limited");
+    }
+    assert_eq!(sent, 8, "128 KiB burst of 16 KiB messages");
+    assert_eq!(
+        h.request(a, send(&chunk, vec![b], None)),
+        Err(ErrorCode::RateLimited)
+    );
+    h.now += Duration::from_millis(250);
+    assert!(h.request(a, send(&chunk, vec![b], None)).is_ok());
+    // Without the grant.
+    let quiet = crate::wire::Grants {
+        can_publish_data: false,
+        ..crate::wire::Grants::default()
+    };
+    let (muted, _) = h
+        .relay
+        .join_with_grants(PROTOCOL_VERSION, "r", "m", false, quiet, &[], h.now)
+        .unwrap();
+    assert_eq!(
+        h.request(muted, send("x", vec![], None)),
+        Err(ErrorCode::Forbidden)
+    );
+}
+
+#[test]
+fn lossy_data_reaches_peers_that_asked_and_never_piles_up() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let wants = h.join_with("r", "wants", &["lossy_data"]);
+    let plain = h.join("r", "plain");
+    for p in [a, wants, plain] {
+        h.messages(p);
+    }
+    let lossy = |h: &mut Harness, p: PeerId| -> Vec<Bytes> {
+        h.drain(p)
+            .into_iter()
+            .filter_map(|o| match o {
+                PeerOutput::LossyData(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(h.relay.on_lossy_data(a, &[], b"xy", h.now), Ok(1));
+    assert_eq!(
+        lossy(&mut h, wants),
+        vec![crate::wire::frame::encode_delivered_data(a.0, b"xy")]
+    );
+    assert!(lossy(&mut h, plain).is_empty());
+    // Named recipients must be in the room; the refusal is reported, rate-limited.
+    let e = h.relay.on_lossy_data(a, &[999], b"z", h.now).unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownPeer);
+    assert!(h.messages(a).iter().any(|m| matches!(
+        m,
+        ServerMessage::Error {
+            id: None,
+            code: ErrorCode::UnknownPeer,
+            ..
+        }
+    )));
+    // A recipient that does not read keeps only the newest 32.
+    h.now += Duration::from_secs(2);
+    for i in 0..50u8 {
+        h.now += Duration::from_millis(20);
+        h.relay.on_lossy_data(a, &[wants.0], &[i], h.now).unwrap();
+    }
+    let kept = lossy(&mut h, wants);
+    assert_eq!(kept.len(), MAX_LOSSY_QUEUE);
+    assert_eq!(kept.last().unwrap().last(), Some(&49));
+    assert_eq!(h.relay.stats().dropped_lossy_data, 18);
+    // 60 a second: a burst beyond it is refused.
+    h.now += Duration::from_secs(2);
+    let accepted = (0..100)
+        .filter(|_| h.relay.on_lossy_data(a, &[], b"b", h.now).is_ok())
+        .count();
+    assert_eq!(accepted, 60);
+}
+
+#[test]
+fn screen_sources_are_announced_and_granted() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    h.messages(b);
+    let produce = |kind, source| Request::Produce {
+        kind,
+        codec: "vp8".into(),
+        params: Default::default(),
+        source,
+        layers: Vec::new(),
+    };
+    h.request(
+        a,
+        produce(MediaKind::Video, Some(crate::wire::TrackSource::Screen)),
+    )
+    .unwrap();
+    h.request(a, produce(MediaKind::Video, None)).unwrap();
+    let sources: Vec<_> = h
+        .messages(b)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::ProducerAdded { producer } => producer.source,
+            _ => None,
+        })
+        .collect();
+    use crate::wire::TrackSource::*;
+    assert_eq!(sources, vec![Screen, Camera]);
+    assert_eq!(
+        h.request(a, produce(MediaKind::Audio, Some(Screen))),
+        Err(ErrorCode::BadRequest)
+    );
+    let camera_only = crate::wire::Grants {
+        sources: vec![Camera, Microphone],
+        ..crate::wire::Grants::default()
+    };
+    let (c, _) = h
+        .relay
+        .join_with_grants(PROTOCOL_VERSION, "r", "c", false, camera_only, &[], h.now)
+        .unwrap();
+    assert_eq!(
+        h.request(c, produce(MediaKind::Video, Some(Screen))),
+        Err(ErrorCode::Forbidden)
+    );
+    h.request(c, produce(MediaKind::Video, None)).unwrap();
 }

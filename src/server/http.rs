@@ -255,6 +255,30 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         "Path samples that showed congestion (queue standing over 150 ms, frames skipped for latency, loss over 10%).",
         stats.congestion_samples,
     );
+    metric(
+        "speaker_changes_total",
+        "counter",
+        "active_speakers changes announced to rooms.",
+        stats.speaker_changes,
+    );
+    metric(
+        "data_messages_total",
+        "counter",
+        "send_data messages relayed (once each, however many recipients).",
+        stats.data_messages,
+    );
+    metric(
+        "lossy_data_messages_total",
+        "counter",
+        "Lossy data datagrams relayed (once each, however many recipients).",
+        stats.lossy_data_messages,
+    );
+    metric(
+        "lossy_data_dropped_total",
+        "counter",
+        "Lossy data dropped for a recipient that had 32 waiting.",
+        stats.dropped_lossy_data,
+    );
     let mut histogram = |name: &str, help: &str, h: &crate::core::LatencyHistogram, scale: f64| {
         let _ = writeln!(out, "# HELP synapse_{name} {help}");
         let _ = writeln!(out, "# TYPE synapse_{name} histogram");

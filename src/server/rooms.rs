@@ -44,6 +44,7 @@ impl Rooms {
     }
 
     /// Admits a peer to `room` (created if new); returns the room to drive it with.
+    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &self,
         version: u32,
@@ -51,6 +52,7 @@ impl Rooms {
         name: &str,
         auto_subscribe: bool,
         grants: Grants,
+        extensions: &[String],
         now: Instant,
     ) -> Result<(PeerId, JoinResult, RoomHandle), ProtocolError> {
         let mut directory = self.directory();
@@ -58,7 +60,7 @@ impl Rooms {
             .room_for_join(version, room, |r| RoomHandle(Arc::new(Mutex::new(r))))?
             .clone();
         let mut locked = handle.lock();
-        match locked.join_with_grants(version, name, auto_subscribe, grants, now) {
+        match locked.join_with_grants(version, name, auto_subscribe, grants, extensions, now) {
             Ok((peer_id, result)) => {
                 directory.joined(peer_id, room);
                 drop(locked);

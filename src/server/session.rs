@@ -214,6 +214,7 @@ async fn join_phase(
             name,
             auto_subscribe,
             token,
+            extensions,
         } = message.request
         else {
             let e = ProtocolError::new(ErrorCode::NotJoined, "send join first");
@@ -229,6 +230,7 @@ async fn join_phase(
                     &admitted.name,
                     auto_subscribe,
                     admitted.grants,
+                    &extensions,
                     Instant::now(),
                 )
             });
@@ -378,6 +380,12 @@ async fn drive(
                         return LeaveReason::Disconnected;
                     }
                 }
+                Some(PeerOutput::LossyData(datagram)) => {
+                    // Lossy by contract: a datagram the path cannot take now is dropped.
+                    if let Err(e) = conn.send_datagram(&datagram) {
+                        debug!(error = %e, "lossy data not sent");
+                    }
+                }
                 Some(PeerOutput::StartConsumer { consumer_id, producer_id, .. }) => {
                     // Not `.instrument`ed: entering a span on every poll of every consumer
                     // cost ~2% of the relay's CPU at fan-out; the span is entered to log.
@@ -445,6 +453,23 @@ async fn receive_datagrams(conn: Connection, room: RoomHandle, peer_id: PeerId) 
     while let Ok(datagram) = conn.receive_datagram().await {
         let bytes = datagram.payload();
         let now = Instant::now();
+        if frame::is_lossy_data(&bytes) {
+            let result = match frame::decode_lossy_data(bytes, max) {
+                Ok(data) => room
+                    .lock()
+                    .on_lossy_data(peer_id, &data.to, &data.payload, now)
+                    .map(|_| ()),
+                Err(e) => {
+                    let e = frame_error(&e);
+                    room.lock().report_frame_error(peer_id, None, &e, now);
+                    Err(e)
+                }
+            };
+            if let Err(e) = result {
+                debug!(error = %e, "lossy data refused");
+            }
+            continue;
+        }
         let result = match frame::decode_datagram(bytes.clone(), max) {
             Ok(d) => room.lock().on_frame(
                 peer_id,

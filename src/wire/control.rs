@@ -84,12 +84,19 @@ pub enum Request {
         /// Access token (JWT); required when the relay has API keys.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Optional formats this client can receive (docs/PROTOCOL.md 15.1), e.g.
+        /// [`EXT_AUDIO_LEVEL`]. Unknown names are ignored.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        extensions: Vec<String>,
     },
     Produce {
         kind: MediaKind,
         codec: String,
         #[serde(default)]
         params: Params,
+        /// What the track shows or carries; absent: camera for video, microphone for audio.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<TrackSource>,
         /// Simulcast: the encodings a video producer sends, lowest first (at most
         /// [`MAX_LAYERS`]). Empty: one encoding, as before simulcast.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -135,7 +142,81 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_height: Option<u32>,
     },
+    /// Application data for other peers of the room, reliable and ordered.
+    SendData {
+        payload: String,
+        /// Recipients; empty: every other peer of the room.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        to: Vec<PeerId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+    },
     Leave,
+}
+
+/// Extension: audio datagrams may carry a level byte (flag 0x02); asked for in `join`,
+/// the relay forwards it instead of removing it.
+pub const EXT_AUDIO_LEVEL: &str = "audio_level";
+/// Extension: `send_data` and the `data` event.
+pub const EXT_DATA: &str = "data";
+/// Extension: lossy data datagrams (producer id 0); asked for in `join`, the relay
+/// delivers them to this peer.
+pub const EXT_LOSSY_DATA: &str = "lossy_data";
+/// Extension: `produce` takes a `source`.
+pub const EXT_SCREEN: &str = "screen";
+/// Every extension this relay supports, as the `join` result lists them.
+pub const EXTENSIONS: [&str; 4] = [EXT_AUDIO_LEVEL, EXT_DATA, EXT_LOSSY_DATA, EXT_SCREEN];
+
+/// Largest `send_data` payload, bytes of UTF-8.
+pub const MAX_DATA_PAYLOAD: usize = 16_384;
+
+/// What a track shows or carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackSource {
+    Camera,
+    Microphone,
+    Screen,
+    ScreenAudio,
+}
+
+impl TrackSource {
+    pub const ALL: [TrackSource; 4] = [
+        TrackSource::Camera,
+        TrackSource::Microphone,
+        TrackSource::Screen,
+        TrackSource::ScreenAudio,
+    ];
+
+    /// The kind of media this source is.
+    pub fn kind(self) -> MediaKind {
+        match self {
+            TrackSource::Camera | TrackSource::Screen => MediaKind::Video,
+            TrackSource::Microphone | TrackSource::ScreenAudio => MediaKind::Audio,
+        }
+    }
+
+    /// The source a producer of `kind` has when it names none.
+    pub fn default_for(kind: MediaKind) -> Self {
+        match kind {
+            MediaKind::Video => TrackSource::Camera,
+            MediaKind::Audio => TrackSource::Microphone,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackSource::Camera => "camera",
+            TrackSource::Microphone => "microphone",
+            TrackSource::Screen => "screen",
+            TrackSource::ScreenAudio => "screen_audio",
+        }
+    }
+
+    /// A screen (or its sound): served before cameras when bandwidth is short.
+    pub fn is_screen(self) -> bool {
+        matches!(self, TrackSource::Screen | TrackSource::ScreenAudio)
+    }
 }
 
 /// Most layers one simulcast producer may declare.
@@ -166,6 +247,7 @@ impl Request {
             Request::SetAutoSubscribe { .. } => "set_auto_subscribe",
             Request::RequestKeyframe { .. } => "request_keyframe",
             Request::SetPreferredLayers { .. } => "set_preferred_layers",
+            Request::SendData { .. } => "send_data",
             Request::Leave => "leave",
         }
     }
@@ -200,6 +282,7 @@ pub enum ErrorCode {
     KindMismatch,
     MalformedFrame,
     FrameTooLarge,
+    DataTooLarge,
     SlowControl,
     Kicked,
     Internal,
@@ -233,6 +316,7 @@ impl ErrorCode {
             ErrorCode::KindMismatch => "kind_mismatch",
             ErrorCode::MalformedFrame => "malformed_frame",
             ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::DataTooLarge => "data_too_large",
             ErrorCode::SlowControl => "slow_control",
             ErrorCode::Kicked => "kicked",
             ErrorCode::Internal => "internal",
@@ -267,6 +351,16 @@ pub struct Grants {
     /// Kinds the peer may publish.
     #[serde(default = "all_kinds")]
     pub kinds: Vec<MediaKind>,
+    /// May send data messages (`send_data`, lossy data).
+    #[serde(default = "yes")]
+    pub can_publish_data: bool,
+    /// Sources the peer may publish.
+    #[serde(default = "all_sources")]
+    pub sources: Vec<TrackSource>,
+}
+
+fn all_sources() -> Vec<TrackSource> {
+    TrackSource::ALL.to_vec()
 }
 
 fn yes() -> bool {
@@ -283,6 +377,8 @@ impl Default for Grants {
             can_publish: true,
             can_subscribe: true,
             kinds: all_kinds(),
+            can_publish_data: true,
+            sources: all_sources(),
         }
     }
 }
@@ -290,6 +386,10 @@ impl Default for Grants {
 impl Grants {
     pub fn may_publish(&self, kind: MediaKind) -> bool {
         self.can_publish && self.kinds.contains(&kind)
+    }
+
+    pub fn may_publish_source(&self, source: TrackSource) -> bool {
+        self.may_publish(source.kind()) && self.sources.contains(&source)
     }
 }
 
@@ -304,6 +404,9 @@ pub struct ProducerInfo {
     /// Simulcast layers, lowest first; empty for a single-encoding producer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerInfo>,
+    /// What the track shows or carries (absent from relays older than screen sharing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TrackSource>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -341,6 +444,9 @@ pub struct JoinResult {
     /// What this peer may do.
     #[serde(default)]
     pub grants: Grants,
+    /// The optional formats this relay supports ([`EXTENSIONS`]); none from older relays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -362,9 +468,25 @@ pub enum Reply {
     Joined(JoinResult),
     Consumed(ConsumerInfo),
     Produced(ProduceResult),
+    DataSent(DataSent),
     /// Done; nothing to return. (Also what an older client makes of a result shape it
     /// does not know.)
     Done(Done),
+}
+
+/// The result of `send_data`: how many peers it went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSent {
+    pub delivered: usize,
+}
+
+/// One entry of `active_speakers`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpeakerInfo {
+    pub peer_id: PeerId,
+    pub producer_id: ProducerId,
+    /// Smoothed loudness, a linear amplitude from 0 to 1.
+    pub level: f64,
 }
 
 /// The empty result object.
@@ -449,6 +571,18 @@ pub enum ServerMessage {
         layer: u8,
         width: u32,
         height: u32,
+    },
+    /// Who speaks in the room, the main speaker first (empty: nobody).
+    ActiveSpeakers {
+        speakers: Vec<SpeakerInfo>,
+    },
+    /// Application data from another peer (`send_data`).
+    Data {
+        from: PeerId,
+        payload: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        reliable: bool,
     },
     /// The relay is shutting down: finish up; the session closes within `deadline_ms`.
     GoingAway {
@@ -569,6 +703,7 @@ mod tests {
         let msg = ClientMessage {
             id: 9,
             request: Request::Produce {
+                source: None,
                 kind: MediaKind::Video,
                 codec: "vp8".into(),
                 params: Params::new(),
@@ -588,6 +723,7 @@ mod tests {
         assert_eq!(
             msg.request,
             Request::Join {
+                extensions: Vec::new(),
                 version: 1,
                 room: "r".into(),
                 name: "n".into(),
@@ -605,6 +741,7 @@ mod tests {
     #[test]
     fn typed_replies_are_bare_objects_and_read_back_as_the_same_shape() {
         let producer = ProducerInfo {
+            source: None,
             producer_id: ProducerId(3),
             peer_id: PeerId(1),
             kind: MediaKind::Video,
@@ -615,6 +752,7 @@ mod tests {
         };
         let replies = [
             Reply::Joined(JoinResult {
+                extensions: Vec::new(),
                 version: PROTOCOL_VERSION,
                 peer_id: PeerId(1),
                 room: "r".into(),

@@ -6,7 +6,7 @@ pub mod frame;
 pub mod varint;
 
 pub use control::*;
-pub use frame::{Datagram, FrameError, FrameHeader, StreamFrame, StreamHeader};
+pub use frame::{AudioLevel, Datagram, FrameError, FrameHeader, StreamFrame, StreamHeader};
 
 /// Application error codes used when the relay closes a session or a stream.
 pub mod close_code {

@@ -110,6 +110,7 @@ pub async fn send_video(client: &Client, producer: ProducerId, seq: u64, keyfram
         seq,
         capture_us: now_us(),
         keyframe,
+        audio_level: None,
     };
     client
         .send_video(
