@@ -109,6 +109,15 @@ pub struct ServeConfig {
     /// API secret that signs access tokens (HS256).
     #[arg(long, env = "SYNAPSE_API_SECRET", hide_env_values = true)]
     pub api_secret: Option<String>,
+    /// POST room events (room started and finished, peers joined and left, producers added
+    /// and closed) to these URLs; signed with the API secret when there is one. Repeat the
+    /// flag, or separate with commas.
+    #[arg(
+        long = "webhook-url",
+        env = "SYNAPSE_WEBHOOK_URLS",
+        value_delimiter = ','
+    )]
+    pub webhook_urls: Vec<String>,
     /// The `[limits]` table of the file.
     #[command(flatten)]
     pub limits: LimitsConfig,
@@ -245,6 +254,7 @@ impl ServeConfig {
                 .map_err(anyhow::Error::msg)?,
             congestion_controller: self.congestion_controller,
             endpoints: self.endpoints,
+            webhook_urls: self.webhook_urls.clone(),
             relay: RelayConfig {
                 max_datagram_size: limits.max_datagram_size,
                 max_frame_size: limits.max_frame_size,

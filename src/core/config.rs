@@ -29,6 +29,9 @@ pub struct RelayConfig {
     /// How often a peer is sent the relay's view of its path (`transport_stats`).
     pub transport_stats_interval: Duration,
     pub limits: Limits,
+    /// Keep a log of room events (joins, leaves, producers) for webhooks to drain
+    /// (`Room::drain_events`); off when nobody drains it.
+    pub room_events: bool,
 }
 
 /// Limits that keep one room, peer or producer from taking more than its share.
@@ -78,6 +81,7 @@ impl Default for RelayConfig {
             video_latency_bound: Duration::from_millis(400),
             audio_latency_bound: Duration::from_millis(200),
             transport_stats_interval: Duration::from_secs(1),
+            room_events: false,
             limits: Limits::default(),
         }
     }

@@ -23,7 +23,7 @@ pub use rate::TokenBucket;
 pub use relay::{Directory, Ids, Relay, RelayTotals, room_snapshots};
 pub use room::{
     ConsumerStats, DATA_BURST_BYTES, DATA_BYTES_PER_SECOND, LOSSY_DATA_PER_SECOND, MAX_LOSSY_QUEUE,
-    PeerOutput, Room,
+    MAX_ROOM_EVENTS, PeerOutput, Room, RoomEvent,
 };
 pub use simulcast::{
     ACTIVE_HOLD, DYNACAST_DELAY, LayerSelection, LinkBudget, Preference, UP_HOLD, allocate,

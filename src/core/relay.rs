@@ -445,6 +445,11 @@ impl Relay {
         }
     }
 
+    /// One room, for tests that look inside it.
+    pub fn room_mut_for_tests(&mut self, room: &str) -> &mut Room {
+        self.directory.room_mut(room).expect("no such room")
+    }
+
     /// Advances every room's speaker detector to `now`.
     pub fn poll_speakers(&mut self, now: Instant) {
         for room in self.directory.rooms_mut() {

@@ -75,6 +75,32 @@ pub enum PeerOutput {
     },
 }
 
+/// Something that happened in a room, for webhooks: each once, in the order it happened.
+/// (A room's end is the directory's to report: it removes the room.)
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoomEvent {
+    RoomStarted,
+    PeerJoined {
+        peer_id: PeerId,
+        name: String,
+    },
+    PeerLeft {
+        peer_id: PeerId,
+        name: String,
+        reason: LeaveReason,
+    },
+    ProducerAdded {
+        producer: ProducerInfo,
+    },
+    ProducerClosed {
+        producer_id: ProducerId,
+        peer_id: PeerId,
+    },
+}
+
+/// Room events kept for the drain at most; beyond, new ones are counted, not kept.
+pub const MAX_ROOM_EVENTS: usize = 1024;
+
 #[derive(Debug)]
 struct Peer {
     name: String,
@@ -176,6 +202,10 @@ pub struct Room {
     producers: HashMap<ProducerId, Producer>,
     consumers: HashMap<ConsumerId, Consumer>,
     speakers: SpeakerDetector,
+    /// With `config.room_events`: what happened, for `drain_events`, and how many events
+    /// did not fit.
+    events: VecDeque<RoomEvent>,
+    events_dropped: u64,
     stats: RelayStats,
 }
 
@@ -239,8 +269,28 @@ impl Room {
             producers: HashMap::new(),
             consumers: HashMap::new(),
             speakers: SpeakerDetector::default(),
+            events: VecDeque::new(),
+            events_dropped: 0,
             stats: RelayStats::default(),
         }
+    }
+
+    fn log_event(&mut self, event: RoomEvent) {
+        if !self.config.room_events {
+            return;
+        }
+        if self.events.len() >= MAX_ROOM_EVENTS {
+            self.events_dropped += 1;
+        } else {
+            self.events.push_back(event);
+        }
+    }
+
+    /// The room events since the last drain, in order, and how many were dropped for want
+    /// of room (the drain is expected at least every second or so).
+    pub fn drain_events(&mut self) -> (Vec<RoomEvent>, u64) {
+        let dropped = std::mem::take(&mut self.events_dropped);
+        (self.events.drain(..).collect(), dropped)
     }
 
     pub fn name(&self) -> &str {
@@ -603,7 +653,14 @@ impl Room {
                 lossy_rate: TokenBucket::new(LOSSY_DATA_PER_SECOND, LOSSY_DATA_PER_SECOND),
             },
         );
+        if self.members.is_empty() {
+            self.log_event(RoomEvent::RoomStarted);
+        }
         self.members.insert(peer_id);
+        self.log_event(RoomEvent::PeerJoined {
+            peer_id,
+            name: name.to_owned(),
+        });
         // Who speaks now, for a peer that walks into a conversation.
         let speakers = self.speakers.current();
         if !speakers.is_empty() {
@@ -647,10 +704,15 @@ impl Room {
         for producer_id in producers {
             self.remove_producer(producer_id);
         }
-        if let Some(mut peer) = self.peers.remove(&peer_id)
-            && let Some(waker) = peer.waker.take()
-        {
-            waker.wake();
+        if let Some(mut peer) = self.peers.remove(&peer_id) {
+            if let Some(waker) = peer.waker.take() {
+                waker.wake();
+            }
+            self.log_event(RoomEvent::PeerLeft {
+                peer_id,
+                name: peer.name,
+                reason,
+            });
         }
         self.members.remove(&peer_id);
         self.broadcast(peer_id, ServerMessage::PeerLeft { peer_id, reason });
@@ -1095,6 +1157,9 @@ impl Room {
                 unwanted_since: None,
             },
         );
+        self.log_event(RoomEvent::ProducerAdded {
+            producer: info.clone(),
+        });
         self.broadcast(peer_id, ServerMessage::ProducerAdded { producer: info });
         let subscribers: Vec<PeerId> = self
             .members
@@ -1331,6 +1396,10 @@ impl Room {
             return;
         };
         self.speakers.remove(producer_id);
+        self.log_event(RoomEvent::ProducerClosed {
+            producer_id,
+            peer_id: producer.info.peer_id,
+        });
         if let Some(peer) = self.peers.get_mut(&producer.info.peer_id) {
             peer.producers.retain(|p| *p != producer_id);
         }
@@ -1868,6 +1937,7 @@ impl Room {
                         preferred: selection.preference.layer(&infos),
                         current: selection.current,
                         rates: producer.layers.iter().map(LayerState::rate_bps).collect(),
+                        priority: u8::from(producer.info.source.is_some_and(|s| s.is_screen())),
                     });
                 }
             }

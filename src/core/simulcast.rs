@@ -14,7 +14,8 @@
 //!   skipped for latency, or loss above 10%). Audio is budgeted first, then single-encoding video, and the rest,
 //!   [`HEADROOM`] of it, is shared by the peer's simulcast consumers ([`allocate`]): every
 //!   one gets layer 0, then each is raised a layer at a time, lowest layers first, while the
-//!   layer's measured rate (its declared `max_bitrate` until measured) fits.
+//!   layer's measured rate (its declared `max_bitrate` until measured) fits. Screens are
+//!   raised before cameras: a shared screen is what a meeting reads.
 //! - **Hysteresis.** Down at once; up only when the path has shown no congestion for
 //!   [`UP_HOLD`] and the higher layer has been sending for [`ACTIVE_HOLD`] (mediasoup waits
 //!   10 s and 2 s; these were measured on the weak-link bench, docs/BENCHMARKS.md).
@@ -248,6 +249,8 @@ pub struct Demand {
     pub current: Option<u8>,
     /// Cost of each layer, bits per second, lowest first.
     pub rates: Vec<f64>,
+    /// Higher goes first once everyone has layer 0 (a screen: 1; a camera: 0).
+    pub priority: u8,
 }
 
 /// Shares `budget_bps` among simulcast consumers (see the module's policy): layer 0 for
@@ -268,16 +271,21 @@ pub fn allocate(budget_bps: Option<f64>, demands: &[Demand], may_go_up: bool) ->
         .map(|d| d.rates.first().copied().unwrap_or(0.0))
         .sum();
     let top = demands.iter().map(ceiling).max().unwrap_or(0);
-    for level in 1..=top {
-        for (i, d) in demands.iter().enumerate() {
-            if ceiling(d) < level || levels[i] != level - 1 {
-                continue;
-            }
-            let l = usize::from(level);
-            let extra = d.rates[l] - d.rates[l - 1];
-            if spent + extra <= budget {
-                spent += extra;
-                levels[i] = level;
+    let mut priorities: Vec<u8> = demands.iter().map(|d| d.priority).collect();
+    priorities.sort_unstable_by(|a, b| b.cmp(a));
+    priorities.dedup();
+    for priority in priorities {
+        for level in 1..=top {
+            for (i, d) in demands.iter().enumerate() {
+                if d.priority != priority || ceiling(d) < level || levels[i] != level - 1 {
+                    continue;
+                }
+                let l = usize::from(level);
+                let extra = d.rates[l] - d.rates[l - 1];
+                if spent + extra <= budget {
+                    spent += extra;
+                    levels[i] = level;
+                }
             }
         }
     }
@@ -470,6 +478,7 @@ mod tests {
             preferred,
             current,
             rates: rates.clone(),
+            priority: 0,
         };
         // No estimate: preferences.
         assert_eq!(allocate(None, &[d(2, None), d(1, None)], true), vec![2, 1]);
@@ -486,6 +495,25 @@ mod tests {
         assert_eq!(
             allocate(Some(5e6), &[d(2, Some(1)), d(2, None)], false),
             vec![1, 2]
+        );
+        // A screen climbs before the cameras: 1.9 Mbit/s takes the screen to its top
+        // (1.2M) with both cameras on their base (0.3M), where fairness alone would give
+        // all three layer 1.
+        let screen = Demand {
+            priority: 1,
+            ..d(2, None)
+        };
+        assert_eq!(
+            allocate(
+                Some(1900e3),
+                &[d(2, None), screen.clone(), d(2, None)],
+                true
+            ),
+            vec![1, 2, 0]
+        );
+        assert_eq!(
+            allocate(Some(1500e3), &[d(2, None), d(2, None), d(2, None)], true),
+            vec![1, 1, 1]
         );
     }
 

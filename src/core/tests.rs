@@ -2067,3 +2067,53 @@ fn screen_sources_are_announced_and_granted() {
     );
     h.request(c, produce(MediaKind::Video, None)).unwrap();
 }
+
+#[test]
+fn room_events_are_logged_in_order_once_each_when_asked_for() {
+    let mut live = Harness::with(RelayConfig {
+        room_events: true,
+        ..RelayConfig::default()
+    });
+    let c = live.join("s", "c");
+    let cam = live.produce(c, MediaKind::Video);
+    let d = live.join("s", "d");
+    live.request(c, Request::CloseProducer { producer_id: cam })
+        .unwrap();
+    live.relay.leave(d, LeaveReason::Left);
+    let room = live.relay.room_mut_for_tests("s");
+    let (events, dropped) = room.drain_events();
+    assert_eq!(dropped, 0);
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            RoomEvent::RoomStarted => "started".to_owned(),
+            RoomEvent::PeerJoined { peer_id, .. } => format!("joined {}", peer_id.0),
+            RoomEvent::PeerLeft { peer_id, .. } => format!("left {}", peer_id.0),
+            RoomEvent::ProducerAdded { producer } => format!("added {}", producer.producer_id.0),
+            RoomEvent::ProducerClosed { producer_id, .. } => format!("closed {}", producer_id.0),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "started".to_owned(),
+            format!("joined {}", c.0),
+            format!("added {}", cam.0),
+            format!("joined {}", d.0),
+            format!("closed {}", cam.0),
+            format!("left {}", d.0),
+        ]
+    );
+    assert!(room.drain_events().0.is_empty(), "drained once");
+    // Off by default: nothing is kept when nobody drains.
+    let mut quiet = Harness::new();
+    quiet.join("q", "x");
+    assert!(
+        quiet
+            .relay
+            .room_mut_for_tests("q")
+            .drain_events()
+            .0
+            .is_empty()
+    );
+}

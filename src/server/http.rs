@@ -255,6 +255,34 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         "Path samples that showed congestion (queue standing over 150 ms, frames skipped for latency, loss over 10%).",
         stats.congestion_samples,
     );
+    if let Some(hooks) = state.rooms.webhooks() {
+        let stats = hooks.stats();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        metric(
+            "webhooks_delivered_total",
+            "counter",
+            "Webhook events delivered (answered 2xx).",
+            load(&stats.delivered),
+        );
+        metric(
+            "webhook_failed_attempts_total",
+            "counter",
+            "Webhook POSTs that failed (each retry counts).",
+            load(&stats.failed_attempts),
+        );
+        metric(
+            "webhooks_dropped_total",
+            "counter",
+            "Webhook events lost: queue full, or given up after every retry.",
+            load(&stats.dropped),
+        );
+        metric(
+            "webhooks_pending",
+            "gauge",
+            "Webhook events waiting to be delivered.",
+            hooks.pending() as u64,
+        );
+    }
     metric(
         "speaker_changes_total",
         "counter",

@@ -6,6 +6,7 @@ pub mod http;
 pub mod identity;
 mod rooms;
 mod session;
+pub mod webhook;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -134,6 +135,8 @@ pub struct ServerConfig {
     /// driver; the kernel spreads connections over them (docs/ARCHITECTURE.md). 0: one per
     /// core.
     pub endpoints: usize,
+    /// Where room events are POSTed (`webhook.rs`); none: no webhooks.
+    pub webhook_urls: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -151,6 +154,7 @@ impl Default for ServerConfig {
             access: AccessPolicy::Development,
             congestion_controller: CongestionController::default(),
             endpoints: 1,
+            webhook_urls: Vec::new(),
         }
     }
 }
@@ -194,7 +198,22 @@ impl Server {
             (None, None) => identity::development(&config.certs_dir).await?,
             _ => anyhow::bail!("--cert and --key go together"),
         };
-        let rooms = Rooms::new(config.relay.clone());
+        let webhooks = if config.webhook_urls.is_empty() {
+            None
+        } else {
+            let key = match &config.access {
+                AccessPolicy::Keys(key) => Some(key.clone()),
+                AccessPolicy::Development => {
+                    warn!("webhooks are not signed: the relay has no API key and secret");
+                    None
+                }
+            };
+            Some(webhook::Webhooks::new(config.webhook_urls.clone(), key)?)
+        };
+        let rooms = match &webhooks {
+            Some(hooks) => Rooms::with_webhooks(config.relay.clone(), hooks.clone()),
+            None => Rooms::new(config.relay.clone()),
+        };
 
         // One port number for both: bind UDP first (it may pick the port), then TCP on it.
         // With port 0 the TCP side may find the number taken; try a few.
@@ -258,6 +277,16 @@ impl Server {
                 addresses.clone(),
                 draining.clone(),
             )));
+        }
+        if webhooks.is_some() {
+            let rooms = rooms.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(webhook::SWEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    rooms.sweep_events();
+                }
+            }));
         }
         if identity.development {
             tasks.push(tokio::spawn(renew_development_identity(

@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::webhook::Webhooks;
 use crate::core::{
     ConsumerStats, Directory, RelayConfig, RelayCounts, RelayStats, RelayTotals, Room,
     RoomSnapshot, room_snapshots,
@@ -28,15 +29,53 @@ impl RoomHandle {
 
 /// The directory of rooms.
 #[derive(Clone)]
-pub struct Rooms(Arc<Mutex<Directory<RoomHandle>>>);
+pub struct Rooms {
+    directory: Arc<Mutex<Directory<RoomHandle>>>,
+    /// Where room events go, if webhooks are configured (the core then keeps a log).
+    webhooks: Option<Webhooks>,
+}
 
 impl Rooms {
     pub fn new(config: RelayConfig) -> Self {
-        Self(Arc::new(Mutex::new(Directory::new(config))))
+        Self {
+            directory: Arc::new(Mutex::new(Directory::new(config))),
+            webhooks: None,
+        }
+    }
+
+    /// Rooms whose events are sent to `webhooks` (the config must log room events).
+    pub fn with_webhooks(config: RelayConfig, webhooks: Webhooks) -> Self {
+        let config = RelayConfig {
+            room_events: true,
+            ..config
+        };
+        Self {
+            directory: Arc::new(Mutex::new(Directory::new(config))),
+            webhooks: Some(webhooks),
+        }
+    }
+
+    pub fn webhooks(&self) -> Option<&Webhooks> {
+        self.webhooks.as_ref()
     }
 
     fn directory(&self) -> MutexGuard<'_, Directory<RoomHandle>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands every room's new events to the webhooks, each room under its own lock so
+    /// that its events keep their order (`webhook.rs`).
+    pub fn sweep_events(&self) {
+        let Some(webhooks) = &self.webhooks else {
+            return;
+        };
+        for handle in self.all() {
+            let mut room = handle.lock();
+            let (events, dropped) = room.drain_events();
+            webhooks.enqueue(room.name(), events, dropped, false);
+        }
     }
 
     pub fn config(&self) -> Arc<RelayConfig> {
@@ -92,6 +131,11 @@ impl Rooms {
         // under the directory's lock) or after their last peer left: either way, done.
         if room.is_empty() {
             directory.remove_room(&name, room.stats());
+            // Its last events, then its end; a room of the same name later is new.
+            if let Some(webhooks) = &self.webhooks {
+                let (events, dropped) = room.drain_events();
+                webhooks.enqueue(&name, events, dropped, true);
+            }
         }
     }
 
