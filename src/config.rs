@@ -96,6 +96,11 @@ pub struct ServeConfig {
     #[arg(long, env = "SYNAPSE_AUDIO_LATENCY_BOUND", default_value = "200ms", value_parser = latency_bound)]
     #[serde(with = "text::latency_bound")]
     pub audio_latency_bound: Duration,
+    /// How long a peer whose connection dropped keeps its place (its id, its producers) for
+    /// its client to reconnect and resume; 0 turns resumption off.
+    #[arg(long, env = "SYNAPSE_RECONNECT_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[serde(with = "text::duration")]
+    pub reconnect_grace: Duration,
     /// QUIC endpoints sharing the UDP port (SO_REUSEPORT), each with its own driver; 0: one
     /// per core (docs/ARCHITECTURE.md).
     #[arg(long, env = "SYNAPSE_ENDPOINTS", default_value_t = 1)]
@@ -260,6 +265,7 @@ impl ServeConfig {
                 max_frame_size: limits.max_frame_size,
                 video_latency_bound: self.video_latency_bound,
                 audio_latency_bound: self.audio_latency_bound,
+                reconnect_grace: self.reconnect_grace,
                 limits: Limits {
                     max_peers_per_room: limits.max_peers_per_room,
                     max_rooms: limits.max_rooms,

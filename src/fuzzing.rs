@@ -107,6 +107,7 @@ pub fn relay_core(data: &[u8]) {
     let mut relay = Relay::new(RelayConfig::default());
     let mut now = Instant::now();
     let mut peers: Vec<PeerId> = Vec::new();
+    let mut rooms_of: std::collections::HashMap<PeerId, &str> = Default::default();
     let mut cx = Context::from_waker(Waker::noop());
     for (id, op) in (1u64..).zip(data.chunks(2)) {
         let (a, b) = (op[0], op.get(1).copied().unwrap_or(0));
@@ -116,12 +117,12 @@ pub fn relay_core(data: &[u8]) {
         let some_id = u64::from(b % 32);
         let peer = pick(&peers);
         let request = |request| ClientMessage { id, request };
-        match a % 15 {
+        match a % 16 {
             0 => {
                 let room = ["a", "b"][usize::from(b % 2)];
                 // Some peers ask for audio levels and lossy data.
                 let extensions: Vec<String> = if b % 4 == 1 {
-                    vec!["audio_level".into(), "lossy_data".into()]
+                    vec!["audio_level".into(), "lossy_data".into(), "resume".into()]
                 } else {
                     Vec::new()
                 };
@@ -135,6 +136,10 @@ pub fn relay_core(data: &[u8]) {
                     now,
                 );
                 if let Ok((p, _)) = joined {
+                    relay
+                        .room_mut_for_tests(room)
+                        .set_resume_token(p, "t".into());
+                    rooms_of.insert(p, room);
                     peers.push(p);
                 }
             }
@@ -250,7 +255,7 @@ pub fn relay_core(data: &[u8]) {
             }
             9 => {
                 if let Some(p) = peer {
-                    while relay.poll_peer(p, &mut cx).is_ready() {}
+                    while let std::task::Poll::Ready(Some(_)) = relay.poll_peer(p, &mut cx) {}
                 }
             }
             10 => {
@@ -304,6 +309,36 @@ pub fn relay_core(data: &[u8]) {
                         topic: (b % 5 == 0).then(|| "chat".to_owned()),
                     };
                     relay.handle(p, request(r), now);
+                }
+            }
+            15 => {
+                // Sessions drop, resume (with the right token or not), grace periods end.
+                if let Some(p) = peer
+                    && let Some(room) = rooms_of.get(&p).copied()
+                    && relay.room_peers(room).is_some()
+                {
+                    let r = relay.room_mut_for_tests(room);
+                    match b % 4 {
+                        0 => {
+                            let session = r.session_of(p).unwrap_or(0);
+                            if r.end_session(p, session, LeaveReason::Disconnected, now)
+                                == crate::core::SessionEnd::Left
+                            {
+                                peers.retain(|q| *q != p);
+                                relay.leave(p, LeaveReason::Disconnected);
+                            }
+                        }
+                        1 => {
+                            let _ = r.resume(p, if b % 8 == 1 { "t" } else { "x" }, now);
+                        }
+                        _ => {
+                            let gone = r.expire_interrupted(now + Duration::from_secs(30));
+                            peers.retain(|q| !gone.contains(q));
+                            for q in gone {
+                                relay.leave(q, LeaveReason::Disconnected);
+                            }
+                        }
+                    }
                 }
             }
             14 => {
@@ -363,6 +398,7 @@ mod tests {
         framed.extend_from_slice(&encode_message(&ClientMessage {
             id: 1,
             request: Request::Join {
+                resume: None,
                 extensions: Vec::new(),
                 version: 1,
                 room: "r".into(),

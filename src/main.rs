@@ -392,6 +392,10 @@ struct JoinArgs {
     /// Send each line typed on standard input to the room as a chat message.
     #[arg(long)]
     chat: bool,
+    /// Do not reconnect when the connection drops (by default the peer takes its place back
+    /// within the relay's grace period, or joins anew).
+    #[arg(long)]
+    no_reconnect: bool,
 }
 
 /// `WxH`, both above 0.
@@ -688,6 +692,7 @@ async fn run_join(args: JoinArgs) -> Result<()> {
         max_layer: args.layer,
         speech: args.speak,
         chat_from_stdin: args.chat,
+        reconnect: !args.no_reconnect,
     };
     let (events, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
@@ -732,6 +737,23 @@ fn print_join_event(event: JoinEvent) {
             eprintln!("[{label}{lossy}] {}: {}", data.from, data.payload)
         }
         JoinEvent::DataFailed { error } => eprintln!("message not sent: {error}"),
+        JoinEvent::ConnectionLost { reason } => eprintln!("connection lost: {reason}"),
+        JoinEvent::Reconnecting { attempt } => eprintln!("reconnecting (attempt {attempt})…"),
+        JoinEvent::Reconnected { resumed: true } => {
+            eprintln!("reconnected: back in the call in the same place")
+        }
+        JoinEvent::Reconnected { resumed: false } => {
+            eprintln!("reconnected: the relay had lost the call's state, joined it anew")
+        }
+        JoinEvent::ReconnectFailed {
+            error,
+            final_attempt: true,
+        } => eprintln!("could not reconnect: {error}"),
+        JoinEvent::ReconnectFailed { error, .. } => eprintln!("reconnect attempt failed: {error}"),
+        JoinEvent::PeerInterrupted { name } => {
+            eprintln!("{name}'s connection dropped; waiting for them")
+        }
+        JoinEvent::PeerResumed { name } => eprintln!("{name} is back"),
     }
 }
 

@@ -114,6 +114,7 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         ErrorCode::NotJoined
     );
     let old = Request::Join {
+        resume: None,
         extensions: Vec::new(),
         version: 99,
         room: "r".into(),

@@ -16,10 +16,10 @@ use serde::Serialize;
 use super::media::{
     IvfFile, MediaSource, OggOpusFile, Speaking, SpeechScript, SyntheticAudio, SyntheticVideo,
 };
-use super::{Client, ClientOptions, Incoming, ReceivedFrame, VideoSend, now_us};
+use super::{Client, ClientError, ClientOptions, Incoming, ReceivedFrame, VideoSend, now_us};
 use crate::wire::{
-    ErrorCode, FrameHeader, LayerInfo, MediaKind, Params, PeerId, ProducerId, Request,
-    ServerMessage,
+    EXT_RESUME, ErrorCode, FrameHeader, JoinResult, LayerInfo, MediaKind, Params, PeerId,
+    ProduceResult, ProducerId, Request, ServerMessage,
 };
 
 #[derive(Debug, Clone)]
@@ -49,6 +49,9 @@ pub struct JoinOptions {
     pub speech: Option<SpeechScript>,
     /// Send each line of standard input as a chat message (`send_data`, topic `chat`).
     pub chat_from_stdin: bool,
+    /// When the connection drops or goes silent, connect again and take the place back
+    /// (docs/PROTOCOL.md section 16), or join anew if the relay lost it.
+    pub reconnect: bool,
 }
 
 /// Most speaker changes and data messages a `--json` summary keeps (the first ones).
@@ -162,6 +165,8 @@ pub struct JoinSummary {
     pub speaker_changes: Vec<SpeakerChange>,
     pub data_received: Vec<ReceivedData>,
     pub data_sent: u64,
+    /// Times the connection was lost and made again.
+    pub reconnects: u64,
 }
 
 /// What happens during [`run`], as it happens.
@@ -187,6 +192,18 @@ pub enum JoinEvent {
     Data(ReceivedData),
     /// A chat line could not be sent.
     DataFailed { error: String },
+    /// The connection to the relay was lost (it ended, or went silent).
+    ConnectionLost { reason: String },
+    /// Trying to connect again.
+    Reconnecting { attempt: u32 },
+    /// Back in the room: in the same place (`resumed`), or joined anew.
+    Reconnected { resumed: bool },
+    /// An attempt failed; `final_attempt`: no more tries, the run ends.
+    ReconnectFailed { error: String, final_attempt: bool },
+    /// Another peer's connection dropped; its place is kept for a while.
+    PeerInterrupted { name: String },
+    /// That peer is back.
+    PeerResumed { name: String },
 }
 
 /// The counters so far: what each of our publishers sent, and each received track.
@@ -354,7 +371,13 @@ pub struct Publisher {
     pub keyframe_wanted: Arc<AtomicBool>,
     /// A simulcast publisher's layers, lowest first (empty otherwise).
     pub layers: Vec<LayerControl>,
+    /// A simulcast publisher's produce result and ladder, to start it again on a resumed
+    /// session.
+    pub simulcast: Option<(ProduceResult, Vec<LayerInfo>)>,
+    pub counters: PublisherCounters,
     pub task: tokio::task::JoinHandle<()>,
+    /// The task has been awaited (a `JoinHandle` must not be polled again after that).
+    stopped: bool,
 }
 
 /// What the relay asks of one layer of a simulcast publisher.
@@ -407,9 +430,13 @@ pub const MAX_SEND_DELAY: Duration = Duration::from_millis(300);
 impl Publisher {
     /// Stops sending and waits until the task is gone, so that its counters are final
     /// (an aborted task may still be between a send and its count).
+    /// Stops sending; safe to call again.
     pub async fn stop(&mut self) {
         self.task.abort();
-        let _ = (&mut self.task).await;
+        if !self.stopped {
+            let _ = (&mut self.task).await;
+            self.stopped = true;
+        }
     }
 }
 
@@ -480,13 +507,40 @@ impl EncoderRate {
 pub(crate) async fn publish(
     client: &Client,
     kind: MediaKind,
-    mut source: Box<dyn MediaSource>,
+    source: Box<dyn MediaSource>,
     go: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Publisher> {
+    let producer_id = client.produce(kind, source.codec()).await?;
+    let counters = PublisherCounters::default();
+    Ok(publish_as(client, producer_id, kind, source, counters, go))
+}
+
+/// What a publisher has sent so far, kept across a resumption: the producer's `seq` must
+/// go on increasing on the new session.
+#[derive(Debug, Clone, Default)]
+pub struct PublisherCounters {
+    pub frames: Arc<AtomicU64>,
+    pub bytes: Arc<AtomicU64>,
+    /// The `seq` of the next frame.
+    pub next_seq: Arc<AtomicU64>,
+}
+
+/// [`publish`] for a producer that exists already (a resumed one), carrying on from
+/// `counters`.
+pub(crate) fn publish_as(
+    client: &Client,
+    producer_id: ProducerId,
+    kind: MediaKind,
+    mut source: Box<dyn MediaSource>,
+    counters: PublisherCounters,
+    go: impl Future<Output = ()> + Send + 'static,
+) -> Publisher {
     let codec = source.codec().to_owned();
-    let producer_id = client.produce(kind, &codec).await?;
-    let frames = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
+    let PublisherCounters {
+        frames,
+        bytes,
+        next_seq,
+    } = counters.clone();
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let (f, b, k, client) = (
         frames.clone(),
@@ -494,12 +548,18 @@ pub(crate) async fn publish(
         keyframe_wanted.clone(),
         client.clone(),
     );
+    let first_seq = next_seq.load(Ordering::Relaxed);
     let task = tokio::spawn(async move {
         go.await;
         let mut rate = source.target_bitrate().map(EncoderRate::new);
         // Pace against a fixed schedule so that a slow send does not slow the frame rate.
         let mut next = tokio::time::Instant::now();
-        for seq in 0u64.. {
+        // A resumed video producer restarts with a keyframe: its consumers lost the rest.
+        if first_seq > 0 {
+            source.force_keyframe();
+        }
+        for seq in first_seq.. {
+            next_seq.store(seq + 1, Ordering::Relaxed);
             if let Some(rate) = rate.as_mut()
                 && let Some(bps) = rate.on_frame(tokio::time::Instant::now())
             {
@@ -566,16 +626,19 @@ pub(crate) async fn publish(
             tokio::time::sleep_until(next).await;
         }
     });
-    Ok(Publisher {
+    Publisher {
         producer_id,
         kind,
         codec,
-        frames,
-        bytes,
+        frames: counters.frames.clone(),
+        bytes: counters.bytes.clone(),
         keyframe_wanted,
         layers: Vec::new(),
+        simulcast: None,
+        counters,
         task,
-    })
+        stopped: false,
+    }
 }
 
 /// Produces a simulcast video track and sends each layer's source in real time, from when
@@ -593,10 +656,32 @@ pub async fn publish_simulcast(
     let result = client
         .produce_layers("vp8", Params::new(), ladder.clone())
         .await?;
+    Ok(publish_simulcast_as(
+        client,
+        result,
+        ladder,
+        fps,
+        keyframe_interval,
+        PublisherCounters::default(),
+        go,
+    ))
+}
+
+/// [`publish_simulcast`] for a producer that exists already (a resumed one).
+pub fn publish_simulcast_as(
+    client: &Client,
+    result: ProduceResult,
+    ladder: Vec<LayerInfo>,
+    fps: u32,
+    keyframe_interval: Duration,
+    counters: PublisherCounters,
+    go: impl Future<Output = ()> + Send + 'static,
+) -> Publisher {
     let producer_id = result.producer_id;
     let simulcast = result.layers.is_some();
-    let frames = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
+    let frames = counters.frames.clone();
+    let bytes = counters.bytes.clone();
+    let first_index = counters.next_seq.load(Ordering::Relaxed);
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let layers: Vec<LayerControl> = ladder
         .iter()
@@ -624,6 +709,7 @@ pub async fn publish_simulcast(
         let mut start_rx = start_rx.clone();
         let mark = layer.unwrap_or(0);
         let mut source = SyntheticVideo::layer(mark, info.max_bitrate, fps, keyframe_interval);
+        let next_seq = counters.next_seq.clone();
         tasks.spawn(async move {
             let Ok(start) = start_rx
                 .wait_for(Option::is_some)
@@ -635,9 +721,10 @@ pub async fn publish_simulcast(
             let (start, start_us): (tokio::time::Instant, u64) = start;
             let period = Duration::from_secs(1) / fps.max(1);
             let mut was_wanted = true;
-            let mut index: u64 = 0;
+            let mut index: u64 = first_index;
             loop {
-                let next = start + period * index as u32;
+                let next = start + period * (index - first_index) as u32;
+                next_seq.fetch_max(index + 1, Ordering::Relaxed);
                 tokio::time::sleep_until(next).await;
                 let wanted = control.wanted.load(Ordering::Relaxed);
                 if !wanted {
@@ -652,7 +739,7 @@ pub async fn publish_simulcast(
                 let frame = source.next_frame(index);
                 let header = FrameHeader {
                     seq: index,
-                    capture_us: start_us + period.as_micros() as u64 * index,
+                    capture_us: start_us + period.as_micros() as u64 * (index - first_index),
                     keyframe: frame.keyframe,
                     audio_level: None,
                 };
@@ -672,7 +759,8 @@ pub async fn publish_simulcast(
                         // The camera ran on meanwhile: continue at the frame due now.
                         source.force_keyframe();
                         let due = tokio::time::Instant::now().saturating_duration_since(start);
-                        index = (index + 1).max(due.as_micros() as u64 / period.as_micros() as u64);
+                        index = (index + 1)
+                            .max(first_index + due.as_micros() as u64 / period.as_micros() as u64);
                     }
                     Err(_) => return,
                 }
@@ -684,7 +772,7 @@ pub async fn publish_simulcast(
         let _ = start_tx.send(Some((tokio::time::Instant::now(), now_us())));
         while tasks.join_next().await.is_some() {}
     });
-    Ok(Publisher {
+    Publisher {
         producer_id,
         kind: MediaKind::Video,
         codec: "vp8".to_owned(),
@@ -692,17 +780,25 @@ pub async fn publish_simulcast(
         bytes,
         keyframe_wanted,
         layers,
+        simulcast: Some((result, ladder)),
+        counters,
         task,
-    })
+        stopped: false,
+    }
 }
 
 /// Runs a peer until the duration ends or Ctrl-C; returns what it sent and received, and
 /// reports along the way on `events`. Fails when the relay cannot be reached or refuses
 /// the join.
 pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary> {
-    let (client, incoming) = Client::connect(options.client.clone()).await?;
+    let mut client_options = options.client.clone();
+    if options.reconnect && !client_options.extensions.iter().any(|e| e == EXT_RESUME) {
+        client_options.extensions.push(EXT_RESUME.to_owned());
+    }
+    let (mut client, mut incoming) = Client::connect(client_options.clone()).await?;
     let joined = client.join(&options.room, &options.name, true).await?;
     let started = Instant::now();
+    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let _ = events.send(JoinEvent::Joined {
         room: joined.room.clone(),
         ongoing: joined.ongoing,
@@ -717,25 +813,7 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
 
     let mut publishers = Vec::new();
     if !options.no_publish {
-        let mut audio: Box<dyn MediaSource> = match &options.audio {
-            Some(path) => Box::new(OggOpusFile::open(path)?),
-            None => Box::new(SyntheticAudio::new(48_000)),
-        };
-        if let Some(script) = &options.speech {
-            audio = Box::new(Speaking {
-                inner: audio,
-                script: script.clone(),
-                frame: Duration::from_millis(20),
-            });
-        }
-        let video: Box<dyn MediaSource> = match &options.video {
-            Some(path) => Box::new(IvfFile::open(path)?),
-            None => Box::new(SyntheticVideo::new(
-                options.video_bitrate,
-                options.video_fps,
-                options.keyframe_interval,
-            )),
-        };
+        let (audio, video) = sources(&options)?;
         publishers.push(publish(&client, MediaKind::Audio, audio, async {}).await?);
         if options.simulcast && options.video.is_none() {
             let ladder = simulcast_ladder(options.video_bitrate);
@@ -755,22 +833,84 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
     }
 
     let data_sent = Arc::new(AtomicU64::new(0));
+    // The chat follows the current session across reconnections.
+    let (current, current_rx) = tokio::sync::watch::channel(client.clone());
     let chat = options.chat_from_stdin.then(|| {
-        let (client, events, sent) = (client.clone(), events.clone(), data_sent.clone());
-        tokio::spawn(chat_from_stdin(client, events, sent))
+        let (events, sent) = (events.clone(), data_sent.clone());
+        tokio::spawn(chat_from_stdin(current_rx, events, sent))
     });
     let mut conference = Conference::default();
-    let received = receive(
-        &options,
-        &client,
-        incoming,
-        &mut names,
-        &publishers,
-        &events,
-        &mut conference,
-        started,
-    )
-    .await;
+    let mut tracks: HashMap<ProducerId, TrackStats> = HashMap::new();
+    let mut me = (joined.peer_id, joined.resume_token.clone());
+    let grace = Duration::from_millis(joined.resume_grace_ms.unwrap_or(0));
+    let mut reconnects = 0;
+    loop {
+        let ended = receive(
+            &options,
+            &client,
+            incoming,
+            &mut names,
+            &publishers,
+            &events,
+            &mut conference,
+            started,
+            &mut tracks,
+            deadline,
+            me.1.is_some(),
+        )
+        .await;
+        if ended == Ended::Done || !options.reconnect {
+            break;
+        }
+        for p in &mut publishers {
+            p.stop().await;
+        }
+        // A relay that is going away may be restarting: try for a while, not for long.
+        let window = match ended {
+            Ended::GoingAway => GOING_AWAY_WINDOW,
+            _ => grace.max(Duration::from_secs(5)),
+        };
+        let Some((c, i, result)) = reconnect(
+            &options,
+            &client_options,
+            &joined.room,
+            &me,
+            window,
+            deadline,
+            &events,
+        )
+        .await
+        else {
+            break;
+        };
+        reconnects += 1;
+        (client, incoming) = (c, i);
+        let _ = current.send(client.clone());
+        for p in &result.peers {
+            names.insert(p.peer_id, p.name.clone());
+        }
+        // The consumers a resumed place came back with (a fresh join gets consumer_added).
+        for c in &result.consumers {
+            let p = &c.producer;
+            tracks
+                .entry(p.producer_id)
+                .or_insert_with(|| TrackStats::new(p.peer_id, p.kind, p.codec.clone()));
+        }
+        // Resumed: the same producers go on where they were. Otherwise (the relay lost
+        // the place, e.g. it restarted) the tracks are produced anew.
+        let mut restarted = Vec::new();
+        for p in publishers.drain(..) {
+            restarted.push(restart(&options, &client, p, &result).await?);
+        }
+        publishers = restarted;
+        if !result.resumed {
+            names.insert(result.peer_id, result.name.clone());
+        }
+        me = (result.peer_id, result.resume_token.clone());
+        let _ = events.send(JoinEvent::Reconnected {
+            resumed: result.resumed,
+        });
+    }
     if let Some(chat) = chat {
         chat.abort();
     }
@@ -796,7 +936,7 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
         });
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), client.leave()).await;
-    let mut received: Vec<ReceivedTrack> = received
+    let mut received: Vec<ReceivedTrack> = tracks
         .into_iter()
         .map(|(producer_id, t)| ReceivedTrack {
             peer: names
@@ -825,7 +965,7 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
     Ok(JoinSummary {
         room: joined.room,
         name: joined.name.clone(),
-        peer_id: joined.peer_id,
+        peer_id: me.0,
         joined_ongoing_call: joined.ongoing,
         duration_s: (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
         sent,
@@ -833,7 +973,140 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
         speaker_changes: conference.speaker_changes,
         data_received: conference.data_received,
         data_sent: data_sent.load(Ordering::Relaxed),
+        reconnects,
     })
+}
+
+/// The audio and video sources `options` ask for.
+fn sources(options: &JoinOptions) -> Result<(Box<dyn MediaSource>, Box<dyn MediaSource>)> {
+    let mut audio: Box<dyn MediaSource> = match &options.audio {
+        Some(path) => Box::new(OggOpusFile::open(path)?),
+        None => Box::new(SyntheticAudio::new(48_000)),
+    };
+    if let Some(script) = &options.speech {
+        audio = Box::new(Speaking {
+            inner: audio,
+            script: script.clone(),
+            frame: Duration::from_millis(20),
+        });
+    }
+    let video: Box<dyn MediaSource> = match &options.video {
+        Some(path) => Box::new(IvfFile::open(path)?),
+        None => Box::new(SyntheticVideo::new(
+            options.video_bitrate,
+            options.video_fps,
+            options.keyframe_interval,
+        )),
+    };
+    Ok((audio, video))
+}
+
+/// A publisher on the new session: the same producer if the place was resumed (`seq`
+/// carries on), a new one otherwise. Its counters carry on either way.
+async fn restart(
+    options: &JoinOptions,
+    client: &Client,
+    old: Publisher,
+    result: &JoinResult,
+) -> Result<Publisher> {
+    let (audio, video) = sources(options)?;
+    let source = match old.kind {
+        MediaKind::Audio => audio,
+        MediaKind::Video => video,
+    };
+    if let Some((produced, ladder)) = old.simulcast {
+        let produced = if result.resumed {
+            produced
+        } else {
+            client
+                .produce_layers("vp8", Params::new(), ladder.clone())
+                .await?
+        };
+        return Ok(publish_simulcast_as(
+            client,
+            produced,
+            ladder,
+            options.video_fps,
+            options.keyframe_interval,
+            old.counters,
+            async {},
+        ));
+    }
+    let producer_id = if result.resumed {
+        old.producer_id
+    } else {
+        client.produce(old.kind, source.codec()).await?
+    };
+    Ok(publish_as(
+        client,
+        producer_id,
+        old.kind,
+        source,
+        old.counters,
+        async {},
+    ))
+}
+
+/// How long a client whose relay went away tries to reach it again (a restart takes a
+/// few seconds).
+pub const GOING_AWAY_WINDOW: Duration = Duration::from_secs(10);
+
+/// No word from the relay for this long (it sends `transport_stats` every second): the
+/// path is taken for dead and, if the place can be resumed, the client reconnects.
+pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects again and takes the place back (`me`: the peer id and its resume token), or,
+/// when the relay no longer has it, joins anew. Tries with backoff (250 ms doubling to
+/// 4 s) for `grace`; gives up at the run's deadline.
+async fn reconnect(
+    options: &JoinOptions,
+    client_options: &ClientOptions,
+    room: &str,
+    me: &(PeerId, Option<String>),
+    grace: Duration,
+    deadline: Option<tokio::time::Instant>,
+    events: &JoinEvents,
+) -> Option<(Client, Incoming, JoinResult)> {
+    let give_up = tokio::time::Instant::now() + grace;
+    let give_up = deadline.map_or(give_up, |d| d.min(give_up));
+    let mut backoff = Duration::from_millis(250);
+    for attempt in 1u32.. {
+        let _ = events.send(JoinEvent::Reconnecting { attempt });
+        let tried = async {
+            let (client, incoming) = Client::connect(client_options.clone()).await?;
+            let result = match &me.1 {
+                Some(token) => match client.resume(room, &options.name, me.0, token).await {
+                    Err(ClientError::Refused(e)) if e.code == ErrorCode::ResumeFailed => {
+                        client.join(room, &options.name, true).await?
+                    }
+                    other => other?,
+                },
+                None => client.join(room, &options.name, true).await?,
+            };
+            Ok::<_, ClientError>((client, incoming, result))
+        };
+        // A dead path would hold a connection attempt for its whole handshake timeout.
+        match tokio::time::timeout(Duration::from_secs(3), tried).await {
+            Ok(Ok(done)) => return Some(done),
+            Ok(Err(e)) => {
+                let _ = events.send(JoinEvent::ReconnectFailed {
+                    error: e.to_string(),
+                    final_attempt: false,
+                });
+            }
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() + backoff >= give_up {
+            break;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(4));
+    }
+    let _ = events.send(JoinEvent::ReconnectFailed {
+        error: "the relay could not be reached again in time".into(),
+        final_attempt: true,
+    });
+    None
 }
 
 /// What `join` keeps of the room's conversation for its summary.
@@ -861,13 +1134,18 @@ impl Conference {
 }
 
 /// Sends each line of standard input to the room as chat, until input ends.
-async fn chat_from_stdin(client: Client, events: JoinEvents, sent: Arc<AtomicU64>) {
+async fn chat_from_stdin(
+    client: tokio::sync::watch::Receiver<Client>,
+    events: JoinEvents,
+    sent: Arc<AtomicU64>,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if line.trim().is_empty() {
             continue;
         }
+        let client = client.borrow().clone();
         match client.send_data(&line, &[], Some("chat")).await {
             Ok(_) => {
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -881,6 +1159,17 @@ async fn chat_from_stdin(client: Client, events: JoinEvents, sent: Arc<AtomicU64
     }
 }
 
+/// Why [`receive`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The run is over: deadline, Ctrl-C, or the relay going away.
+    Done,
+    /// The connection ended or went silent.
+    ConnectionLost,
+    /// The relay is shutting down (it may be restarting).
+    GoingAway,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     options: &JoinOptions,
@@ -891,15 +1180,16 @@ async fn receive(
     events: &JoinEvents,
     conference: &mut Conference,
     started: Instant,
-) -> HashMap<ProducerId, TrackStats> {
+    tracks: &mut HashMap<ProducerId, TrackStats>,
+    deadline: Option<tokio::time::Instant>,
+    watch_silence: bool,
+) -> Ended {
     let name_of = |names: &HashMap<PeerId, String>, p: PeerId| {
         names
             .get(&p)
             .cloned()
             .unwrap_or_else(|| format!("peer {p}"))
     };
-    let mut tracks: HashMap<ProducerId, TrackStats> = HashMap::new();
-    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let until_deadline = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d).await,
@@ -910,16 +1200,23 @@ async fn receive(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut lossy_open = true;
+    let mut last_heard = tokio::time::Instant::now();
     loop {
+        let silent_at = last_heard + SILENCE_TIMEOUT;
         tokio::select! {
             frame = incoming.frames.recv() => match frame {
                 Some(frame) => {
+                    last_heard = tokio::time::Instant::now();
                     if let Some(t) = tracks.get_mut(&frame.producer_id) {
                         t.record(&frame);
                     }
                 }
-                None => break,
+                None => return Ended::ConnectionLost,
             },
+            _ = tokio::time::sleep_until(silent_at), if watch_silence => {
+                let _ = events.send(JoinEvent::ConnectionLost { reason: "no word from the relay for 5 s".into() });
+                return Ended::ConnectionLost;
+            }
             event = incoming.events.recv() => match event {
                 Some(ServerMessage::PeerJoined { peer }) => {
                     names.insert(peer.peer_id, peer.name.clone());
@@ -962,7 +1259,15 @@ async fn receive(
                 }
                 Some(ServerMessage::GoingAway { reason, .. }) => {
                     let _ = events.send(JoinEvent::GoingAway { reason });
-                    break;
+                    return Ended::GoingAway;
+                }
+                Some(ServerMessage::PeerInterrupted { peer_id }) => {
+                    last_heard = tokio::time::Instant::now();
+                    let _ = events.send(JoinEvent::PeerInterrupted { name: name_of(names, peer_id) });
+                }
+                Some(ServerMessage::PeerResumed { peer_id }) => {
+                    last_heard = tokio::time::Instant::now();
+                    let _ = events.send(JoinEvent::PeerResumed { name: name_of(names, peer_id) });
                 }
                 Some(ServerMessage::ActiveSpeakers { speakers }) => {
                     let list: Vec<String> = speakers.iter().map(|s| name_of(names, s.peer_id)).collect();
@@ -974,8 +1279,11 @@ async fn receive(
                     conference.data(data.clone());
                     let _ = events.send(JoinEvent::Data(data));
                 }
-                Some(_) => {}
-                None => break,
+                Some(_) => last_heard = tokio::time::Instant::now(),
+                None => {
+                    let _ = events.send(JoinEvent::ConnectionLost { reason: "the connection to the relay ended".into() });
+                    return Ended::ConnectionLost;
+                }
             },
             data = incoming.lossy_data.recv(), if lossy_open => match data {
                 Some((from, payload)) => {
@@ -991,13 +1299,12 @@ async fn receive(
                 None => lossy_open = false,
             },
             _ = tick.tick(), if options.live_stats => {
-                let _ = events.send(JoinEvent::Stats(live_stats(names, &tracks, publishers)));
+                let _ = events.send(JoinEvent::Stats(live_stats(names, tracks, publishers)));
             }
-            _ = &mut until_deadline => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut until_deadline => return Ended::Done,
+            _ = tokio::signal::ctrl_c() => return Ended::Done,
         }
     }
-    tracks
 }
 
 fn live_stats(

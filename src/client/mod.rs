@@ -354,6 +354,7 @@ impl Client {
                 auto_subscribe,
                 token: self.token.clone(),
                 extensions: self.extensions.clone(),
+                resume: None,
             })
             .await?;
         *self
@@ -362,6 +363,37 @@ impl Client {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = joined.extensions.clone();
         Ok(joined)
+    }
+
+    /// Takes back the place of `peer_id` (a session of this relay that dropped) with the
+    /// token its join result gave (docs/PROTOCOL.md section 16).
+    pub async fn resume(
+        &self,
+        room: &str,
+        name: &str,
+        peer_id: PeerId,
+        token: &str,
+    ) -> Result<JoinResult, ClientError> {
+        let resumed: JoinResult = self
+            .request(Request::Join {
+                version: PROTOCOL_VERSION,
+                room: room.to_owned(),
+                name: name.to_owned(),
+                auto_subscribe: false,
+                token: self.token.clone(),
+                extensions: self.extensions.clone(),
+                resume: Some(crate::wire::Resume {
+                    peer_id,
+                    token: token.to_owned(),
+                }),
+            })
+            .await?;
+        *self
+            .inner
+            .relay_extensions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = resumed.extensions.clone();
+        Ok(resumed)
     }
 
     /// Whether the relay listed `extension` when this client joined.

@@ -32,6 +32,9 @@ pub struct RelayConfig {
     /// Keep a log of room events (joins, leaves, producers) for webhooks to drain
     /// (`Room::drain_events`); off when nobody drains it.
     pub room_events: bool,
+    /// How long a peer that asked for `resume` keeps its place after its session drops
+    /// (zero: no resumption, the peer leaves at once).
+    pub reconnect_grace: Duration,
 }
 
 /// Limits that keep one room, peer or producer from taking more than its share.
@@ -82,6 +85,9 @@ impl Default for RelayConfig {
             audio_latency_bound: Duration::from_millis(200),
             transport_stats_interval: Duration::from_secs(1),
             room_events: false,
+            // LiveKit keeps a dropped participant for 20 s; a client notices a dead path in
+            // about 5 s and backs off up to a few seconds between attempts.
+            reconnect_grace: Duration::from_secs(20),
             limits: Limits::default(),
         }
     }

@@ -36,7 +36,7 @@ use crate::wire::frame::{
 };
 use crate::wire::{
     ClientMessage, ConsumerId, ConsumerInfo, DataSent, Done, EXT_AUDIO_LEVEL, EXT_LOSSY_DATA,
-    EXTENSIONS, ErrorCode, FrameHeader, Grants, JoinResult, LayerInfo, LeaveReason,
+    EXT_RESUME, EXTENSIONS, ErrorCode, FrameHeader, Grants, JoinResult, LayerInfo, LeaveReason,
     MAX_DATA_PAYLOAD, MAX_LAYERS, MediaKind, PROTOCOL_VERSION, Params, PeerId, PeerInfo,
     ProduceResult, ProducerId, ProducerInfo, ProtocolError, Reply, Request, ServerMessage,
     TrackSource,
@@ -51,8 +51,10 @@ pub const LOSSY_DATA_PER_SECOND: f64 = 60.0;
 /// Lossy data waiting for one recipient; beyond it the oldest is dropped.
 pub const MAX_LOSSY_QUEUE: usize = 32;
 
-/// What the IO layer must do for a peer.
+/// What the IO layer must do for a peer. (Messages are most of the outputs and move
+/// straight to the writer: boxing them would add an allocation each.)
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum PeerOutput {
     /// Write this on the peer's control stream.
     Message(ServerMessage),
@@ -98,6 +100,25 @@ pub enum RoomEvent {
     },
 }
 
+/// A consumer an interrupted peer had, to recreate when it resumes.
+#[derive(Debug, Clone)]
+struct Subscription {
+    producer: ProducerId,
+    paused: bool,
+    preference: Option<Preference>,
+}
+
+/// How a peer's session ended, as the core saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The peer is gone (it left, or cannot resume).
+    Left,
+    /// The peer keeps its place for the grace period.
+    Interrupted,
+    /// Another session took the peer over already; nothing changed.
+    Stale,
+}
+
 /// Room events kept for the drain at most; beyond, new ones are counted, not kept.
 pub const MAX_ROOM_EVENTS: usize = 1024;
 
@@ -123,6 +144,16 @@ struct Peer {
     budget: LinkBudget,
     /// Extensions the peer asked for in `join`.
     wants_audio_level: bool,
+    /// The peer keeps its place for `reconnect_grace` when its session drops; a session
+    /// presenting `resume_token` takes it back.
+    resumable: bool,
+    resume_token: Option<String>,
+    /// Which session drives the peer now: bumped at each interruption, so that the tasks
+    /// of a dropped session see it gone (`poll_peer_session`).
+    session: u64,
+    /// Since when the peer has had no session, and what it had subscribed to then.
+    interrupted: Option<Instant>,
+    subscriptions: Vec<Subscription>,
     wants_lossy_data: bool,
     /// Lossy data waiting for this peer (at most `MAX_LOSSY_QUEUE`).
     lossy: VecDeque<Bytes>,
@@ -447,7 +478,9 @@ impl Room {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
-        if peer.overflowed {
+        // An interrupted peer has no session to read it; a resumed one gets the room's
+        // state in its result instead.
+        if peer.overflowed || peer.interrupted.is_some() {
             return;
         }
         if peer.outbox.len() >= max {
@@ -497,9 +530,26 @@ impl Room {
 
     /// Next output for a peer. `Ready(None)`: the peer is gone, stop driving it.
     pub fn poll_peer(&mut self, peer_id: PeerId, cx: &mut Context<'_>) -> Poll<Option<PeerOutput>> {
+        match self.session_of(peer_id) {
+            Some(session) => self.poll_peer_session(peer_id, session, cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// `poll_peer` for one session of the peer: `Ready(None)` once that session is over
+    /// (interrupted, or taken over by a resumed one) even though the peer stays.
+    pub fn poll_peer_session(
+        &mut self,
+        peer_id: PeerId,
+        session: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<PeerOutput>> {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return Poll::Ready(None);
         };
+        if peer.session != session || peer.interrupted.is_some() {
+            return Poll::Ready(None);
+        }
         match peer.outbox.pop_front() {
             Some(output) => Poll::Ready(Some(output)),
             None if !peer.lossy.is_empty() => {
@@ -612,6 +662,8 @@ impl Room {
         }
         let peer_id = PeerId(self.new_id());
         let peers: Vec<PeerInfo> = self.members.iter().map(|p| self.peer_info(*p)).collect();
+        let asked = |name: &str| extensions.iter().any(|e| e == name);
+        let resumable = asked(EXT_RESUME) && !self.config.reconnect_grace.is_zero();
         let result = JoinResult {
             version: PROTOCOL_VERSION,
             peer_id,
@@ -622,9 +674,13 @@ impl Room {
             max_datagram_size: self.config.max_datagram_size,
             max_frame_size: self.config.max_frame_size,
             grants: grants.clone(),
-            extensions: EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
+            extensions: self.extensions(),
+            resume_token: None,
+            resume_grace_ms: resumable.then(|| self.config.reconnect_grace.as_millis() as u64),
+            resumed: false,
+            producers: Vec::new(),
+            consumers: Vec::new(),
         };
-        let asked = |name: &str| extensions.iter().any(|e| e == name);
         self.peers.insert(
             peer_id,
             Peer {
@@ -647,6 +703,11 @@ impl Room {
                 last_queue_ms: 0.0,
                 budget: LinkBudget::default(),
                 wants_audio_level: asked(EXT_AUDIO_LEVEL),
+                resumable,
+                resume_token: None,
+                session: 0,
+                interrupted: None,
+                subscriptions: Vec::new(),
                 wants_lossy_data: asked(EXT_LOSSY_DATA),
                 lossy: VecDeque::new(),
                 data_bytes: TokenBucket::new(DATA_BURST_BYTES, DATA_BYTES_PER_SECOND),
@@ -676,6 +737,206 @@ impl Room {
             self.set_auto_subscribe(peer_id, true, now);
         }
         Ok((peer_id, result))
+    }
+
+    /// The extensions this room's relay supports (`resume` only with a grace period).
+    fn extensions(&self) -> Vec<String> {
+        EXTENSIONS
+            .iter()
+            .filter(|e| **e != EXT_RESUME || !self.config.reconnect_grace.is_zero())
+            .map(|e| (*e).to_owned())
+            .collect()
+    }
+
+    /// Sets the secret a later session must present to resume `peer_id` (the IO layer
+    /// makes it: the core has no randomness). Only for a peer that asked to be resumable.
+    pub fn set_resume_token(&mut self, peer_id: PeerId, token: String) -> bool {
+        match self.peers.get_mut(&peer_id) {
+            Some(peer) if peer.resumable => {
+                peer.resume_token = Some(token);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The session that drives `peer_id` now (0 at join, one more per resumption).
+    pub fn session_of(&self, peer_id: PeerId) -> Option<u64> {
+        self.peers.get(&peer_id).map(|p| p.session)
+    }
+
+    /// A session of `peer_id` ended. A peer that asked to be resumable and did not leave
+    /// keeps its place for `reconnect_grace`: its consumers are closed (and remembered),
+    /// its producers stay, the room hears `peer_interrupted`. Otherwise it leaves.
+    pub fn end_session(
+        &mut self,
+        peer_id: PeerId,
+        session: u64,
+        reason: LeaveReason,
+        now: Instant,
+    ) -> SessionEnd {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return SessionEnd::Left;
+        };
+        if peer.session != session || peer.interrupted.is_some() {
+            return SessionEnd::Stale;
+        }
+        if reason == LeaveReason::Left || !peer.resumable {
+            self.leave(peer_id, reason);
+            return SessionEnd::Left;
+        }
+        self.interrupt(peer_id, now);
+        SessionEnd::Interrupted
+    }
+
+    fn interrupt(&mut self, peer_id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get(&peer_id) else {
+            return;
+        };
+        let consumers: Vec<ConsumerId> = peer.consumers.iter().copied().collect();
+        let subscriptions = consumers
+            .iter()
+            .filter_map(|c| self.consumers.get(c))
+            .map(|c| Subscription {
+                producer: c.producer,
+                paused: c.paused,
+                preference: c.layers.as_ref().map(|l| l.preference),
+            })
+            .collect();
+        for consumer_id in consumers {
+            self.remove_consumer(consumer_id);
+        }
+        let peer = self.peers.get_mut(&peer_id).expect("checked");
+        peer.subscriptions = subscriptions;
+        peer.session += 1;
+        peer.interrupted = Some(now);
+        // What was due to the dropped session is stale: a resumed session gets the room as
+        // it is then, in its result.
+        peer.outbox.clear();
+        peer.lossy.clear();
+        peer.overflowed = false;
+        if let Some(waker) = peer.waker.take() {
+            waker.wake();
+        }
+        self.broadcast(peer_id, ServerMessage::PeerInterrupted { peer_id });
+    }
+
+    /// A new session takes `peer_id`'s place back with the token it was given. A peer
+    /// whose old session is still open is taken over (that session ends). Returns the new
+    /// session's number and its join result: the others as they are now, the peer's own
+    /// producers (same ids), and its consumers recreated (new ids; the producers that
+    /// still exist), each also started with a `StartConsumer`.
+    pub fn resume(
+        &mut self,
+        peer_id: PeerId,
+        token: &str,
+        now: Instant,
+    ) -> Result<(u64, JoinResult), ProtocolError> {
+        let refused = || {
+            err(
+                ErrorCode::ResumeFailed,
+                "nothing to resume: the place was given up, or the relay restarted; join anew",
+            )
+        };
+        let peer = self.peers.get(&peer_id).ok_or_else(refused)?;
+        if !peer.resumable || peer.resume_token.as_deref() != Some(token) {
+            return Err(refused());
+        }
+        if peer.interrupted.is_none() {
+            self.interrupt(peer_id, now);
+        }
+        // Consumers made for it meanwhile (auto-subscribe) were never started: they are
+        // recreated with the others.
+        let during: Vec<ConsumerId> = self.peers[&peer_id].consumers.iter().copied().collect();
+        let mut later: Vec<Subscription> = during
+            .iter()
+            .filter_map(|c| self.consumers.get(c))
+            .map(|c| Subscription {
+                producer: c.producer,
+                paused: c.paused,
+                preference: c.layers.as_ref().map(|l| l.preference),
+            })
+            .collect();
+        for consumer_id in during {
+            self.remove_consumer(consumer_id);
+        }
+        let peer = self.peers.get_mut(&peer_id).expect("checked");
+        peer.interrupted = None;
+        let session = peer.session;
+        let mut subscriptions = std::mem::take(&mut peer.subscriptions);
+        subscriptions.append(&mut later);
+        let own = peer.producers.clone();
+        let mut consumers = Vec::new();
+        for s in subscriptions {
+            if !self.producers.contains_key(&s.producer) {
+                continue;
+            }
+            let mut info = self.add_consumer(peer_id, s.producer, s.paused, now);
+            if let (Some(preference), Some(consumer)) =
+                (s.preference, self.consumers.get_mut(&info.consumer_id))
+                && let Some(selection) = consumer.layers.as_mut()
+            {
+                selection.preference = preference;
+                self.reallocate(peer_id, now);
+                info.layer = self.consumers[&info.consumer_id]
+                    .layers
+                    .as_ref()
+                    .map(|l| l.target);
+            }
+            consumers.push(info);
+        }
+        // Its encoders restart: whoever consumes its video waits for a keyframe.
+        for producer_id in &own {
+            for consumer_id in self.producers[producer_id].consumers.clone() {
+                if let Some(c) = self.consumers.get_mut(&consumer_id) {
+                    c.queue.resync();
+                }
+            }
+            self.request_keyframe(*producer_id, now);
+        }
+        self.broadcast(peer_id, ServerMessage::PeerResumed { peer_id });
+        let peer = &self.peers[&peer_id];
+        let result = JoinResult {
+            version: PROTOCOL_VERSION,
+            peer_id,
+            room: self.name.clone(),
+            name: peer.name.clone(),
+            ongoing: self.members.len() > 1,
+            peers: self
+                .members
+                .iter()
+                .filter(|p| **p != peer_id)
+                .map(|p| self.peer_info(*p))
+                .collect(),
+            max_datagram_size: self.config.max_datagram_size,
+            max_frame_size: self.config.max_frame_size,
+            grants: peer.grants.clone(),
+            extensions: self.extensions(),
+            resume_token: peer.resume_token.clone(),
+            resume_grace_ms: Some(self.config.reconnect_grace.as_millis() as u64),
+            resumed: true,
+            producers: own.iter().map(|p| self.producers[p].info.clone()).collect(),
+            consumers,
+        };
+        Ok((session, result))
+    }
+
+    /// Peers whose grace period ended by `now` leave (as disconnected); returns them.
+    pub fn expire_interrupted(&mut self, now: Instant) -> Vec<PeerId> {
+        let grace = self.config.reconnect_grace;
+        let expired: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.interrupted
+                    .is_some_and(|since| now.saturating_duration_since(since) >= grace)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer_id in &expired {
+            self.leave(*peer_id, LeaveReason::Disconnected);
+        }
+        expired
     }
 
     fn peer_info(&self, peer_id: PeerId) -> PeerInfo {
@@ -1021,7 +1282,7 @@ impl Room {
             let Some(peer) = self.peers.get_mut(&recipient) else {
                 continue;
             };
-            if !peer.wants_lossy_data {
+            if !peer.wants_lossy_data || peer.interrupted.is_some() {
                 continue;
             }
             if peer.lossy.len() >= MAX_LOSSY_QUEUE {

@@ -479,6 +479,7 @@ fn bad_requests_get_typed_errors() {
     let b = h.join("r", "b");
     let cam = h.produce(a, MediaKind::Video);
     let join_again = Request::Join {
+        resume: None,
         extensions: Vec::new(),
         version: 1,
         room: "r".into(),
@@ -2115,5 +2116,189 @@ fn room_events_are_logged_in_order_once_each_when_asked_for() {
             .drain_events()
             .0
             .is_empty()
+    );
+}
+
+// ---- resumption ------------------------------------------------------------------------------
+
+#[test]
+fn an_interrupted_peer_keeps_its_place_and_resumes_with_its_producers_and_subscriptions() {
+    let mut h = Harness::new();
+    let a = h.join_with("r", "a", &["resume"]);
+    let b = h.join("r", "b");
+    assert!(
+        h.relay
+            .room_mut_for_tests("r")
+            .set_resume_token(a, "secret".into())
+    );
+    assert!(
+        !h.relay
+            .room_mut_for_tests("r")
+            .set_resume_token(b, "x".into()),
+        "b did not ask"
+    );
+    let mic = h.produce(a, MediaKind::Audio);
+    let cam_b = h.produce(b, MediaKind::Audio);
+    let consumer_b = h.consume(b, mic);
+    let consumer_a = h.consume(a, cam_b);
+    let _ = consumer_a;
+    h.messages(a);
+    h.messages(b);
+
+    // The session drops: b hears of an interruption, not a departure; a's producer stays.
+    let now = h.now;
+    assert_eq!(
+        h.relay
+            .room_mut_for_tests("r")
+            .end_session(a, 0, LeaveReason::Disconnected, now),
+        SessionEnd::Interrupted
+    );
+    let seen = h.messages(b);
+    assert_eq!(seen, vec![ServerMessage::PeerInterrupted { peer_id: a }]);
+    assert!(h.relay.room_mut_for_tests("r").has_producer(mic));
+    assert!(!h.relay.room_mut_for_tests("r").has_consumer(consumer_a));
+    // The old session is over for whoever still polls it; a second end is stale.
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(
+        h.relay
+            .room_mut_for_tests("r")
+            .poll_peer_session(a, 0, &mut cx),
+        Poll::Ready(None)
+    ));
+    assert_eq!(
+        h.relay
+            .room_mut_for_tests("r")
+            .end_session(a, 0, LeaveReason::Disconnected, now),
+        SessionEnd::Stale
+    );
+    // Messages for it meanwhile are not kept.
+    h.request(b, Request::PauseProducer { producer_id: cam_b })
+        .unwrap();
+
+    // A wrong token is refused; the right one resumes session 1.
+    h.now += Duration::from_secs(5);
+    let now = h.now;
+    assert_eq!(
+        h.relay
+            .room_mut_for_tests("r")
+            .resume(a, "guess", now)
+            .unwrap_err()
+            .code,
+        ErrorCode::ResumeFailed
+    );
+    let (session, result) = h
+        .relay
+        .room_mut_for_tests("r")
+        .resume(a, "secret", now)
+        .unwrap();
+    assert_eq!(session, 1);
+    assert!(result.resumed);
+    assert_eq!(result.peer_id, a);
+    assert_eq!(
+        result
+            .producers
+            .iter()
+            .map(|p| p.producer_id)
+            .collect::<Vec<_>>(),
+        vec![mic]
+    );
+    assert_eq!(result.consumers.len(), 1);
+    assert_eq!(result.consumers[0].producer.producer_id, cam_b);
+    assert!(result.consumers[0].producer.paused, "the room as it is now");
+    assert_ne!(result.consumers[0].consumer_id, consumer_a);
+    assert_eq!(result.peers.len(), 1);
+    let outputs = h.drain(a);
+    assert!(
+        matches!(outputs.first(), Some(PeerOutput::StartConsumer { producer_id, .. }) if *producer_id == cam_b),
+        "{outputs:?}"
+    );
+    assert!(
+        !outputs
+            .iter()
+            .any(|o| matches!(o, PeerOutput::Message(ServerMessage::ProducerPaused { .. }))),
+        "nothing stale from the interruption: {outputs:?}"
+    );
+    assert_eq!(
+        h.messages(b),
+        vec![ServerMessage::PeerResumed { peer_id: a }]
+    );
+    // b's consumer of a's producer never went away, and media flows again.
+    h.audio(a, mic, 1);
+    assert_eq!(h.frames(consumer_b).len(), 1);
+}
+
+#[test]
+fn a_resume_takes_over_a_live_session_and_the_grace_period_ends_in_a_departure() {
+    let mut h = Harness::new();
+    let a = h.join_with("r", "a", &["resume"]);
+    let b = h.join("r", "b");
+    h.relay
+        .room_mut_for_tests("r")
+        .set_resume_token(a, "t".into());
+    h.produce(a, MediaKind::Video);
+    h.messages(b);
+    // The old session has not noticed its path died; the new one takes over.
+    let now = h.now;
+    let (session, _) = h.relay.room_mut_for_tests("r").resume(a, "t", now).unwrap();
+    assert_eq!(session, 1);
+    assert_eq!(
+        h.messages(b),
+        vec![
+            ServerMessage::PeerInterrupted { peer_id: a },
+            ServerMessage::PeerResumed { peer_id: a }
+        ]
+    );
+    // When the old one finally ends, nothing happens to the new one.
+    assert_eq!(
+        h.relay
+            .room_mut_for_tests("r")
+            .end_session(a, 0, LeaveReason::Disconnected, now),
+        SessionEnd::Stale
+    );
+    assert_eq!(h.relay.room_mut_for_tests("r").session_of(a), Some(1));
+
+    // Interrupted again; no resume within the grace period: a normal departure.
+    assert_eq!(
+        h.relay
+            .room_mut_for_tests("r")
+            .end_session(a, 1, LeaveReason::Disconnected, now),
+        SessionEnd::Interrupted
+    );
+    h.messages(b);
+    let grace = RelayConfig::default().reconnect_grace;
+    assert!(
+        h.relay
+            .room_mut_for_tests("r")
+            .expire_interrupted(now + grace / 2)
+            .is_empty()
+    );
+    assert_eq!(
+        h.relay
+            .room_mut_for_tests("r")
+            .expire_interrupted(now + grace),
+        vec![a]
+    );
+    let seen = h.messages(b);
+    assert!(matches!(
+        seen.last(),
+        Some(ServerMessage::PeerLeft {
+            peer_id,
+            reason: LeaveReason::Disconnected
+        }) if *peer_id == a
+    ));
+    assert_eq!(
+        h.relay
+            .room_mut_for_tests("r")
+            .resume(a, "t", now + grace)
+            .unwrap_err()
+            .code,
+        ErrorCode::ResumeFailed
+    );
+    // A peer that did not ask to be resumable leaves at once; so does one that left.
+    assert_eq!(
+        h.relay
+            .room_mut_for_tests("r")
+            .end_session(b, 0, LeaveReason::Disconnected, now),
+        SessionEnd::Left
     );
 }

@@ -278,6 +278,17 @@ impl Server {
                 draining.clone(),
             )));
         }
+        // Peers that may resume keep their place until their grace period ends.
+        {
+            let rooms = rooms.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    rooms.expire_interrupted(std::time::Instant::now());
+                }
+            }));
+        }
         if webhooks.is_some() {
             let rooms = rooms.clone();
             tasks.push(tokio::spawn(async move {

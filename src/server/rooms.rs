@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use super::webhook::Webhooks;
 use crate::core::{
     ConsumerStats, Directory, RelayConfig, RelayCounts, RelayStats, RelayTotals, Room,
-    RoomSnapshot, room_snapshots,
+    RoomSnapshot, SessionEnd, room_snapshots,
 };
-use crate::wire::{ConsumerId, Grants, JoinResult, LeaveReason, PeerId, ProducerId, ProtocolError};
+use crate::wire::{
+    ConsumerId, ErrorCode, Grants, JoinResult, LeaveReason, PeerId, ProducerId, ProtocolError,
+};
 
 /// One room, shared by the tasks of its sessions.
 #[derive(Clone, Debug)]
@@ -100,7 +102,14 @@ impl Rooms {
             .clone();
         let mut locked = handle.lock();
         match locked.join_with_grants(version, name, auto_subscribe, grants, extensions, now) {
-            Ok((peer_id, result)) => {
+            Ok((peer_id, mut result)) => {
+                // The resume secret: 128 random bits, known to this relay and the client.
+                if result.resume_grace_ms.is_some() {
+                    let token = hex::encode(rand::random::<[u8; 16]>());
+                    if locked.set_resume_token(peer_id, token.clone()) {
+                        result.resume_token = Some(token);
+                    }
+                }
                 directory.joined(peer_id, room);
                 drop(locked);
                 Ok((peer_id, result, handle))
@@ -111,6 +120,75 @@ impl Rooms {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// A new session takes back the place of `peer_id` in `room` (`Room::resume`).
+    /// Returns the session number to drive it with, the result, and the room.
+    pub fn resume(
+        &self,
+        room: &str,
+        peer_id: PeerId,
+        token: &str,
+        now: Instant,
+    ) -> Result<(u64, JoinResult, RoomHandle), ProtocolError> {
+        let handle = {
+            let directory = self.directory();
+            match directory.room_of(peer_id) {
+                Some(handle) if handle.lock().name() == room => handle.clone(),
+                _ => {
+                    return Err(ProtocolError::new(
+                        ErrorCode::ResumeFailed,
+                        "nothing to resume in this room: the place was given up, or the relay restarted; join anew",
+                    ));
+                }
+            }
+        };
+        let (session, result) = handle.lock().resume(peer_id, token, now)?;
+        Ok((session, result, handle))
+    }
+
+    /// Session `session` of `peer_id` ended: the peer leaves, or keeps its place for the
+    /// grace period (`Room::end_session`); a taken-over session changes nothing.
+    pub fn end_session(&self, peer_id: PeerId, session: u64, reason: LeaveReason, now: Instant) {
+        let mut directory = self.directory();
+        let Some(handle) = directory.room_of(peer_id).cloned() else {
+            return;
+        };
+        let mut room = handle.lock();
+        if room.end_session(peer_id, session, reason, now) == SessionEnd::Left {
+            directory.left(peer_id);
+            self.close_if_empty(&mut directory, &mut room);
+        }
+    }
+
+    /// Interrupted peers whose grace period is over leave.
+    pub fn expire_interrupted(&self, now: Instant) {
+        let mut directory = self.directory();
+        let rooms: Vec<RoomHandle> = directory.rooms().cloned().collect();
+        for handle in rooms {
+            let mut room = handle.lock();
+            let expired = room.expire_interrupted(now);
+            if expired.is_empty() {
+                continue;
+            }
+            for peer_id in expired {
+                directory.left(peer_id);
+            }
+            self.close_if_empty(&mut directory, &mut room);
+        }
+    }
+
+    fn close_if_empty(&self, directory: &mut Directory<RoomHandle>, room: &mut Room) {
+        if !room.is_empty() {
+            return;
+        }
+        let name = room.name().to_owned();
+        directory.remove_room(&name, room.stats());
+        // Its last events, then its end; a room of the same name later is new.
+        if let Some(webhooks) = &self.webhooks {
+            let (events, dropped) = room.drain_events();
+            webhooks.enqueue(&name, events, dropped, true);
         }
     }
 
@@ -129,14 +207,7 @@ impl Rooms {
         room.leave(peer_id, reason);
         // Rooms are only ever empty between a join's creation and its admission (both
         // under the directory's lock) or after their last peer left: either way, done.
-        if room.is_empty() {
-            directory.remove_room(&name, room.stats());
-            // Its last events, then its end; a room of the same name later is new.
-            if let Some(webhooks) = &self.webhooks {
-                let (events, dropped) = room.drain_events();
-                webhooks.enqueue(&name, events, dropped, true);
-            }
-        }
+        self.close_if_empty(&mut directory, &mut room);
     }
 
     /// The room a peer is in.

@@ -143,6 +143,7 @@ async fn run(
     };
     let Joined {
         peer_id,
+        session,
         room_name,
         room,
         name,
@@ -158,12 +159,16 @@ async fn run(
         .await;
         let reason = if matches!(sent, Ok(Ok(()))) {
             info!(remote = %conn.remote_address(), "joined");
-            drive(&conn, &rooms, &room, &limits, peer_id, send, recv, buf).await
+            drive(
+                &conn, &rooms, &room, &limits, peer_id, session, send, recv, buf,
+            )
+            .await
         } else {
             LeaveReason::Disconnected
         };
-        // Whatever ended the session, the peer and everything it owns go.
-        rooms.leave(peer_id, reason);
+        // Whatever ended the session, the peer and everything it owns go, unless it may
+        // resume (then its place waits for the grace period).
+        rooms.end_session(peer_id, session, reason, Instant::now());
         conn.close(VarInt::from_u32(close_code::NORMAL), b"session ended");
         info!(?reason, "left");
         Ok(())
@@ -174,6 +179,8 @@ async fn run(
 
 struct Joined {
     peer_id: PeerId,
+    /// Which session of the peer this is (0 at join; more after resumptions).
+    session: u64,
     room_name: String,
     room: RoomHandle,
     name: String,
@@ -215,31 +222,43 @@ async fn join_phase(
             auto_subscribe,
             token,
             extensions,
+            resume,
         } = message.request
         else {
             let e = ProtocolError::new(ErrorCode::NotJoined, "send join first");
             write_message(send, &ServerMessage::error(Some(id), &e)).await?;
             continue;
         };
-        let joined = access
-            .admit(token.as_deref(), &room, &name)
-            .and_then(|admitted| {
-                rooms.join(
-                    version,
-                    &room,
-                    &admitted.name,
-                    auto_subscribe,
-                    admitted.grants,
-                    &extensions,
-                    Instant::now(),
-                )
-            });
+        // A resume is admitted by its token (given only to the session that joined); the
+        // peer keeps the grants it joined with.
+        let joined = match resume {
+            Some(resume) => crate::core::check_version(version).and_then(|()| {
+                rooms
+                    .resume(&room, resume.peer_id, &resume.token, Instant::now())
+                    .map(|(session, result, handle)| (resume.peer_id, session, result, handle))
+            }),
+            None => access
+                .admit(token.as_deref(), &room, &name)
+                .and_then(|admitted| {
+                    rooms.join(
+                        version,
+                        &room,
+                        &admitted.name,
+                        auto_subscribe,
+                        admitted.grants,
+                        &extensions,
+                        Instant::now(),
+                    )
+                })
+                .map(|(peer_id, result, handle)| (peer_id, 0, result, handle)),
+        };
         match joined {
-            Ok((peer_id, result, handle)) => {
+            Ok((peer_id, session, result, handle)) => {
                 let name = result.name.clone();
                 let result = Reply::Joined(result);
                 return Ok(Some(Joined {
                     peer_id,
+                    session,
                     room_name: room,
                     room: handle,
                     name,
@@ -306,6 +325,7 @@ async fn drive(
     room: &RoomHandle,
     limits: &SessionLimits,
     peer_id: PeerId,
+    session: u64,
     mut send: SendStream,
     mut recv: RecvStream,
     mut buf: BytesMut,
@@ -368,7 +388,7 @@ async fn drive(
                     return LeaveReason::Disconnected;
                 }
             }
-            output = poll_fn(|cx| room.lock().poll_peer(peer_id, cx)) => match output {
+            output = poll_fn(|cx| room.lock().poll_peer_session(peer_id, session, cx)) => match output {
                 None => return LeaveReason::Disconnected,
                 Some(PeerOutput::Message(message)) => {
                     // A peer that stops reading its control stream blocks this write; it

@@ -88,6 +88,9 @@ pub enum Request {
         /// [`EXT_AUDIO_LEVEL`]. Unknown names are ignored.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         extensions: Vec<String>,
+        /// Take back the place of a peer whose session dropped (docs/PROTOCOL.md 16).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
     },
     Produce {
         kind: MediaKind,
@@ -164,8 +167,25 @@ pub const EXT_DATA: &str = "data";
 pub const EXT_LOSSY_DATA: &str = "lossy_data";
 /// Extension: `produce` takes a `source`.
 pub const EXT_SCREEN: &str = "screen";
+/// Extension: asked for in `join`, the relay keeps the peer's place for a grace period
+/// when its session drops, and a new session may `resume` it.
+pub const EXT_RESUME: &str = "resume";
 /// Every extension this relay supports, as the `join` result lists them.
-pub const EXTENSIONS: [&str; 4] = [EXT_AUDIO_LEVEL, EXT_DATA, EXT_LOSSY_DATA, EXT_SCREEN];
+pub const EXTENSIONS: [&str; 5] = [
+    EXT_AUDIO_LEVEL,
+    EXT_DATA,
+    EXT_LOSSY_DATA,
+    EXT_SCREEN,
+    EXT_RESUME,
+];
+
+/// What a reconnecting client sends in `join` to take its place back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    pub peer_id: PeerId,
+    /// The `resume_token` of the join (or resume) result that admitted that peer.
+    pub token: String,
+}
 
 /// Largest `send_data` payload, bytes of UTF-8.
 pub const MAX_DATA_PAYLOAD: usize = 16_384;
@@ -283,6 +303,7 @@ pub enum ErrorCode {
     MalformedFrame,
     FrameTooLarge,
     DataTooLarge,
+    ResumeFailed,
     SlowControl,
     Kicked,
     Internal,
@@ -317,6 +338,7 @@ impl ErrorCode {
             ErrorCode::MalformedFrame => "malformed_frame",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::DataTooLarge => "data_too_large",
+            ErrorCode::ResumeFailed => "resume_failed",
             ErrorCode::SlowControl => "slow_control",
             ErrorCode::Kicked => "kicked",
             ErrorCode::Internal => "internal",
@@ -447,6 +469,21 @@ pub struct JoinResult {
     /// The optional formats this relay supports ([`EXTENSIONS`]); none from older relays.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<String>,
+    /// For a peer that asked for [`EXT_RESUME`]: the secret a new session presents to take
+    /// this peer's place back, and for how long after a drop the place is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_grace_ms: Option<u64>,
+    /// True when this result answers a `resume`: the peer kept its id and producers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// After a resume: the peer's own producers (their ids unchanged) and its consumers
+    /// (recreated, with new ids, for the producers that still exist).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub producers: Vec<ProducerInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<ConsumerInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -571,6 +608,14 @@ pub enum ServerMessage {
         layer: u8,
         width: u32,
         height: u32,
+    },
+    /// A peer's session dropped; its place is kept for a grace period (it may resume).
+    PeerInterrupted {
+        peer_id: PeerId,
+    },
+    /// An interrupted peer is back, with its producers.
+    PeerResumed {
+        peer_id: PeerId,
     },
     /// Who speaks in the room, the main speaker first (empty: nobody).
     ActiveSpeakers {
@@ -723,6 +768,7 @@ mod tests {
         assert_eq!(
             msg.request,
             Request::Join {
+                resume: None,
                 extensions: Vec::new(),
                 version: 1,
                 room: "r".into(),
@@ -752,6 +798,11 @@ mod tests {
         };
         let replies = [
             Reply::Joined(JoinResult {
+                consumers: Vec::new(),
+                producers: Vec::new(),
+                resume_grace_ms: None,
+                resume_token: None,
+                resumed: false,
                 extensions: Vec::new(),
                 version: PROTOCOL_VERSION,
                 peer_id: PeerId(1),
