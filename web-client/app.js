@@ -7,7 +7,13 @@
 // ?relay=host:port talks to another relay than the page's own; ?quic=host:port sends the
 // WebTransport session there instead (a UDP proxy in front of the relay; the certificate
 // hash still comes from the relay); ?token= is the access token for a relay that requires one;
-// ?simulcast=0 publishes one video layer even to a relay that accepts several.
+// ?simulcast=0 publishes one video layer even to a relay that accepts several;
+// ?screenBitrate= (bit/s) is the most a shared screen is sent at.
+//
+// Conference features (docs/PROTOCOL.md section 15) are used only when the join result's
+// `extensions` lists them: audio levels in the microphone's datagrams and the speaking
+// highlight (`audio_level`), the chat (`data`), screen sharing (`screen`). With an older
+// relay, which lists none, the page does what it did before them.
 
 import { Session, probeRelay } from './session.js';
 import {
@@ -21,9 +27,12 @@ import {
   hasTrackProcessor,
   missingFeatures,
   openCapture,
+  openDevice,
 } from './media.js';
-import { LocalTile, RemoteTile } from './tiles.js';
+import { LocalScreenTile, LocalTile, RemoteTile, ScreenTile } from './tiles.js';
 import { ConsumerView } from './consumer-view.js';
+import { ChatPanel, ParticipantList } from './panels.js';
+import { DevicePickers } from './devices.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -42,6 +51,18 @@ const settings = {
   // Simulcast: the camera in up to three sizes, if the relay accepts layers.
   simulcast: params.get('simulcast') !== '0',
 };
+// A shared screen (section 15.6): sharp text matters more than smooth motion, so up to
+// 1920x1080 at 5 to 15 frames a second (a still screen is sent again at 5, so that a
+// newcomer gets a picture soon), and a higher bitrate than the camera.
+const SCREEN = {
+  maxWidth: 1920,
+  maxHeight: 1080,
+  fps: 15,
+  minFps: 5,
+  bitrate: intParam('screenBitrate', 1_500_000, 100_000, 20_000_000),
+};
+// The largest send_data payload (section 15.4), in bytes of UTF-8.
+const MAX_DATA_BYTES = 16_384;
 const forcedCodec = params.get('codec')?.toLowerCase() || null;
 // HTTP and WebTransport share the port number, so by default the page's own host is the relay.
 const relayHost = params.get('relay') || location.host;
@@ -79,6 +100,26 @@ function captureErrorMessage(e) {
   }
 }
 
+/**
+ * Why another camera or microphone (`what`) could not be used, for people: a getUserMedia
+ * failure of a device picked during the call. The call goes on with the one before.
+ */
+function deviceErrorMessage(e, what) {
+  switch (e?.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return `This page may not use that ${what}. Allow it in the browser's settings for this site, or pick another one.`;
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return `That ${what} is no longer connected. Pick another one.`;
+    case 'NotReadableError':
+    case 'AbortError':
+      return `That ${what} could not be started: another application may be using it. Pick another one.`;
+    default:
+      return `That ${what} could not be started. Pick another one.`;
+  }
+}
+
 /** An error whose message is a sentence for people (the page's own, not the browser's). */
 function readable(message, cause) {
   const e = new Error(message, { cause });
@@ -108,6 +149,14 @@ const RELAY_ERRORS = {
   internal: 'The relay failed unexpectedly. Try again; if it keeps happening, tell whoever runs the relay.',
 };
 
+// What a refused chat message (send_data) means to the person who wrote it.
+const CHAT_ERRORS = {
+  forbidden: 'You are not allowed to send messages in this room.',
+  rate_limited: 'You are sending messages too quickly. Wait a moment, then send it again.',
+  data_too_large: 'That message is too long to send. Shorten it and try again.',
+  bad_request: 'The relay could not take that message. Change it and try again.',
+};
+
 /** A sentence for a relay error code; `fallback` for codes without one of their own. */
 function relayErrorText(code, fallback) {
   return Object.hasOwn(RELAY_ERRORS, code) ? RELAY_ERRORS[code] : fallback;
@@ -132,11 +181,37 @@ class Call {
     this.pausedProducers = new Set(); // paused before their consumer arrived
     this.videoSender = null;
     this.audioSender = null;
+    this.screenSender = null; // this page's shared screen, while it is shared
+    this.screenTiles = new Map(); // producerId -> ScreenTile (remote screens)
+    this.peers = new Map(); // peerId -> { name, producers: Map(producerId -> { kind, source, paused }) }
+    this.speakers = []; // the relay's latest active_speakers
+    this.closedProducers = new Set(); // own producers closed: late refusals of them are expected
+    this.lossy = { received: 0, last: null }; // lossy data datagrams received (section 15.5)
     this.micMuted = false;
     this.cameraOff = false;
     this.link = null; // the relay's latest transport_stats about its link to us
     this.grid = $('tiles');
     this.localTile = new LocalTile(this.grid, name, capture);
+    this.people = new ParticipantList($('people-list'), $('people-count'));
+    this.chat = new ChatPanel({
+      root: $('chat'),
+      messages: $('chat-messages'),
+      form: $('chat-form'),
+      input: $('chat-input'),
+      button: $('chat-send'),
+      error: $('chat-error'),
+      onSend: (text) => this.sendChat(text),
+    });
+    this.starting = { audio: null, video: null }; // the senders' start(), while it runs
+    this.deviceSwitches = { audio: 0, video: 0 }; // devices switched during the call
+    this.pickers = new DevicePickers({
+      root: $('devices'),
+      selects: { video: $('camera-select'), audio: $('mic-select') },
+      error: $('devices-error'),
+      onPick: (kind, deviceId) => this.switchDevice(kind, deviceId),
+      current: (kind) => this.deviceInUse(kind),
+    });
+    for (const track of capture.getTracks()) this.watchTrack(track);
     this.statsTimer = setInterval(() => this.updateStats(), 1000);
   }
 
@@ -152,6 +227,10 @@ class Call {
       onAudio: (f) => {
         const entry = this.receivers.get(f.producerId);
         if (entry?.kind === 'audio') entry.receiver.frame(f);
+      },
+      onLossyData: (d) => {
+        this.lossy.received++;
+        this.lossy.last = { from: d.from, text: new TextDecoder().decode(d.payload) };
       },
       videoSink: (producerId) => {
         const entry = this.receivers.get(producerId);
@@ -174,7 +253,22 @@ class Call {
     if (!this.session.subscribed) limits.push('receive media');
     for (const kind of ['audio', 'video']) if (!this.mayPublish(kind)) limits.push(`send ${kind}`);
     if (limits.length) status.textContent += ` Your access token does not allow you to ${limits.join(', ')}.`;
+    // The chat, where the relay has it; read-only for a token that may not send data.
+    if (this.session.supports('data')) {
+      this.chat.show(true);
+      const grants = joined.grants ?? {};
+      this.chat.setEnabled(grants.can_publish_data !== false, CHAT_ERRORS.forbidden);
+    }
+    this.refreshPeople();
     this.session.releaseEvents();
+  }
+
+  /** Whether sharing a screen is possible: the relay takes it, the token allows it, the browser can. */
+  get canShareScreen() {
+    if (!this.session?.supports('screen') || !this.mayPublish('video')) return false;
+    const sources = this.session.joined.grants?.sources;
+    if (Array.isArray(sources) && !sources.includes('screen')) return false;
+    return typeof navigator.mediaDevices?.getDisplayMedia === 'function';
   }
 
   /** What the join result's grants allow (a relay in development mode grants everything). */
@@ -192,41 +286,140 @@ class Call {
     }
     const [videoTrack] = this.capture.getVideoTracks().filter((t) => t.readyState === 'live');
     const [audioTrack] = this.capture.getAudioTracks().filter((t) => t.readyState === 'live');
-    const starts = [];
-    if (audioTrack) {
-      this.audioSender = new AudioSender({ session: this.session, track: audioTrack, audioContext: this.audioOutput.ctx });
-      starts.push(
-        this.audioSender.start().then(
-          () => this.senderReady('mic', this.audioSender),
-          (e) => this.trackFailed('microphone', e),
-        ),
-      );
-    }
-    if (videoTrack) {
-      this.videoSender = new VideoSender({
-        session: this.session,
-        track: videoTrack,
-        choice: this.codec,
-        settings,
-        maxSendDelayMs: settings.maxSendDelayMs,
-        simulcast: settings.simulcast,
-      });
-      starts.push(
-        this.videoSender.start().then(
-          () => this.senderReady('camera', this.videoSender),
-          (e) => this.trackFailed('camera', e),
-        ),
-      );
-    }
     // Each control is enabled as soon as its own sender produces: a microphone that is
     // slow to deliver (or never does) must not keep Camera off disabled, nor the reverse.
     // One for a track that is not sent stays disabled: there is nothing to mute.
-    await Promise.all(starts);
+    await Promise.all([audioTrack && this.startAudio(audioTrack), videoTrack && this.startVideo(videoTrack)]);
+  }
+
+  /** Sends the microphone `track` (a new audio producer); resolves when it runs or failed. */
+  startAudio(track) {
+    this.audioSender = new AudioSender({
+      session: this.session,
+      track,
+      audioContext: this.audioOutput.ctx,
+      sendLevel: this.session.supports('audio_level'), // an older relay refuses the level byte
+    });
+    const sender = this.audioSender;
+    const started = sender.start().then(
+      () => this.senderReady('mic', sender),
+      (e) => this.trackFailed('microphone', e),
+    );
+    this.starting.audio = started.finally(() => {
+      if (this.audioSender === sender) this.starting.audio = null;
+    });
+    return started;
+  }
+
+  /** Sends the camera `track` (a new video producer); resolves when it runs or failed. */
+  startVideo(track) {
+    this.videoSender = new VideoSender({
+      session: this.session,
+      track,
+      choice: this.codec,
+      settings,
+      maxSendDelayMs: settings.maxSendDelayMs,
+      simulcast: settings.simulcast,
+    });
+    const sender = this.videoSender;
+    const started = sender.start().then(
+      () => this.senderReady('camera', sender),
+      (e) => this.trackFailed('camera', e),
+    );
+    this.starting.video = started.finally(() => {
+      if (this.videoSender === sender) this.starting.video = null;
+    });
+    return started;
+  }
+
+  /** The deviceId of the camera ('video') or microphone ('audio') in use, or null. */
+  deviceInUse(kind) {
+    const [track] = kind === 'video' ? this.capture.getVideoTracks() : this.capture.getAudioTracks();
+    return track?.readyState === 'live' ? (track.getSettings().deviceId ?? null) : null;
+  }
+
+  /** Says so when a device in use stops by itself (unplugged, or taken by the system). */
+  watchTrack(track) {
+    track.addEventListener('ended', () => {
+      if (this.tornDown || !this.capture.getTracks().includes(track)) return; // replaced meanwhile
+      const what = track.kind === 'video' ? 'camera' : 'microphone';
+      this.pickers.setError(`Your ${what} stopped working (was it unplugged?). Pick another one to go on.`);
+      this.pickers.refresh();
+    });
+  }
+
+  /**
+   * Uses another camera ('video') or microphone ('audio') during the call, picked by its
+   * deviceId: the new device is opened, its track handed to the running sender (the same
+   * producer: the others keep their consumer, and the camera's next frame is a keyframe),
+   * then the old one is stopped. A device that cannot be opened while the old one is (a
+   * camera that takes one user at a time) is tried again with the old one closed. Without a
+   * sender yet (nothing of this kind at the join) one is started. Rejects with a sentence
+   * for people; the call goes on with what it had.
+   */
+  async switchDevice(kind, deviceId, { reopen = false } = {}) {
+    const what = kind === 'video' ? 'camera' : 'microphone';
+    await this.starting[kind]?.catch(() => {});
+    if (this.tornDown) return;
+    if (!this.mayPublish(kind)) throw readable(`Your access token does not allow you to send your ${what}.`);
+    const [old] = kind === 'video' ? this.capture.getVideoTracks() : this.capture.getAudioTracks();
+    const oldDeviceId = old?.getSettings().deviceId ?? null;
+    if (old?.readyState === 'live' && oldDeviceId === deviceId && !reopen) return;
+    let track;
+    try {
+      track = await openDevice(kind, settings, deviceId);
+    } catch (e) {
+      console.warn(`cannot open the ${what} ${deviceId}:`, e);
+      if (!old || old.readyState !== 'live' || (e?.name !== 'NotReadableError' && e?.name !== 'AbortError')) {
+        throw readable(deviceErrorMessage(e, what), e);
+      }
+      // Perhaps busy with the old track: close it and try again, else take the old one back.
+      old.stop();
+      try {
+        track = await openDevice(kind, settings, deviceId);
+      } catch (e2) {
+        console.warn(`cannot open the ${what} ${deviceId} either with the old one closed:`, e2);
+        try {
+          this.useTrack(kind, await openDevice(kind, settings, oldDeviceId), old);
+        } catch (e3) {
+          console.warn(`cannot open the previous ${what} again:`, e3);
+        }
+        throw readable(deviceErrorMessage(e2, what), e2);
+      }
+    }
+    if (this.tornDown) {
+      track.stop();
+      return;
+    }
+    this.useTrack(kind, track, old);
+    this.deviceSwitches[kind]++;
+  }
+
+  /** Puts `track` in the place of `old` (or of nothing): capture, preview, sender. */
+  useTrack(kind, track, old) {
+    if (this.tornDown) {
+      track.stop(); // left meanwhile
+      return;
+    }
+    if (old) this.capture.removeTrack(old);
+    this.capture.addTrack(track);
+    this.watchTrack(track);
+    if (kind === 'video') this.localTile.setStream(this.capture);
+    const sender = kind === 'video' ? this.videoSender : this.audioSender;
+    if (sender?.producerId) {
+      sender.replaceTrack(track);
+    } else {
+      sender?.stop(); // one that failed to start: a new producer instead
+      if (kind === 'video') this.startVideo(track);
+      else this.startAudio(track);
+    }
+    old?.stop();
   }
 
   senderReady(button, sender) {
     if (call !== this || this.tornDown || !sender?.producerId) return;
     $(button).disabled = false;
+    this.refreshPeople();
   }
 
   trackFailed(what, e) {
@@ -240,12 +433,15 @@ class Call {
   }
 
   addPeer(peer) {
+    if (!this.peers.has(peer.peer_id)) this.peers.set(peer.peer_id, { name: peer.name, producers: new Map() });
+    for (const p of peer.producers ?? []) this.producerAdded(p);
     if (this.tiles.has(peer.peer_id)) return this.tiles.get(peer.peer_id);
     const tile = new RemoteTile(this.grid, peer.peer_id, peer.name);
     this.tiles.set(peer.peer_id, tile);
+    if (this.speakers.some((s) => s.peer_id === peer.peer_id)) this.setSpeakers(this.speakers);
     for (const p of peer.producers ?? []) {
       if (p.paused) this.pausedProducers.add(p.producer_id);
-      tile.setPaused(p.kind, p.paused);
+      if (p.source !== 'screen') tile.setPaused(p.kind, p.paused);
     }
     return tile;
   }
@@ -256,13 +452,97 @@ class Call {
     }
     this.tiles.get(peerId)?.remove();
     this.tiles.delete(peerId);
+    this.peers.delete(peerId);
+  }
+
+  /** Bookkeeping for the participant list: a peer's producer (ProducerInfo). */
+  producerAdded(p) {
+    const peer = this.peers.get(p.peer_id);
+    if (!peer) return;
+    peer.producers.set(p.producer_id, { kind: p.kind, source: p.source ?? null, paused: p.paused === true });
+  }
+
+  /** Who is in the call and what each sends, this page first. */
+  participants() {
+    const speaking = new Set(this.speakers.map((s) => s.peer_id));
+    const ownId = this.session?.joined?.peer_id ?? null;
+    const micOf = (audio) => (!audio ? 'none' : audio.paused ? 'muted' : 'on');
+    const cameraOf = (video) => (!video ? 'none' : video.paused ? 'off' : 'on');
+    const self = {
+      peerId: ownId,
+      name: this.session?.joined?.name ?? this.name,
+      self: true,
+      mic: micOf(this.audioSender?.producerId && { paused: this.micMuted }),
+      camera: cameraOf(this.videoSender?.producerId && { paused: this.cameraOff }),
+      screen: !!this.screenSender?.producerId,
+      speaking: speaking.has(ownId),
+    };
+    const others = [...this.peers].map(([peerId, peer]) => {
+      const producers = [...peer.producers.values()];
+      const isScreen = (p) => p.source === 'screen' || p.source === 'screen_audio';
+      return {
+        peerId,
+        name: peer.name,
+        self: false,
+        mic: micOf(producers.find((p) => p.kind === 'audio' && !isScreen(p))),
+        camera: cameraOf(producers.find((p) => p.kind === 'video' && !isScreen(p))),
+        screen: producers.some((p) => p.kind === 'video' && p.source === 'screen'),
+        speaking: speaking.has(peerId),
+      };
+    });
+    return [self, ...others];
+  }
+
+  refreshPeople() {
+    if (this.tornDown) return;
+    this.people.render(this.participants());
+  }
+
+  /** The relay's active_speakers: highlight their tiles, the first one most. */
+  setSpeakers(speakers) {
+    this.speakers = Array.isArray(speakers) ? speakers : [];
+    const rank = new Map();
+    for (const s of this.speakers) if (!rank.has(s.peer_id)) rank.set(s.peer_id, rank.size);
+    for (const [peerId, tile] of this.tiles) tile.setSpeaking(rank.get(peerId) ?? null);
+    this.localTile.setSpeaking(rank.get(this.session?.joined?.peer_id) ?? null);
+    this.refreshPeople();
+  }
+
+  /** A peer's display name, for chat messages. */
+  peerName(peerId) {
+    return this.peers.get(peerId)?.name ?? `peer ${peerId}`;
+  }
+
+  /** Sends a chat message; rejects with a sentence for people. Resolves with a note, if any. */
+  async sendChat(text) {
+    if (new TextEncoder().encode(text).length > MAX_DATA_BYTES) throw new Error(CHAT_ERRORS.data_too_large);
+    let result;
+    try {
+      result = await this.session.request('send_data', { payload: text, topic: 'chat' });
+    } catch (e) {
+      console.warn('send_data:', e);
+      if (e?.name === 'RelayError') {
+        throw new Error(Object.hasOwn(CHAT_ERRORS, e.code) ? CHAT_ERRORS[e.code] : 'The relay did not take your message. Try again.');
+      }
+      throw new Error('Your message did not reach the relay. Check the connection and try again.');
+    }
+    this.chat.add({ from: this.session.joined.peer_id, name: this.session.joined.name ?? this.name, text, own: true });
+    return result?.delivered === 0 ? 'Nobody else is in the call to read it yet.' : '';
   }
 
   /** auto_subscribe gave us a consumer: start decoding it into its peer's tile. */
   addConsumer(consumer) {
     const producer = consumer.producer;
     if (this.receivers.has(producer.producer_id)) return;
-    const tile = this.tiles.get(producer.peer_id) ?? this.addPeer({ peer_id: producer.peer_id, name: `peer ${producer.peer_id}` });
+    const peerTile = this.tiles.get(producer.peer_id) ?? this.addPeer({ peer_id: producer.peer_id, name: `peer ${producer.peer_id}` });
+    this.producerAdded(producer);
+    // A shared screen gets a large tile of its own; everything else goes to the peer's tile.
+    const screen = producer.kind === 'video' && producer.source === 'screen';
+    let tile = peerTile;
+    if (screen) {
+      tile = new ScreenTile(this.grid, producer.peer_id, peerTile.name, producer.producer_id);
+      this.screenTiles.set(producer.producer_id, tile);
+    }
     let receiver;
     let view = null;
     if (producer.kind === 'video') {
@@ -286,12 +566,14 @@ class Call {
     }
     this.receivers.set(producer.producer_id, {
       kind: producer.kind,
+      screen,
       peerId: producer.peer_id,
       consumerId: consumer.consumer_id,
       receiver,
       view,
     });
-    tile.setPaused(producer.kind, producer.paused || this.pausedProducers.has(producer.producer_id));
+    if (!screen) tile.setPaused(producer.kind, producer.paused || this.pausedProducers.has(producer.producer_id));
+    this.refreshPeople();
   }
 
   closeReceiver(producerId) {
@@ -300,15 +582,26 @@ class Call {
     entry.receiver.close();
     entry.view?.close();
     this.receivers.delete(producerId);
+    this.screenTiles.get(producerId)?.remove();
+    this.screenTiles.delete(producerId);
   }
 
   onEvent(m) {
     switch (m.type) {
       case 'peer_joined':
         this.addPeer(m.peer);
+        this.refreshPeople();
         break;
       case 'peer_left':
         this.removePeer(m.peer_id);
+        if (this.speakers.some((s) => s.peer_id === m.peer_id)) {
+          this.setSpeakers(this.speakers.filter((s) => s.peer_id !== m.peer_id));
+        }
+        this.refreshPeople();
+        break;
+      case 'producer_added':
+        this.producerAdded(m.producer); // consumer_added follows, with auto-subscribe
+        this.refreshPeople();
         break;
       case 'consumer_added':
         this.addConsumer(m.consumer);
@@ -319,6 +612,17 @@ class Call {
       case 'producer_closed':
         this.closeReceiver(m.producer_id);
         this.pausedProducers.delete(m.producer_id);
+        this.peers.get(m.peer_id)?.producers.delete(m.producer_id);
+        this.refreshPeople();
+        break;
+      case 'active_speakers':
+        this.setSpeakers(m.speakers);
+        break;
+      case 'data':
+        // Reliable application data (section 15.4); this page knows the topic "chat".
+        if (m.topic === 'chat' && typeof m.payload === 'string') {
+          this.chat.add({ from: m.from, name: this.peerName(m.from), text: m.payload });
+        }
         break;
       case 'producer_paused':
       case 'producer_resumed': {
@@ -327,17 +631,24 @@ class Call {
         if (paused) this.pausedProducers.add(m.producer_id);
         else this.pausedProducers.delete(m.producer_id);
         const entry = this.receivers.get(m.producer_id);
-        if (entry) this.tiles.get(entry.peerId)?.setPaused(entry.kind, paused);
+        if (entry && !entry.screen) this.tiles.get(entry.peerId)?.setPaused(entry.kind, paused);
+        for (const peer of this.peers.values()) {
+          const p = peer.producers.get(m.producer_id);
+          if (p) p.paused = paused;
+        }
+        this.refreshPeople();
         break;
       }
       case 'transport_stats':
         // About once a second: the relay's measurements of its connection to this page.
         this.link = { ...m, receivedAt: performance.now() };
         this.videoSender?.setRelayRtt(m.rtt_ms); // the network's part of the send backlog
+        this.screenSender?.setRelayRtt(m.rtt_ms);
         break;
       case 'keyframe_request':
         // With `layer` for a producer with layers: that layer's encoder; without, all of them.
         if (m.producer_id === this.videoSender?.producerId) this.videoSender.requestKeyframe(m.layer);
+        if (m.producer_id === this.screenSender?.producerId) this.screenSender.requestKeyframe(m.layer);
         break;
       case 'layers_wanted':
         // The layers of our camera some consumer needs now: the others stop encoding.
@@ -360,6 +671,9 @@ class Call {
         // Not an answer to a request: the relay refused one of our media frames (or an
         // operator removed us: `kicked`, then the session closes).
         console.warn('relay error:', m.code, m.message);
+        // The last frames of a producer this page has just closed (a shared screen) may
+        // still arrive after the close: nothing was lost that anybody needed.
+        if (m.code === 'unknown_producer' && this.closedProducers.has(m.producer_id)) break;
         if (m.code === 'kicked') this.kicked = true;
         showError(relayErrorText(m.code, 'The relay refused some media from this page.'));
         break;
@@ -389,6 +703,10 @@ class Call {
    * else's producer.
    */
   ownPausedByRelay(producerId, paused) {
+    if (this.screenSender && producerId === this.screenSender.producerId) {
+      this.screenSender.setPaused(paused); // no button for it: Stop sharing still stops it
+      return true;
+    }
     const own = [
       { sender: this.audioSender, state: 'micMuted', button: 'mic', labels: ['Mute', 'Unmute'] },
       { sender: this.videoSender, state: 'cameraOff', button: 'camera', labels: ['Camera off', 'Camera on'] },
@@ -397,6 +715,7 @@ class Call {
     own.sender.setPaused(paused);
     this[own.state] = paused;
     this.localTile.setBadges(this);
+    this.refreshPeople();
     const button = document.getElementById(own.button);
     if (button) {
       button.setAttribute('aria-pressed', String(paused));
@@ -412,6 +731,7 @@ class Call {
     sender.setPaused(muted);
     this.micMuted = muted;
     this.localTile.setBadges(this);
+    this.refreshPeople();
   }
 
   async setCameraOff(off) {
@@ -424,12 +744,110 @@ class Call {
     if (!off) sender.setPaused(false);
     this.cameraOff = off;
     this.localTile.setBadges(this);
+    this.refreshPeople();
+  }
+
+  /**
+   * Shares a screen (section 15.6): the browser asks which, then it is sent as a second
+   * video producer with source "screen", encoded for sharp text. Resolves true once it is
+   * sent; false if the person chose nothing. Failures are readable errors.
+   */
+  async startScreenShare() {
+    if (this.screenSender || !this.canShareScreen) return false;
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getDisplayMedia({
+        video: {
+          width: { max: SCREEN.maxWidth },
+          height: { max: SCREEN.maxHeight },
+          frameRate: { ideal: SCREEN.fps, max: SCREEN.fps },
+        },
+        audio: false,
+      });
+    } catch (e) {
+      console.warn('getDisplayMedia:', e);
+      if (e?.name === 'NotAllowedError') return false; // cancelled in the picker, or not allowed
+      if (e?.name === 'NotFoundError') throw readable('There is no screen or window that this browser can share.', e);
+      throw readable('Your screen cannot be shared: this browser could not capture it.', e);
+    }
+    const [track] = stream.getVideoTracks();
+    if (this.tornDown || !track) {
+      stream.getTracks().forEach((t) => t.stop());
+      return false;
+    }
+    if ('contentHint' in track) track.contentHint = 'detail'; // keep resolution, give up frame rate
+    let sender;
+    try {
+      const { choice, settings: screenSettings } = await screenEncoding(this.codec, track.getSettings());
+      sender = new VideoSender({
+        session: this.session,
+        track,
+        choice,
+        settings: screenSettings,
+        maxSendDelayMs: settings.maxSendDelayMs,
+        simulcast: false,
+        source: 'screen',
+        minFps: SCREEN.minFps,
+      });
+      this.screenSender = sender;
+      this.screenTrack = track;
+      // The browser's own "Stop sharing", or the shared window closing, ends the track.
+      track.addEventListener('ended', () => this.stopScreenShare());
+      await sender.start();
+    } catch (e) {
+      if (this.screenSender === sender) this.screenSender = null;
+      this.screenTrack = null;
+      sender?.stop();
+      track.stop();
+      if (e?.readable) throw e;
+      console.warn('screen sharing:', e);
+      throw readable(
+        e?.name === 'RelayError'
+          ? e.code === 'forbidden'
+            ? 'Your access token does not allow you to share your screen.'
+            : relayErrorText(e.code, 'The relay did not accept your screen.')
+          : 'Your screen cannot be shared: it could not be encoded or sent.',
+        e,
+      );
+    }
+    if (this.tornDown || this.screenSender !== sender) return false;
+    this.screenPreview = new LocalScreenTile(this.grid, new MediaStream([track]));
+    this.refreshPeople();
+    return true;
+  }
+
+  /** Stops sharing: the open stream is finished before the producer is closed. */
+  async stopScreenShare() {
+    const sender = this.screenSender;
+    if (!sender) return;
+    this.screenSender = null;
+    this.closedProducers.add(sender.producerId);
+    const finished = sender.finish();
+    this.screenTrack?.stop();
+    this.screenTrack = null;
+    this.screenPreview?.remove();
+    this.screenPreview = null;
+    const button = $('screen');
+    button.textContent = 'Share screen';
+    button.setAttribute('aria-pressed', 'false');
+    this.refreshPeople();
+    await finished;
+    if (sender.producerId && !this.session.ended) {
+      await this.session.request('close_producer', { producer_id: sender.producerId }).catch((e) => {
+        console.warn('close_producer (screen):', e);
+      });
+    }
   }
 
   updateStats() {
     this.localTile.updateStats(this.videoSender, this.audioSender, this.codec.name, this.link);
+    this.screenPreview?.updateStats(this.screenSender, this.codec.name);
     const byPeer = new Map();
-    for (const entry of this.receivers.values()) {
+    for (const [producerId, entry] of this.receivers) {
+      if (entry.screen) {
+        this.screenTiles.get(producerId)?.updateStats(entry.receiver);
+        continue;
+      }
       const slot = byPeer.get(entry.peerId) ?? {};
       slot[entry.kind] = entry.receiver;
       if (entry.view) slot.view = entry.view;
@@ -459,6 +877,13 @@ class Call {
     clearInterval(this.statsTimer);
     this.videoSender?.stop();
     this.audioSender?.stop();
+    this.screenSender?.stop();
+    this.screenSender = null;
+    this.screenTrack?.stop();
+    this.screenPreview?.remove();
+    this.people.clear();
+    this.chat.reset();
+    this.pickers.close();
     for (const producerId of [...this.receivers.keys()]) this.closeReceiver(producerId);
     for (const tile of this.tiles.values()) tile.remove();
     this.tiles.clear();
@@ -471,7 +896,11 @@ class Call {
 
   /** The video consumer of a remote peer as plain data (null without one). */
   videoSnapshot(peerId) {
-    const entry = [...this.receivers.values()].find((e) => e.peerId === peerId && e.kind === 'video');
+    const entry = [...this.receivers.values()].find((e) => e.peerId === peerId && e.kind === 'video' && !e.screen);
+    return this.videoEntrySnapshot(entry);
+  }
+
+  videoEntrySnapshot(entry) {
     if (!entry) return null;
     const r = entry.receiver;
     return {
@@ -500,7 +929,37 @@ class Call {
       producers: {
         audio: this.audioSender?.producerId ?? null,
         video: this.videoSender?.producerId ?? null,
+        screen: this.screenSender?.producerId ?? null,
       },
+      // Section 15: what the relay supports, and what this page does with it.
+      extensions: [...(this.session?.extensions ?? [])],
+      // Of the microphone's frames sent: the last one's, and the loudest of the last second.
+      audioLevel: this.audioSender?.levels.last ?? null,
+      loudestAudioLevel: this.audioSender?.levels.loudest ?? null,
+      sendsAudioLevel: this.audioSender?.sendLevel ?? false,
+      speakers: this.speakers.map((s) => ({ ...s })),
+      participants: this.participants(),
+      // The camera and microphone pickers: what is listed, what is in use, how often switched.
+      devices: {
+        ...this.pickers.snapshot(),
+        camera: this.deviceInUse('video'),
+        microphone: this.deviceInUse('audio'),
+        switches: { ...this.deviceSwitches },
+      },
+      chat: this.chat.log.map((m) => ({ ...m })),
+      lossy: { ...this.lossy },
+      screen: this.screenSender
+        ? {
+            producerId: this.screenSender.producerId,
+            size: this.screenSender.size,
+            framesSent: this.screenSender.stats.frames,
+            targetBitrate: this.screenSender.targetBitrate,
+          }
+        : null,
+      screens: [...this.screenTiles.values()].map((t) => ({
+        ...t.snapshot(),
+        video: this.videoEntrySnapshot(this.receivers.get(t.producerId)),
+      })),
       audioContext: this.audioOutput.ctx?.state ?? null,
       send: this.videoSender
         ? {
@@ -511,6 +970,7 @@ class Call {
             skippedFrames: this.videoSender.skippedFrames,
             abandonedGroups: this.videoSender.abandonedGroups,
             framesSent: this.videoSender.stats.frames,
+            trackChanges: this.videoSender.trackChanges, // cameras switched to
             // The running encoders' bitrate together (bit/s), lowered on a weak uplink;
             // each layer's in layers[].targetBitrate.
             targetBitrate: this.videoSender.targetBitrate,
@@ -528,6 +988,36 @@ class Call {
   }
 }
 
+/**
+ * The encoder for a shared screen of `size` (the track's settings): the camera's codec at
+ * the screen's own size, scaled down to fit SCREEN's largest (and smaller still if the
+ * codec cannot encode that, as H.264's baseline level cannot), keeping its proportions.
+ */
+async function screenEncoding(codec, size) {
+  const width = size.width > 0 ? size.width : SCREEN.maxWidth;
+  const height = size.height > 0 ? size.height : SCREEN.maxHeight;
+  for (const [maxW, maxH] of [[SCREEN.maxWidth, SCREEN.maxHeight], [1280, 720], [960, 540]]) {
+    const scale = Math.min(1, maxW / width, maxH / height);
+    const w = Math.max(16, Math.round(width * scale) & ~1);
+    const h = Math.max(16, Math.round(height * scale) & ~1);
+    // The bitrate follows the pixels, from SCREEN.bitrate at 1920x1080.
+    const share = (w * h) / (SCREEN.maxWidth * SCREEN.maxHeight);
+    const bitrate = Math.max(200_000, Math.round(SCREEN.bitrate * Math.min(1, share) ** 0.7));
+    const config = { ...codec.config, width: w, height: h, bitrate, framerate: SCREEN.fps, contentHint: 'detail' };
+    try {
+      if ((await VideoEncoder.isConfigSupported(config)).supported) {
+        return {
+          choice: { ...codec, config },
+          settings: { width: w, height: h, fps: SCREEN.fps, bitrate, maxSendDelayMs: settings.maxSendDelayMs, simulcast: false },
+        };
+      }
+    } catch {
+      // Treated as unsupported.
+    }
+  }
+  throw readable(`Your screen cannot be shared: this browser cannot encode it with ${codec.name}.`);
+}
+
 // ---------------------------------------------------------------------------
 // Screens and controls.
 
@@ -543,6 +1033,10 @@ function showJoinScreen() {
   $('mic').setAttribute('aria-pressed', 'false');
   $('camera').textContent = 'Camera off';
   $('camera').setAttribute('aria-pressed', 'false');
+  $('screen').hidden = true;
+  $('screen').disabled = false;
+  $('screen').textContent = 'Share screen';
+  $('screen').setAttribute('aria-pressed', 'false');
   setProgress('');
 }
 
@@ -612,6 +1106,9 @@ async function join() {
     call = joined;
     await joined.connect(transport);
     if (missing.length) $('call-status').textContent += ` ${missingDevicesNote(missing)}`;
+    // Labels are listed now that the page may use the devices.
+    joined.pickers.show(true);
+    joined.pickers.refresh();
   } catch (e) {
     console.warn('join failed:', e, e?.cause);
     joined?.teardown();
@@ -633,6 +1130,7 @@ async function join() {
   setProgress('');
   $('mic').disabled = true; // until there is a producer to pause (Call.senderReady)
   $('camera').disabled = true;
+  $('screen').hidden = !joined.canShareScreen; // only with a relay that takes screens
   joined.startSending();
 }
 
@@ -703,6 +1201,25 @@ function setup() {
     const off = await toggle(button, (on) => call?.setCameraOff(on));
     button.textContent = off ? 'Camera on' : 'Camera off';
   });
+  $('screen').addEventListener('click', async (e) => {
+    const button = e.currentTarget;
+    const current = call;
+    if (!current) return;
+    button.disabled = true;
+    try {
+      if (current.screenSender) {
+        await current.stopScreenShare();
+      } else if (await current.startScreenShare()) {
+        button.textContent = 'Stop sharing';
+        button.setAttribute('aria-pressed', 'true');
+      }
+    } catch (err) {
+      console.warn('screen sharing failed:', err, err?.cause);
+      showError(err?.readable ? err.message : 'Your screen cannot be shared. Try again.');
+    } finally {
+      button.disabled = false;
+    }
+  });
   // Browsers may block sound until the user interacts with the page (e.g. after ?autojoin=1).
   document.addEventListener('click', () => call?.audioOutput.resume());
   // Closing the tab ends the session at once instead of waiting for the idle timeout.
@@ -728,6 +1245,22 @@ window.synapse = {
   state: () => (call ? call.snapshot() : { peerId: null, room: null, tiles: [] }),
   // Starts send.maxBacklogMs over, so that a test measures the period it watches.
   resetMaxBacklog: () => call?.videoSender?.resetMaxBacklog(),
+  // Opens the camera ('video') or microphone ('audio') in use again and switches to the new
+  // track as if another device had been picked (a browser with one fake device of a kind
+  // can test the switch this way). Resolves to '' or the sentence the pickers would show.
+  reopenDevice: async (kind) => {
+    const deviceId = call?.deviceInUse(kind);
+    if (!deviceId) return 'nothing to reopen';
+    try {
+      await call.switchDevice(kind, deviceId, { reopen: true });
+      return '';
+    } catch (e) {
+      return e.message;
+    }
+  },
+  // Sends `text` as lossy data (section 15.5) to `to` (peer ids; none: everyone who takes
+  // it). False when the relay does not take lossy data. The page itself has no use for it yet.
+  sendLossy: (text, to = []) => call?.session?.sendLossyData(new TextEncoder().encode(text), to) ?? false,
 };
 
 setup();

@@ -2,7 +2,7 @@
 // what the relay forwards (video to a canvas, audio to an AudioWorklet). Each class
 // handles one track in one direction.
 
-import { encodeDatagram, encodeStreamFrame } from './protocol.js';
+import { audioLevel, encodeDatagram, encodeStreamFrame } from './protocol.js';
 import { EncoderRate } from './encoder-rate.js';
 import { SendQueue } from './send-queue.js';
 
@@ -29,6 +29,33 @@ const KEYFRAME_WAIT_MS = 1000;
 // frames are 20 ms, so this tolerates reordering by two frames.
 const AUDIO_REORDER_WAIT_MS = 40;
 const OPUS_BITRATE = 32_000;
+
+/**
+ * Audio levels (0 loudest to 127 silence, section 15.2) of the last second: `loudest` is what
+ * a level meter shows, steadier than the last frame's level between two syllables.
+ */
+export class RecentLevels {
+  constructor(windowMs = 1000) {
+    this.windowMs = windowMs;
+    this.entries = []; // { at, level }, oldest first
+    this.last = null;
+  }
+
+  add(level) {
+    const at = performance.now();
+    this.last = level;
+    this.entries.push({ at, level });
+    while (this.entries.length && at - this.entries[0].at > this.windowMs) this.entries.shift();
+  }
+
+  /** The loudest level of the last second, or null if none came in it. */
+  get loudest() {
+    const now = performance.now();
+    let best = null;
+    for (const e of this.entries) if (now - e.at <= this.windowMs && (best === null || e.level < best)) best = e.level;
+    return best;
+  }
+}
 
 /** Microseconds since the UNIX epoch: the protocol's capture_us clock. */
 export function nowUs() {
@@ -96,11 +123,13 @@ export function videoFrameReader(track, fps) {
   };
   watch();
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  let cancelled = false; // by the sender (another camera was picked): stop quietly
   const stream = new ReadableStream(
     {
       async pull(controller) {
         await playing;
         for (;;) {
+          if (cancelled) return;
           if (track.readyState !== 'live') {
             controller.close();
             return;
@@ -110,6 +139,7 @@ export function videoFrameReader(track, fps) {
           else if (video.readyState >= 2 && video.videoWidth > 0 && (fresh || performance.now() - lastPictureAt > 500)) break;
           else await sleep(Math.min(interval / 4, 10));
         }
+        if (cancelled) return;
         fresh = false;
         const now = performance.now();
         next = Math.max(next + interval, now + interval / 2); // keep the phase; never burst
@@ -123,6 +153,7 @@ export function videoFrameReader(track, fps) {
         }
       },
       cancel() {
+        cancelled = true;
         video.pause();
         video.srcObject = null;
       },
@@ -197,6 +228,47 @@ export function audioDataReader(track, audioContext) {
   return stream.getReader();
 }
 
+/**
+ * Wraps a reader of VideoFrames: when the track delivers nothing for `intervalMs` (a
+ * screen capture only delivers frames that changed), the last frame is handed out again
+ * with a timestamp moved on by the time that passed.
+ */
+export function repeatingReader(reader, intervalMs) {
+  let last = null; // { frame, at }
+  let pending = null; // the read in progress on the track
+  const sleep = (ms) => new Promise((resolve) => setTimeout(() => resolve(null), ms));
+  return {
+    async read() {
+      pending ??= reader.read().finally(() => {
+        pending = null;
+      });
+      const wait = last ? Math.max(0, last.at + intervalMs - performance.now()) : Infinity;
+      const result = await (wait === Infinity ? pending : Promise.race([pending, sleep(wait).then(() => null)]));
+      if (result === null) {
+        const at = performance.now();
+        const timestamp = last.frame.timestamp + Math.round((at - last.at) * 1000);
+        const frame = new VideoFrame(last.frame, { timestamp });
+        last.frame.close();
+        last = { frame: frame.clone(), at };
+        return { value: frame, done: false };
+      }
+      if (result.done) {
+        last?.frame.close();
+        last = null;
+        return result;
+      }
+      last?.frame.close();
+      last = { frame: result.value.clone(), at: performance.now() };
+      return result;
+    },
+    cancel() {
+      last?.frame.close();
+      last = null;
+      return reader.cancel();
+    },
+  };
+}
+
 function videoEncoderConfig(choice, s) {
   return {
     codec: choice.codec,
@@ -234,18 +306,32 @@ export async function chooseVideoCodec(forced, settings) {
   );
 }
 
+/** What the camera is asked for: the configured size and rate, of one device if `deviceId`. */
+export function cameraConstraints(settings, deviceId = null) {
+  const video = {
+    width: { ideal: settings.width },
+    height: { ideal: settings.height },
+    frameRate: { ideal: settings.fps },
+  };
+  if (deviceId) video.deviceId = { exact: deviceId };
+  return video;
+}
+
+/** What the microphone is asked for: one voice, of one device if `deviceId`. */
+export function microphoneConstraints(deviceId = null) {
+  const audio = { channelCount: { ideal: 1 }, echoCancellation: true, noiseSuppression: true };
+  if (deviceId) audio.deviceId = { exact: deviceId };
+  return audio;
+}
+
 /**
  * Camera and microphone, the camera asked for the configured size and rate. A device
  * that does not exist is left out (`missing` names it) rather than failing the join;
  * refused access throws.
  */
 export async function openCapture(settings) {
-  const video = {
-    width: { ideal: settings.width },
-    height: { ideal: settings.height },
-    frameRate: { ideal: settings.fps },
-  };
-  const audio = { channelCount: { ideal: 1 }, echoCancellation: true, noiseSuppression: true };
+  const video = cameraConstraints(settings);
+  const audio = microphoneConstraints();
   const attempts = [
     [{ video, audio }, []],
     [{ audio }, ['camera']],
@@ -259,6 +345,42 @@ export async function openCapture(settings) {
     }
   }
   return { stream: new MediaStream(), missing: ['camera', 'microphone'] };
+}
+
+/**
+ * Opens one camera (`kind` 'video') or microphone ('audio') by its deviceId and resolves
+ * to its track. Rejects with the browser's error (a DOMException: NotFoundError,
+ * NotReadableError, ...); app.js words it for people.
+ */
+export async function openDevice(kind, settings, deviceId) {
+  const constraints = kind === 'video' ? { video: cameraConstraints(settings, deviceId) } : { audio: microphoneConstraints(deviceId) };
+  const stream = await navigator.mediaDevices.getUserMedia(constraints);
+  const [track] = kind === 'video' ? stream.getVideoTracks() : stream.getAudioTracks();
+  if (!track) {
+    stream.getTracks().forEach((t) => t.stop());
+    throw new DOMException(`no ${kind} track`, 'NotFoundError');
+  }
+  return track;
+}
+
+/**
+ * The cameras and microphones this browser lists: `{ cameras, microphones }`, each
+ * `{ deviceId, label }`. Labels are empty until the page may use the devices (after the
+ * join's getUserMedia); such a device is called "Camera 2" and the like. Entries without a
+ * deviceId (listed before permission) are left out: they cannot be picked.
+ */
+export async function listDevices() {
+  let all = [];
+  try {
+    all = await navigator.mediaDevices.enumerateDevices();
+  } catch (e) {
+    console.warn('enumerateDevices:', e);
+  }
+  const pick = (kind, word) =>
+    all
+      .filter((d) => d.kind === kind && d.deviceId)
+      .map((d, i) => ({ deviceId: d.deviceId, label: d.label || `${word} ${i + 1}` }));
+  return { cameras: pick('videoinput', 'Camera'), microphones: pick('audioinput', 'Microphone') };
 }
 
 /**
@@ -384,11 +506,19 @@ export function simulcastLadder(top) {
  * a layer's share is what is left after the layers below it.
  */
 export class VideoSender {
-  constructor({ session, track, choice, settings, maxSendDelayMs = DEFAULT_MAX_SEND_DELAY_MS, simulcast = true }) {
+  /**
+   * `source` is the `produce` source (section 15.6): null for the camera (the field is left
+   * out, as for a relay without it), 'screen' for a shared screen. `minFps`: a track that
+   * delivers fewer frames (a screen that does not change) has its last frame sent again at
+   * this rate, so that a consumer who joins or asks for a keyframe gets one soon.
+   */
+  constructor({ session, track, choice, settings, maxSendDelayMs = DEFAULT_MAX_SEND_DELAY_MS, simulcast = true, source = null, minFps = 0 }) {
     this.session = session;
     this.track = track;
     this.choice = choice;
     this.settings = settings;
+    this.source = source;
+    this.minFps = minFps;
     this.maxSendDelayMs = maxSendDelayMs;
     this.simulcast = simulcast; // publish layers if the relay accepts them
     this.stats = new TrackStats(); // frames: captured frames delivered in some layer
@@ -405,6 +535,11 @@ export class VideoSender {
     this.nextFrameDue = -Infinity;
     this.deliveries = []; // { at, bytes } of video delivered in every layer, oldest first
     this.sendingSince = null; // first frame encoded (since the last pause)
+    this.reading = false; // readLoop runs
+    this.trackChanges = 0; // replaceTrack calls
+    this.trackChangesSeen = 0; // of them, those whose track has delivered a frame
+    this.lastTimestamp = -Infinity; // of the last frame read (after tsOffset)
+    this.tsOffset = 0; // added to the current track's timestamps
   }
 
   // The send backlog over all layers: the worst layer, and the sums of what was given up.
@@ -473,6 +608,7 @@ export class VideoSender {
       codec: this.choice.codec,
       params: { codedWidth: top.width, codedHeight: top.height, framerate: this.settings.fps },
     };
+    if (this.source) request.source = this.source;
     if (ladder.length > 1) request.layers = ladder;
     let result;
     try {
@@ -501,25 +637,100 @@ export class VideoSender {
     return this.producerId;
   }
 
+  /**
+   * Reads the track's frames until the sender stops. When `replaceTrack` gives it another
+   * track (another camera was picked), the old reader is cancelled and the new track is read
+   * from then on, into the same encoders and producer: its first frame is encoded as a
+   * keyframe (consumers see the new camera at once, without a gap to decode across), and its
+   * timestamps are moved on, if need be, to follow the old track's (the encoders and the
+   * frame schedule expect them to grow). A track that ends without being replaced ends the
+   * loop; `replaceTrack` starts it again.
+   */
   async readLoop() {
-    const reader = videoFrameReader(this.track, this.settings.fps);
-    this.reader = reader;
+    if (this.reading) return;
+    this.reading = true;
     const interval = 1e6 / this.settings.fps;
-    while (!this.stopped) {
-      let result;
-      try {
-        result = await reader.read();
-      } catch {
-        break;
+    try {
+      while (!this.stopped) {
+        const track = this.track;
+        let reader = videoFrameReader(track, this.settings.fps);
+        if (this.minFps > 0) reader = repeatingReader(reader, 1000 / this.minFps);
+        this.reader = reader;
+        let first = true;
+        for (;;) {
+          let result;
+          try {
+            result = await reader.read();
+          } catch {
+            break;
+          }
+          if (result.done) break;
+          let frame = result.value;
+          if (this.stopped || this.track !== track) {
+            frame.close(); // replaced meanwhile
+            break;
+          }
+          if (first) {
+            first = false;
+            if (this.trackChanges > this.trackChangesSeen) {
+              this.trackChangesSeen = this.trackChanges;
+              this.tsOffset = frame.timestamp > this.lastTimestamp ? 0 : this.lastTimestamp + interval - frame.timestamp;
+              this.nextFrameDue = -Infinity;
+              this.requestKeyframe(); // the new camera's first frame: a keyframe in every layer
+            }
+          }
+          if (frame.format === null) {
+            frame = this.convertFrame(frame, frame.timestamp + this.tsOffset);
+          } else if (this.tsOffset) {
+            const moved = new VideoFrame(frame, { timestamp: frame.timestamp + this.tsOffset });
+            frame.close();
+            frame = moved;
+          }
+          this.lastTimestamp = Math.max(this.lastTimestamp, frame.timestamp);
+          try {
+            this.captured(frame, interval);
+          } finally {
+            frame.close();
+          }
+        }
+        if (this.track === track) break; // ended, not replaced
       }
-      if (result.done) break;
-      const frame = result.value;
-      try {
-        this.captured(frame, interval);
-      } finally {
-        frame.close();
-      }
+    } finally {
+      this.reading = false;
     }
+  }
+
+  /**
+   * A frame in a pixel format the encoders cannot take (`format` null: e.g. the 16-bit grey
+   * of a depth camera, as Chromium's second fake camera delivers) drawn into an RGB frame.
+   * Closes `frame`.
+   */
+  convertFrame(frame, timestamp) {
+    const w = frame.displayWidth;
+    const h = frame.displayHeight;
+    if (!this.convertCanvas || this.convertCanvas.width !== w || this.convertCanvas.height !== h) {
+      this.convertCanvas = new OffscreenCanvas(w, h);
+      this.convertContext = this.convertCanvas.getContext('2d');
+    }
+    try {
+      this.convertContext.drawImage(frame, 0, 0, w, h);
+    } finally {
+      frame.close();
+    }
+    return new VideoFrame(this.convertCanvas, { timestamp });
+  }
+
+  /**
+   * Sends another camera's track from now on, with the same encoders and producer (the
+   * person picked another camera). The caller stops the old track afterwards.
+   */
+  replaceTrack(track) {
+    if (this.stopped || track === this.track) return;
+    this.track = track;
+    this.trackChanges++;
+    const old = this.reader;
+    if (this.reading) old?.cancel().catch(() => {});
+    else if (this.producerId) this.readLoop(); // the old track had ended: start again
   }
 
   /** One camera frame: encoded in every layer that runs, or skipped. */
@@ -647,6 +858,7 @@ export class VideoSender {
       backlogMs: l.queue.backlogMs,
       skippedFrames: l.skippedFrames,
       yields: l.yields, // times it gave way to a lower layer on a congested uplink
+      firstFrameAfterSwitch: l.firstFrameAfterSwitch, // of the last camera switch
     }));
   }
 
@@ -654,6 +866,18 @@ export class VideoSender {
     this.stopped = true;
     this.reader?.cancel().catch(() => {});
     for (const layer of this.layers) layer.stop();
+  }
+
+  /**
+   * Stops, and resolves once what was written has been delivered to the relay (or after
+   * `timeoutMs`): frames that arrive after `close_producer` are refused.
+   */
+  async finish(timeoutMs = 1000) {
+    const pending = this.layers.flatMap((l) => l.queue.groups.flatMap((g) => g.segments.map((s) => s.delivered)));
+    this.stop();
+    let timer;
+    await Promise.race([Promise.all(pending), new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
+    clearTimeout(timer);
   }
 }
 
@@ -676,6 +900,8 @@ class VideoLayer {
     this.lastKeyTimestamp = -Infinity;
     this.framesEncoded = 0;
     this.keyframes = 0;
+    this.trackChangesSeen = sender.trackChangesSeen; // camera switches this layer has encoded
+    this.firstFrameAfterSwitch = null; // 'key' or 'delta': how the last switch began
     const maxSendDelayMs = sender.maxSendDelayMs;
     this.queue = new SendQueue({
       openStream: () => sender.session.openVideoStream(sender.producerId, index),
@@ -750,6 +976,11 @@ class VideoLayer {
     if (keyFrame) {
       this.forceKey = false;
       this.lastKeyTimestamp = ts;
+    }
+    if (this.trackChangesSeen !== this.sender.trackChangesSeen) {
+      // The first frame of another camera (test hook: it must be a keyframe).
+      this.trackChangesSeen = this.sender.trackChangesSeen;
+      this.firstFrameAfterSwitch = keyFrame ? 'key' : 'delta';
     }
     this.encoder.encode(frame, { keyFrame });
     this.framesEncoded++;
@@ -900,12 +1131,21 @@ class VideoLayer {
  * Microphone → AudioEncoder (Opus, 20 ms frames) → one datagram per frame. `audioContext`
  * is the page's (AudioOutput's): without MediaStreamTrackProcessor the microphone is read
  * through it.
+ *
+ * Each frame's level (docs/PROTOCOL.md section 15.2) is measured from the PCM handed to
+ * the encoder, whichever capture path delivered it, and sent in the datagram when
+ * `sendLevel` (the relay lists `audio_level`). The encoder takes buffers of any length and
+ * cuts 20 ms frames from them, so the energy of what went in waits in a queue of sample
+ * runs, and each encoded frame takes its duration's worth of samples from the front.
  */
 export class AudioSender {
-  constructor({ session, track, audioContext }) {
+  constructor({ session, track, audioContext, sendLevel = false }) {
     this.session = session;
     this.track = track;
     this.audioContext = audioContext;
+    this.sendLevel = sendLevel;
+    this.energy = []; // { frames, sumSquares } of the PCM given to the encoder, oldest first
+    this.levels = new RecentLevels(); // of the frames sent (0 loudest to 127 silence)
     this.stats = new TrackStats();
     this.clock = new CaptureClock();
     this.producerId = null;
@@ -914,6 +1154,9 @@ export class AudioSender {
     this.seq = 0;
     this.tooLarge = 0;
     this.restarts = 0;
+    this.reading = false; // readLoop runs
+    this.trackChanges = 0; // replaceTrack calls
+    this.trackChangesSeen = 0; // of them, those whose track has delivered audio
   }
 
   /** Produces once the first microphone buffer shows its sample rate and channels. */
@@ -952,6 +1195,7 @@ export class AudioSender {
   }
 
   createEncoder() {
+    this.energy = []; // a new encoder starts with nothing of the old one's input
     this.encoder = new AudioEncoder({
       output: (chunk) => this.onChunk(chunk),
       error: (e) => {
@@ -966,21 +1210,133 @@ export class AudioSender {
   encode(data) {
     if (!this.paused && this.encoder.state === 'configured') {
       this.clock.record(data.timestamp);
+      this.measure(data);
       this.encoder.encode(data);
     }
     data.close();
   }
 
-  async readLoop() {
-    while (!this.stopped) {
-      let result;
-      try {
-        result = await this.reader.read();
-      } catch {
-        break;
+  /** Remembers the energy of a buffer the encoder is given (every channel's samples). */
+  measure(data) {
+    const frames = data.numberOfFrames;
+    let sumSquares = 0;
+    try {
+      const plane = (this.plane = this.plane?.length >= frames ? this.plane : new Float32Array(frames));
+      for (let c = 0; c < data.numberOfChannels; c++) {
+        data.copyTo(plane, { planeIndex: c, format: 'f32-planar' });
+        for (let i = 0; i < frames; i++) sumSquares += plane[i] * plane[i];
       }
-      if (result.done) break;
-      this.encode(result.value);
+      sumSquares /= data.numberOfChannels;
+    } catch {
+      sumSquares = 0; // a format this browser cannot convert: reported as silence
+    }
+    this.energy.push({ frames, sumSquares });
+    // The encoder holds little back; a long queue means outputs were lost (a reset).
+    let queued = 0;
+    for (const e of this.energy) queued += e.frames;
+    while (this.energy.length > 1 && queued - this.energy[0].frames > data.sampleRate) queued -= this.energy.shift().frames;
+  }
+
+  /** The level of an encoded frame of `durationUs`: that many samples off the energy queue. */
+  takeLevel(durationUs) {
+    let want = Math.round(((durationUs || 20_000) / 1e6) * this.config.sampleRate);
+    let frames = 0;
+    let sumSquares = 0;
+    while (want > 0 && this.energy.length) {
+      const run = this.energy[0];
+      const n = Math.min(want, run.frames);
+      const share = n / run.frames;
+      sumSquares += run.sumSquares * share;
+      frames += n;
+      want -= n;
+      run.sumSquares -= run.sumSquares * share;
+      run.frames -= n;
+      if (run.frames === 0) this.energy.shift();
+    }
+    return audioLevel(sumSquares, frames);
+  }
+
+  /**
+   * Reads the microphone until the sender stops. When `replaceTrack` gives it another
+   * track (another microphone was picked), the old capture is cancelled and the new one
+   * opened (a MediaStreamTrackProcessor, or a worklet in the page's audio context), into
+   * the same producer: the encoder starts over (configured for the new microphone's sample
+   * rate and channels, if they differ), so that no audio of the old one is bridged into
+   * the new. A track that ends without being replaced ends the loop; `replaceTrack` starts
+   * it again.
+   */
+  async readLoop() {
+    if (this.reading) return;
+    this.reading = true;
+    try {
+      let track = this.track;
+      let reader = this.reader;
+      while (!this.stopped) {
+        let first = true;
+        for (;;) {
+          let result;
+          try {
+            result = await reader.read();
+          } catch {
+            break;
+          }
+          if (result.done) break;
+          const data = result.value;
+          if (this.stopped || this.track !== track) {
+            data.close(); // replaced meanwhile
+            break;
+          }
+          if (first) {
+            first = false;
+            if (this.trackChanges > this.trackChangesSeen) {
+              this.trackChangesSeen = this.trackChanges;
+              this.restartEncoder(data);
+            }
+          }
+          this.encode(data);
+        }
+        if (this.stopped || this.track === track) break; // ended, not replaced
+        track = this.track;
+        reader = this.reader = audioDataReader(track, this.audioContext);
+      }
+    } finally {
+      this.reading = false;
+    }
+  }
+
+  /** The first buffer of another microphone: a fresh encoder, for its rate and channels. */
+  restartEncoder(data) {
+    const { sampleRate, numberOfChannels } = data;
+    this.config = { ...this.config, sampleRate, numberOfChannels };
+    this.clock = new CaptureClock(); // the new track's timestamps may start anywhere
+    this.energy = [];
+    try {
+      if (this.encoder.state === 'closed') {
+        this.restarts = 0;
+        this.createEncoder();
+      } else {
+        this.encoder.reset();
+        this.encoder.configure(this.config);
+      }
+    } catch (e) {
+      console.error('cannot set up the audio encoder for the new microphone:', e);
+    }
+  }
+
+  /**
+   * Sends another microphone's track from now on, into the same producer (the person
+   * picked another microphone). The caller stops the old track afterwards.
+   */
+  replaceTrack(track) {
+    if (this.stopped || track === this.track) return;
+    this.track = track;
+    this.trackChanges++;
+    if (this.reading) {
+      this.reader?.cancel().catch(() => {});
+    } else if (this.producerId) {
+      // The old track had ended: read the new one.
+      this.reader = audioDataReader(track, this.audioContext);
+      this.readLoop();
     }
   }
 
@@ -988,7 +1344,10 @@ export class AudioSender {
     if (this.stopped || this.paused) return;
     const payload = new Uint8Array(chunk.byteLength);
     chunk.copyTo(payload);
-    const datagram = encodeDatagram(this.producerId, this.seq++, this.clock.captureUs(chunk.timestamp), payload);
+    const measured = this.takeLevel(chunk.duration);
+    this.levels.add(measured);
+    const level = this.sendLevel ? measured : null;
+    const datagram = encodeDatagram(this.producerId, this.seq++, this.clock.captureUs(chunk.timestamp), payload, level);
     if (this.session.sendDatagram(datagram)) {
       this.stats.frames++;
       this.stats.bytes += payload.byteLength;
@@ -1005,6 +1364,7 @@ export class AudioSender {
       // and its state would bridge the silence with stale audio.
       this.encoder.reset();
       this.encoder.configure(this.config);
+      this.energy = [];
     }
   }
 
@@ -1266,6 +1626,7 @@ export class AudioReceiver {
     this.closed = false;
     this.playoutMs = 0;
     this.restarts = 0;
+    this.levels = new RecentLevels(); // the level bytes received, if the sender sends them
     this.player = output.createPlayer((status) => {
       this.playoutMs = (status.buffered / output.ctx.sampleRate) * 1000;
     });
@@ -1296,6 +1657,7 @@ export class AudioReceiver {
 
   frame(f) {
     if (this.closed) return;
+    if (f.level !== null && f.level !== undefined) this.levels.add(f.level); // the sender's level byte (15.2)
     if (this.nextSeq !== null && f.seq < this.nextSeq) return; // too late, or a duplicate
     if (this.buffered.has(f.seq)) return;
     this.stats.bytes += f.payload.byteLength;

@@ -14,6 +14,12 @@ const MAX_INCOMING_CONTROL = 16 * 1024 * 1024;
 const STREAM_TYPE_GROUP = 0x01;
 const STREAM_TYPE_LAYER_GROUP = 0x02;
 const FLAG_KEYFRAME = 0x01;
+// Audio datagrams (section 15.2): a level byte follows the flags byte. Only sent to a relay
+// that lists `audio_level`, and only received by a client that asked for it in `join`.
+const FLAG_AUDIO_LEVEL = 0x02;
+const LEVEL_SILENCE = 127;
+// Producer id 0 is no producer: a datagram with it carries lossy data (section 15.5).
+const LOSSY_DATA_ID = 0;
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -61,19 +67,39 @@ export function encodeVarint(value) {
 // ---------------------------------------------------------------------------
 // Media frames.
 
-/** Audio datagram: producer_id | seq | capture_us | flags | payload (to the end). */
-export function encodeDatagram(producerId, seq, captureUs, payload) {
-  const head = varintLength(producerId) + varintLength(seq) + varintLength(captureUs) + 1;
+/**
+ * The level byte of section 15.2 for PCM whose squared samples (full scale ±1.0) sum to
+ * `sumSquares` over `count` samples: round(-20 log10(rms)) in -dBov, 0 (loudest) to 127
+ * (silence). No voice activity bit: this client has no detector.
+ */
+export function audioLevel(sumSquares, count) {
+  if (!(count > 0) || !(sumSquares > 0)) return LEVEL_SILENCE;
+  const db = -20 * Math.log10(Math.sqrt(sumSquares / count));
+  return Math.min(LEVEL_SILENCE, Math.max(0, Math.round(db)));
+}
+
+/**
+ * Audio datagram: producer_id | seq | capture_us | flags | [level] | payload (to the end).
+ * With `level` (0 to 127) flag 0x02 is set and the level byte written.
+ */
+export function encodeDatagram(producerId, seq, captureUs, payload, level = null) {
+  const withLevel = level !== null && level !== undefined;
+  const head = varintLength(producerId) + varintLength(seq) + varintLength(captureUs) + 1 + (withLevel ? 1 : 0);
   const out = new Uint8Array(head + payload.byteLength);
   let pos = writeVarint(out, 0, producerId);
   pos = writeVarint(out, pos, seq);
   pos = writeVarint(out, pos, captureUs);
-  out[pos++] = 0; // the keyframe flag means nothing for audio
+  out[pos++] = withLevel ? FLAG_AUDIO_LEVEL : 0; // the keyframe flag means nothing for audio
+  if (withLevel) out[pos++] = level & 0x7f;
   out.set(payload, pos);
   return out;
 }
 
-/** Parses an audio datagram; null if it is too short for its header. */
+/**
+ * Parses an audio datagram; null if it is too short for its header (or for the level byte
+ * its flags announce). `level` is the sender's level (0 to 127, -dBov) or null without one;
+ * `voice` its voice-activity bit.
+ */
 export function decodeDatagram(buf) {
   let pos = 0;
   const fields = [];
@@ -85,8 +111,43 @@ export function decodeDatagram(buf) {
   }
   if (pos >= buf.length) return null;
   const flags = buf[pos++];
+  let level = null;
+  let voice = false;
+  if (flags & FLAG_AUDIO_LEVEL) {
+    if (pos >= buf.length) return null;
+    level = buf[pos] & 0x7f;
+    voice = (buf[pos] & 0x80) !== 0;
+    pos++;
+  }
   const [producerId, seq, captureUs] = fields;
-  return { producerId, seq, captureUs, keyframe: (flags & FLAG_KEYFRAME) !== 0, payload: buf.subarray(pos) };
+  return { producerId, seq, captureUs, keyframe: (flags & FLAG_KEYFRAME) !== 0, level, voice, payload: buf.subarray(pos) };
+}
+
+/** Whether a datagram from the relay is lossy data (producer id 0) rather than audio. */
+export function isLossyData(buf) {
+  return readVarint(buf, 0)?.[0] === LOSSY_DATA_ID;
+}
+
+/** Lossy data to the relay: 0 | n | n peer ids | payload; no ids: every other peer that takes it. */
+export function encodeLossyData(payload, to = []) {
+  let len = 1 + varintLength(to.length) + payload.byteLength;
+  for (const id of to) len += varintLength(id);
+  const out = new Uint8Array(len);
+  let pos = writeVarint(out, 0, LOSSY_DATA_ID);
+  pos = writeVarint(out, pos, to.length);
+  for (const id of to) pos = writeVarint(out, pos, id);
+  out.set(payload, pos);
+  return out;
+}
+
+/** Lossy data from the relay: 0 | from_peer_id | payload. Null if malformed or empty. */
+export function decodeLossyData(buf) {
+  const id = readVarint(buf, 0);
+  if (!id || id[0] !== LOSSY_DATA_ID) return null;
+  const from = readVarint(buf, id[1]);
+  if (!from) return null;
+  const payload = buf.subarray(id[1] + from[1]);
+  return payload.length > 0 ? { from: from[0], payload } : null;
 }
 
 /**

@@ -7,8 +7,16 @@ import {
   ControlChannel,
   VideoStreamReader,
   decodeDatagram,
+  decodeLossyData,
+  encodeLossyData,
   encodeStreamHeader,
+  isLossyData,
 } from './protocol.js';
+
+// The optional formats of section 15 this client can receive, asked for in `join`: audio
+// datagrams with their level byte, and lossy data datagrams. (`data` and `screen` need no
+// asking.) A relay that does not know them ignores the field.
+const JOIN_EXTENSIONS = ['audio_level', 'lossy_data'];
 
 // How long an incoming video stream waits for the previous stream of the same producer
 // to end before it is delivered anyway (then stale frames are dropped by seq). The relay
@@ -98,6 +106,7 @@ export class Session {
    * Handlers:
    *   onEvent(message)          relay events (peer_joined, consumer_added, ...)
    *   onAudio(frame)            a parsed audio datagram
+   *   onLossyData({from, payload})  a lossy data datagram (section 15.5), optional
    *   videoSink(producerId)     returns { frame(f) } for that producer, or null if unknown
    *   onClosed(info)            the session ended without leave() ({ reason })
    * `token` is the access token, for a relay that requires one. `transport` is what
@@ -106,12 +115,12 @@ export class Session {
    * `session.subscribed` whether the relay auto-subscribes this peer. Events are held
    * back until the caller has taken in the join result and calls `releaseEvents()`.
    */
-  static async connect({ relayHost, quicHost = relayHost, room, name, token, transport, onEvent, onAudio, videoSink, onClosed }) {
+  static async connect({ relayHost, quicHost = relayHost, room, name, token, transport, onEvent, onAudio, onLossyData, videoSink, onClosed }) {
     const options = { ...(transport ?? (await probeRelay(relayHost))) };
     // A hint: real-time media would rather lose throughput than queue in the network.
     // Browsers that do not know the option ignore it, as Chromium 156 does.
     options.congestionControl = 'low-latency';
-    const session = new Session({ onEvent, onAudio, videoSink, onClosed });
+    const session = new Session({ onEvent, onAudio, onLossyData, videoSink, onClosed });
     let wt;
     try {
       wt = new WebTransport(`https://${quicHost}/`, options);
@@ -137,6 +146,7 @@ export class Session {
           room,
           name,
           auto_subscribe: autoSubscribe,
+          extensions: JOIN_EXTENSIONS,
           ...(token ? { token } : {}),
         });
       try {
@@ -154,8 +164,15 @@ export class Session {
       if (e.name === 'RelayError') throw new ConnectError('refused', `The relay refused the join (${e.code}).`, e);
       throw new ConnectError('unreachable', 'The connection to the relay broke off while joining. Join again.', e);
     }
+    // What the relay supports of section 15; an older relay lists nothing.
+    session.extensions = new Set(Array.isArray(session.joined.extensions) ? session.joined.extensions : []);
     session.start();
     return session;
+  }
+
+  /** Whether the relay supports the optional format `name` (section 15.1). */
+  supports(name) {
+    return this.extensions?.has(name) ?? false;
   }
 
   constructor(handlers) {
@@ -224,6 +241,15 @@ export class Session {
   }
 
   /**
+   * Sends lossy data (section 15.5) to the peers `to` (none: every other peer that takes it).
+   * False when the relay does not take lossy data or the datagram would be too large.
+   */
+  sendLossyData(payload, to = []) {
+    if (!this.supports('lossy_data')) return false;
+    return this.sendDatagram(encodeLossyData(payload, to));
+  }
+
+  /**
    * Opens a video stream for `producerId` (one of its layers if `layer` is given: stream
    * type 0x02) and writes its header; returns its writer.
    */
@@ -240,6 +266,11 @@ export class Session {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
+        if (isLossyData(value)) {
+          const data = decodeLossyData(value);
+          if (data) this.onLossyData?.(data);
+          continue;
+        }
         const frame = decodeDatagram(value);
         if (frame) this.onAudio(frame);
       }

@@ -41,6 +41,19 @@ function linkLines(link) {
   return lines;
 }
 
+/**
+ * Speaking (the relay's active_speakers, docs/PROTOCOL.md section 15.3): a glow around the
+ * tile, stronger for the main speaker. `data-speaking` is read by the browser tests.
+ */
+function markSpeaking(root, rank) {
+  const speaking = rank !== null && rank !== undefined;
+  root.dataset.speaking = String(speaking);
+  root.classList.toggle('speaking', speaking);
+  root.classList.toggle('main-speaker', rank === 0);
+  if (rank === 0) root.dataset.mainSpeaker = 'true';
+  else delete root.dataset.mainSpeaker;
+}
+
 /** This peer's own tile: a mirror of the camera plus what is being sent. */
 export class LocalTile {
   constructor(container, name, stream) {
@@ -57,6 +70,17 @@ export class LocalTile {
     this.statsEl = el('pre', 'stats');
     this.root.append(this.video, this.nameEl, this.statsEl);
     container.prepend(this.root);
+  }
+
+  /** Marks the tile as speaking (rank 0: the main speaker) or not (rank null). */
+  setSpeaking(rank) {
+    markSpeaking(this.root, rank);
+  }
+
+  /** Shows another camera (the person picked one): a new stream of the capture's tracks. */
+  setStream(stream) {
+    this.video.srcObject = new MediaStream(stream.getTracks());
+    this.video.play().catch(() => {}); // muted: no gesture needed
   }
 
   setBadges({ micMuted, cameraOff }) {
@@ -133,8 +157,16 @@ export class RemoteTile {
     this.statsEl = el('pre', 'stats', 'waiting for media…');
     this.root.append(this.canvas, this.nameEl, this.statsEl);
     this.paused = { audio: false, video: false };
+    this.speakingRank = null;
     this.writeCounters();
+    markSpeaking(this.root, null);
     container.append(this.root);
+  }
+
+  /** Marks the tile as speaking (rank 0: the main speaker) or not (rank null). */
+  setSpeaking(rank) {
+    this.speakingRank = rank;
+    markSpeaking(this.root, rank);
   }
 
   countVideo() {
@@ -188,7 +220,13 @@ export class RemoteTile {
     }
     if (audio) {
       const s = audio.stats.sample();
-      lines.push(`audio ${audio.producer.codec} ${fmt(s.fps)} frames/s ${fmt(s.kbps)} kbit/s`);
+      // The sender's level (section 15.2), when its datagrams carry one: the loudest of the
+      // last second, as a meter shows it.
+      const loudest = audio.levels.loudest;
+      const level = loudest === null ? '' : loudest >= 127 ? ' · silent' : ` · level -${loudest} dB`;
+      lines.push(`audio ${audio.producer.codec} ${fmt(s.fps)} frames/s ${fmt(s.kbps)} kbit/s${level}`);
+      if (loudest !== null) this.root.dataset.audioLevel = String(loudest);
+      else delete this.root.dataset.audioLevel;
       if (s.latencyMs !== null) latency.push(`audio ${fmt(s.latencyMs + audio.playoutMs)} ms`);
       if (audio.stats.lost) lines.push(`audio frames lost: ${audio.stats.lost}`);
     }
@@ -205,10 +243,96 @@ export class RemoteTile {
       audioFrames: this.audioFrames,
       videoLatencyMs: this.videoLatencyMs ?? null, // capture to render, over the last second
       paused: { ...this.paused },
+      speaking: this.speakingRank !== null,
+      speakingRank: this.speakingRank,
     };
   }
 
   remove() {
+    this.root.remove();
+  }
+}
+
+/**
+ * A screen shared by a remote peer: a large tile of its own, laid out first and across the
+ * grid (style.css), with the peer's name. Its test hooks are `data-screen-peer-name`,
+ * `data-screen-peer-id`, `data-video-frames`, `data-video-width` and `data-video-height`
+ * (not `data-peer-name`: that names the peers' own tiles).
+ */
+export class ScreenTile {
+  constructor(container, peerId, name, producerId) {
+    this.peerId = peerId;
+    this.name = name;
+    this.producerId = producerId;
+    this.videoFrames = 0;
+    this.root = el('div', 'tile screen');
+    this.root.dataset.screenPeerId = String(peerId);
+    this.root.dataset.screenPeerName = name;
+    this.root.dataset.videoFrames = '0';
+    this.canvas = el('canvas');
+    this.canvas.width = 640;
+    this.canvas.height = 360;
+    this.nameEl = el('div', 'name', `${name}'s screen`);
+    this.statsEl = el('pre', 'stats', 'waiting for the screen…');
+    this.root.append(this.canvas, this.nameEl, this.statsEl);
+    container.prepend(this.root);
+  }
+
+  countVideo() {
+    this.videoFrames++;
+    this.root.dataset.videoFrames = String(this.videoFrames);
+  }
+
+  setName(name) {
+    this.name = name;
+    this.root.dataset.screenPeerName = name;
+    this.nameEl.textContent = `${name}'s screen`;
+  }
+
+  updateStats(video) {
+    if (!video) return;
+    const s = video.stats.sample();
+    const failed = video.failure ? ` (${video.failure})` : '';
+    this.statsEl.textContent = `screen ${video.producer.codec} ${video.size ?? '–'} ${fmt(s.fps, 1)} fps ${fmt(s.kbps)} kbit/s${failed}`;
+    this.root.dataset.videoWidth = String(video.decodedWidth ?? 0);
+    this.root.dataset.videoHeight = String(video.decodedHeight ?? 0);
+  }
+
+  snapshot() {
+    return { peerId: this.peerId, name: this.name, producerId: this.producerId, videoFrames: this.videoFrames };
+  }
+
+  remove() {
+    this.root.remove();
+  }
+}
+
+/** The preview of this page's own shared screen (not mirrored, unlike the camera). */
+export class LocalScreenTile {
+  constructor(container, stream) {
+    this.root = el('div', 'tile local-screen');
+    this.root.dataset.localScreen = '';
+    this.video = el('video');
+    this.video.muted = true;
+    this.video.autoplay = true;
+    this.video.playsInline = true;
+    this.video.srcObject = stream;
+    this.nameEl = el('div', 'name', 'Your screen (shared)');
+    this.statsEl = el('pre', 'stats');
+    this.root.append(this.video, this.nameEl, this.statsEl);
+    const camera = container.querySelector('[data-local]');
+    if (camera) camera.after(this.root);
+    else container.prepend(this.root);
+  }
+
+  updateStats(sender, codecName) {
+    if (!sender) return;
+    const s = sender.stats.sample();
+    this.statsEl.textContent = `sending ${codecName} ${sender.size ?? '–'} ${fmt(s.fps, 1)} fps ${fmt(s.kbps)} kbit/s`;
+  }
+
+  remove() {
+    this.video.srcObject = null;
     this.root.remove();
   }
 }

@@ -235,10 +235,16 @@ export async function startShaper(relayPort, options) {
  * and devices) and, in Firefox, its own window: a background tab would be hidden, and a
  * hidden page pauses its video consumers. `soundDevice: false` launches Firefox without
  * its mock sound device, as on a machine with no sound at all (Chromium ignores it).
+ * `chromiumArgs` are more Chromium switches, e.g. from `fakeMicrophoneArgs` (Firefox
+ * ignores them).
  */
-export async function launchBrowser(kind = 'chromium', { soundDevice = true } = {}) {
+export async function launchBrowser(kind = 'chromium', { soundDevice = true, chromiumArgs = [] } = {}) {
   if (kind === 'chromium') {
-    const browser = await chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS });
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM_PATH,
+      headless: true,
+      args: [...CHROMIUM_ARGS, ...chromiumArgs],
+    });
     return {
       kind,
       version: `chromium ${browser.version()}`,
@@ -270,6 +276,53 @@ export async function launchBrowser(kind = 'chromium', { soundDevice = true } = 
     };
   }
   throw new Error(`unknown browser ${kind}: chromium or firefox`);
+}
+
+/**
+ * Chromium switches that make the fake microphone play a WAV file (looped) instead of its
+ * beep, which sounds for ~80 ms every 500 ms: too short to count as speech for a speaker
+ * detector (docs/PROTOCOL.md section 15.3 needs 40% of a 400 ms window). `sound` is
+ * 'voice' (syllables of a gliding buzz at about -12 dBFS, 250 ms on and 50 ms off) or
+ * 'silence'.
+ */
+export function fakeMicrophoneArgs(sound) {
+  // The same bytes every time: written once per machine, through a rename so that a test
+  // running meanwhile never reads half a file.
+  const file = path.join(os.tmpdir(), `synapse-fake-mic-${sound}.wav`);
+  if (!fs.existsSync(file)) {
+    fs.writeFileSync(`${file}.${process.pid}`, wav(sound));
+    fs.renameSync(`${file}.${process.pid}`, file);
+  }
+  return [`--use-file-for-fake-audio-capture=${file}`];
+}
+
+/** 4 s of 48 kHz mono 16-bit PCM as a WAV file (see fakeMicrophoneArgs). */
+function wav(sound) {
+  const rate = 48000;
+  const n = rate * 4;
+  const out = Buffer.alloc(44 + n * 2);
+  let phase = 0;
+  for (let i = 0; sound === 'voice' && i < n; i++) {
+    const t = i / rate;
+    phase += (2 * Math.PI * (140 + 40 * Math.sin(2 * Math.PI * 0.7 * t))) / rate;
+    let x = 0;
+    for (let h = 1; h <= 6; h++) x += Math.sin(h * phase) / h;
+    const inSyllable = t % 0.3 < 0.25 ? Math.sqrt(Math.sin((Math.PI * (t % 0.3)) / 0.25)) : 0;
+    out.writeInt16LE(Math.round(((0.35 * x * inSyllable) / 1.5) * 32767), 44 + i * 2);
+  }
+  out.write('RIFF', 0);
+  out.writeUInt32LE(36 + n * 2, 4);
+  out.write('WAVEfmt ', 8);
+  out.writeUInt32LE(16, 16); // fmt chunk size
+  out.writeUInt16LE(1, 20); // PCM
+  out.writeUInt16LE(1, 22); // mono
+  out.writeUInt32LE(rate, 24);
+  out.writeUInt32LE(rate * 2, 28); // bytes per second
+  out.writeUInt16LE(2, 32); // bytes per frame
+  out.writeUInt16LE(16, 34); // bits per sample
+  out.write('data', 36);
+  out.writeUInt32LE(n * 2, 40);
+  return out;
 }
 
 /**

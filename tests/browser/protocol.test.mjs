@@ -12,9 +12,13 @@ const protocol = await import(pathToFileURL(path.join(REPO_ROOT, 'web-client/pro
 const {
   ControlChannel,
   VideoStreamReader,
+  audioLevel,
   decodeDatagram,
+  decodeLossyData,
   encodeControl,
   encodeDatagram,
+  encodeLossyData,
+  isLossyData,
   encodeStreamFrame,
   encodeStreamHeader,
   encodeVarint,
@@ -58,6 +62,40 @@ test('audio datagram: the example of section 5.3', () => {
   assert.equal(parsed.captureUs, 1_700_000_000_000_000);
   assert.equal(hex(parsed.payload), 'deadbeef');
   assert.equal(decodeDatagram(fromHex('0240')), null, 'a truncated header is refused');
+});
+
+test('audio level byte: section 15.2, written and read back', () => {
+  // -20 log10(rms): full scale is 0, a sine of amplitude 0.1 (rms 0.0707) is 23 dBov.
+  assert.equal(audioLevel(1, 1), 0);
+  assert.equal(audioLevel(0.1 * 0.1 * 480, 480), 20);
+  const sine = Array.from({ length: 960 }, (_, i) => 0.1 * Math.sin((2 * Math.PI * 440 * i) / 48000));
+  assert.equal(audioLevel(sine.reduce((n, x) => n + x * x, 0), sine.length), 23);
+  assert.equal(audioLevel(0, 960), 127, 'digital silence is 127');
+  assert.equal(audioLevel(1e-20 * 960, 960), 127, 'quieter than -127 dBov is clamped to 127');
+  assert.equal(audioLevel(4 * 960, 960), 0, 'louder than full scale is clamped to 0');
+
+  const payload = fromHex('deadbeef');
+  const datagram = encodeDatagram(2, 70, 1_700_000_000_000_000, payload, 35);
+  assert.equal(hex(datagram), '02' + '4046' + 'c0060a24181e4000' + '02' + '23' + 'deadbeef');
+  const parsed = decodeDatagram(datagram);
+  assert.deepEqual([parsed.producerId, parsed.seq, parsed.level, parsed.voice], [2, 70, 35, false]);
+  assert.equal(hex(parsed.payload), 'deadbeef', 'the payload starts after the level byte');
+  const voiced = decodeDatagram(fromHex('02' + '4046' + 'c0060a24181e4000' + '02' + '85' + 'aa'));
+  assert.deepEqual([voiced.level, voiced.voice, hex(voiced.payload)], [5, true, 'aa'], 'bit 7 is the voice activity bit');
+  assert.equal(decodeDatagram(fromHex('02' + '4046' + 'c0060a24181e4000' + '02')), null, 'flag 0x02 without its level byte');
+  assert.equal(decodeDatagram(encodeDatagram(2, 70, 5, payload)).level, null, 'no level without flag 0x02');
+});
+
+test('lossy data datagrams: section 15.5', () => {
+  const out = encodeLossyData(fromHex('6869'), [3, 70]);
+  assert.equal(hex(out), '00' + '02' + '03' + '4046' + '6869');
+  assert.equal(hex(encodeLossyData(fromHex('6869'))), '00' + '00' + '6869', 'no recipients: everyone who takes it');
+  const incoming = fromHex('00' + '4046' + '6869');
+  assert.ok(isLossyData(incoming));
+  assert.ok(!isLossyData(encodeDatagram(2, 70, 5, fromHex('aa'))), 'audio is not lossy data');
+  const d = decodeLossyData(incoming);
+  assert.deepEqual([d.from, hex(d.payload)], [70, '6869']);
+  assert.equal(decodeLossyData(fromHex('0003')), null, 'an empty payload is no message');
 });
 
 test('video stream: the example of section 5.4, read back across chunk boundaries', async () => {
