@@ -21,6 +21,11 @@ impl TokenBucket {
         }
     }
 
+    /// Refills at `per_second` from now on.
+    pub fn set_rate(&mut self, per_second: f64) {
+        self.per_second = per_second;
+    }
+
     /// Takes `amount` tokens if there are that many.
     pub fn try_take(&mut self, amount: f64, now: Instant) -> bool {
         if let Some(last) = self.last {

@@ -46,6 +46,16 @@ use bytes::Bytes;
 /// Reliable data (`send_data`) a peer may send: bytes per second, and the burst.
 pub const DATA_BYTES_PER_SECOND: f64 = 64.0 * 1024.0;
 pub const DATA_BURST_BYTES: f64 = 128.0 * 1024.0;
+/// Reliable data goes to a peer at most at this share of what its path carries (media
+/// first), between these rates (the most also when the path is not measured yet), in
+/// bursts of `DATA_DELIVERY_BURST`; what waits is bounded by `MAX_DATA_BACKLOG`, beyond
+/// which new data for that peer is refused to its sender (`rate_limited`), never dropped.
+pub const DATA_DELIVERY_SHARE: f64 = 0.1;
+pub const DATA_DELIVERY_MIN: f64 = 8.0 * 1024.0;
+pub const DATA_DELIVERY_MAX: f64 = 64.0 * 1024.0;
+pub const DATA_DELIVERY_BURST: f64 = 32.0 * 1024.0;
+pub const MAX_DATA_BACKLOG: usize = 256 * 1024;
+
 /// Lossy data datagrams a peer may send per second (and the burst).
 pub const LOSSY_DATA_PER_SECOND: f64 = 60.0;
 /// Lossy data waiting for one recipient; beyond it the oldest is dropped.
@@ -159,6 +169,10 @@ struct Peer {
     lossy: VecDeque<Bytes>,
     data_bytes: TokenBucket,
     lossy_rate: TokenBucket,
+    /// Data for this peer waiting for its pace (`DATA_DELIVERY_*`), with its size.
+    data_backlog: VecDeque<(usize, ServerMessage)>,
+    data_backlog_bytes: usize,
+    data_pace: TokenBucket,
 }
 
 #[derive(Debug)]
@@ -712,6 +726,9 @@ impl Room {
                 lossy: VecDeque::new(),
                 data_bytes: TokenBucket::new(DATA_BURST_BYTES, DATA_BYTES_PER_SECOND),
                 lossy_rate: TokenBucket::new(LOSSY_DATA_PER_SECOND, LOSSY_DATA_PER_SECOND),
+                data_backlog: VecDeque::new(),
+                data_backlog_bytes: 0,
+                data_pace: TokenBucket::new(DATA_DELIVERY_BURST, DATA_DELIVERY_MAX),
             },
         );
         if self.members.is_empty() {
@@ -814,6 +831,8 @@ impl Room {
         // it is then, in its result.
         peer.outbox.clear();
         peer.lossy.clear();
+        peer.data_backlog.clear();
+        peer.data_backlog_bytes = 0;
         peer.overflowed = false;
         if let Some(waker) = peer.waker.take() {
             waker.wake();
@@ -1182,6 +1201,19 @@ impl Room {
             ));
         }
         let recipients = self.data_recipients(peer_id, &to)?;
+        // Accepted data is never dropped: a recipient that cannot take it at its pace
+        // refuses it now, whole, rather than lose it later.
+        let size = payload.len() + topic.as_ref().map_or(0, String::len) + 64;
+        if let Some(busy) = recipients.iter().find(|r| {
+            self.peers
+                .get(r)
+                .is_some_and(|p| p.data_backlog_bytes + size > MAX_DATA_BACKLOG)
+        }) {
+            return Err(err(
+                ErrorCode::RateLimited,
+                format!("peer {busy} receives data more slowly than it is sent; try again later"),
+            ));
+        }
         let peer = self.peers.get_mut(&peer_id).expect("caller checked");
         if !peer.data_bytes.try_take(payload.len() as f64, now) {
             return Err(err(
@@ -1200,9 +1232,44 @@ impl Room {
             reliable: true,
         };
         for recipient in &recipients {
-            self.send(*recipient, message.clone());
+            if let Some(peer) = self.peers.get_mut(recipient)
+                && peer.interrupted.is_none()
+            {
+                peer.data_backlog.push_back((size, message.clone()));
+                peer.data_backlog_bytes += size;
+            }
+            self.release_data(*recipient, now);
         }
         Ok(recipients.len())
+    }
+
+    /// Sends `peer_id` the data waiting for it that its pace allows by `now` (a share of
+    /// what its path carries, so that data never crowds out its media).
+    fn release_data(&mut self, peer_id: PeerId, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let rate = peer
+            .budget
+            .available_bps()
+            .map_or(DATA_DELIVERY_MAX, |bps| {
+                (bps / 8.0 * DATA_DELIVERY_SHARE).clamp(DATA_DELIVERY_MIN, DATA_DELIVERY_MAX)
+            });
+        peer.data_pace.set_rate(rate);
+        let mut due = Vec::new();
+        while let Some((size, _)) = peer.data_backlog.front() {
+            // A message larger than the burst goes once the bucket is full.
+            let take = (*size as f64).min(DATA_DELIVERY_BURST);
+            if !peer.data_pace.try_take(take, now) {
+                break;
+            }
+            let (size, message) = peer.data_backlog.pop_front().expect("a front");
+            peer.data_backlog_bytes -= size;
+            due.push(message);
+        }
+        for message in due {
+            self.send(peer_id, message);
+        }
     }
 
     /// The peers data from `peer_id` addressed `to` goes to: all the others for an empty
@@ -2117,6 +2184,7 @@ impl Room {
         now: Instant,
     ) -> Option<u64> {
         self.poll_speakers(now);
+        self.release_data(peer_id, now);
         let peer = self.peers.get_mut(&peer_id)?;
         let window = peer.path.on_sample(sample, now);
         let report_due = peer.last_transport_stats.is_none_or(|last| {

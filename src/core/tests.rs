@@ -2302,3 +2302,80 @@ fn a_resume_takes_over_a_live_session_and_the_grace_period_ends_in_a_departure()
         SessionEnd::Left
     );
 }
+
+#[test]
+fn data_reaches_a_peer_at_its_pace_in_order_and_a_full_backlog_refuses_the_sender() {
+    let mut h = Harness::new();
+    let b = h.join("r", "b");
+    let senders: Vec<PeerId> = (0..4).map(|i| h.join("r", &format!("s{i}"))).collect();
+    h.messages(b);
+    let chunk = "z".repeat(crate::wire::MAX_DATA_PAYLOAD);
+    let send = |i: usize| Request::SendData {
+        payload: format!("{i:03}{}", &chunk[3..]),
+        to: vec![b],
+        topic: None,
+    };
+    let got = |h: &mut Harness| -> Vec<String> {
+        h.messages(b)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMessage::Data { payload, .. } => Some(payload[..3].to_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    // Four senders, 7 messages each (112 KiB, within each one's own burst): b's backlog
+    // fills at 256 KiB and the sender that would overflow it is refused, with a reason.
+    let mut accepted = 0;
+    let mut refused = 0;
+    for i in 0..28 {
+        match h.request(senders[i % 4], send(i)) {
+            Ok(_) => accepted += 1,
+            Err(code) => {
+                assert_eq!(code, ErrorCode::RateLimited);
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0 && accepted >= 16,
+        "{accepted} accepted, {refused} refused"
+    );
+    // At once: one burst (32 KiB: one 16 KiB message and a bit).
+    let first = got(&mut h);
+    assert_eq!(first, vec!["000".to_owned()]);
+    // Then 64 KiB a second while the path is unmeasured: about four a second, in order.
+    let mut sample = PathSample {
+        rtt: Duration::from_millis(20),
+        min_rtt: Duration::from_millis(20),
+        cwnd: 100_000,
+        sent_packets: 0,
+        lost_packets: 0,
+        sent_bytes: 0,
+    };
+    let mut delivered = first;
+    for _ in 0..10 {
+        h.now += Duration::from_millis(100);
+        sample.sent_packets += 100;
+        sample.sent_bytes += 100_000;
+        h.relay.on_path_sample(b, sample, h.now);
+        delivered.extend(got(&mut h));
+    }
+    assert!(
+        (4..=6).contains(&delivered.len()),
+        "{} delivered in a second",
+        delivered.len()
+    );
+    let mut in_order = delivered.clone();
+    in_order.sort();
+    assert_eq!(delivered, in_order, "each sender's messages in order");
+    // Everything accepted arrives eventually; nothing is dropped.
+    for _ in 0..100 {
+        h.now += Duration::from_millis(100);
+        sample.sent_packets += 100;
+        sample.sent_bytes += 100_000;
+        h.relay.on_path_sample(b, sample, h.now);
+        delivered.extend(got(&mut h));
+    }
+    assert_eq!(delivered.len(), accepted);
+}
