@@ -806,9 +806,10 @@ impl Room {
         SessionEnd::Interrupted
     }
 
-    fn interrupt(&mut self, peer_id: PeerId, now: Instant) {
+    /// Closes a peer's consumers, returning what they were, to recreate them later.
+    fn set_aside_consumers(&mut self, peer_id: PeerId) -> Vec<Subscription> {
         let Some(peer) = self.peers.get(&peer_id) else {
-            return;
+            return Vec::new();
         };
         let consumers: Vec<ConsumerId> = peer.consumers.iter().copied().collect();
         let subscriptions = consumers
@@ -823,6 +824,14 @@ impl Room {
         for consumer_id in consumers {
             self.remove_consumer(consumer_id);
         }
+        subscriptions
+    }
+
+    fn interrupt(&mut self, peer_id: PeerId, now: Instant) {
+        if !self.peers.contains_key(&peer_id) {
+            return;
+        }
+        let subscriptions = self.set_aside_consumers(peer_id);
         let peer = self.peers.get_mut(&peer_id).expect("checked");
         peer.subscriptions = subscriptions;
         peer.session += 1;
@@ -866,19 +875,7 @@ impl Room {
         }
         // Consumers made for it meanwhile (auto-subscribe) were never started: they are
         // recreated with the others.
-        let during: Vec<ConsumerId> = self.peers[&peer_id].consumers.iter().copied().collect();
-        let mut later: Vec<Subscription> = during
-            .iter()
-            .filter_map(|c| self.consumers.get(c))
-            .map(|c| Subscription {
-                producer: c.producer,
-                paused: c.paused,
-                preference: c.layers.as_ref().map(|l| l.preference),
-            })
-            .collect();
-        for consumer_id in during {
-            self.remove_consumer(consumer_id);
-        }
+        let mut later = self.set_aside_consumers(peer_id);
         let peer = self.peers.get_mut(&peer_id).expect("checked");
         peer.interrupted = None;
         let session = peer.session;
