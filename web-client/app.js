@@ -33,8 +33,22 @@ import { LocalScreenTile, LocalTile, RemoteTile, ScreenTile } from './tiles.js';
 import { ConsumerView } from './consumer-view.js';
 import { ChatPanel, ParticipantList } from './panels.js';
 import { DevicePickers } from './devices.js';
+import { PreJoin } from './prejoin.js';
 
 const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Reconnecting (docs/PROTOCOL.md section 16), by the native client's policy
+// (src/client/join.rs): the relay speaks at least once a second (transport_stats), so 5 s
+// of silence is a dead path; tries are 250 ms apart, doubling up to 4 s, each given 3 s,
+// for the relay's grace period (at least 5 s), or 10 s after going_away (a restarting
+// relay comes back on the same address).
+const SILENCE_TIMEOUT_MS = 5000;
+const RECONNECT_FIRST_BACKOFF_MS = 250;
+const RECONNECT_MAX_BACKOFF_MS = 4000;
+const RECONNECT_ATTEMPT_MS = 3000;
+const RECONNECT_MIN_WINDOW_MS = 5000;
+const GOING_AWAY_WINDOW_MS = 10_000;
 const params = new URLSearchParams(location.search);
 
 function intParam(name, fallback, min, max) {
@@ -190,6 +204,11 @@ class Call {
     this.micMuted = false;
     this.cameraOff = false;
     this.link = null; // the relay's latest transport_stats about its link to us
+    this.reconnecting = null; // while the session is being restored: { since, until, goingAway, attempts }
+    // Sessions restored: the same place, or joined anew (of which `resumeFailed`: after the
+    // relay answered resume_failed).
+    this.reconnects = { resumed: 0, rejoined: 0, resumeFailed: 0 };
+    this.interrupted = new Set(); // other peers whose session dropped (peer_interrupted)
     this.grid = $('tiles');
     this.localTile = new LocalTile(this.grid, name, capture);
     this.people = new ParticipantList($('people-list'), $('people-count'));
@@ -215,18 +234,24 @@ class Call {
     this.statsTimer = setInterval(() => this.updateStats(), 1000);
   }
 
-  async connect(transport) {
-    this.session = await Session.connect({
+  /** Opens a session and joins (or, with `resume`, takes the place back); see Session.connect. */
+  async openSession({ transport, resume, timeoutMs } = {}) {
+    let session = null;
+    session = await Session.connect({
       relayHost,
       quicHost,
       room: this.room,
       name: this.name,
       token: this.token,
       transport,
-      onEvent: (m) => this.onEvent(m),
+      resume,
+      timeoutMs,
+      onEvent: (m) => {
+        if (session === null || this.session === session) this.onEvent(m);
+      },
       onAudio: (f) => {
         const entry = this.receivers.get(f.producerId);
-        if (entry?.kind === 'audio') entry.receiver.frame(f);
+        if (entry?.kind === 'audio' && !entry.stale) entry.receiver.frame(f);
       },
       onLossyData: (d) => {
         this.lossy.received++;
@@ -234,10 +259,18 @@ class Call {
       },
       videoSink: (producerId) => {
         const entry = this.receivers.get(producerId);
-        return entry?.kind === 'video' ? entry.receiver : null;
+        // A receiver whose consumer ended with the last session waits for its replacement.
+        return entry?.kind === 'video' && !entry.stale ? entry.receiver : null;
       },
-      onClosed: (info) => this.onClosed(info),
+      onClosed: (info) => {
+        if (this.session === session) this.onClosed(info);
+      },
     });
+    return session;
+  }
+
+  async connect(transport) {
+    this.session = await this.openSession({ transport });
     const joined = this.session.joined;
     // An access token's name replaces the one typed in: show what the others see.
     if (joined.name && joined.name !== this.name) this.localTile.nameEl.textContent = `${joined.name} (you)`;
@@ -447,6 +480,7 @@ class Call {
   }
 
   removePeer(peerId) {
+    this.interrupted.delete(peerId);
     for (const [producerId, entry] of this.receivers) {
       if (entry.peerId === peerId) this.closeReceiver(producerId);
     }
@@ -476,6 +510,7 @@ class Call {
       camera: cameraOf(this.videoSender?.producerId && { paused: this.cameraOff }),
       screen: !!this.screenSender?.producerId,
       speaking: speaking.has(ownId),
+      reconnecting: this.reconnecting !== null,
     };
     const others = [...this.peers].map(([peerId, peer]) => {
       const producers = [...peer.producers.values()];
@@ -488,6 +523,7 @@ class Call {
         camera: cameraOf(producers.find((p) => p.kind === 'video' && !isScreen(p))),
         screen: producers.some((p) => p.kind === 'video' && p.source === 'screen'),
         speaking: speaking.has(peerId),
+        reconnecting: this.interrupted.has(peerId),
       };
     });
     return [self, ...others];
@@ -533,15 +569,26 @@ class Call {
   /** auto_subscribe gave us a consumer: start decoding it into its peer's tile. */
   addConsumer(consumer) {
     const producer = consumer.producer;
-    if (this.receivers.has(producer.producer_id)) return;
+    const existing = this.receivers.get(producer.producer_id);
+    if (existing && !existing.stale) return;
+    if (existing) {
+      // After a reconnection: a new consumer of the same producer. Its tile stays (with
+      // the last picture) and a new receiver decodes into it.
+      existing.receiver.close();
+      existing.view?.close();
+      this.receivers.delete(producer.producer_id);
+    }
     const peerTile = this.tiles.get(producer.peer_id) ?? this.addPeer({ peer_id: producer.peer_id, name: `peer ${producer.peer_id}` });
     this.producerAdded(producer);
     // A shared screen gets a large tile of its own; everything else goes to the peer's tile.
     const screen = producer.kind === 'video' && producer.source === 'screen';
     let tile = peerTile;
     if (screen) {
-      tile = new ScreenTile(this.grid, producer.peer_id, peerTile.name, producer.producer_id);
-      this.screenTiles.set(producer.producer_id, tile);
+      tile = this.screenTiles.get(producer.producer_id);
+      if (!tile) {
+        tile = new ScreenTile(this.grid, producer.peer_id, peerTile.name, producer.producer_id);
+        this.screenTiles.set(producer.producer_id, tile);
+      }
     }
     let receiver;
     let view = null;
@@ -661,12 +708,22 @@ class Call {
         break;
       }
       case 'going_away':
-        // The relay is shutting down and asks peers to leave before it closes them.
-        this.leave().then(() => {
-          showJoinScreen();
-          showError(`You have left the call: the relay is going away (${m.reason}).`);
-        });
+        // The relay is shutting down (perhaps to restart) and asks peers to leave before it
+        // closes them: this session ends now, and the page tries to come back for a while.
+        console.warn('the relay is going away:', m.reason);
+        this.connectionLost('going_away', { goingAway: true });
         break;
+      case 'peer_interrupted':
+      case 'peer_resumed': {
+        // Another peer's session dropped (its place is kept for a while), or it is back.
+        const interrupted = m.type === 'peer_interrupted';
+        if (interrupted) this.interrupted.add(m.peer_id);
+        else this.interrupted.delete(m.peer_id);
+        this.tiles.get(m.peer_id)?.setInterrupted(interrupted);
+        for (const t of this.screenTiles.values()) if (t.peerId === m.peer_id) t.setInterrupted?.(interrupted);
+        this.refreshPeople();
+        break;
+      }
       case 'error':
         // Not an answer to a request: the relay refused one of our media frames (or an
         // operator removed us: `kicked`, then the session closes).
@@ -684,6 +741,13 @@ class Call {
   }
 
   onClosed(info) {
+    if (this.tornDown) return;
+    // Browsers rarely pass on the relay's close reason ("Connection lost." is typical), so
+    // it goes to the console only.
+    if (!this.kicked) {
+      this.connectionLost(info.reason);
+      return;
+    }
     this.teardown();
     showJoinScreen();
     // Browsers rarely pass on the relay's close reason ("Connection lost." is typical), so
@@ -840,6 +904,7 @@ class Call {
   }
 
   updateStats() {
+    this.checkSilence();
     this.localTile.updateStats(this.videoSender, this.audioSender, this.codec.name, this.link);
     this.screenPreview?.updateStats(this.screenSender, this.codec.name);
     const byPeer = new Map();
@@ -875,6 +940,7 @@ class Call {
     if (this.tornDown) return;
     this.tornDown = true;
     clearInterval(this.statsTimer);
+    this.showReconnecting(false);
     this.videoSender?.stop();
     this.audioSender?.stop();
     this.screenSender?.stop();
@@ -892,6 +958,204 @@ class Call {
     this.audioOutput.close();
     this.session?.close();
     if (call === this) call = null;
+  }
+
+  // -------------------------------------------------------------------------
+  // Reconnecting (docs/PROTOCOL.md section 16).
+
+  /** Nothing from the relay for SILENCE_TIMEOUT_MS, where it would resume us: a dead path. */
+  checkSilence() {
+    const session = this.session;
+    if (this.reconnecting || this.tornDown || !session?.joined?.resume_token || session.ended) return;
+    if (performance.now() - session.lastHeard > SILENCE_TIMEOUT_MS) {
+      this.connectionLost(`nothing from the relay for ${SILENCE_TIMEOUT_MS / 1000} s`);
+    }
+  }
+
+  /**
+   * The session is gone without the person leaving (closed, silent, or the relay going
+   * away): the tiles stay, dimmed, the senders wait, and the page connects again.
+   */
+  connectionLost(reason, { goingAway = false } = {}) {
+    if (this.reconnecting || this.tornDown) return;
+    console.warn('connection to the relay lost:', reason);
+    const old = this.session;
+    const joined = old?.joined ?? {};
+    if (goingAway) {
+      // A relay that shuts down keeps no place: leave, so that it need not wait for this
+      // peer, and join anew once it (or its successor) answers again.
+      old?.leave();
+    } else {
+      old?.close(); // without leave: the relay keeps the place for its grace period
+    }
+    const now = performance.now();
+    const windowMs = goingAway ? GOING_AWAY_WINDOW_MS : Math.max(joined.resume_grace_ms ?? 0, RECONNECT_MIN_WINDOW_MS);
+    this.reconnecting = { since: now, until: now + windowMs, goingAway, attempts: 0 };
+    this.resumePlace = joined.resume_token && !goingAway
+      ? { peerId: joined.peer_id, token: joined.resume_token, autoSubscribe: old.subscribed }
+      : null;
+    for (const sender of [this.videoSender, this.audioSender, this.screenSender]) sender?.suspend?.();
+    // Every consumer ended with the session: the receivers wait for their replacements.
+    for (const entry of this.receivers.values()) {
+      entry.stale = true;
+      entry.view?.close();
+      entry.view = null;
+    }
+    this.interrupted.clear();
+    for (const tile of this.tiles.values()) tile.setInterrupted(false);
+    this.showReconnecting(true);
+    this.refreshPeople();
+    this.reconnectLoop();
+  }
+
+  /** Shows (or hides) that the call is being reconnected: a banner, and the tiles dimmed. */
+  showReconnecting(on) {
+    const banner = $('reconnecting');
+    if (!banner) return;
+    banner.hidden = !on;
+    if (on) {
+      banner.textContent = this.reconnecting?.goingAway
+        ? 'Reconnecting… The relay is going away; if it is restarting, you will be back in the call as soon as it answers.'
+        : 'Reconnecting… The connection to the relay was interrupted; the call resumes as soon as it is back.';
+    }
+    this.grid.classList.toggle('reconnecting', on);
+    this.localTile.root.classList.toggle('reconnecting', on);
+    // Mute, Camera off and Share screen need the relay: they wait for it.
+    if (this.tornDown || call !== this) return;
+    $('mic').disabled = on || !this.audioSender?.producerId;
+    $('camera').disabled = on || !this.videoSender?.producerId;
+    $('screen').disabled = on;
+  }
+
+  /** Tries to get back into the call with backoff until the window closes. */
+  async reconnectLoop() {
+    let backoff = RECONNECT_FIRST_BACKOFF_MS;
+    for (;;) {
+      if (this.tornDown || !this.reconnecting) return;
+      this.reconnecting.attempts++;
+      let session = null;
+      try {
+        session = await this.openSession({ resume: this.resumePlace, timeoutMs: RECONNECT_ATTEMPT_MS });
+      } catch (e) {
+        console.warn(`reconnection attempt ${this.reconnecting.attempts} failed:`, e, e?.cause);
+        // A relay that refuses for good (a token that expired meanwhile, say) is not asked again.
+        if (e?.kind === 'refused' && !['room_full', 'rate_limited', 'too_many_rooms', 'internal'].includes(e.cause?.code)) {
+          this.giveUpReconnecting(e);
+          return;
+        }
+      }
+      if (session) {
+        if (this.tornDown) {
+          session.leave(); // left meanwhile: the relay need not keep this place
+          return;
+        }
+        try {
+          await this.resync(session);
+          return;
+        } catch (e) {
+          console.warn('the call could not be taken up again on the new session:', e);
+          session.close();
+        }
+      }
+      if (this.tornDown) return;
+      if (performance.now() + backoff >= this.reconnecting.until) break;
+      await sleep(backoff);
+      backoff = Math.min(backoff * 2, RECONNECT_MAX_BACKOFF_MS);
+    }
+    this.giveUpReconnecting(null);
+  }
+
+  /** The call could not be restored in time: back to the join screen, saying so. */
+  giveUpReconnecting(e) {
+    if (this.tornDown) return;
+    const goingAway = this.reconnecting?.goingAway;
+    this.teardown();
+    showJoinScreen();
+    const code = refusalCode(e);
+    if (code) {
+      showError(relayErrorText(code, 'The relay refused to let you back into the call. Join again to reconnect.'));
+    } else if (goingAway) {
+      showError('The relay is going away (it shut down or is restarting) and could not be reached again. Join again to reconnect.');
+    } else {
+      showError('The connection to the relay was lost and could not be restored. Join again to reconnect.');
+    }
+  }
+
+  /**
+   * Takes the call up on a new session: the same place (the same producers go on, the
+   * consumers in the result replace the old ones) or, when the relay no longer had it, a
+   * new one (the tracks are produced anew). The tiles of peers still there stay.
+   */
+  async resync(session) {
+    const joined = session.joined;
+    const resumed = session.resumed;
+    this.session = session;
+    this.resumePlace = null;
+    // Who is in the call now: peers gone meanwhile lose their tiles, new ones get one.
+    const present = new Set(joined.peers.map((p) => p.peer_id));
+    for (const peerId of [...this.peers.keys()]) if (!present.has(peerId)) this.removePeer(peerId);
+    const producers = new Set();
+    for (const peer of joined.peers) {
+      const known = this.peers.get(peer.peer_id);
+      if (known) known.producers = new Map();
+      const tile = this.addPeer(peer);
+      for (const p of peer.producers ?? []) {
+        producers.add(p.producer_id);
+        if (p.paused) this.pausedProducers.add(p.producer_id);
+        else this.pausedProducers.delete(p.producer_id);
+        if (p.source !== 'screen') tile.setPaused(p.kind, p.paused === true);
+      }
+    }
+    // Receivers of producers that are gone go; the others wait for their new consumer.
+    for (const [producerId, entry] of [...this.receivers]) {
+      if (entry.stale && !producers.has(producerId)) this.closeReceiver(producerId);
+    }
+    for (const consumer of joined.consumers ?? []) this.addConsumer(consumer);
+    const senders = [this.videoSender, this.audioSender, this.screenSender].filter((s) => s?.producerId);
+    if (resumed) {
+      for (const sender of senders) sender.resumeOn(session);
+      this.reconnects.resumed++;
+    } else {
+      // A new place (new peer id): the tracks are published again, as new producers, and
+      // a muted microphone or a camera that was off stays so.
+      for (const sender of senders) {
+        try {
+          await sender.republish(session);
+        } catch (e) {
+          const what = sender === this.audioSender ? 'microphone' : sender === this.videoSender ? 'camera' : 'screen';
+          if (sender === this.screenSender) {
+            this.screenSender = null;
+            sender.stop();
+            this.screenTrack?.stop();
+            this.screenPreview?.remove();
+            this.screenPreview = null;
+            $('screen').textContent = 'Share screen';
+            $('screen').setAttribute('aria-pressed', 'false');
+          }
+          this.trackFailed(what, e);
+        }
+      }
+      const pause = [
+        [this.audioSender, this.micMuted],
+        [this.videoSender, this.cameraOff],
+      ];
+      for (const [sender, paused] of pause) {
+        if (paused && sender?.producerId) {
+          await session.request('pause_producer', { producer_id: sender.producerId }).catch((e) => console.warn('pause_producer:', e));
+        }
+      }
+      this.reconnects.rejoined++;
+      if (session.resumeFailed) this.reconnects.resumeFailed++;
+    }
+    if (this.tornDown) return;
+    this.reconnecting = null;
+    this.showReconnecting(false);
+    $('call-status').textContent = resumed
+      ? 'Reconnected: you are back in the call.'
+      : 'Reconnected: you joined the call again.';
+    if (this.session.supports('data')) this.chat.show(true);
+    this.refreshPeople();
+    session.releaseEvents();
   }
 
   /** The video consumer of a remote peer as plain data (null without one). */
@@ -983,6 +1247,13 @@ class Call {
           }
         : null,
       link: this.link ? { ...this.link, ageMs: performance.now() - this.link.receivedAt } : null,
+      // Section 16: whether the session is being restored now, and how often it was.
+      reconnecting: this.reconnecting
+        ? { attempts: this.reconnecting.attempts, goingAway: this.reconnecting.goingAway }
+        : null,
+      reconnects: { ...this.reconnects },
+      interrupted: [...this.interrupted],
+      resumeGraceMs: this.session?.joined?.resume_grace_ms ?? null,
       tiles: [...this.tiles.values()].map((t) => ({ ...t.snapshot(), video: this.videoSnapshot(t.peerId) })),
     };
   }
@@ -1048,6 +1319,7 @@ function showCallScreen(room) {
 }
 
 let joining = false;
+let prejoin = null; // the camera and microphone check of the join screen
 
 async function join() {
   if (call || joining) return;
@@ -1085,12 +1357,18 @@ async function join() {
     } catch (e) {
       throw readable(e.message, e); // media.js words these for people
     }
-    setProgress('Opening camera and microphone…');
     let missing;
-    try {
-      ({ stream: capture, missing } = await openCapture(settings));
-    } catch (e) {
-      throw new Error(captureErrorMessage(e));
+    // The devices checked before joining, if they were (prejoin.js); else the default ones.
+    const checked = prejoin?.take();
+    if (checked) {
+      ({ stream: capture, missing } = checked);
+    } else {
+      setProgress('Opening camera and microphone…');
+      try {
+        ({ stream: capture, missing } = await openCapture(settings));
+      } catch (e) {
+        throw new Error(captureErrorMessage(e));
+      }
     }
     // Browsers let audio play once the page has had a user gesture (the Join click).
     try {
@@ -1228,12 +1506,14 @@ function setup() {
   const missing = missingFeatures();
   if (missing.length) {
     $('join').disabled = true;
+    $('prejoin').hidden = true;
     showError(
       `This browser lacks what the call needs: ${missing.join(', ')}. ` +
         'Use a recent Chromium-based browser or Firefox (WebTransport and WebCodecs) on https:// or http://localhost.',
     );
     return;
   }
+  prejoin = new PreJoin({ settings, errorText: captureErrorMessage });
   if (params.get('autojoin') === '1') {
     if (!$('name').value) $('name').value = `guest-${Math.floor(Math.random() * 1000)}`;
     join();
@@ -1242,7 +1522,7 @@ function setup() {
 
 // Debugging and test hook: plain JSON of the call as this page sees it.
 window.synapse = {
-  state: () => (call ? call.snapshot() : { peerId: null, room: null, tiles: [] }),
+  state: () => (call ? call.snapshot() : { peerId: null, room: null, tiles: [], prejoin: prejoin?.snapshot() ?? null }),
   // Starts send.maxBacklogMs over, so that a test measures the period it watches.
   resetMaxBacklog: () => call?.videoSender?.resetMaxBacklog(),
   // Opens the camera ('video') or microphone ('audio') in use again and switches to the new

@@ -596,6 +596,13 @@ export class VideoSender {
   }
 
   async start() {
+    await this.produce();
+    this.readLoop();
+    return this.producerId;
+  }
+
+  /** Asks the relay for a producer (with layers if it takes them) and sets up the encoders. */
+  async produce() {
     let top = this.settings;
     let ladder = [];
     if (this.simulcast) {
@@ -633,7 +640,55 @@ export class VideoSender {
     } else {
       this.layers = [new VideoLayer(this, null, { width: top.width, height: top.height, bitrate: top.bitrate })];
     }
-    this.readLoop();
+  }
+
+  /**
+   * The session is gone (docs/PROTOCOL.md section 16): nothing is encoded or sent until
+   * `resumeOn` or `republish`, and what was not delivered is given up (its streams died
+   * with the session). Not a slow uplink: the encoders' bitrates are left as they are.
+   */
+  suspend() {
+    this.suspended = true;
+    this.sendingSince = null;
+    for (const layer of this.layers) {
+      layer.queue.abandon({ all: true });
+      layer.queue.close();
+    }
+  }
+
+  /**
+   * Goes on in a resumed place on `session`: the same producer, `seq` carrying on where it
+   * left off (it must keep increasing), and a keyframe first in every layer.
+   */
+  resumeOn(session) {
+    this.session = session;
+    this.sendingSince = null;
+    this.captures.clear();
+    for (const layer of this.layers) {
+      layer.wanted = true; // until the relay's next layers_wanted
+      layer.queue.close();
+      layer.dropUntilKeyframe();
+    }
+    this.layersWanted = null;
+    this.suspended = false;
+  }
+
+  /**
+   * The place could not be resumed: the same track is produced anew on `session` (a new
+   * producer id). `seq` still carries on: any increasing sequence will do.
+   */
+  async republish(session) {
+    this.session = session;
+    for (const layer of this.layers) layer.stop();
+    this.layers = [];
+    this.layered = false;
+    this.layersWanted = null;
+    this.captures.clear();
+    this.producerId = null;
+    this.sendingSince = null;
+    await this.produce();
+    this.suspended = false;
+    if (!this.reading && this.track.readyState === 'live') this.readLoop();
     return this.producerId;
   }
 
@@ -735,6 +790,7 @@ export class VideoSender {
 
   /** One camera frame: encoded in every layer that runs, or skipped. */
   captured(frame, interval) {
+    if (this.suspended) return; // reconnecting: nothing can be sent
     if (!this.paused) for (const layer of this.layers) layer.checkBacklog(); // at the camera's rate
     // Keep to the configured frame rate (the camera may deliver more), and skip frames
     // while an encoder is behind or the camera is off. All running layers encode the same
@@ -1060,7 +1116,7 @@ class VideoLayer {
 
   onChunk(chunk) {
     const sender = this.sender;
-    if (sender.stopped || sender.paused || !this.wanted) return;
+    if (sender.stopped || sender.paused || sender.suspended || !this.wanted) return;
     const key = chunk.type === 'key';
     if (performance.now() < this.yieldUntil || (!key && (this.waitingForKey || !this.queue.current))) {
       this.skippedFrames++;
@@ -1093,7 +1149,7 @@ class VideoLayer {
 
   /** The relay stopped the stream (it refused a frame), or the session is gone. */
   onWriteError(e) {
-    if (this.sender.session.ended || this.sender.stopped) return;
+    if (this.sender.session.ended || this.sender.stopped || this.sender.suspended) return;
     console.warn(`video stream write failed${this.index === null ? '' : ` (layer ${this.index})`}:`, e);
     this.dropUntilKeyframe();
   }
@@ -1184,14 +1240,39 @@ export class AudioSender {
     };
     const { supported } = await AudioEncoder.isConfigSupported(this.config);
     if (!supported) throw new Error(`This browser cannot encode Opus at ${sampleRate} Hz.`);
+    await this.produce();
+    this.createEncoder();
+    this.encode(first.clone());
+  }
+
+  async produce() {
+    const { sampleRate, numberOfChannels } = this.config;
     const { producer_id } = await this.session.request('produce', {
       kind: 'audio',
       codec: 'opus',
       params: { sampleRate, numberOfChannels },
     });
     this.producerId = producer_id;
-    this.createEncoder();
-    this.encode(first.clone());
+  }
+
+  /** The session is gone: nothing is sent until `resumeOn` or `republish`. */
+  suspend() {
+    this.suspended = true;
+  }
+
+  /** Goes on in a resumed place: the same producer, `seq` carrying on. */
+  resumeOn(session) {
+    this.session = session;
+    this.suspended = false;
+  }
+
+  /** The place could not be resumed: the microphone is produced anew (a new producer id). */
+  async republish(session) {
+    this.session = session;
+    this.producerId = null;
+    await this.produce();
+    this.suspended = false;
+    return this.producerId;
   }
 
   createEncoder() {
@@ -1341,7 +1422,7 @@ export class AudioSender {
   }
 
   onChunk(chunk) {
-    if (this.stopped || this.paused) return;
+    if (this.stopped || this.paused || this.suspended) return;
     const payload = new Uint8Array(chunk.byteLength);
     chunk.copyTo(payload);
     const measured = this.takeLevel(chunk.duration);

@@ -15,8 +15,9 @@ const CAMERA_TEXT = { on: 'camera on', off: 'camera off', none: 'no camera' };
 /**
  * The participant list: one line per peer, this page's first. Each entry is
  * `{ peerId, name, self, mic: 'on'|'muted'|'none', camera: 'on'|'off'|'none', screen,
- * speaking }`; each line carries them as `data-participant-id`, `data-participant-name`,
- * `data-mic`, `data-camera`, `data-screen` and `data-speaking`.
+ * speaking, reconnecting }`; each line carries them as `data-participant-id`,
+ * `data-participant-name`, `data-mic`, `data-camera`, `data-screen`, `data-speaking` and
+ * `data-reconnecting` (its session dropped and the relay keeps its place).
  */
 export class ParticipantList {
   constructor(list, count) {
@@ -34,11 +35,14 @@ export class ParticipantList {
       d.camera = p.camera;
       d.screen = String(p.screen);
       d.speaking = String(p.speaking);
+      d.reconnecting = String(p.reconnecting === true);
       li.classList.toggle('speaking', p.speaking);
+      li.classList.toggle('reconnecting', p.reconnecting === true);
       li.append(el('span', 'participant-name', p.self ? `${p.name} (you)` : p.name));
       const states = [MIC_TEXT[p.mic], CAMERA_TEXT[p.camera]];
       if (p.screen) states.push('sharing screen');
       if (p.speaking) states.push('speaking');
+      if (p.reconnecting) states.unshift('reconnecting…');
       li.append(el('span', 'participant-state', states.join(' · ')));
       return li;
     });

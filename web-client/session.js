@@ -16,7 +16,9 @@ import {
 // The optional formats of section 15 this client can receive, asked for in `join`: audio
 // datagrams with their level byte, and lossy data datagrams. (`data` and `screen` need no
 // asking.) A relay that does not know them ignores the field.
-const JOIN_EXTENSIONS = ['audio_level', 'lossy_data'];
+// `resume` asks the relay to keep this peer's place for a while if the session drops
+// (docs/PROTOCOL.md section 16).
+const JOIN_EXTENSIONS = ['audio_level', 'lossy_data', 'resume'];
 
 // How long an incoming video stream waits for the previous stream of the same producer
 // to end before it is delivered anyway (then stale frames are dropped by seq). The relay
@@ -115,18 +117,34 @@ export class Session {
    * `session.subscribed` whether the relay auto-subscribes this peer. Events are held
    * back until the caller has taken in the join result and calls `releaseEvents()`.
    */
-  static async connect({ relayHost, quicHost = relayHost, room, name, token, transport, onEvent, onAudio, onLossyData, videoSink, onClosed }) {
+  static async connect({ relayHost, quicHost = relayHost, room, name, token, transport, resume, timeoutMs, onEvent, onAudio, onLossyData, videoSink, onClosed }) {
     const options = { ...(transport ?? (await probeRelay(relayHost))) };
     // A hint: real-time media would rather lose throughput than queue in the network.
     // Browsers that do not know the option ignore it, as Chromium 156 does.
     options.congestionControl = 'low-latency';
     const session = new Session({ onEvent, onAudio, onLossyData, videoSink, onClosed });
     let wt;
+    // A reconnection attempt on a dead path would wait for the browser's whole handshake
+    // timeout: `timeoutMs` gives up sooner (the session is closed, which fails what waits).
+    let timer = null;
+    let timedOut = false;
     try {
       wt = new WebTransport(`https://${quicHost}/`, options);
       wt.closed.catch(() => {}); // a failed session rejects it; start() handles it from here
+      if (timeoutMs) {
+        timer = setTimeout(() => {
+          timedOut = true;
+          try {
+            wt.close();
+          } catch {
+            // Not open yet, or closed.
+          }
+        }, timeoutMs);
+      }
       await wt.ready;
+      if (timedOut) throw new Error('timed out');
     } catch (e) {
+      clearTimeout(timer);
       throw new ConnectError(
         'unreachable',
         `The relay at ${relayHost} answers, but the call connection to ${quicHost} could not be opened. ` +
@@ -140,7 +158,7 @@ export class Session {
       // must succeed within 10 s of the session opening: send join straight away.
       const bidi = await wt.createBidirectionalStream();
       session.control = new ControlChannel(bidi, { onEvent: (m) => session.event(m) });
-      const join = (autoSubscribe) =>
+      const join = (autoSubscribe, place = null) =>
         session.control.request('join', {
           version: PROTOCOL_VERSION,
           room,
@@ -148,18 +166,36 @@ export class Session {
           auto_subscribe: autoSubscribe,
           extensions: JOIN_EXTENSIONS,
           ...(token ? { token } : {}),
+          ...(place ? { resume: place } : {}),
         });
-      try {
-        session.joined = await join(true);
-        session.subscribed = true;
-      } catch (e) {
-        // A token without the subscribe grant may still send: a refused join can be
-        // retried on the same stream.
-        if (e.code !== 'forbidden') throw e;
-        session.joined = await join(false);
-        session.subscribed = false;
+      const autoSubscribe = resume?.autoSubscribe ?? true;
+      if (resume) {
+        // Taking a place back (section 16). A place the relay no longer has (the grace
+        // period ended, or the relay restarted) is `resume_failed`: join anew, same stream.
+        try {
+          session.joined = await join(autoSubscribe, { peer_id: resume.peerId, token: resume.token });
+          session.subscribed = autoSubscribe;
+        } catch (e) {
+          if (e.code !== 'resume_failed') throw e;
+          session.resumeFailed = true;
+        }
       }
+      if (!session.joined) {
+        try {
+          session.joined = await join(autoSubscribe);
+          session.subscribed = autoSubscribe;
+        } catch (e) {
+          // A token without the subscribe grant may still send: a refused join can be
+          // retried on the same stream.
+          if (e.code !== 'forbidden' || !autoSubscribe) throw e;
+          session.joined = await join(false);
+          session.subscribed = false;
+        }
+      }
+      if (timedOut) throw new Error('timed out');
+      clearTimeout(timer);
     } catch (e) {
+      clearTimeout(timer);
       wt.close();
       if (e.name === 'RelayError') throw new ConnectError('refused', `The relay refused the join (${e.code}).`, e);
       throw new ConnectError('unreachable', 'The connection to the relay broke off while joining. Join again.', e);
@@ -185,9 +221,16 @@ export class Session {
     // The consumer_added events that follow the join response must not overtake the
     // caller's handling of that response (its peers list names the tiles).
     this.heldEvents = [];
+    this.lastHeard = performance.now(); // anything from the relay: events, media
+  }
+
+  /** Whether the relay has resumed this peer's place (section 16) rather than joined it anew. */
+  get resumed() {
+    return this.joined?.resumed === true;
   }
 
   event(message) {
+    this.lastHeard = performance.now();
     if (this.heldEvents) this.heldEvents.push(message);
     else this.onEvent(message);
   }
@@ -266,6 +309,7 @@ export class Session {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
+        this.lastHeard = performance.now();
         if (isLossyData(value)) {
           const data = decodeLossyData(value);
           if (data) this.onLossyData?.(data);
@@ -285,6 +329,7 @@ export class Session {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) return;
+        this.lastHeard = performance.now();
         this.receiveVideoStream(value).catch((e) => console.debug('video stream:', e));
       }
     } catch {

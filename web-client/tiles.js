@@ -158,6 +158,9 @@ export class RemoteTile {
     this.root.append(this.canvas, this.nameEl, this.statsEl);
     this.paused = { audio: false, video: false };
     this.speakingRank = null;
+    this.interrupted = false;
+    this.interruptedEl = null;
+    this.root.dataset.reconnecting = 'false';
     this.writeCounters();
     markSpeaking(this.root, null);
     container.append(this.root);
@@ -167,6 +170,23 @@ export class RemoteTile {
   setSpeaking(rank) {
     this.speakingRank = rank;
     markSpeaking(this.root, rank);
+  }
+
+  /**
+   * Marks the peer as reconnecting (its session dropped and the relay keeps its place,
+   * docs/PROTOCOL.md section 16) or back: the tile stays, dimmed, with a note.
+   */
+  setInterrupted(on) {
+    this.interrupted = on;
+    this.root.classList.toggle('interrupted', on);
+    this.root.dataset.reconnecting = String(on);
+    if (on && !this.interruptedEl) {
+      this.interruptedEl = el('div', 'interrupted-note', 'reconnecting…');
+      this.root.append(this.interruptedEl);
+    } else if (!on && this.interruptedEl) {
+      this.interruptedEl.remove();
+      this.interruptedEl = null;
+    }
   }
 
   countVideo() {
@@ -245,6 +265,7 @@ export class RemoteTile {
       paused: { ...this.paused },
       speaking: this.speakingRank !== null,
       speakingRank: this.speakingRank,
+      reconnecting: this.interrupted === true,
     };
   }
 

@@ -865,6 +865,12 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
         for p in &mut publishers {
             p.stop().await;
         }
+        if ended == Ended::GoingAway {
+            // As going_away asks: leave, so the relay need not wait out its drain for us.
+            // Its place would not survive the restart anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(1), client.leave()).await;
+            me.1 = None;
+        }
         // A relay that is going away may be restarting: try for a while, not for long.
         let window = match ended {
             Ended::GoingAway => GOING_AWAY_WINDOW,

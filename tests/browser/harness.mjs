@@ -125,9 +125,9 @@ function spawnLogged(bin, args, env) {
   const proc = {
     exited: null,
     logs: () => output.join(''),
-    async stop() {
+    async stop(signal = 'SIGINT') {
       if (proc.exited) return;
-      child.kill('SIGINT');
+      child.kill(signal);
       let timer;
       const stopped = await Promise.race([exit, new Promise((r) => (timer = setTimeout(r, 5000)))]);
       clearTimeout(timer); // a pending timer would keep the test runner alive
@@ -157,10 +157,13 @@ function childEnv() {
  * environment variables for the relay (e.g. SYNAPSE_API_KEY and SYNAPSE_API_SECRET, so
  * that joins require access tokens).
  */
-export async function startRelay({ env = {} } = {}) {
+export async function startRelay({ env = {}, port = null, certsDir = null } = {}) {
   const bin = relayBinary();
-  const port = await freePort();
-  const certsDir = fs.mkdtempSync(path.join(os.tmpdir(), 'synapse-browser-test-'));
+  port ??= await freePort();
+  // A relay started again (`port` and `certsDir` of one stopped) keeps its certificate:
+  // the directory is then the caller's to remove.
+  const ownCerts = !certsDir;
+  certsDir ??= fs.mkdtempSync(path.join(os.tmpdir(), 'synapse-browser-test-'));
   const args = ['serve', '--bind', `127.0.0.1:${port}`, '--certs-dir', certsDir];
   const webRoot = process.env.SYNAPSE_WEB_ROOT;
   if (webRoot) args.push('--web-root', webRoot);
@@ -168,11 +171,17 @@ export async function startRelay({ env = {} } = {}) {
 
   const relay = {
     port,
+    certsDir,
     base: `http://127.0.0.1:${port}`,
     logs: proc.logs,
-    async stop() {
-      await proc.stop();
-      fs.rmSync(certsDir, { recursive: true, force: true });
+    /**
+     * Stops the relay (SIGINT: it sends going_away and drains); `keepCerts` keeps its
+     * certificate directory, to start it again; `kill` ends it at once (SIGKILL: a crash,
+     * no going_away).
+     */
+    async stop({ keepCerts = false, kill = false } = {}) {
+      await proc.stop(kill ? 'SIGKILL' : 'SIGINT');
+      if (ownCerts && !keepCerts) fs.rmSync(certsDir, { recursive: true, force: true });
     },
   };
 
@@ -203,11 +212,13 @@ export async function startRelay({ env = {} } = {}) {
  * Starts `synapse-sfu shaper` in front of the relay's UDP port: a page whose WebTransport
  * session goes to `shaper.addr` (?quic=) gets the impaired link. `options` are shaper
  * flags without the dashes, e.g. { 'up-kbps': 300, 'up-queue': '1000ms' }. Resolves once
- * the shaper has said where it listens.
+ * the shaper has said where it listens. `listen` is its address (default: a free port); the
+ * shaper cannot be reconfigured while it runs, so a test changes the link by stopping it
+ * and starting another on the same address.
  */
-export async function startShaper(relayPort, options) {
+export async function startShaper(relayPort, options, { listen = '127.0.0.1:0' } = {}) {
   const bin = relayBinary();
-  const args = ['shaper', '--listen', '127.0.0.1:0', '--upstream', `127.0.0.1:${relayPort}`];
+  const args = ['shaper', '--listen', listen, '--upstream', `127.0.0.1:${relayPort}`];
   for (const [name, value] of Object.entries(options)) args.push(`--${name}`, String(value));
   const proc = spawnLogged(bin, args, childEnv());
   log(`shaper: ${bin} ${args.join(' ')}`);

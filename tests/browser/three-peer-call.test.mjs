@@ -274,8 +274,9 @@ async function threePeerCall(cast) {
       assert.equal(v.error, '', `${name} shows an error`);
     }
 
-    // Stopping the relay (SIGINT) sends going_away: the pages still in the call leave
-    // and say why, instead of waiting to be cut off.
+    // Stopping the relay (SIGINT) sends going_away: the pages still in the call leave,
+    // try for 10 s to join again (a restarting relay comes back on the same address), then
+    // say why they are back on the join screen.
     const stopping = Date.now();
     await relay.stop();
     log(`relay stopped in ${Date.now() - stopping} ms`);
@@ -285,7 +286,7 @@ async function threePeerCall(cast) {
           const view = await pageView(pages.get(name));
           return !view.inCall && view.error ? view : null;
         },
-        { timeout: 10_000, describe: async () => JSON.stringify(await pageView(pages.get(name))) },
+        { timeout: 25_000, describe: async () => JSON.stringify(await pageView(pages.get(name))) },
       );
       log(`${name} after the relay stopped: "${v.error}"`);
       assert.match(v.error, /relay is going away/, `${name} should say that the relay is going away`);
