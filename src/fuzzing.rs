@@ -65,6 +65,15 @@ pub fn datagram(data: &[u8]) {
     if let Ok((_, payload)) = crate::wire::frame::decode_delivered_data(bytes.clone()) {
         assert!(payload.len() <= bytes.len());
     }
+    // The same bytes as a WebSocket transport message: what parses re-encodes to itself.
+    if let Ok(m) = crate::wire::mux::MuxMessage::decode(bytes.clone()) {
+        let again = m.encode();
+        assert_eq!(
+            crate::wire::mux::MuxMessage::decode(again).as_ref(),
+            Ok(&m),
+            "a message re-encodes to itself"
+        );
+    }
 }
 
 /// Media streams, delivered in pieces whose sizes the input chooses: the frames that come

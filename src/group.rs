@@ -7,10 +7,10 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tracing::Instrument as _;
-use wtransport::{Connection, RecvStream, SendStream, VarInt};
+
+use crate::transport::{RecvStream, SendStream, Session, TransportError};
 
 use crate::core::{GroupKey, GroupOrder};
 use crate::wire::frame::{self, encode_stream_header};
@@ -19,7 +19,7 @@ use crate::wire::{FrameError, ProducerId, StreamFrame, StreamHeader};
 /// Reads more bytes from `recv` into `buf`, growing it 16 KiB at a time when it runs low;
 /// `Ok(false)` at the end of the stream. Cancel-safe: dropping it before it completes
 /// loses nothing. Every reader of a control or media stream uses it.
-pub async fn read_more(recv: &mut RecvStream, buf: &mut BytesMut) -> std::io::Result<bool> {
+pub async fn read_more(recv: &mut RecvStream, buf: &mut BytesMut) -> Result<bool, TransportError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
@@ -58,33 +58,25 @@ impl GroupWriter {
     /// they are: no copy.
     pub async fn write(
         &mut self,
-        conn: &Connection,
+        conn: &Session,
         keyframe: bool,
         head: Bytes,
         payload: Bytes,
     ) -> Result<(), GroupWriteError> {
         if keyframe || self.stream.is_none() {
             self.finish();
-            let opening = conn
+            let mut stream = conn
                 .open_uni()
                 .await
                 .map_err(|e| GroupWriteError::Open(e.to_string()))?;
-            let mut stream = opening
-                .await
-                .map_err(|e| GroupWriteError::Open(e.to_string()))?;
             stream
-                .quic_stream_mut()
                 .write_chunk(encode_stream_header(self.producer_id, self.layer))
                 .await
                 .map_err(|e| GroupWriteError::Write(e.to_string()))?;
             self.stream = Some(stream);
         }
         let stream = self.stream.as_mut().expect("opened above");
-        if let Err(e) = stream
-            .quic_stream_mut()
-            .write_all_chunks(&mut [head, payload])
-            .await
-        {
+        if let Err(e) = stream.write_all_chunks(&mut [head, payload]).await {
             self.stream = None;
             return Err(GroupWriteError::Write(e.to_string()));
         }
@@ -94,14 +86,14 @@ impl GroupWriter {
     /// Ends the current group's stream normally (its data is still delivered).
     pub fn finish(&mut self) {
         if let Some(mut stream) = self.stream.take() {
-            let _ = stream.quic_stream_mut().finish();
+            stream.finish();
         }
     }
 
     /// Abandons the current group's stream: the receiver drops what it has not read.
     pub fn reset(&mut self, code: u32) {
         if let Some(mut stream) = self.stream.take() {
-            let _ = stream.reset(VarInt::from_u32(code));
+            stream.reset(code);
         }
     }
 }
@@ -151,7 +143,7 @@ pub trait GroupReader: Clone + Send + Sync + 'static {
 /// `order_wait` has passed: see [`GroupOrder`]). Headers are read concurrently, so a stream
 /// that sends nothing holds up only itself. The one stream acceptor of the relay and the
 /// client.
-pub async fn accept_groups<R: GroupReader>(conn: Connection, limits: GroupLimits, reader: R) {
+pub async fn accept_groups<R: GroupReader>(conn: Session, limits: GroupLimits, reader: R) {
     let order: Arc<Mutex<GroupOrder<oneshot::Receiver<()>>>> = Arc::default();
     while let Ok(stream) = conn.accept_uni().await {
         let task = read_stream(stream, limits, reader.clone(), order.clone());
@@ -185,7 +177,7 @@ async fn read_stream<R: GroupReader>(
                 let (done, done_rx) = oneshot::channel::<()>();
                 let turn = {
                     let mut order = order.lock().unwrap_or_else(|e| e.into_inner());
-                    let turn = order.register(key, stream.id().into_u64(), done_rx);
+                    let turn = order.register(key, stream.order(), done_rx);
                     if order.len() > 64 {
                         // Forget producers whose last stream has ended.
                         order.retain(|rx| {
@@ -220,7 +212,7 @@ fn stop<R: GroupReader>(stream: RecvStream, refusal: Refusal<R::Error>, reader: 
     if let Some(error) = refusal.error {
         reader.refused(error);
     }
-    stream.stop(VarInt::from_u32(refusal.code));
+    stream.stop(refusal.code);
 }
 
 /// Reads one admitted group stream's frames into `reader` until it ends.

@@ -11,6 +11,8 @@
 //! - [`client`]: a native client library on the same `wire` module, and the `join` command.
 //! - [`auth`]: access tokens (JWT) and the development-mode policy.
 //! - [`bench`]: the load generator and report of `synapse-sfu bench`.
+//! - [`transport`]: a session over WebTransport or, as the fallback, one WebSocket; the
+//!   session code of the relay and the client is written once against it.
 //! - [`shaper`]: a UDP proxy that impairs a link (rate, queue, loss, delay, jitter), for
 //!   tests and benchmarks on a bad network.
 
@@ -24,4 +26,5 @@ pub mod fuzzing;
 pub mod group;
 pub mod server;
 pub mod shaper;
+pub mod transport;
 pub mod wire;

@@ -235,6 +235,10 @@ struct BenchArgs {
     /// No progress line.
     #[arg(long, global = true)]
     quiet: bool,
+    /// What carries the peers' sessions: `wt` (WebTransport, the default) or `ws` (the
+    /// WebSocket fallback), to measure what the fallback costs.
+    #[arg(long, global = true, default_value = "wt")]
+    transport: synapse_sfu::transport::TransportKind,
 }
 
 #[derive(Subcommand)]
@@ -396,6 +400,10 @@ struct JoinArgs {
     /// within the relay's grace period, or joins anew).
     #[arg(long)]
     no_reconnect: bool,
+    /// `wt` (WebTransport over UDP, the default) or `ws` (the same session over a
+    /// WebSocket on the relay's TCP port, for networks that block UDP).
+    #[arg(long, default_value = "wt")]
+    transport: synapse_sfu::transport::TransportKind,
 }
 
 /// `WxH`, both above 0.
@@ -600,6 +608,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
             .collect(),
         baselines: !args.no_baselines,
         progress: !args.quiet,
+        transport: args.transport,
     };
     if let BenchScenario::WeakLink(link) = &args.scenario {
         let report = bench::weak_link::run(&options, &link.links()).await?;
@@ -675,6 +684,7 @@ async fn run_join(args: JoinArgs) -> Result<()> {
     };
     let mut client = ClientOptions::new(args.url, verification);
     client.token = args.token;
+    client.transport = args.transport;
     let options = JoinOptions {
         client,
         room: args.room,

@@ -8,6 +8,7 @@ use common::*;
 use synapse_sfu::client::media::synthetic_payload;
 use synapse_sfu::core::RelayCounts;
 use synapse_sfu::server::{Server, ServerConfig};
+use synapse_sfu::transport::TransportKind;
 use synapse_sfu::wire::{LeaveReason, MediaKind, ProducerId, ServerMessage};
 
 const VIDEO_FRAMES: u64 = 60;
@@ -15,7 +16,15 @@ const AUDIO_FRAMES: u64 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_receive_each_other_and_nobody_else_does() {
-    three_peers_call(start_relay().await).await;
+    three_peers_call(start_relay().await, &[]).await;
+}
+
+/// The same call with some peers on the WebSocket fallback (docs/PROTOCOL.md section 17):
+/// ada and cy (and the two who must hear nothing) over TCP, bo over QUIC. Every frame
+/// crosses between the transports both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_call_across_websocket_and_webtransport() {
+    three_peers_call(start_relay().await, &["ada", "cy", "dee", "eve"]).await;
 }
 
 /// The same call with the relay on two endpoints sharing the port (SO_REUSEPORT): peers
@@ -27,7 +36,7 @@ async fn three_peers_over_two_endpoints() {
         ..test_config()
     })
     .await;
-    three_peers_call(server).await;
+    three_peers_call(server, &[]).await;
 }
 
 /// Sessions spread over the endpoints, and no other process can join the port's group.
@@ -85,13 +94,31 @@ async fn a_leave_request_and_a_drop_together_leave_nothing_behind() {
     }
 }
 
-async fn three_peers_call(server: Server) {
+/// A call of three, a peer in another room and an unsubscribed one; the peers named in
+/// `over_websocket` use the WebSocket fallback.
+async fn three_peers_call(server: Server, over_websocket: &[&str]) {
+    let join = |room: &'static str, name: &'static str, auto_subscribe: bool| {
+        let mut options = options(&server);
+        if over_websocket.contains(&name) {
+            options.transport = TransportKind::WebSocket;
+        }
+        async move {
+            let peer = join_with(options, room, name, auto_subscribe).await;
+            let expected = if over_websocket.contains(&name) {
+                TransportKind::WebSocket
+            } else {
+                TransportKind::WebTransport
+            };
+            assert_eq!(peer.client.transport(), expected);
+            peer
+        }
+    };
     let mut peers = Vec::new();
     for name in ["ada", "bo", "cy"] {
-        peers.push(join(&server, "call", name, true).await);
+        peers.push(join("call", name, true).await);
     }
-    let mut outsider = join(&server, "elsewhere", "dee", true).await;
-    let mut bystander = join(&server, "call", "eve", false).await;
+    let mut outsider = join("elsewhere", "dee", true).await;
+    let mut bystander = join("call", "eve", false).await;
     assert!(!peers[0].joined.ongoing, "the first peer starts the call");
     assert!(
         peers[1].joined.ongoing,

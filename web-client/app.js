@@ -8,7 +8,10 @@
 // WebTransport session there instead (a UDP proxy in front of the relay; the certificate
 // hash still comes from the relay); ?token= is the access token for a relay that requires one;
 // ?simulcast=0 publishes one video layer even to a relay that accepts several;
-// ?screenBitrate= (bit/s) is the most a shared screen is sent at.
+// ?screenBitrate= (bit/s) is the most a shared screen is sent at; ?transport=ws or
+// ?transport=wt forces the WebSocket fallback (TCP, docs/PROTOCOL.md section 17) or
+// WebTransport (UDP), where by default both are tried (section 17.5). The transport in use
+// shows next to the room name and in document.body.dataset.transport.
 //
 // Conference features (docs/PROTOCOL.md section 15) are used only when the join result's
 // `extensions` lists them: audio levels in the microphone's datagrams and the speaking
@@ -81,6 +84,8 @@ const forcedCodec = params.get('codec')?.toLowerCase() || null;
 // HTTP and WebTransport share the port number, so by default the page's own host is the relay.
 const relayHost = params.get('relay') || location.host;
 const quicHost = params.get('quic') || relayHost;
+const transportPreference = { ws: 'ws', wt: 'wt' }[params.get('transport')?.toLowerCase()] ?? 'auto';
+const TRANSPORT_NAMES = { webtransport: 'WebTransport (UDP)', websocket: 'WebSocket (TCP)' };
 
 // ---------------------------------------------------------------------------
 // Errors and status, always on the page.
@@ -240,6 +245,7 @@ class Call {
     session = await Session.connect({
       relayHost,
       quicHost,
+      transportPreference,
       room: this.room,
       name: this.name,
       token: this.token,
@@ -271,6 +277,7 @@ class Call {
 
   async connect(transport) {
     this.session = await this.openSession({ transport });
+    this.showTransport();
     const joined = this.session.joined;
     // An access token's name replaces the one typed in: show what the others see.
     if (joined.name && joined.name !== this.name) this.localTile.nameEl.textContent = `${joined.name} (you)`;
@@ -294,6 +301,17 @@ class Call {
     }
     this.refreshPeople();
     this.session.releaseEvents();
+  }
+
+  /** Which transport carries the call: on the body (for tests) and next to the room name. */
+  showTransport() {
+    const kind = this.session?.transportKind;
+    if (!kind) return;
+    document.body.dataset.transport = kind;
+    const label = $('room-label');
+    label.dataset.transport = TRANSPORT_NAMES[kind];
+    label.title = `Connected over ${TRANSPORT_NAMES[kind]}`;
+    if (label.textContent) label.textContent = `room ${this.room} · ${TRANSPORT_NAMES[kind]}`; // in the call already
   }
 
   /** Whether sharing a screen is possible: the relay takes it, the token allows it, the browser can. */
@@ -1090,6 +1108,7 @@ class Call {
     const joined = session.joined;
     const resumed = session.resumed;
     this.session = session;
+    this.showTransport(); // a reconnection may have taken the other transport
     this.resumePlace = null;
     // Who is in the call now: peers gone meanwhile lose their tiles, new ones get one.
     const present = new Set(joined.peers.map((p) => p.peer_id));
@@ -1185,6 +1204,7 @@ class Call {
     return {
       peerId: this.session?.joined?.peer_id ?? null,
       room: this.room,
+      transport: this.session?.transportKind ?? null, // 'webtransport' or 'websocket'
       name: this.name,
       codec: this.codec.codec,
       settings: { ...settings },
@@ -1297,6 +1317,7 @@ function showJoinScreen() {
   $('call-screen').hidden = true;
   $('controls').hidden = true;
   $('room-label').textContent = '';
+  delete $('room-label').dataset.transport;
   $('join').disabled = false;
   $('mic').disabled = false;
   $('camera').disabled = false;
@@ -1315,7 +1336,8 @@ function showCallScreen(room) {
   $('join-screen').hidden = true;
   $('call-screen').hidden = false;
   $('controls').hidden = false;
-  $('room-label').textContent = `room ${room}`;
+  const label = $('room-label');
+  label.textContent = label.dataset.transport ? `room ${room} · ${label.dataset.transport}` : `room ${room}`;
 }
 
 let joining = false;
@@ -1379,7 +1401,7 @@ async function join() {
         e,
       );
     }
-    setProgress(`Connecting to ${quicHost}…`);
+    setProgress(`Connecting to ${transportPreference === 'ws' ? relayHost : quicHost}…`);
     joined = new Call({ room, name, token, codec, capture, audioOutput });
     call = joined;
     await joined.connect(transport);
@@ -1509,7 +1531,7 @@ function setup() {
     $('prejoin').hidden = true;
     showError(
       `This browser lacks what the call needs: ${missing.join(', ')}. ` +
-        'Use a recent Chromium-based browser or Firefox (WebTransport and WebCodecs) on https:// or http://localhost.',
+        'Use a recent Chromium-based browser or Firefox (WebCodecs) on https:// or http://localhost.',
     );
     return;
   }

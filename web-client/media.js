@@ -71,8 +71,8 @@ export const hasTrackProcessor = typeof MediaStreamTrackProcessor !== 'undefined
 
 /** Names of the browser features this client cannot work without, if any are missing. */
 export function missingFeatures() {
+  // No WebTransport here: without it the call goes over the WebSocket fallback (session.js).
   const needed = {
-    WebTransport: typeof WebTransport,
     VideoEncoder: typeof VideoEncoder,
     VideoDecoder: typeof VideoDecoder,
     AudioEncoder: typeof AudioEncoder,

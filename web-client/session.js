@@ -1,5 +1,6 @@
-// One WebTransport session with the relay: connecting (with certificate pinning for a
-// development relay), joining, the control channel, and the raw media paths (audio
+// One session with the relay, over WebTransport or its WebSocket fallback (ws-transport.js,
+// which looks the same from here): connecting (with certificate pinning for a development
+// relay), joining, the control channel, and the raw media paths (audio
 // datagrams, video streams). What the media means is media.js's business.
 
 import {
@@ -12,6 +13,7 @@ import {
   encodeStreamHeader,
   isLossyData,
 } from './protocol.js';
+import { WebSocketTransport } from './ws-transport.js';
 
 // The optional formats of section 15 this client can receive, asked for in `join`: audio
 // datagrams with their level byte, and lossy data datagrams. (`data` and `screen` need no
@@ -27,6 +29,10 @@ const PREVIOUS_STREAM_WAIT_MS = 1000;
 // Media can overtake the control message that announces its consumer (different QUIC
 // streams). A stream for a producer we do not know yet waits this long for it.
 const UNKNOWN_PRODUCER_WAIT_MS = 2000;
+
+// With transportPreference 'auto', the transport tried first gets this head start before
+// the other is started too (docs/PROTOCOL.md section 17.5); the first to open wins.
+const TRANSPORT_HEAD_START_MS = 1500;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -53,7 +59,9 @@ function hexToBytes(hex) {
  * error is their `cause`).
  */
 export async function probeRelay(relayHost) {
-  const httpBase = `http://${relayHost}`;
+  // An https:// page needs a relay whose TCP side speaks TLS (started with --cert, section
+  // 17.1), and cannot fetch plain http:// anyway: the relay is asked as the page was loaded.
+  const httpBase = `${location.protocol === 'https:' ? 'https' : 'http'}://${relayHost}`;
   const unreachable = (e) =>
     new ConnectError(
       'unreachable',
@@ -100,6 +108,140 @@ export async function probeRelay(relayHost) {
   return { serverCertificateHashes: [{ algorithm: 'sha-256', value: hexToBytes(hex) }] };
 }
 
+// ---------------------------------------------------------------------------
+// Choosing the transport: WebTransport (UDP) or the WebSocket fallback (TCP, section 17).
+
+const rememberedKey = (relayHost) => `synapse.transport.${relayHost}`;
+// How long a won race is remembered.
+const REMEMBER_MS = 60 * 60 * 1000;
+
+/** The transport that last won a race for `relayHost`, if this page remembers one. */
+function remembered(relayHost) {
+  try {
+    const { kind, at } = JSON.parse(localStorage.getItem(rememberedKey(relayHost)) ?? 'null') ?? {};
+    // A short UDP outage must not keep the page on TCP for good: the choice expires.
+    return Date.now() - at < REMEMBER_MS ? kind : null;
+  } catch {
+    return null; // storage may be unavailable (privacy settings): nothing is remembered
+  }
+}
+
+function remember(relayHost, kind) {
+  try {
+    localStorage.setItem(rememberedKey(relayHost), JSON.stringify({ kind, at: Date.now() }));
+  } catch {
+    // Not remembered: the next join races from WebTransport again.
+  }
+}
+
+/**
+ * The transports to try, in order: 'wt' and 'ws' force one; 'auto' tries both, the one
+ * that won last time for this relay first. A browser without WebTransport has the WebSocket.
+ */
+function transportOrder(preference, relayHost) {
+  const hasWebTransport = typeof WebTransport !== 'undefined';
+  if (preference === 'ws') return ['websocket'];
+  if (preference === 'wt') return hasWebTransport ? ['webtransport'] : [];
+  if (!hasWebTransport) return ['websocket'];
+  return remembered(relayHost) === 'websocket' ? ['websocket', 'webtransport'] : ['webtransport', 'websocket'];
+}
+
+function closeQuietly(transport) {
+  try {
+    transport.close({ closeCode: 0, reason: 'not needed' });
+  } catch {
+    // Not open yet, or closed.
+  }
+}
+
+/**
+ * Starts the transports of `kinds` (start(kind) makes one), each after the one before has
+ * failed or had TRANSPORT_HEAD_START_MS to open; the first whose `ready` resolves wins and
+ * the others are closed. Resolves with { kind, transport }; rejects once every one has
+ * failed, or when `signal` aborts (then all are closed).
+ */
+function raceTransports(kinds, start, signal) {
+  return new Promise((resolve, reject) => {
+    const opening = new Set(); // started and not failed
+    let next = 0;
+    let failures = 0;
+    let settled = false;
+    let timer = null;
+    const fail = (e) => {
+      if (settled) return;
+      if (++failures === kinds.length) {
+        settled = true;
+        reject(e);
+      } else if (failures === next) {
+        launch(); // the one running failed before its head start was over
+      }
+    };
+    const launch = () => {
+      clearTimeout(timer);
+      if (settled || next >= kinds.length) return;
+      const kind = kinds[next++];
+      let transport;
+      try {
+        transport = start(kind);
+      } catch (e) {
+        fail(e); // e.g. a URL the browser refuses
+        return;
+      }
+      opening.add(transport);
+      transport.closed.catch(() => {}); // a failed session rejects it; handled through `ready`
+      transport.ready.then(
+        () => {
+          if (settled) {
+            opening.delete(transport);
+            closeQuietly(transport);
+            return;
+          }
+          settled = true;
+          clearTimeout(timer);
+          for (const other of opening) if (other !== transport) closeQuietly(other);
+          resolve({ kind, transport });
+        },
+        (e) => {
+          opening.delete(transport);
+          fail(e);
+        },
+      );
+      if (next < kinds.length) timer = setTimeout(launch, TRANSPORT_HEAD_START_MS);
+    };
+    signal.addEventListener('abort', () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      for (const transport of opening) closeQuietly(transport);
+      reject(signal.reason);
+    });
+    launch();
+  });
+}
+
+/** What to tell a person when no transport could be opened: which path failed, in words. */
+function unreachableText(relayHost, quicHost, kinds) {
+  if (kinds.length === 0) {
+    return 'This browser cannot open WebTransport sessions. Use a recent Chromium-based browser or Firefox, or join without forcing WebTransport.';
+  }
+  if (kinds.length > 1) {
+    return (
+      `The relay at ${relayHost} answers, but the call connection could be opened neither over UDP (WebTransport) nor over TCP (WebSocket). ` +
+      'A firewall, proxy or VPN may block both; try again, or from another network.'
+    );
+  }
+  if (kinds[0] === 'websocket') {
+    return (
+      `The relay at ${relayHost} answers, but the call connection over TCP (WebSocket) could not be opened. ` +
+      'A proxy or firewall may block it; try again, or from another network.'
+    );
+  }
+  return (
+    `The relay at ${relayHost} answers, but the call connection to ${quicHost} could not be opened. ` +
+    'It runs over UDP, which a firewall or VPN may block; try again, or from another network.'
+  );
+}
+
 export class Session {
   /**
    * Connects and joins. `relayHost` is "host:port" (HTTP and WebTransport share the port
@@ -113,11 +255,15 @@ export class Session {
    *   onClosed(info)            the session ended without leave() ({ reason })
    * `token` is the access token, for a relay that requires one. `transport` is what
    * probeRelay(relayHost) returned, if the caller has checked the relay already.
+   * `transportPreference` is 'wt' (WebTransport only), 'ws' (the WebSocket fallback of
+   * docs/PROTOCOL.md section 17 only, always to `relayHost`) or 'auto' (both raced, see
+   * raceTransports; the winner is remembered for the relay). `session.transportKind` says
+   * which carries the session: 'webtransport' or 'websocket'.
    * Resolves with the session; `session.joined` holds the join result, and
    * `session.subscribed` whether the relay auto-subscribes this peer. Events are held
    * back until the caller has taken in the join result and calls `releaseEvents()`.
    */
-  static async connect({ relayHost, quicHost = relayHost, room, name, token, transport, resume, timeoutMs, onEvent, onAudio, onLossyData, videoSink, onClosed }) {
+  static async connect({ relayHost, quicHost = relayHost, room, name, token, transport, transportPreference = 'auto', resume, timeoutMs, onEvent, onAudio, onLossyData, videoSink, onClosed }) {
     const options = { ...(transport ?? (await probeRelay(relayHost))) };
     // A hint: real-time media would rather lose throughput than queue in the network.
     // Browsers that do not know the option ignore it, as Chromium 156 does.
@@ -128,29 +274,31 @@ export class Session {
     // timeout: `timeoutMs` gives up sooner (the session is closed, which fails what waits).
     let timer = null;
     let timedOut = false;
+    const giveUp = new AbortController();
+    const kinds = transportOrder(transportPreference, relayHost);
     try {
-      wt = new WebTransport(`https://${quicHost}/`, options);
-      wt.closed.catch(() => {}); // a failed session rejects it; start() handles it from here
+      if (kinds.length === 0) throw new Error('no WebTransport in this browser');
       if (timeoutMs) {
         timer = setTimeout(() => {
           timedOut = true;
-          try {
-            wt.close();
-          } catch {
-            // Not open yet, or closed.
-          }
+          giveUp.abort(new Error('timed out'));
+          if (wt) closeQuietly(wt);
         }, timeoutMs);
       }
-      await wt.ready;
+      // The WebSocket goes to the relay's own TCP port: `quicHost` is a UDP path only.
+      const wsScheme = options.serverCertificateHashes || location.protocol === 'http:' ? 'ws' : 'wss';
+      const start = (kind) =>
+        kind === 'webtransport'
+          ? new WebTransport(`https://${quicHost}/`, options)
+          : new WebSocketTransport(`${wsScheme}://${relayHost}/ws`);
+      let kind;
+      ({ kind, transport: wt } = await raceTransports(kinds, start, giveUp.signal));
       if (timedOut) throw new Error('timed out');
+      session.transportKind = kind;
+      if (transportPreference === 'auto') remember(relayHost, kind);
     } catch (e) {
       clearTimeout(timer);
-      throw new ConnectError(
-        'unreachable',
-        `The relay at ${relayHost} answers, but the call connection to ${quicHost} could not be opened. ` +
-          'It runs over UDP, which a firewall or VPN may block; try again, or from another network.',
-        e,
-      );
+      throw new ConnectError('unreachable', unreachableText(relayHost, quicHost, kinds), e);
     }
     session.wt = wt;
     try {

@@ -9,13 +9,14 @@ use std::time::Duration;
 use anyhow::Result;
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use wtransport::{ClientConfig, Connection, Endpoint, Identity, ServerConfig};
+use wtransport::{ClientConfig, Endpoint, Identity, ServerConfig};
 
 use super::Shape;
 use super::stats::{Recorder, packets_for};
 use crate::client::media::{MediaSource, SyntheticAudio, SyntheticVideo};
 use crate::client::{ReceivedFrame, now_us, receive_datagrams, receive_streams};
 use crate::group::GroupWriter;
+use crate::transport::Session;
 use crate::wire::frame::{self, FrameHeader};
 use crate::wire::{MediaKind, ProducerId};
 
@@ -41,7 +42,7 @@ pub struct DirectOutcome {
 }
 
 /// Writes one receiver's frames, one stream per group, as the relay's consumers do.
-async fn send_to(conn: Connection, mut frames: mpsc::Receiver<Outgoing>) {
+async fn send_to(conn: Session, mut frames: mpsc::Receiver<Outgoing>) {
     let mut group = GroupWriter::new(VIDEO_PRODUCER, None);
     while let Some(out) = frames.recv().await {
         match out {
@@ -87,7 +88,7 @@ pub async fn run_fanout(
                     continue;
                 };
                 let (tx, rx) = mpsc::channel(256);
-                tokio::spawn(send_to(conn, rx));
+                tokio::spawn(send_to(Session::WebTransport(conn), rx));
                 queues.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
             }
             server
@@ -108,8 +109,9 @@ pub async fn run_fanout(
             .connect(format!("https://127.0.0.1:{port}/"))
             .await?;
         let (tx, mut rx) = mpsc::channel::<ReceivedFrame>(8192);
-        tokio::spawn(receive_datagrams(conn.clone(), tx.clone(), None));
-        tokio::spawn(receive_streams(conn.clone(), tx));
+        let session = Session::WebTransport(conn.clone());
+        tokio::spawn(receive_datagrams(session.clone(), tx.clone(), None));
+        tokio::spawn(receive_streams(session, tx));
         let mut stop = stop_rx.clone();
         receivers.push(tokio::spawn(async move {
             let _keep = (endpoint, conn);

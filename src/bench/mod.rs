@@ -137,6 +137,8 @@ pub struct BenchOptions {
     pub relay_args: Vec<String>,
     /// Run the direct-QUIC and raw-UDP baselines too (fan-out only).
     pub baselines: bool,
+    /// What carries every peer's session to the relay (the WebSocket fallback costs more).
+    pub transport: crate::transport::TransportKind,
     /// Print a progress line on stderr.
     pub progress: bool,
 }
@@ -201,6 +203,8 @@ pub struct Ratios {
 pub struct BenchReport {
     #[serde(flatten)]
     pub scenario: Scenario,
+    /// What carried the peers' sessions to the relay.
+    pub transport: crate::transport::TransportKind,
     pub duration_s: f64,
     pub shape: Shape,
     pub machine: String,
@@ -407,9 +411,10 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
     let mark = cpu_at_start.clone();
     let own_pid = std::process::id();
     let label = format!("relay {}", scenario_label(&options.scenario));
+    let mut relay = crate::client::ClientOptions::new(&url, verification);
+    relay.transport = options.transport;
     let outcome = relay_path::run(
-        &url,
-        verification,
+        relay,
         options.scenario.plans(),
         options.shape,
         options.duration,
@@ -488,6 +493,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
         ratios.relay_over_udp_cpu_per_packet = Some(round3(r / u));
     }
     Ok(BenchReport {
+        transport: options.transport,
         scenario: options.scenario,
         duration_s: seconds,
         shape: options.shape,

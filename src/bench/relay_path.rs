@@ -13,7 +13,7 @@ use super::Shape;
 use super::stats::{Recorder, packets_for};
 use crate::client::join::{Publisher, publish, publish_simulcast, simulcast_ladder};
 use crate::client::media::{SyntheticAudio, SyntheticVideo};
-use crate::client::{Client, ClientOptions, Verification};
+use crate::client::{Client, ClientOptions};
 use crate::wire::{MediaKind, Request, ServerMessage};
 
 /// One simulated peer.
@@ -70,8 +70,7 @@ struct PeerOutcome {
 /// Runs `plans` against the relay at `url` for `duration` once every consumer is in place.
 /// `on_start` runs at the moment publishing starts (the caller samples relay CPU there).
 pub async fn run(
-    url: &str,
-    verification: Verification,
+    relay: ClientOptions,
     plans: Vec<PeerPlan>,
     shape: Shape,
     duration: Duration,
@@ -96,7 +95,7 @@ pub async fn run(
         } else {
             0
         };
-        let mut options = ClientOptions::new(url, verification.clone());
+        let mut options = relay.clone();
         options.frame_buffer = 8192;
         let (barrier, joining, received_frames, start) = (
             barrier.clone(),

@@ -167,6 +167,8 @@ pub struct JoinSummary {
     pub data_sent: u64,
     /// Times the connection was lost and made again.
     pub reconnects: u64,
+    /// What carried the session: `webtransport`, or `websocket` (the fallback).
+    pub transport: crate::transport::TransportKind,
 }
 
 /// What happens during [`run`], as it happens.
@@ -980,6 +982,7 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
         data_received: conference.data_received,
         data_sent: data_sent.load(Ordering::Relaxed),
         reconnects,
+        transport: options.client.transport,
     })
 }
 

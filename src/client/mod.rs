@@ -27,11 +27,13 @@ use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
-use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+use wtransport::{ClientConfig, Endpoint};
 
 use crate::core::GroupKey;
 use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more};
 use crate::server::CongestionController;
+use crate::transport::websocket::{WsMessage, WsSession, WsTimings};
+use crate::transport::{RecvStream, SendStream, Session, TransportKind};
 use crate::wire::frame::{self, FrameHeader};
 use crate::wire::{
     AudioLevel, ClientMessage, ConsumerInfo, DataSent, EXT_AUDIO_LEVEL, EXT_LOSSY_DATA, FrameError,
@@ -93,6 +95,12 @@ pub struct ClientOptions {
     /// Optional formats asked for in `join` (docs/PROTOCOL.md 15.1): by default audio
     /// levels and lossy data, both of which this client reads.
     pub extensions: Vec<String>,
+    /// WebTransport (the default) or the WebSocket fallback (docs/PROTOCOL.md section 17).
+    pub transport: TransportKind,
+    /// TLS for the WebSocket fallback (`wss://`), for a relay with a real certificate. By
+    /// default the system's roots with [`Verification::NativeRoots`], else plain `ws://`
+    /// (a development identity's TCP side is plain HTTP).
+    pub websocket_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClientOptions {
@@ -105,6 +113,8 @@ impl ClientOptions {
             token: None,
             congestion_controller: CongestionController::default(),
             extensions: vec![EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()],
+            transport: TransportKind::default(),
+            websocket_tls: None,
         }
     }
 }
@@ -132,7 +142,7 @@ pub struct Incoming {
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<ServerMessage>>>>>;
 
 struct Inner {
-    connection: Connection,
+    connection: Session,
     control: mpsc::UnboundedSender<Bytes>,
     pending: Pending,
     next_id: AtomicU64,
@@ -144,15 +154,14 @@ struct Inner {
     path: Arc<Mutex<Option<crate::core::PathEstimate>>>,
     /// The extensions the relay listed when this client joined.
     relay_extensions: Mutex<Vec<String>>,
-    // Kept alive for as long as the client is.
-    _endpoint: Endpoint<wtransport::endpoint::endpoint_side::Client>,
+    // Kept alive for as long as the client is (WebTransport only).
+    _endpoint: Option<Endpoint<wtransport::endpoint::endpoint_side::Client>>,
 }
 
 impl Drop for Inner {
     /// The background tasks hold the connection too; the last `Client` handle closes it.
     fn drop(&mut self) {
-        self.connection
-            .close(wtransport::VarInt::from_u32(0), b"client dropped");
+        self.connection.close(0, "client dropped");
     }
 }
 
@@ -237,38 +246,35 @@ impl Client {
             url: url.clone(),
             reason,
         };
-        let builder = ClientConfig::builder().with_bind_default();
-        let builder = match &options.verification {
-            Verification::Pin(hash) => builder.with_server_certificate_hashes([parse_hash(hash)?]),
-            Verification::FetchPin => {
-                let hash = fetch_certificate_hash(&options.url).await?;
-                builder.with_server_certificate_hashes([parse_hash(&hash)?])
+        let (connection, endpoint) = match options.transport {
+            TransportKind::WebTransport => {
+                let (connection, endpoint) = connect_webtransport(&options).await?;
+                (Session::WebTransport(connection), Some(endpoint))
             }
-            Verification::NativeRoots => builder.with_native_certs(),
+            TransportKind::WebSocket => {
+                // A relay with a real certificate speaks TLS on its TCP side too.
+                let native = matches!(options.verification, Verification::NativeRoots);
+                let tls = options.websocket_tls.clone().or_else(|| {
+                    native.then(|| {
+                        let roots = wtransport::tls::build_native_cert_store();
+                        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                            rustls::crypto::ring::default_provider(),
+                        ))
+                        .with_safe_default_protocol_versions()
+                        .expect("ring supports the default TLS versions")
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
+                        Arc::new(config)
+                    })
+                });
+                (
+                    Session::WebSocket(connect_websocket(&url, tls).await?),
+                    None,
+                )
+            }
         };
-        let mut config = builder
-            .keep_alive_interval(Some(Duration::from_secs(3)))
-            .build();
-        let mut transport = wtransport::quinn::TransportConfig::default();
-        transport
-            .keep_alive_interval(Some(Duration::from_secs(3)))
-            .send_window(crate::server::INITIAL_SEND_WINDOW);
-        if let Some(window) = options.stream_receive_window {
-            transport.stream_receive_window(window.into());
-        }
-        options.congestion_controller.apply(&mut transport);
-        config
-            .quic_config_mut()
-            .transport_config(Arc::new(transport));
-        let endpoint = Endpoint::client(config).map_err(|e| failed(e.to_string()))?;
-        let connection = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(&url))
-            .await
-            .map_err(|_| failed("timed out".into()))?
-            .map_err(|e| failed(e.to_string()))?;
         let (send, recv) = connection
             .open_bi()
-            .await
-            .map_err(|e| failed(e.to_string()))?
             .await
             .map_err(|e| failed(e.to_string()))?;
 
@@ -691,14 +697,16 @@ impl Client {
 
     /// Opens a raw unidirectional stream (tests use it for malformed input).
     pub async fn open_uni(&self) -> Result<SendStream, ClientError> {
-        let send_err = |e: String| ClientError::Send(e);
         self.inner
             .connection
             .open_uni()
             .await
-            .map_err(|e| send_err(e.to_string()))?
-            .await
-            .map_err(|e| send_err(e.to_string()))
+            .map_err(|e| ClientError::Send(e.to_string()))
+    }
+
+    /// Which transport carries this client's session.
+    pub fn transport(&self) -> TransportKind {
+        self.inner.connection.kind()
     }
 
     /// Sends raw bytes on the control stream (tests use it for malformed input).
@@ -711,19 +719,168 @@ impl Client {
 
     /// Resolves when the session is closed, with the relay's reason if it gave one.
     pub async fn closed(&self) -> String {
-        self.inner.connection.closed().await.to_string()
+        self.inner.connection.closed().await
     }
 
     /// Closes the session at once, without leaving first.
     pub fn close(&self) {
-        self.inner
-            .connection
-            .close(wtransport::VarInt::from_u32(0), b"client closed");
+        self.inner.connection.close(0, "client closed");
     }
 
     pub fn max_datagram_size(&self) -> Option<usize> {
         self.inner.connection.max_datagram_size()
     }
+}
+
+/// Opens the QUIC connection and WebTransport session.
+async fn connect_webtransport(
+    options: &ClientOptions,
+) -> Result<
+    (
+        wtransport::Connection,
+        Endpoint<wtransport::endpoint::endpoint_side::Client>,
+    ),
+    ClientError,
+> {
+    let failed = |reason: String| ClientError::Connect {
+        url: options.url.clone(),
+        reason,
+    };
+    let builder = ClientConfig::builder().with_bind_default();
+    let builder = match &options.verification {
+        Verification::Pin(hash) => builder.with_server_certificate_hashes([parse_hash(hash)?]),
+        Verification::FetchPin => {
+            let hash = fetch_certificate_hash(&options.url).await?;
+            builder.with_server_certificate_hashes([parse_hash(&hash)?])
+        }
+        Verification::NativeRoots => builder.with_native_certs(),
+    };
+    let mut config = builder
+        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .build();
+    let mut transport = wtransport::quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .send_window(crate::server::INITIAL_SEND_WINDOW);
+    if let Some(window) = options.stream_receive_window {
+        transport.stream_receive_window(window.into());
+    }
+    options.congestion_controller.apply(&mut transport);
+    config
+        .quic_config_mut()
+        .transport_config(Arc::new(transport));
+    let endpoint = Endpoint::client(config).map_err(|e| failed(e.to_string()))?;
+    let connection = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(&options.url))
+        .await
+        .map_err(|_| failed("timed out".into()))?
+        .map_err(|e| failed(e.to_string()))?;
+    Ok((connection, endpoint))
+}
+
+/// The byte stream under a WebSocket: TCP, or TLS over TCP.
+trait WsIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> WsIo for T {}
+
+/// Opens a session over a WebSocket to the relay's TCP side (`ws://host:port/ws`, the
+/// same host and port number as its WebTransport URL; `wss://` with `tls`).
+pub async fn connect_websocket(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<WsSession, ClientError> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+
+    let failed = |reason: String| ClientError::Connect {
+        url: url.to_owned(),
+        reason,
+    };
+    let (host, port) = host_port(url).ok_or_else(|| failed("not an https:// URL".into()))?;
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let mut request = format!("{scheme}://{authority}{}", crate::wire::mux::PATH)
+        .into_client_request()
+        .map_err(|e| failed(e.to_string()))?;
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        crate::wire::mux::SUBPROTOCOL
+            .parse()
+            .expect("a valid header value"),
+    );
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let remote = tcp.peer_addr().map_err(|e| failed(e.to_string()))?;
+        use std::os::fd::AsFd;
+        let _ = crate::transport::websocket::tune_socket(tcp.as_fd());
+        let fd = tcp.as_fd().try_clone_to_owned().ok();
+        let mut config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+        config.max_message_size = Some(crate::wire::mux::MAX_MESSAGE);
+        config.max_frame_size = Some(crate::wire::mux::MAX_MESSAGE);
+        let stream = match tls {
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| failed(e.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| failed(format!("TLS: {e}")))?;
+                Box::new(tls) as Box<dyn WsIo>
+            }
+            None => Box::new(tcp),
+        };
+        let (socket, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        Ok::<_, ClientError>((socket, remote, fd))
+    };
+    let (socket, remote, fd) = tokio::time::timeout(Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| failed("timed out".into()))??;
+    let (sink, stream) = socket.split();
+    let reader = stream.map(|message| {
+        let message = match message {
+            Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+                return Ok(WsMessage::TooLarge);
+            }
+            Err(e) => return Err(e.to_string()),
+            Ok(message) => message,
+        };
+        Ok(match message {
+            Message::Binary(bytes) => WsMessage::Binary(bytes),
+            Message::Text(_) => WsMessage::Text,
+            Message::Close(frame) => {
+                WsMessage::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+            }
+            _ => WsMessage::Ping,
+        })
+    });
+    let writer = sink.sink_map_err(|e| e.to_string()).with(|m: WsMessage| {
+        futures_util::future::ready(Ok::<_, String>(match m {
+            WsMessage::Binary(bytes) => Message::Binary(bytes),
+            WsMessage::Ping => Message::Ping(Bytes::new()),
+            WsMessage::Close(frame) => Message::Close(frame.map(|(code, reason)| CloseFrame {
+                code: code.into(),
+                reason: reason.into(),
+            })),
+            // Never sent: the session only sends binary, ping and close.
+            WsMessage::Text | WsMessage::TooLarge => Message::Text("".into()),
+        }))
+    });
+    Ok(WsSession::start(
+        Box::pin(reader),
+        Box::pin(writer),
+        remote,
+        fd,
+        WsTimings::default(),
+    ))
 }
 
 fn parse_hash(hex_hash: &str) -> Result<wtransport::tls::Sha256Digest, ClientError> {
@@ -780,16 +937,17 @@ impl VideoSender {
 /// Keeps the connection's send window near its congestion window (see `core::path`), so
 /// that video waits where `send_video_within` can skip it rather than in QUIC's buffer.
 async fn follow_congestion_window(
-    connection: Connection,
+    connection: Session,
     estimate: Arc<Mutex<Option<crate::core::PathEstimate>>>,
 ) {
-    let quic = connection.quic_connection().clone();
     let mut path = crate::core::PathEstimator::default();
     let mut tick = tokio::time::interval(crate::core::PATH_SAMPLE_INTERVAL);
-    while quic.close_reason().is_none() {
+    while !connection.is_closed() {
         tick.tick().await;
-        let sample = crate::server::path_sample(&quic);
-        quic.set_send_window(path.on_sample(sample, std::time::Instant::now()));
+        let Some(sample) = connection.path_sample() else {
+            continue;
+        };
+        connection.set_send_window(path.on_sample(sample, std::time::Instant::now()));
         *estimate.lock().unwrap_or_else(|e| e.into_inner()) = path.estimate();
     }
 }
@@ -798,11 +956,11 @@ async fn write_control(mut send: SendStream, mut messages: mpsc::UnboundedReceiv
     // Requests and answers go ahead of queued video.
     send.set_priority(crate::server::CONTROL_PRIORITY);
     while let Some(bytes) = messages.recv().await {
-        if send.quic_stream_mut().write_chunk(bytes).await.is_err() {
+        if send.write_chunk(bytes).await.is_err() {
             return;
         }
     }
-    let _ = send.quic_stream_mut().finish();
+    send.finish();
 }
 
 async fn read_control(
@@ -855,21 +1013,21 @@ async fn read_control(
 
 /// Audio frames, and lossy data when `lossy` is given (dropped otherwise).
 pub(crate) async fn receive_datagrams(
-    connection: Connection,
+    connection: Session,
     frames: mpsc::Sender<ReceivedFrame>,
     lossy: Option<mpsc::Sender<(PeerId, Bytes)>>,
 ) {
     while let Ok(datagram) = connection.receive_datagram().await {
         if frame::is_lossy_data(&datagram) {
             if let (Some(lossy), Ok((from, payload))) =
-                (&lossy, frame::decode_delivered_data(datagram.payload()))
+                (&lossy, frame::decode_delivered_data(datagram))
             {
                 // Stale as soon as newer data exists: a full buffer drops it.
                 let _ = lossy.try_send((PeerId(from), payload));
             }
             continue;
         }
-        let Ok(d) = frame::decode_datagram(datagram.payload(), usize::MAX) else {
+        let Ok(d) = frame::decode_datagram(datagram, usize::MAX) else {
             continue;
         };
         // Audio never waits: a full buffer loses the frame, as a late packet would.
@@ -886,7 +1044,7 @@ pub(crate) async fn receive_datagrams(
 /// can span several streams (one per group); streams of one producer are read in the order
 /// they were opened (see [`crate::core::GroupOrder`]), and frames older than one already
 /// delivered are dropped, so frames stay in order.
-pub(crate) async fn receive_streams(connection: Connection, frames: mpsc::Sender<ReceivedFrame>) {
+pub(crate) async fn receive_streams(connection: Session, frames: mpsc::Sender<ReceivedFrame>) {
     let limits = GroupLimits {
         header_timeout: Duration::from_secs(5),
         // Bounded, in case the relay left the previous stream hanging.

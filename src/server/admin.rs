@@ -2,7 +2,6 @@
 //! peer, pause (mute) or resume a producer. With API keys it needs a bearer token with the
 //! admin claim (`synapse-sfu token --admin`); in development mode it answers loopback only.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::Json;
@@ -23,7 +22,9 @@ fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Res
 /// Checks every admin request before its handler runs.
 pub async fn authorize(
     State(state): State<HttpState>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ConnectInfo(super::http::TcpConnectInfo { addr: remote, .. }): ConnectInfo<
+        super::http::TcpConnectInfo,
+    >,
     request: Request,
     next: Next,
 ) -> Response {

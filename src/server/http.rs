@@ -7,16 +7,21 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use axum::serve::IncomingStream;
 use include_dir::{Dir, include_dir};
 use tokio::net::TcpListener;
 
-use super::{CertificateHash, Rooms, admin};
+use super::session::{self, AddressCounts};
+use super::{CertificateHash, Rooms, SessionLimits, admin};
 use crate::auth::AccessPolicy;
 use crate::core::RelayTotals;
+use crate::transport::websocket::{self, WsMessage, WsSession, WsTimings};
+use crate::wire::mux;
 
 /// The web client, built into the binary so that `serve` needs no files beside it.
 static WEB_CLIENT: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web-client");
@@ -31,6 +36,50 @@ pub struct HttpState {
     pub web_root: Option<PathBuf>,
     /// Who may use the admin API.
     pub access: Arc<AccessPolicy>,
+    /// Sessions over WebSocket (`GET /ws`); none: the fallback is off.
+    pub sessions: Option<WsSessions>,
+}
+
+/// What a session that arrives over a WebSocket needs: the same as one over WebTransport.
+#[derive(Clone)]
+pub struct WsSessions {
+    pub(crate) limits: SessionLimits,
+    pub(crate) access: Arc<AccessPolicy>,
+    pub(crate) addresses: AddressCounts,
+    /// Set while the relay drains before shutting down: new sessions are refused.
+    pub(crate) draining: Arc<std::sync::atomic::AtomicBool>,
+    /// True once the relay closes: open sessions are closed.
+    pub(crate) shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Who is on the other end of an HTTP connection: its address, and its socket (a
+/// WebSocket session reads the socket's `TCP_INFO` for its path estimate).
+#[derive(Clone, Copy, Debug)]
+pub struct TcpConnectInfo {
+    pub addr: SocketAddr,
+    fd: std::os::fd::RawFd,
+}
+
+impl axum::extract::connect_info::Connected<IncomingStream<'_, super::tls::TlsListener>>
+    for TcpConnectInfo
+{
+    fn connect_info(stream: IncomingStream<'_, super::tls::TlsListener>) -> Self {
+        use std::os::fd::AsRawFd;
+        Self {
+            addr: *stream.remote_addr(),
+            fd: stream.io().get_ref().0.as_raw_fd(),
+        }
+    }
+}
+
+impl axum::extract::connect_info::Connected<IncomingStream<'_, TcpListener>> for TcpConnectInfo {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        use std::os::fd::AsRawFd;
+        Self {
+            addr: *stream.remote_addr(),
+            fd: stream.io().as_raw_fd(),
+        }
+    }
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -55,6 +104,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/certificate.sha256", get(certificate_sha256))
         .route("/metrics", get(metrics))
+        .route(mux::PATH, get(websocket_session))
         .fallback(get(web_client))
         .with_state(state)
 }
@@ -105,11 +155,147 @@ async fn web_client(State(state): State<HttpState>, uri: Uri) -> Response {
     }
 }
 
-pub async fn serve(listener: TcpListener, state: HttpState) {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
+/// Serves the HTTP side on `listener`, over TLS when given an acceptor (a relay with a
+/// real certificate: `tls.rs`).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: HttpState,
+) {
+    let app = router(state).into_make_service_with_connect_info::<TcpConnectInfo>();
+    let served = match tls {
+        Some(acceptor) => match super::tls::TlsListener::new(listener, acceptor) {
+            Ok(listener) => axum::serve(listener, app)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        },
+        None => axum::serve(listener, app)
+            .await
+            .map_err(anyhow::Error::from),
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "HTTP server stopped");
     }
+}
+
+/// `GET /ws`: a session over a WebSocket (docs/PROTOCOL.md section 17).
+async fn websocket_session(
+    State(state): State<HttpState>,
+    ConnectInfo(connection): ConnectInfo<TcpConnectInfo>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(sessions) = state.sessions else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this relay takes no WebSocket sessions",
+        )
+            .into_response();
+    };
+    if *sessions.shutdown.borrow() || sessions.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the relay is shutting down",
+        )
+            .into_response();
+    }
+    let upgrade = upgrade
+        .protocols([mux::SUBPROTOCOL])
+        .max_message_size(mux::MAX_MESSAGE)
+        .max_frame_size(mux::MAX_MESSAGE);
+    if upgrade.selected_protocol().is_none() {
+        let message = format!("offer the WebSocket subprotocol {}", mux::SUBPROTOCOL);
+        return (StatusCode::BAD_REQUEST, message).into_response();
+    }
+    let remote = connection.addr;
+    if session::address_full(
+        &sessions.addresses,
+        remote.ip(),
+        sessions.limits.max_sessions_per_address,
+    ) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sessions from this address",
+        )
+            .into_response();
+    }
+    // The connection is open while its request is handled, so its descriptor is too.
+    // SAFETY: `fd` is this request's own socket, alive for the duration of the call.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(connection.fd) };
+    if let Err(e) = websocket::tune_socket(socket) {
+        tracing::debug!(error = %e, "could not tune a WebSocket's socket");
+    }
+    let tcp = socket.try_clone_to_owned().ok();
+    let rooms = state.rooms;
+    upgrade.on_upgrade(move |socket| run_websocket(socket, remote, tcp, rooms, sessions))
+}
+
+async fn run_websocket(
+    socket: WebSocket,
+    remote: SocketAddr,
+    tcp: Option<std::os::fd::OwnedFd>,
+    rooms: Rooms,
+    sessions: WsSessions,
+) {
+    use futures_util::{SinkExt, StreamExt};
+    let (sink, stream) = socket.split();
+    let reader = stream.map(|message| {
+        let message = match message {
+            Err(e) => {
+                let e = e.into_inner();
+                return match e.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+                    Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+                        Ok(WsMessage::TooLarge)
+                    }
+                    _ => Err(e.to_string()),
+                };
+            }
+            Ok(message) => message,
+        };
+        Ok(match message {
+            Message::Binary(bytes) => WsMessage::Binary(bytes),
+            Message::Text(_) => WsMessage::Text,
+            Message::Ping(_) | Message::Pong(_) => WsMessage::Ping,
+            Message::Close(frame) => {
+                WsMessage::Close(frame.map(|f| (f.code, f.reason.to_string())))
+            }
+        })
+    });
+    let writer = sink.sink_map_err(|e| e.to_string()).with(|m: WsMessage| {
+        futures_util::future::ready(Ok::<_, String>(match m {
+            WsMessage::Binary(bytes) => Message::Binary(bytes),
+            WsMessage::Ping => Message::Ping(bytes::Bytes::new()),
+            WsMessage::Close(frame) => Message::Close(frame.map(|(code, reason)| CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+            // Never sent: the session only sends binary, ping and close.
+            WsMessage::Text | WsMessage::TooLarge => Message::Text("".into()),
+        }))
+    });
+    let timings = WsTimings {
+        idle_timeout: sessions.limits.idle_timeout,
+        ping_interval: sessions.limits.idle_timeout / 3,
+    };
+    let session = WsSession::start(Box::pin(reader), Box::pin(writer), remote, tcp, timings);
+    // A relay shutting down closes the session; the session code sees it end.
+    let mut shutdown = sessions.shutdown.clone();
+    let closer = session.clone();
+    let watch = tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.wait_for(|down| *down) => closer.close(super::close_code::NORMAL, "relay shutting down"),
+            _ = closer.closed() => {}
+        }
+    });
+    session::serve_websocket(
+        session,
+        rooms,
+        sessions.limits.clone(),
+        sessions.access.clone(),
+        sessions.addresses.clone(),
+    )
+    .await;
+    watch.abort();
 }
 
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {

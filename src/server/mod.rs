@@ -6,6 +6,7 @@ pub mod http;
 pub mod identity;
 mod rooms;
 mod session;
+mod tls;
 pub mod webhook;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -25,7 +26,7 @@ use crate::auth::AccessPolicy;
 use crate::core::RelayConfig;
 pub use crate::wire::close_code;
 pub use rooms::{RoomHandle, Rooms};
-pub(crate) use session::{CONTROL_PRIORITY, path_sample};
+pub(crate) use session::CONTROL_PRIORITY;
 
 /// Timeouts and sizes that protect the relay from one peer.
 #[derive(Debug, Clone)]
@@ -172,6 +173,8 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
     /// Set when shutting down: new sessions are turned away.
     draining: Arc<AtomicBool>,
+    /// Set when closing: WebSocket sessions close (QUIC's close their endpoints).
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// The served certificate's SHA-256 (hex); it changes when a development identity renews.
@@ -240,6 +243,12 @@ impl Server {
         let certificate_sha256 = CertificateHash::default();
         certificate_sha256.set(identity.certificate_sha256.clone());
         let mut tasks = Vec::new();
+        let draining = Arc::new(AtomicBool::new(false));
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        // Per-address limits hold across endpoints and transports: one client's sessions
+        // may land on any.
+        let addresses = session::AddressCounts::default();
+        let access = Arc::new(config.access.clone());
         let http_addr = match tcp {
             Some(tcp) => {
                 let addr = tcp.local_addr()?;
@@ -248,9 +257,22 @@ impl Server {
                     certificate_sha256: certificate_sha256.clone(),
                     development_identity: identity.development,
                     web_root: config.web_root.clone(),
-                    access: Arc::new(config.access.clone()),
+                    access: access.clone(),
+                    sessions: Some(http::WsSessions {
+                        limits: config.limits.clone(),
+                        access: access.clone(),
+                        addresses: addresses.clone(),
+                        draining: draining.clone(),
+                        shutdown: shutdown_rx,
+                    }),
                 };
-                tasks.push(tokio::spawn(http::serve(tcp, state)));
+                // A real certificate serves the TCP side over TLS too (https, wss).
+                let tls = if identity.development {
+                    None
+                } else {
+                    Some(tls::acceptor(&identity.identity)?)
+                };
+                tasks.push(tokio::spawn(http::serve(tcp, tls, state)));
                 Some(addr)
             }
             None => None,
@@ -262,10 +284,6 @@ impl Server {
             ),
             AccessPolicy::Keys(key) => info!(api_key = %key.key, "joins require access tokens"),
         }
-        let draining = Arc::new(AtomicBool::new(false));
-        // Per-address limits hold across endpoints: one client's sessions may land on any.
-        let addresses = session::AddressCounts::default();
-        let access = Arc::new(config.access.clone());
         let accepted: Vec<Arc<AtomicU64>> = endpoints.iter().map(|_| Arc::default()).collect();
         for (endpoint, accepted) in endpoints.iter().zip(&accepted) {
             tasks.push(tokio::spawn(accept_sessions(
@@ -324,6 +342,7 @@ impl Server {
             development_identity: identity.development,
             tasks,
             draining,
+            shutdown,
         })
     }
 
@@ -386,6 +405,7 @@ impl Server {
 
     /// Stops accepting and closes every session at once.
     pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
         for task in &self.tasks {
             task.abort();
         }

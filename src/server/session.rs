@@ -15,12 +15,12 @@ use bytes::BytesMut;
 use futures_util::FutureExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
-use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
-use crate::core::{FrameData, GroupKey, PATH_SAMPLE_INTERVAL, PathSample, PeerOutput};
+use crate::core::{FrameData, GroupKey, PATH_SAMPLE_INTERVAL, PeerOutput};
 use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more};
+use crate::transport::{DatagramError, RecvStream, SendStream, Session, WsSession};
 use crate::wire::close_code;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
@@ -38,9 +38,7 @@ pub(crate) fn frame_error(e: &FrameError) -> ProtocolError {
 }
 
 async fn write_message(send: &mut SendStream, message: &ServerMessage) -> anyhow::Result<()> {
-    send.quic_stream_mut()
-        .write_chunk(encode_message(message))
-        .await?;
+    send.write_chunk(encode_message(message)).await?;
     Ok(())
 }
 
@@ -109,13 +107,39 @@ pub(crate) async fn serve(
             return;
         }
     };
-    if let Err(e) = run(connection, rooms, limits, access).await {
+    if let Err(e) = run(Session::WebTransport(connection), rooms, limits, access).await {
         debug!(%remote, error = %e, "session ended");
     }
 }
 
+/// Runs one session that arrived over a WebSocket (docs/PROTOCOL.md section 17) to its
+/// end: the same session as over WebTransport, under the same per-address limit.
+pub(crate) async fn serve_websocket(
+    session: WsSession,
+    rooms: Rooms,
+    limits: SessionLimits,
+    access: Arc<AccessPolicy>,
+    addresses: AddressCounts,
+) {
+    let remote = session.remote_address();
+    let Some(_slot) = addresses.take(remote.ip(), limits.max_sessions_per_address) else {
+        warn!(%remote, max = limits.max_sessions_per_address, "too many sessions from this address");
+        session.close(close_code::NORMAL, "too many sessions from this address");
+        return;
+    };
+    if let Err(e) = run(Session::WebSocket(session), rooms, limits, access).await {
+        debug!(%remote, error = %e, "session ended");
+    }
+}
+
+/// Whether another session from `ip` would be refused (checked before a WebSocket upgrade,
+/// so that the refusal can be HTTP 429 as for WebTransport).
+pub(crate) fn address_full(addresses: &AddressCounts, ip: IpAddr, max: usize) -> bool {
+    addresses.take(ip, max).is_none()
+}
+
 async fn run(
-    conn: Connection,
+    conn: Session,
     rooms: Rooms,
     limits: SessionLimits,
     access: Arc<AccessPolicy>,
@@ -137,7 +161,7 @@ async fn run(
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => return Err(e),
         Err(_) => {
-            conn.close(VarInt::from_u32(close_code::JOIN_TIMEOUT), b"join timeout");
+            conn.close(close_code::JOIN_TIMEOUT, "join timeout");
             anyhow::bail!("no join within {:?}", limits.join_timeout);
         }
     };
@@ -169,7 +193,7 @@ async fn run(
         // Whatever ended the session, the peer and everything it owns go, unless it may
         // resume (then its place waits for the grace period).
         rooms.end_session(peer_id, session, reason, Instant::now());
-        conn.close(VarInt::from_u32(close_code::NORMAL), b"session ended");
+        conn.close(close_code::NORMAL, "session ended");
         info!(?reason, "left");
         Ok(())
     }
@@ -192,7 +216,7 @@ struct Joined {
 /// caller's deadline cannot cancel it between the join and the hand-over), or `None` when
 /// the client closed its control stream first.
 async fn join_phase(
-    conn: &Connection,
+    conn: &Session,
     rooms: &Rooms,
     limits: &SessionLimits,
     access: &AccessPolicy,
@@ -275,7 +299,7 @@ async fn join_phase(
 
 /// Answers a control message that could not be read; a broken framing ends the session.
 async fn refuse_message(
-    conn: &Connection,
+    conn: &Session,
     send: &mut SendStream,
     e: DecodeError,
     write_timeout: Duration,
@@ -286,21 +310,15 @@ async fn refuse_message(
     match tokio::time::timeout(write_timeout, write_message(send, &answer)).await {
         Ok(written) => written?,
         Err(_) => {
-            conn.close(
-                VarInt::from_u32(close_code::SLOW_CONTROL),
-                b"control stream stalled",
-            );
+            conn.close(close_code::SLOW_CONTROL, "control stream stalled");
             anyhow::bail!("control stream stalled");
         }
     }
     if e.fatal {
-        let _ = send.quic_stream_mut().finish();
+        send.finish();
         // Give the error a moment to leave before the close discards it.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        conn.close(
-            VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
-            e.error.to_string().as_bytes(),
-        );
+        conn.close(close_code::PROTOCOL_VIOLATION, &e.error.to_string());
         anyhow::bail!("protocol violation: {}", e.error);
     }
     Ok(())
@@ -320,7 +338,7 @@ impl<const N: usize> Drop for AbortOnDrop<N> {
 /// Runs a joined peer until it leaves or its connection ends.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
-    conn: &Connection,
+    conn: &Session,
     rooms: &Rooms,
     room: &RoomHandle,
     limits: &SessionLimits,
@@ -364,7 +382,7 @@ async fn drive(
                             for message in &last {
                                 write_message(&mut send, message).await?;
                             }
-                            send.finish().await?;
+                            send.finish_delivered().await?;
                             anyhow::Ok(())
                         };
                         let _ = tokio::time::timeout(write_timeout, flush).await;
@@ -396,7 +414,7 @@ async fn drive(
                     let written = tokio::time::timeout(write_timeout, write_message(&mut send, &message)).await;
                     if !matches!(written, Ok(Ok(()))) {
                         warn!("control stream stalled or failed; disconnecting peer");
-                        conn.close(VarInt::from_u32(close_code::SLOW_CONTROL), b"control stream stalled");
+                        conn.close(close_code::SLOW_CONTROL, "control stream stalled");
                         return LeaveReason::Disconnected;
                     }
                 }
@@ -418,9 +436,9 @@ async fn drive(
                         // Say why first; the close follows.
                         let why = ServerMessage::error(None, &error);
                         let _ = tokio::time::timeout(write_timeout, write_message(&mut send, &why)).await;
-                        let _ = tokio::time::timeout(Duration::from_millis(500), send.finish()).await;
+                        let _ = tokio::time::timeout(Duration::from_millis(500), send.finish_delivered()).await;
                     }
-                    conn.close(VarInt::from_u32(code), error.to_string().as_bytes());
+                    conn.close(code, &error.to_string());
                     return LeaveReason::Disconnected;
                 }
             },
@@ -437,41 +455,30 @@ pub(crate) const CONTROL_PRIORITY: i32 = 8;
 /// Reads what the transport knows of the path to the peer (RTT, congestion window, packet
 /// and byte counters) every sample interval, hands it to the core as an input, and applies
 /// the send window the core decides (see `core::path`).
-async fn monitor_path(conn: Connection, room: RoomHandle, peer_id: PeerId) {
-    let quic = conn.quic_connection().clone();
+async fn monitor_path(conn: Session, room: RoomHandle, peer_id: PeerId) {
     let mut tick = tokio::time::interval(PATH_SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         // Read the transport before taking the core's lock: stats() takes quinn's own.
-        let sample = path_sample(&quic);
+        let Some(sample) = conn.path_sample() else {
+            // Nothing to go by (a WebSocket without a TCP socket to ask): the core keeps
+            // its defaults.
+            continue;
+        };
         let window = room.lock().on_path_sample(peer_id, sample, Instant::now());
         match window {
-            Some(window) => quic.set_send_window(window),
+            Some(window) => conn.set_send_window(window),
             None => return,
         }
     }
 }
 
-/// The figures of `stats` the core's path estimate takes.
-pub(crate) fn path_sample(quic: &wtransport::quinn::Connection) -> PathSample {
-    let stats = quic.stats();
-    PathSample {
-        rtt: stats.path.rtt,
-        min_rtt: stats.path.min_rtt,
-        cwnd: stats.path.cwnd,
-        sent_packets: stats.path.sent_packets,
-        lost_packets: stats.path.lost_packets,
-        sent_bytes: stats.udp_tx.bytes,
-    }
-}
-
 /// Audio in: each datagram is checked and handed to the core whole, so consumers get the
 /// very bytes the producer sent.
-async fn receive_datagrams(conn: Connection, room: RoomHandle, peer_id: PeerId) {
+async fn receive_datagrams(conn: Session, room: RoomHandle, peer_id: PeerId) {
     let max = room.lock().config().max_datagram_size;
-    while let Ok(datagram) = conn.receive_datagram().await {
-        let bytes = datagram.payload();
+    while let Ok(bytes) = conn.receive_datagram().await {
         let now = Instant::now();
         if frame::is_lossy_data(&bytes) {
             let result = match frame::decode_lossy_data(bytes, max) {
@@ -519,7 +526,7 @@ async fn receive_datagrams(conn: Connection, room: RoomHandle, peer_id: PeerId) 
 /// task or any buffer is spent on it; a client that stalls a header delays only its own
 /// streams.
 async fn accept_media_streams(
-    conn: Connection,
+    conn: Session,
     room: RoomHandle,
     peer_id: PeerId,
     limits: SessionLimits,
@@ -604,7 +611,7 @@ impl GroupReader for RelayGroups {
 /// Writes one consumer's frames: audio as datagrams, video as one stream per group of
 /// pictures (a keyframe opens a new stream, after the previous one is finished).
 async fn send_consumer(
-    conn: Connection,
+    conn: Session,
     room: RoomHandle,
     consumer_id: ConsumerId,
     producer_id: ProducerId,
@@ -618,7 +625,7 @@ async fn send_consumer(
         match frame.data {
             FrameData::Datagram(datagram) => match conn.send_datagram(&datagram) {
                 Ok(()) => {}
-                Err(wtransport::error::SendDatagramError::TooLarge) => {
+                Err(DatagramError::TooLarge) => {
                     span.in_scope(|| {
                         debug!(
                             size = datagram.len(),
@@ -627,7 +634,7 @@ async fn send_consumer(
                     });
                     room.lock().note_datagram_too_large();
                 }
-                Err(wtransport::error::SendDatagramError::UnsupportedByPeer) => {
+                Err(DatagramError::UnsupportedByPeer) => {
                     span.in_scope(|| {
                         warn!("the peer's session does not accept QUIC datagrams: no audio for it")
                     });
@@ -664,7 +671,7 @@ async fn send_consumer(
                 match written {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        if conn.quic_connection().close_reason().is_some() {
+                        if conn.is_closed() {
                             break;
                         }
                         span.in_scope(|| {

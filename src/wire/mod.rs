@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod frame;
+pub mod mux;
 pub mod varint;
 
 pub use control::*;

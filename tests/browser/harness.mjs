@@ -349,6 +349,9 @@ export class BrowserPage {
     page.on('console', (m) => this.consoleLines.push(`${m.type()}: ${m.text()}`));
     page.on('pageerror', (e) => {
       this.consoleLines.push(`pageerror: ${e.message}`);
+      // Firefox reports a WebSocket that cannot connect (the fallback racing a relay that
+      // has just gone) as a page error, which no page can catch; the page handles it.
+      if (/establish a connection to the server at wss?:\/\//.test(e.message)) return;
       this.pageErrors.push(e.message);
     });
   }

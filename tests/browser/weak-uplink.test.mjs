@@ -67,7 +67,7 @@ async function weakUplink(kind) {
     // Chromium joins by itself; in Firefox the test clicks Join.
     const auto = kind === 'chromium' ? '&autojoin=1' : '';
     const urls = {
-      pub: `${relay.base}/?room=${room}&name=pub${auto}&${PUBLISHER_MEDIA}&quic=${shaper.addr}`,
+      pub: `${relay.base}/?room=${room}&name=pub${auto}&${PUBLISHER_MEDIA}&quic=${shaper.addr}&transport=wt`, // the shaper carries UDP only
       sub: `${relay.base}/?room=${room}&name=sub${auto}&${SUBSCRIBER_MEDIA}`,
     };
     for (const [name, url] of Object.entries(urls)) {
