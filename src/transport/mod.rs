@@ -244,6 +244,13 @@ pub fn quic_path_sample(quic: &wtransport::quinn::Connection) -> PathSample {
     }
 }
 
+/// A stream code in the WebTransport range (see [`crate::wire::close_code::to_webtransport`]);
+/// WebSocket messages carry codes as they are.
+fn webtransport_code(code: u32) -> VarInt {
+    VarInt::try_from_u64(crate::wire::close_code::to_webtransport(code))
+        .expect("mapped stream codes stay far below 2^62")
+}
+
 /// The sending half of a stream.
 #[derive(Debug)]
 pub enum SendStream {
@@ -313,7 +320,7 @@ impl SendStream {
     pub fn reset(&mut self, code: u32) {
         match self {
             Self::WebTransport(s) => {
-                let _ = s.reset(VarInt::from_u32(code));
+                let _ = s.reset(webtransport_code(code));
             }
             Self::WebSocket(s) => s.reset(code),
         }
@@ -347,7 +354,7 @@ impl RecvStream {
     /// Refuses the rest of the stream with `code`.
     pub fn stop(self, code: u32) {
         match self {
-            Self::WebTransport(s) => s.stop(VarInt::from_u32(code)),
+            Self::WebTransport(s) => s.stop(webtransport_code(code)),
             Self::WebSocket(s) => s.stop(code),
         }
     }

@@ -36,6 +36,8 @@ const CASTS = [
   { label: 'chromium', kinds: { ada: 'chromium', bo: 'chromium', cy: 'chromium' } },
   { label: 'firefox', kinds: { ada: 'firefox', bo: 'firefox', cy: 'firefox' } },
   { label: 'mixed', kinds: { ada: 'chromium', bo: 'firefox', cy: 'firefox' } },
+  // The same scenario with every page on the WebSocket fallback (docs/PROTOCOL.md 17).
+  { label: 'websocket', kinds: { ada: 'chromium', bo: 'firefox', cy: 'chromium' }, transport: 'ws' },
 ];
 // Small settings so that three encoders and six decoders fit on a 2-core machine.
 const MEDIA = 'width=320&height=240&fps=15&bitrate=300000';
@@ -134,7 +136,12 @@ async function threePeerCall(cast) {
       // also lets the page's audio context (its microphone capture) run.
       const auto = kind === 'chromium' ? '&autojoin=1' : '';
       // Join one after the other, so the join result of each names the ones before.
-      const view = await joinCall(page, `${relay.base}/?room=${room}&name=${name}${auto}&${MEDIA}`, { name, timeout: 30_000 });
+      const transport = cast.transport ? `&transport=${cast.transport}` : '';
+      const view = await joinCall(page, `${relay.base}/?room=${room}&name=${name}${auto}${transport}&${MEDIA}`, { name, timeout: 30_000 });
+      if (cast.transport) {
+        const kindOf = await page.evaluate(() => document.body.dataset.transport);
+        assert.equal(kindOf, 'websocket', `${name} should be on the WebSocket`);
+      }
       log(`${name} (${kind}) joined: "${view.status}"`);
       const before = NAMES.slice(0, NAMES.indexOf(name));
       if (before.length === 0) {
@@ -311,6 +318,9 @@ async function threePeerCall(cast) {
 for (const cast of CASTS) {
   const kinds = new Set(Object.values(cast.kinds));
   const skip = [...kinds].some((k) => !browserKinds().includes(k)) && `BROWSERS leaves out ${[...kinds].join(' or ')}`;
-  const what = cast.label === 'mixed' ? 'a Chromium page and two Firefox pages' : `three ${cast.label} pages`;
+  const what = {
+    mixed: 'a Chromium page and two Firefox pages',
+    websocket: 'two Chromium pages and a Firefox page, all over WebSocket,',
+  }[cast.label] ?? `three ${cast.label} pages`;
   test(`${what} hold a call through the relay`, { timeout: 150_000, skip }, () => threePeerCall(cast));
 }
