@@ -123,6 +123,18 @@ pub struct ServeConfig {
         value_delimiter = ','
     )]
     pub webhook_urls: Vec<String>,
+    /// Join a cluster of relays placed through this Redis (`redis://host:port/`): rooms are
+    /// hosted by one relay each, and a join at another relay is redirected
+    /// (docs/CLUSTER.md). Needs --public-url.
+    #[arg(long, env = "SYNAPSE_REDIS_URL", requires = "public_url")]
+    pub redis_url: Option<String>,
+    /// The URL clients reach this relay at (`https://host:port/`), for redirects to it.
+    #[arg(long, env = "SYNAPSE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How long a relay's registration and its room leases live without renewal.
+    #[arg(long, env = "SYNAPSE_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(with = "text::duration")]
+    pub lease_ttl: Duration,
     /// The `[limits]` table of the file.
     #[command(flatten)]
     pub limits: LimitsConfig,
@@ -260,6 +272,15 @@ impl ServeConfig {
             congestion_controller: self.congestion_controller,
             endpoints: self.endpoints,
             webhook_urls: self.webhook_urls.clone(),
+            cluster: match (&self.redis_url, &self.public_url) {
+                (Some(redis_url), Some(public_url)) => Some(crate::server::ClusterConfig {
+                    redis_url: redis_url.clone(),
+                    public_url: public_url.clone(),
+                    lease_ttl: self.lease_ttl,
+                }),
+                (Some(_), None) => anyhow::bail!("--redis-url needs --public-url"),
+                _ => None,
+            },
             relay: RelayConfig {
                 max_datagram_size: limits.max_datagram_size,
                 max_frame_size: limits.max_frame_size,

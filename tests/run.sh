@@ -4,10 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== setup: Chromium and Firefox ESR (Debian packages) and the browser tests' npm packages"
+echo "== setup: Chromium, Firefox ESR and redis-server (Debian packages) and the browser tests' npm packages"
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
+# The cluster tests (tests/cluster.rs) start redis-servers of their own.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
@@ -15,6 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 chromium --version
 firefox-esr --version
+redis-server --version
 # The committed lockfile, exactly; playwright-core drives the system Chromium and
 # puppeteer-core the system Firefox (WebDriver BiDi); neither downloads a browser.
 PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund

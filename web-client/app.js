@@ -11,7 +11,12 @@
 // ?screenBitrate= (bit/s) is the most a shared screen is sent at; ?transport=ws or
 // ?transport=wt forces the WebSocket fallback (TCP, docs/PROTOCOL.md section 17) or
 // WebTransport (UDP), where by default both are tried (section 17.5). The transport in use
-// shows next to the room name and in document.body.dataset.transport.
+// shows next to the room name and in document.body.dataset.transport. ?stats=1 shows the
+// stats on the tiles from the start (otherwise the Stats button does).
+//
+// Copy invite link (in the call) copies this page's address with the room and the
+// relay/quic/transport parameters the page was opened with, never the token or the name:
+// opening it shows the join screen with the room filled in.
 //
 // Conference features (docs/PROTOCOL.md section 15) are used only when the join result's
 // `extensions` lists them: audio levels in the microphone's datagrams and the speaking
@@ -82,10 +87,17 @@ const SCREEN = {
 const MAX_DATA_BYTES = 16_384;
 const forcedCodec = params.get('codec')?.toLowerCase() || null;
 // HTTP and WebTransport share the port number, so by default the page's own host is the relay.
-const relayHost = params.get('relay') || location.host;
-const quicHost = params.get('quic') || relayHost;
+// Both change when a relay of a cluster sends the join to the relay that hosts the room
+// (`wrong_relay`, docs/CLUSTER.md); reconnections then go there too.
+let relayHost = params.get('relay') || location.host;
+let quicHost = params.get('quic') || relayHost;
+// Redirects followed for one join, at most.
+const MAX_REDIRECTS = 3;
 const transportPreference = { ws: 'ws', wt: 'wt' }[params.get('transport')?.toLowerCase()] ?? 'auto';
 const TRANSPORT_NAMES = { webtransport: 'WebTransport (UDP)', websocket: 'WebSocket (TCP)' };
+// What an invite link keeps of this page's address besides the room: where the relay is and
+// how to reach it. Never the token (it is the sender's own) nor the name.
+const INVITE_PARAMS = ['relay', 'quic', 'transport'];
 
 // ---------------------------------------------------------------------------
 // Errors and status, always on the page.
@@ -1312,6 +1324,84 @@ async function screenEncoding(codec, size) {
 // ---------------------------------------------------------------------------
 // Screens and controls.
 
+// Copy invite link, and the Stats button.
+let inviteNoteTimer = null;
+
+/** The address of this page for someone else to join `room` (see INVITE_PARAMS). */
+function inviteLink(room) {
+  const url = new URL(location.pathname, location.origin);
+  url.searchParams.set('room', room);
+  for (const name of INVITE_PARAMS) {
+    const value = params.get(name);
+    if (value) url.searchParams.set(name, value);
+  }
+  return url.href;
+}
+
+/** The short note under the header; `forMs` clears it after that long (0: it stays). */
+function inviteNote(text, { manual = false, forMs = 0 } = {}) {
+  const note = $('invite-status');
+  clearTimeout(inviteNoteTimer);
+  note.textContent = text;
+  note.classList.toggle('manual', manual);
+  if (forMs) inviteNoteTimer = setTimeout(() => (note.textContent = ''), forMs);
+}
+
+function hideInvite() {
+  clearTimeout(inviteNoteTimer);
+  $('invite-status').textContent = '';
+  $('invite-url').hidden = true;
+}
+
+/**
+ * Copies the invite link: through the Clipboard API where the page may write it; else the
+ * link is shown, selected, in a read-only field (and copied with the old copy command where
+ * that still works). `data-copied-via` on the button says how (`clipboard`, `command`,
+ * `manual`), for the tests.
+ */
+async function copyInvite() {
+  if (!call) return;
+  const link = inviteLink(call.room);
+  const field = $('invite-url');
+  const button = $('invite');
+  field.value = link;
+  if (typeof navigator.clipboard?.writeText === 'function') {
+    try {
+      await navigator.clipboard.writeText(link);
+      field.hidden = true;
+      button.dataset.copiedVia = 'clipboard';
+      inviteNote('Link copied', { forMs: 2500 });
+      return;
+    } catch (e) {
+      console.warn('the clipboard cannot be written:', e); // e.g. permission refused
+    }
+  }
+  field.hidden = false;
+  field.focus();
+  field.select();
+  let copied = false;
+  try {
+    copied = document.execCommand('copy');
+  } catch {
+    copied = false;
+  }
+  button.dataset.copiedVia = copied ? 'command' : 'manual';
+  if (copied) {
+    inviteNote('Link copied', { forMs: 2500 });
+  } else {
+    const keys = matchMedia('(pointer: coarse)').matches ? '' : /Mac|iPhone|iPad/.test(navigator.userAgent) ? ' (⌘C)' : ' (Ctrl+C)';
+    inviteNote(`Copy the selected link${keys} to invite someone.`, { manual: true });
+  }
+}
+
+/** Shows or hides the stats on the tiles (and the notes that explain them). */
+function showStats(on) {
+  $('call-screen').classList.toggle('show-stats', on);
+  const button = $('stats-toggle');
+  button.setAttribute('aria-pressed', String(on));
+  button.title = on ? 'Hide the stats on the tiles' : 'Show the stats on the tiles';
+}
+
 function showJoinScreen() {
   $('join-screen').hidden = false;
   $('call-screen').hidden = true;
@@ -1329,6 +1419,7 @@ function showJoinScreen() {
   $('screen').disabled = false;
   $('screen').textContent = 'Share screen';
   $('screen').setAttribute('aria-pressed', 'false');
+  hideInvite();
   setProgress('');
 }
 
@@ -1371,7 +1462,7 @@ async function join() {
     // The relay first: an unreachable relay is the commonest failure, and nothing else
     // (camera, the audio player's module) should be loaded or opened for nothing.
     setProgress(`Contacting the relay at ${relayHost}…`);
-    const transport = await probeRelay(relayHost);
+    let transport = await probeRelay(relayHost);
     setProgress('Checking codecs…');
     let codec;
     try {
@@ -1404,7 +1495,19 @@ async function join() {
     setProgress(`Connecting to ${transportPreference === 'ws' ? relayHost : quicHost}…`);
     joined = new Call({ room, name, token, codec, capture, audioOutput });
     call = joined;
-    await joined.connect(transport);
+    for (let redirects = 0; ; redirects++) {
+      try {
+        await joined.connect(transport);
+        break;
+      } catch (e) {
+        const target = redirectTarget(e);
+        if (!target || redirects >= MAX_REDIRECTS) throw e;
+        relayHost = target;
+        quicHost = target;
+        setProgress(`The call is on another relay: connecting to ${target}…`);
+        transport = await probeRelay(relayHost);
+      }
+    }
     if (missing.length) $('call-status').textContent += ` ${missingDevicesNote(missing)}`;
     // Labels are listed now that the page may use the devices.
     joined.pickers.show(true);
@@ -1440,6 +1543,16 @@ function missingDevicesNote(missing) {
 }
 
 /** The relay's error code if it refused the join, else null. */
+/** The relay ("host:port") a `wrong_relay` refusal sends the join to, else null. */
+function redirectTarget(e) {
+  if (refusalCode(e) !== 'wrong_relay' || !e.cause.relayUrl) return null;
+  try {
+    return new URL(e.cause.relayUrl).host;
+  } catch {
+    return null;
+  }
+}
+
 function refusalCode(e) {
   return e?.name === 'ConnectError' && e.kind === 'refused' && e.cause?.name === 'RelayError' ? e.cause.code : null;
 }
@@ -1482,6 +1595,9 @@ function setup() {
   $('name').value = params.get('name') ?? '';
   $('token').value = params.get('token') ?? '';
   if ($('token').value) $('token-details').open = true;
+  // An invite link has the room but not the name: the name is what is left to type.
+  if (params.get('room') && !params.get('name') && params.get('autojoin') !== '1') $('name').focus();
+  showStats(params.get('stats') === '1');
 
   $('join-form').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -1500,6 +1616,12 @@ function setup() {
     const button = e.currentTarget;
     const off = await toggle(button, (on) => call?.setCameraOff(on));
     button.textContent = off ? 'Camera on' : 'Camera off';
+  });
+  $('stats-toggle').addEventListener('click', () => showStats(!$('call-screen').classList.contains('show-stats')));
+  $('invite').addEventListener('click', () => copyInvite());
+  $('invite-url').addEventListener('focus', (e) => e.currentTarget.select());
+  $('invite-url').addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') hideInvite();
   });
   $('screen').addEventListener('click', async (e) => {
     const button = e.currentTarget;

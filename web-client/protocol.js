@@ -270,11 +270,12 @@ export class VideoStreamReader extends ByteReader {
 
 /** A refusal from the relay: `code` is for programs, `message` for people. */
 export class RelayError extends Error {
-  constructor(code, message) {
+  constructor(code, message, relayUrl = null) {
     super(`${code}: ${message}`);
     this.name = 'RelayError';
     this.code = code;
     this.relayMessage = message;
+    this.relayUrl = relayUrl; // with `wrong_relay`: where the room is (docs/CLUSTER.md)
   }
 }
 
@@ -334,7 +335,7 @@ export class ControlChannel {
     if (waiting && (message.type === 'response' || message.type === 'error')) {
       this.pending.delete(message.id);
       if (message.type === 'response') waiting.resolve(message.result ?? {});
-      else waiting.reject(new RelayError(message.code, message.message));
+      else waiting.reject(new RelayError(message.code, message.message, message.relay_url ?? null));
       return;
     }
     this.onEvent(message);

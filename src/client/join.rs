@@ -797,8 +797,9 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
     if options.reconnect && !client_options.extensions.iter().any(|e| e == EXT_RESUME) {
         client_options.extensions.push(EXT_RESUME.to_owned());
     }
-    let (mut client, mut incoming) = Client::connect(client_options.clone()).await?;
-    let joined = client.join(&options.room, &options.name, true).await?;
+    // Into the relay that hosts the room (a cluster redirects); reconnections go there too.
+    let (mut client, mut incoming, joined) =
+        Client::connect_placed(&mut client_options, &options.room, &options.name, true).await?;
     let started = Instant::now();
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
     let _ = events.send(JoinEvent::Joined {

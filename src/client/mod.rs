@@ -36,10 +36,10 @@ use crate::transport::websocket::{WsMessage, WsSession, WsTimings};
 use crate::transport::{RecvStream, SendStream, Session, TransportKind};
 use crate::wire::frame::{self, FrameHeader};
 use crate::wire::{
-    AudioLevel, ClientMessage, ConsumerInfo, DataSent, EXT_AUDIO_LEVEL, EXT_LOSSY_DATA, FrameError,
-    JoinResult, MAX_CONTROL_MESSAGE, MediaKind, PROTOCOL_VERSION, Params, PeerId, ProduceResult,
-    ProducerId, ProtocolError, Request, ServerMessage, StreamFrame, StreamHeader, TrackSource,
-    decode_message, encode_message,
+    AudioLevel, ClientMessage, ConsumerInfo, DataSent, EXT_AUDIO_LEVEL, EXT_LOSSY_DATA, ErrorCode,
+    FrameError, JoinResult, MAX_CONTROL_MESSAGE, MediaKind, PROTOCOL_VERSION, Params, PeerId,
+    ProduceResult, ProducerId, ProtocolError, Request, ServerMessage, StreamFrame, StreamHeader,
+    TrackSource, decode_message, encode_message,
 };
 
 /// Microseconds since the UNIX epoch: the capture timestamp clock of the protocol.
@@ -63,6 +63,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("sending a frame failed: {0}")]
     Send(String),
+    /// Another relay of the cluster hosts the room (`wrong_relay`): join at `url`.
+    #[error("another relay hosts this room: {url}")]
+    Redirect { url: String },
 }
 
 /// How the client checks the relay's certificate.
@@ -334,6 +337,11 @@ impl Client {
             .map_err(|_| ClientError::Closed)?;
         match rx.await.map_err(|_| ClientError::Closed)? {
             ServerMessage::Response { result, .. } => Ok(result.to_json()),
+            ServerMessage::Error {
+                code: ErrorCode::WrongRelay,
+                relay_url: Some(url),
+                ..
+            } => Err(ClientError::Redirect { url }),
             ServerMessage::Error { code, message, .. } => {
                 Err(ClientError::Refused(ProtocolError { code, message }))
             }
@@ -702,6 +710,34 @@ impl Client {
             .open_uni()
             .await
             .map_err(|e| ClientError::Send(e.to_string()))
+    }
+
+    /// Connects and joins `room`, following the cluster's redirects (`wrong_relay`, at
+    /// most three) to the relay that hosts it. `options.url` ends as the relay joined; a
+    /// pinned certificate is fetched anew from a relay redirected to.
+    pub async fn connect_placed(
+        options: &mut ClientOptions,
+        room: &str,
+        name: &str,
+        auto_subscribe: bool,
+    ) -> Result<(Client, Incoming, JoinResult), ClientError> {
+        let mut redirects = 0;
+        loop {
+            let (client, incoming) = Client::connect(options.clone()).await?;
+            match client.join(room, name, auto_subscribe).await {
+                Err(ClientError::Redirect { url }) if redirects < 3 && url != options.url => {
+                    redirects += 1;
+                    tracing::info!(%room, from = %options.url, to = %url, "the room is on another relay");
+                    client.close();
+                    options.url = url;
+                    if matches!(options.verification, Verification::Pin(_)) {
+                        options.verification = Verification::FetchPin;
+                    }
+                }
+                Ok(joined) => return Ok((client, incoming, joined)),
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Which transport carries this client's session.

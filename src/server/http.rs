@@ -298,18 +298,25 @@ async fn run_websocket(
     watch.abort();
 }
 
+/// Any origin may read it: a page served by one relay of a cluster checks the relay it is
+/// sent to.
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     let counts = state.rooms.counts();
-    axum::Json(serde_json::json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "protocol": crate::wire::PROTOCOL_VERSION,
-        "development_identity": state.development_identity,
-        "rooms": counts.rooms,
-        "peers": counts.peers,
-        "producers": counts.producers,
-        "consumers": counts.consumers,
-    }))
+    let cors = [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
+    (
+        cors,
+        axum::Json(serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "protocol": crate::wire::PROTOCOL_VERSION,
+            "development_identity": state.development_identity,
+            "rooms": counts.rooms,
+            "peers": counts.peers,
+            "producers": counts.producers,
+            "consumers": counts.consumers,
+            "cluster": state.rooms.placement().map(|p| p.status()),
+        })),
+    )
 }
 
 /// Lowercase hex, no newline: what `serverCertificateHashes` needs, decoded by the client.
@@ -345,6 +352,20 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         counts.rooms as u64,
     );
     metric("peers", "gauge", "Joined peers.", counts.peers as u64);
+    if let Some(cluster) = state.rooms.placement().map(|p| p.status()) {
+        metric(
+            "cluster_leases",
+            "gauge",
+            "Room leases this relay holds in the cluster's Redis.",
+            cluster.leases as u64,
+        );
+        metric(
+            "cluster_redis_up",
+            "gauge",
+            "Whether the last call to the cluster's Redis succeeded.",
+            u64::from(cluster.redis == "connected"),
+        );
+    }
     metric(
         "producers",
         "gauge",

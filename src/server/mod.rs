@@ -4,6 +4,7 @@
 mod admin;
 pub mod http;
 pub mod identity;
+mod placement;
 mod rooms;
 mod session;
 mod tls;
@@ -25,6 +26,7 @@ use wtransport::{Endpoint, VarInt};
 use crate::auth::AccessPolicy;
 use crate::core::RelayConfig;
 pub use crate::wire::close_code;
+pub use placement::{ClusterConfig, ClusterStatus, Placed, Placement};
 pub use rooms::{RoomHandle, Rooms};
 pub(crate) use session::CONTROL_PRIORITY;
 
@@ -138,6 +140,9 @@ pub struct ServerConfig {
     pub endpoints: usize,
     /// Where room events are POSTed (`webhook.rs`); none: no webhooks.
     pub webhook_urls: Vec<String>,
+    /// Several relays as one deployment, placed through Redis (`placement.rs`); none: a
+    /// lone relay.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -156,6 +161,7 @@ impl Default for ServerConfig {
             congestion_controller: CongestionController::default(),
             endpoints: 1,
             webhook_urls: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -296,6 +302,20 @@ impl Server {
                 draining.clone(),
             )));
         }
+        if let Some(cluster) = &config.cluster {
+            let placement = Placement::connect(cluster.clone()).await?;
+            rooms.set_placement(placement.clone());
+            let rooms = rooms.clone();
+            let every = cluster.lease_ttl / 3;
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    placement.upkeep(&rooms).await;
+                }
+            }));
+        }
         // Peers that may resume keep their place until their grace period ends.
         {
             let rooms = rooms.clone();
@@ -395,6 +415,9 @@ impl Server {
         }
         let remaining = self.rooms.counts().peers;
         info!(remaining, "closing");
+        if let Some(placement) = self.rooms.placement() {
+            placement.leave_cluster().await;
+        }
         self.shutdown();
         // Let the close frames leave before the process exits.
         let idle = futures_util::future::join_all(self.endpoints.iter().map(|e| e.wait_idle()));

@@ -35,6 +35,8 @@ pub struct Rooms {
     directory: Arc<Mutex<Directory<RoomHandle>>>,
     /// Where room events go, if webhooks are configured (the core then keeps a log).
     webhooks: Option<Webhooks>,
+    /// Which relay of a cluster hosts which room (`placement.rs`); unset: a lone relay.
+    placement: Arc<std::sync::OnceLock<Arc<super::placement::Placement>>>,
 }
 
 impl Rooms {
@@ -42,6 +44,7 @@ impl Rooms {
         Self {
             directory: Arc::new(Mutex::new(Directory::new(config))),
             webhooks: None,
+            placement: Arc::default(),
         }
     }
 
@@ -54,11 +57,21 @@ impl Rooms {
         Self {
             directory: Arc::new(Mutex::new(Directory::new(config))),
             webhooks: Some(webhooks),
+            placement: Arc::default(),
         }
     }
 
     pub fn webhooks(&self) -> Option<&Webhooks> {
         self.webhooks.as_ref()
+    }
+
+    /// The cluster's placement, if this relay is part of one.
+    pub fn placement(&self) -> Option<&Arc<super::placement::Placement>> {
+        self.placement.get()
+    }
+
+    pub(crate) fn set_placement(&self, placement: Arc<super::placement::Placement>) {
+        let _ = self.placement.set(placement);
     }
 
     fn directory(&self) -> MutexGuard<'_, Directory<RoomHandle>> {

@@ -253,6 +253,16 @@ async fn join_phase(
             write_message(send, &ServerMessage::error(Some(id), &e)).await?;
             continue;
         };
+        // In a cluster, a new join goes to the relay that hosts the room (a resume is for a
+        // place on this relay, so it needs no placement).
+        if resume.is_none()
+            && let Some(placement) = rooms.placement()
+            && let super::placement::Placed::Elsewhere { relay_url } = placement.place(&room).await
+        {
+            info!(%room, %relay_url, "join redirected");
+            write_message(send, &ServerMessage::redirect(id, &relay_url)).await?;
+            continue;
+        }
         // A resume is admitted by its token (given only to the session that joined); the
         // peer keeps the grants it joined with.
         let joined = match resume {

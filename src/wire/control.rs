@@ -304,6 +304,8 @@ pub enum ErrorCode {
     FrameTooLarge,
     DataTooLarge,
     ResumeFailed,
+    /// Another relay of the cluster hosts the room: join there (`relay_url`).
+    WrongRelay,
     SlowControl,
     Kicked,
     Internal,
@@ -339,6 +341,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::DataTooLarge => "data_too_large",
             ErrorCode::ResumeFailed => "resume_failed",
+            ErrorCode::WrongRelay => "wrong_relay",
             ErrorCode::SlowControl => "slow_control",
             ErrorCode::Kicked => "kicked",
             ErrorCode::Internal => "internal",
@@ -561,6 +564,9 @@ pub enum ServerMessage {
         /// over its limit): the producer it was sent as, when the relay could read it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         producer_id: Option<ProducerId>,
+        /// With `wrong_relay`: the URL of the relay that hosts the room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay_url: Option<String>,
     },
     PeerJoined {
         peer: PeerInfo,
@@ -657,6 +663,18 @@ impl ServerMessage {
             code: err.code,
             message: err.message.clone(),
             producer_id: None,
+            relay_url: None,
+        }
+    }
+
+    /// `wrong_relay`: the room is hosted by the relay at `relay_url`.
+    pub fn redirect(id: u64, relay_url: &str) -> Self {
+        ServerMessage::Error {
+            id: Some(id),
+            code: ErrorCode::WrongRelay,
+            message: format!("another relay hosts this room: join at {relay_url}"),
+            producer_id: None,
+            relay_url: Some(relay_url.to_owned()),
         }
     }
 
@@ -667,6 +685,7 @@ impl ServerMessage {
             code: err.code,
             message: err.message.clone(),
             producer_id,
+            relay_url: None,
         }
     }
 }

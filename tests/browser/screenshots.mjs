@@ -1,16 +1,22 @@
-// Screenshots of the web client for the README (not a test): starts the relay, holds a
-// call of three Chromium pages (fake cameras; Ada's fake microphone speaks, the others are
-// silent), writes a few chat messages, and saves what Cy's page shows:
+// Screenshots of the web client for the README (not a test): starts the relay, shows the
+// check before joining, holds a call of three Chromium pages (fake cameras; Ada's fake
+// microphone speaks, the others are silent), writes a few chat messages, and saves what
+// Cy's page shows:
 //
+//   docs/screenshots/prejoin.png       the join screen with the camera and microphone checked:
+//                                      the camera's preview, the pickers, the level meter up
 //   docs/screenshots/call.png          the call: three tiles (Ada's glowing as the main
-//                                      speaker), the device pickers, the participant list
-//                                      and the chat
+//                                      speaker) with their stats (the Stats button), the
+//                                      device pickers, the participant list and the chat
+//   docs/screenshots/phone.png         the same call on a phone (Cy's page at 390x844, stats
+//                                      off as by default): the header wrapped, one tile a row
 //   docs/screenshots/screen-share.png  the same room while Bo shares a screen, laid out large
 //
-// Each picture is taken once every remote canvas of Cy's page shows decoded, moving video
-// (not a black or frozen tile), Ada's tile is marked as the main speaker, and the latencies
-// on the tiles have settled, and is kept only if that still holds right after it (else taken
-// again; the script fails after a minute). While the screen is shared, Ada's and Bo's pages
+// Each picture of the call is taken once every remote canvas of Cy's page (on the phone:
+// every one in view) shows decoded, moving video (not a black or frozen tile), Ada's tile is
+// marked as the main speaker, and the latencies on the tiles have settled, and is kept only
+// if that still holds right after it (else taken again; the script fails after a minute).
+// The check before joining is taken while the preview plays and the meter is up. While the screen is shared, Ada's and Bo's pages
 // count as hidden (as background tabs: their video consumers pause), so that only Cy's page
 // decodes the 1920x1080 screen on this 2-core machine: only Cy's page is photographed.
 //
@@ -25,6 +31,8 @@ import { REPO_ROOT, fakeMicrophoneArgs, joinCall, launchBrowser, log, pageState,
 
 const OUT_DIR = process.env.OUT_DIR || path.join(REPO_ROOT, 'docs/screenshots');
 const VIEWPORT = { width: 1440, height: 900 };
+const PHONE = { width: 390, height: 844 };
+const PREJOIN_VIEWPORT = { width: 960, height: 720 };
 // Moderate settings: three pages encode and decode on a 2-core machine (at 640x480 with
 // simulcast it falls behind, and the latencies on the tiles show it).
 const MEDIA = 'width=480&height=360&fps=15&bitrate=500000&simulcast=0&screenBitrate=1000000';
@@ -59,8 +67,11 @@ function canvases(page) {
         const n = data.length / 4;
         const mean = sum / n;
         const tile = canvas.closest('.tile');
+        const r = canvas.getBoundingClientRect();
         return {
           tile: tile.dataset.peerName ?? `${tile.dataset.screenPeerName}'s screen`,
+          // Whether any of it is in the viewport (a tile out of sight receives no video).
+          inView: r.bottom > 0 && r.top < window.innerHeight && r.right > 0 && r.left < window.innerWidth,
           size: `${canvas.width}x${canvas.height}`,
           stddev: Math.sqrt(Math.max(0, sumSq / n - mean * mean)),
           hash,
@@ -77,19 +88,22 @@ function canvases(page) {
  * Whether Cy's page is ready for a picture: `canvasCount` remote canvases with live video,
  * Ada marked as the main speaker, video latency under 400 ms and audio latency (with its
  * playout buffer) under 1.5 s on every remote tile (with three pages on two cores the
- * audio figure sits near 1 s; with two pages near 0.15 s). Resolves to a reason it is not,
- * or ''.
+ * audio figure sits near 1 s; with two pages near 0.15 s). With `inViewOnly` only the
+ * canvases and tiles in the viewport count (the others receive no video). Resolves to a
+ * reason it is not, or ''.
  */
-async function notReady(page, canvasCount) {
+async function notReady(page, canvasCount, { inViewOnly = false } = {}) {
   const s = await pageState(page);
   if (s.error) throw new Error(`Cy shows an error: ${s.error}`);
   const c = await canvases(page);
   if (c.length !== canvasCount) return `${c.length} canvases`;
-  const dead = c.filter((x) => !(x.stddev > 5 && x.changed));
+  const dead = c.filter((x) => (x.inView || !inViewOnly) && !(x.stddev > 5 && x.changed));
   if (dead.length) return `not live: ${JSON.stringify(dead)}`;
   const ada = await page.evaluate(() => document.querySelector('[data-peer-name="Ada"]')?.dataset.mainSpeaker === 'true');
   if (!ada) return 'Ada is not marked as speaking';
+  const seen = new Set(c.filter((x) => x.inView || !inViewOnly).map((x) => x.tile));
   for (const [name, text] of Object.entries(s.overlays)) {
+    if (!seen.has(name)) continue;
     const video = /video (\d+) ms/.exec(text);
     const audio = /audio (\d+) ms/.exec(text);
     if (!video || Number(video[1]) > 400 || !audio || Number(audio[1]) > 1500) return `${name}: ${text.replace(/\n/g, ' | ')}`;
@@ -97,15 +111,21 @@ async function notReady(page, canvasCount) {
   return '';
 }
 
-/** Takes the picture once Cy's page is ready, and keeps it if it still is right after. */
-async function capture(page, file, canvasCount, { fullPage = false } = {}) {
+/**
+ * Takes the picture once Cy's page is ready, and keeps it if it still is right after:
+ * the part of the viewport with something in it, the whole page (`fullPage`), or the
+ * viewport as it is (`viewport`, the phone).
+ */
+async function capture(page, file, canvasCount, { fullPage = false, viewport = false } = {}) {
   const deadline = Date.now() + TIMEOUT_MS;
+  const ready = { inViewOnly: viewport };
   let why = '';
   while (Date.now() < deadline) {
-    why = await notReady(page, canvasCount);
+    why = await notReady(page, canvasCount, ready);
     if (!why) {
-      const png = await page.page.screenshot(fullPage ? { fullPage: true } : { clip: await contentBox(page) });
-      why = await notReady(page, canvasCount);
+      const options = fullPage ? { fullPage: true } : viewport ? {} : { clip: await contentBox(page) };
+      const png = await page.page.screenshot(options);
+      why = await notReady(page, canvasCount, ready);
       if (!why) {
         fs.writeFileSync(file, png);
         log(`wrote ${file}: ${JSON.stringify(await canvases(page))}`);
@@ -126,6 +146,71 @@ function contentBox(page) {
     );
     return { x: 0, y: 0, width: window.innerWidth, height: Math.min(window.innerHeight, Math.ceil(bottom + 16)) };
   });
+}
+
+/**
+ * The check before joining, in a page of its own (`browser`'s fake microphone speaks): the
+ * camera's preview playing, the pickers filled, the meter up. Taken while the microphone
+ * is loud (the voice pauses between syllables), and kept if it still is right after.
+ */
+async function capturePrejoin(browser, url, file) {
+  const page = await browser.newPage({ viewport: PREJOIN_VIEWPORT });
+  try {
+    await page.goto(url);
+    await waitFor(async () => (await pageState(page)).joinEnabled, { timeout: TIMEOUT_MS });
+    await page.click('#preview-start');
+    const preview = () =>
+      page.evaluate(() => {
+        const video = document.getElementById('preview-video');
+        return {
+          playing: video.videoWidth > 0 && !video.paused && video.currentTime > 0.5,
+          cameras: Number(document.getElementById('preview-camera-select').dataset.deviceCount ?? 0),
+          microphones: Number(document.getElementById('preview-mic-select').dataset.deviceCount ?? 0),
+          level: Number(document.getElementById('mic-meter').dataset.level),
+          fill: document.querySelector('#mic-meter > div').style.width,
+          error: document.getElementById('preview-error').hidden ? '' : document.getElementById('preview-error').textContent,
+        };
+      });
+    await waitFor(
+      async () => {
+        const p = await preview();
+        if (p.error) throw new Error(`the check before joining shows an error: ${p.error}`);
+        return p.playing && p.cameras > 0 && p.microphones > 0;
+      },
+      { timeout: TIMEOUT_MS, describe: async () => JSON.stringify(await preview()) },
+    );
+    // Loud enough to fill a good part of the meter (-60 dBFS empty, 0 dBFS full).
+    const loud = (p) => p.level > -24;
+    const deadline = Date.now() + TIMEOUT_MS;
+    let last = null;
+    while (Date.now() < deadline) {
+      last = await preview();
+      if (loud(last)) {
+        await sleep(120); // the meter's bar follows the level in 0.1 s
+        const clip = await page.evaluate(() => {
+          const bottom = document.getElementById('join-screen').getBoundingClientRect().bottom;
+          return { x: 0, y: 0, width: window.innerWidth, height: Math.min(window.innerHeight, Math.ceil(bottom + 16)) };
+        });
+        const png = await page.page.screenshot({ clip });
+        const after = await preview();
+        if (loud(after)) {
+          fs.writeFileSync(file, png);
+          log(`wrote ${file}: ${JSON.stringify(after)}`);
+          return;
+        }
+      }
+      await sleep(30);
+    }
+    throw new Error(`${file}: the meter never showed a loud microphone: ${JSON.stringify(last)}`);
+  } finally {
+    await page.page.context().close().catch(() => {});
+  }
+}
+
+/** Shows or hides the stats on the tiles of `page` (the Stats button). */
+async function setStats(page, on) {
+  const pressed = await page.evaluate(() => document.getElementById('stats-toggle').getAttribute('aria-pressed') === 'true');
+  if (pressed !== on) await page.click('#stats-toggle');
 }
 
 /** Makes `page` count as hidden (a background tab): its video consumers pause. */
@@ -159,6 +244,10 @@ async function main() {
     browsers.push(silence);
     log(`${voice.version}; web client from ${process.env.SYNAPSE_WEB_ROOT || 'the binary (embedded copy)'}`);
     const room = 'design-review';
+
+    // (0) The check before joining, as a fourth person about to join would see it.
+    await capturePrejoin(voice, `${relay.base}/?room=${room}&name=Dee&${MEDIA}`, path.join(OUT_DIR, 'prejoin.png'));
+
     for (const [name, browser] of [['Ada', voice], ['Bo', silence], ['Cy', silence]]) {
       const page = await browser.newPage({ viewport: VIEWPORT });
       pages.set(name, page);
@@ -168,8 +257,19 @@ async function main() {
     const cy = pages.get('Cy');
     for (const [name, text] of CHAT) await send(pages.get(name), text);
 
-    // (a) The call: Ada speaks, everyone's video is decoded, the chat has its messages.
+    // (a) The call: Ada speaks, everyone's video is decoded, the chat has its messages; the
+    // stats are shown (the Stats button).
+    await setStats(cy, true);
     await capture(cy, path.join(OUT_DIR, 'call.png'), 2);
+
+    // (a') The same page on a phone, as it starts: no stats over the pictures.
+    await setStats(cy, false);
+    await cy.page.setViewportSize(PHONE);
+    await cy.evaluate(() => window.scrollTo(0, 0));
+    await sleep(1500); // the tiles in view ask for their video again
+    await capture(cy, path.join(OUT_DIR, 'phone.png'), 2, { viewport: true });
+    await cy.page.setViewportSize(VIEWPORT);
+    await setStats(cy, true);
 
     // (b) Bo shares a screen: a large tile first, across the grid.
     const bo = pages.get('Bo');

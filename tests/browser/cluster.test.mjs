@@ -1,0 +1,86 @@
+// Two relays sharing a redis-server (docs/CLUSTER.md): a page opened on the relay that does
+// not host the room is sent by the relay (`wrong_relay`) to the one that does, and the two
+// pages end up in one call there, each decoding the other.
+//
+// Chromium. Needs redis-server (Debian's package, installed by the test command).
+// Run: npm install --prefix tests/browser && node --test tests/browser/
+
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { test } from 'node:test';
+
+import { browserKinds, freePort, joinCall, launchBrowser, log, pageState, printFailureLogs, sleep, startRelay, waitFor } from './harness.mjs';
+
+const MEDIA = 'codec=vp8&width=320&height=240&fps=15&bitrate=300000';
+
+async function startRedis() {
+  const port = await freePort();
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+  });
+  const up = (resolve) => {
+    const socket = net.connect(port, '127.0.0.1', () => {
+      socket.end();
+      resolve(true);
+    });
+    socket.on('error', () => resolve(false));
+  };
+  for (let i = 0; i < 100 && !(await new Promise(up)); i++) await sleep(50);
+  return { url: `redis://127.0.0.1:${port}/`, stop: () => proc.kill('SIGKILL') };
+}
+
+async function relayInCluster(redis) {
+  const port = await freePort();
+  return startRelay({
+    port,
+    env: { SYNAPSE_REDIS_URL: redis.url, SYNAPSE_PUBLIC_URL: `https://127.0.0.1:${port}/` },
+  });
+}
+
+/** Frames this page has decoded from the remote tile of `name`. */
+async function framesFrom(page, name) {
+  const s = await pageState(page);
+  return s.shown.find((t) => t.name === name)?.video ?? 0;
+}
+
+test('a page on the other relay is sent to the one that hosts the room', { timeout: 120_000, skip: !browserKinds().includes('chromium') && 'BROWSERS leaves out chromium' }, async () => {
+  const redis = await startRedis();
+  const relays = [];
+  let browser = null;
+  const pages = new Map();
+  try {
+    relays.push(await relayInCluster(redis));
+    relays.push(await relayInCluster(redis));
+    const [one, two] = relays;
+    browser = await launchBrowser('chromium');
+    const room = `cluster-${process.pid}`;
+    const ada = await browser.newPage();
+    pages.set('ada', ada);
+    await joinCall(ada, `${one.base}/?room=${room}&name=ada&autojoin=1&${MEDIA}`, { name: 'ada' });
+    // Bo opens the page the second relay serves, which does not host the room.
+    const bo = await browser.newPage();
+    pages.set('bo', bo);
+    const view = await joinCall(bo, `${two.base}/?room=${room}&name=bo&autojoin=1&${MEDIA}`, { name: 'bo' });
+    log(`bo: "${view.status}"`);
+    assert.match(view.status, /joined the call/i, 'bo joins the call going on, on the first relay');
+    assert.ok(view.status.includes('ada'), view.status);
+    const health = await (await fetch(`${one.base}/healthz`)).json();
+    assert.equal(health.peers, 2, `both pages are on the first relay: ${JSON.stringify(health)}`);
+    assert.equal((await (await fetch(`${two.base}/healthz`)).json()).peers, 0);
+    await waitFor(
+      async () => {
+        const [a, b] = [await framesFrom(ada, 'bo'), await framesFrom(bo, 'ada')];
+        return a >= 30 && b >= 30 ? { a, b } : null;
+      },
+      { timeout: 60_000, describe: async () => JSON.stringify({ ada: (await pageState(ada)).shown, bo: (await pageState(bo)).shown }) },
+    );
+  } catch (e) {
+    printFailureLogs(pages, relays[0]);
+    throw e;
+  } finally {
+    for (const relay of relays) await relay.stop();
+    redis.stop();
+    await browser?.close().catch(() => {});
+  }
+});
