@@ -200,7 +200,18 @@ impl Placement {
             invocation.arg(arg);
         }
         let mut redis = self.redis.clone();
-        let result = tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut redis))
+        self.bounded(invocation.invoke_async(&mut redis)).await
+    }
+
+    /// One command, within the time a join may wait on Redis.
+    async fn query<T: redis::FromRedisValue + Send>(&self, command: &redis::Cmd) -> Result<T> {
+        let mut redis = self.redis.clone();
+        self.bounded(command.query_async(&mut redis)).await
+    }
+
+    /// Every Redis call: bounded by [`REDIS_TIMEOUT`], and noted for `status`.
+    async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        let result = tokio::time::timeout(REDIS_TIMEOUT, call)
             .await
             .map_err(|_| anyhow::anyhow!("Redis did not answer in time"))
             .and_then(|r| r.map_err(anyhow::Error::from));
@@ -209,18 +220,26 @@ impl Placement {
     }
 
     async fn register(&self, registration: Registration) -> Result<()> {
-        let key = format!("{RELAY_KEY}{}", self.relay_id);
-        let value = serde_json::to_string(&registration)?;
-        let mut redis = self.redis.clone();
         let mut set = redis::cmd("SET");
-        set.arg(&key).arg(value).arg("PX").arg(self.ttl_ms());
-        let set = set.query_async::<()>(&mut redis);
-        let result = tokio::time::timeout(REDIS_TIMEOUT, set)
-            .await
-            .map_err(|_| anyhow::anyhow!("Redis did not answer in time"))
-            .and_then(|r| r.map_err(anyhow::Error::from));
-        self.note(&result);
-        result
+        set.arg(format!("{RELAY_KEY}{}", self.relay_id))
+            .arg(serde_json::to_string(&registration)?)
+            .arg("PX")
+            .arg(self.ttl_ms());
+        self.query(&set).await
+    }
+
+    /// A lease's key and the value that names it (`relay:fence`).
+    fn lease_key(&self, room: &str, fence: u64) -> (String, String) {
+        (
+            format!("{ROOM_KEY}{room}"),
+            format!("{}:{fence}", self.relay_id),
+        )
+    }
+
+    /// Releases this relay's lease on `room`, if it is still the one with `fence`.
+    async fn release(&self, room: &str, fence: u64) {
+        let (key, value) = self.lease_key(room, fence);
+        let _: Result<i64> = self.call(RELEASE, &[&key], &[value]).await;
     }
 
     /// Which relay hosts `room`: claims it for this one if nobody (alive) holds it.
@@ -272,14 +291,9 @@ impl Placement {
     }
 
     async fn relay_url(&self, relay_id: &str) -> Option<String> {
-        let mut redis = self.redis.clone();
         let mut get = redis::cmd("GET");
         get.arg(format!("{RELAY_KEY}{relay_id}"));
-        let get = get.query_async::<Option<String>>(&mut redis);
-        let found = tokio::time::timeout(REDIS_TIMEOUT, get)
-            .await
-            .ok()?
-            .ok()??;
+        let found: String = self.query::<Option<String>>(&get).await.ok()??;
         serde_json::from_str::<Registration>(&found)
             .ok()
             .map(|r| r.url)
@@ -334,14 +348,13 @@ impl Placement {
             .map(|(room, lease)| (room.clone(), *lease))
             .collect();
         for (room, lease) in &held {
-            let key = format!("{ROOM_KEY}{room}");
-            let value = format!("{}:{}", self.relay_id, lease.fence);
             if !hosted.contains(room) {
-                let _: Result<i64> = self.call(RELEASE, &[&key], &[value]).await;
+                self.release(room, lease.fence).await;
                 self.forget(room, lease.fence);
                 debug!(%room, "room lease released");
                 continue;
             }
+            let (key, value) = self.lease_key(room, lease.fence);
             let started = Instant::now();
             match self
                 .call::<i64>(RENEW, &[&key], &[value, self.ttl_ms().to_string()])
@@ -389,14 +402,10 @@ impl Placement {
             .drain()
             .collect();
         for (room, lease) in held {
-            let key = format!("{ROOM_KEY}{room}");
-            let value = format!("{}:{}", self.relay_id, lease.fence);
-            let _: Result<i64> = self.call(RELEASE, &[&key], &[value]).await;
+            self.release(&room, lease.fence).await;
         }
-        let mut redis = self.redis.clone();
         let mut del = redis::cmd("DEL");
         del.arg(format!("{RELAY_KEY}{}", self.relay_id));
-        let del = del.query_async::<()>(&mut redis);
-        let _ = tokio::time::timeout(REDIS_TIMEOUT, del).await;
+        let _: Result<()> = self.query(&del).await;
     }
 }

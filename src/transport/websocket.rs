@@ -146,6 +146,33 @@ struct State {
     ended: bool,
 }
 
+impl State {
+    /// Whether more may be queued: not ended, not closing.
+    fn open(&self) -> bool {
+        !self.ended && self.closing.is_none()
+    }
+
+    /// Drops all queued media (the session is ending: QUIC discards it too).
+    fn drop_media(&mut self) {
+        self.streams.clear();
+        self.stream_bytes = 0;
+        self.datagrams.clear();
+    }
+
+    /// Drops what is queued of stream `id` (it was reset or stopped).
+    fn drop_stream_data(&mut self, id: u64) {
+        let mut freed = 0;
+        self.streams.retain(|m| match m {
+            MuxMessage::Stream { id: of, data } if *of == id => {
+                freed += data.len();
+                false
+            }
+            _ => true,
+        });
+        self.stream_bytes -= freed;
+    }
+}
+
 enum Chunk {
     Data(Bytes),
     Fin,
@@ -168,9 +195,7 @@ impl Shared {
         {
             let mut state = self.lock();
             state.ended = true;
-            state.streams.clear();
-            state.stream_bytes = 0;
-            state.datagrams.clear();
+            state.drop_media();
         }
         self.closed.send_if_modified(|closed| {
             if closed.is_some() {
@@ -183,57 +208,68 @@ impl Shared {
         self.space.notify_waiters();
     }
 
-    /// Queues one stream message, waiting for room in the window for data.
-    async fn push_stream(&self, id: u64, message: MuxMessage) -> Result<(), WsError> {
+    /// Offers an item to `admit` under the lock until it decides (`Some`: queued, or
+    /// refused), waiting for room between tries; fails once the session is closing.
+    async fn queue_when(
+        &self,
+        mut admit: impl FnMut(&mut State) -> Option<Result<(), WsError>>,
+    ) -> Result<(), WsError> {
         loop {
             let room = self.space.notified();
             {
                 let mut state = self.lock();
-                if state.ended || state.closing.is_some() {
+                if !state.open() {
                     drop(state);
                     return Err(WsError::Closed(self.closed_reason()));
                 }
-                if let Some(&code) = state.stopped.get(&id) {
-                    return Err(WsError::Stopped(code));
-                }
-                let len = message.data_len();
-                if len == 0 || state.stream_bytes < state.window {
-                    state.stream_bytes += len;
-                    state.streams.push_back(message);
+                if let Some(decided) = admit(&mut state) {
                     drop(state);
-                    self.wake_writer.notify_one();
-                    return Ok(());
+                    if decided.is_ok() {
+                        self.wake_writer.notify_one();
+                    }
+                    return decided;
                 }
             }
             room.await;
         }
     }
 
-    async fn push_control(&self, bytes: Bytes) -> Result<(), WsError> {
-        loop {
-            let room = self.space.notified();
-            {
-                let mut state = self.lock();
-                if state.ended || state.closing.is_some() {
-                    drop(state);
-                    return Err(WsError::Closed(self.closed_reason()));
-                }
-                if state.control_bytes < MAX_QUEUED_CONTROL {
-                    state.control_bytes += bytes.len();
-                    state.control.push_back(bytes);
-                    drop(state);
-                    self.wake_writer.notify_one();
-                    return Ok(());
-                }
+    /// Queues one stream message, waiting for room in the window for data.
+    async fn push_stream(&self, id: u64, message: MuxMessage) -> Result<(), WsError> {
+        let mut message = Some(message);
+        self.queue_when(|state| {
+            if let Some(&code) = state.stopped.get(&id) {
+                return Some(Err(WsError::Stopped(code)));
             }
-            room.await;
-        }
+            let len = message.as_ref().map_or(0, MuxMessage::data_len);
+            if len > 0 && state.stream_bytes >= state.window {
+                return None;
+            }
+            state.stream_bytes += len;
+            state.streams.extend(message.take());
+            Some(Ok(()))
+        })
+        .await
+    }
+
+    async fn push_control(&self, bytes: Bytes) -> Result<(), WsError> {
+        let mut bytes = Some(bytes);
+        self.queue_when(|state| {
+            if state.control_bytes >= MAX_QUEUED_CONTROL {
+                return None;
+            }
+            let bytes = bytes.take()?;
+            state.control_bytes += bytes.len();
+            state.control.push_back(bytes);
+            Some(Ok(()))
+        })
+        .await
     }
 
     /// A message that must go but carries no data (a STOP_SENDING); it goes with control.
     fn push_signal(&self, message: MuxMessage) {
         let mut state = self.lock();
-        if state.ended || state.closing.is_some() {
+        if !state.open() {
             return;
         }
         state.control.push_back(message.encode());
@@ -356,7 +392,7 @@ impl WsSession {
     /// Opens a unidirectional stream (it reaches the peer with its first bytes).
     pub fn open_uni(&self) -> Result<WsSendStream, WsError> {
         let mut state = self.shared.lock();
-        if state.ended || state.closing.is_some() {
+        if !state.open() {
             drop(state);
             return Err(WsError::Closed(self.shared.closed_reason()));
         }
@@ -372,7 +408,7 @@ impl WsSession {
     /// Queues a datagram; never waits (the oldest queued one is dropped to make room).
     pub fn send_datagram(&self, datagram: Bytes) -> Result<(), WsError> {
         let mut state = self.shared.lock();
-        if state.ended || state.closing.is_some() {
+        if !state.open() {
             drop(state);
             return Err(WsError::Closed(self.shared.closed_reason()));
         }
@@ -406,7 +442,7 @@ impl WsSession {
     fn close_with(&self, ws_code: u16, reason: &str) {
         {
             let mut state = self.shared.lock();
-            if state.ended || state.closing.is_some() {
+            if !state.open() {
                 return;
             }
             // A close reason must fit one control frame (125 bytes, code included).
@@ -415,9 +451,7 @@ impl WsSession {
                 reason.pop();
             }
             state.closing = Some((ws_code, reason));
-            state.streams.clear();
-            state.stream_bytes = 0;
-            state.datagrams.clear();
+            state.drop_media();
         }
         self.shared.wake_writer.notify_one();
         self.shared.space.notify_waiters();
@@ -700,15 +734,7 @@ impl Incoming {
                 let mut state = shared.lock();
                 state.stopped.insert(id, code);
                 // What is queued for it will not be read: do not send it.
-                let mut freed = 0;
-                state.streams.retain(|m| match m {
-                    MuxMessage::Stream { id: of, data } if *of == id => {
-                        freed += data.len();
-                        false
-                    }
-                    _ => true,
-                });
-                state.stream_bytes -= freed;
+                state.drop_stream_data(id);
                 drop(state);
                 shared.space.notify_waiters();
             }
@@ -780,18 +806,7 @@ impl WsSendStream {
             return;
         }
         let Some(id) = self.id else { return };
-        {
-            let mut state = self.shared.lock();
-            let mut freed = 0;
-            state.streams.retain(|m| match m {
-                MuxMessage::Stream { id: of, data } if *of == id => {
-                    freed += data.len();
-                    false
-                }
-                _ => true,
-            });
-            state.stream_bytes -= freed;
-        }
+        self.shared.lock().drop_stream_data(id);
         self.shared.space.notify_waiters();
         self.queue_end(MuxMessage::Reset { id, code });
     }
@@ -799,7 +814,7 @@ impl WsSendStream {
     /// FIN and RESET go after the stream's data and never wait for room.
     fn queue_end(&self, message: MuxMessage) {
         let mut state = self.shared.lock();
-        if state.ended || state.closing.is_some() {
+        if !state.open() {
             return;
         }
         if let Some(id) = self.id {
