@@ -81,6 +81,7 @@ fn relay_with_consumers(n: usize) -> (Relay, PeerId, ProducerId, Vec<ConsumerId>
                 params: Default::default(),
                 source: None,
                 layers: Vec::new(),
+                producer_id: None,
             },
         },
         now,

@@ -147,6 +147,31 @@ impl AccessPolicy {
         }
     }
 
+    /// A token for this relay to join `room` on another relay of the cluster as a relay
+    /// (docs/PROTOCOL.md 18); `None` in development mode, where none is needed.
+    pub fn relay_token(&self, room: &str, relay_id: &str) -> Option<String> {
+        let AccessPolicy::Keys(key) = self else {
+            return None;
+        };
+        let grants = Grants {
+            relay: true,
+            ..Grants::default()
+        };
+        key.mint(
+            room,
+            &format!("relay:{relay_id}"),
+            None,
+            Duration::from_secs(600),
+            grants,
+        )
+        .ok()
+    }
+
+    /// Whether joins need no token (development mode): then anyone may join as a relay.
+    pub fn is_development(&self) -> bool {
+        matches!(self, AccessPolicy::Development)
+    }
+
     /// Checks a join: in development mode anything goes; with keys, the token must be
     /// signed by our key, current, and for this room.
     pub fn admit(
@@ -197,6 +222,7 @@ impl ApiKey {
                 kinds: Vec::new(),
                 can_publish_data: false,
                 sources: Vec::new(),
+                relay: false,
             },
             admin: true,
         };

@@ -135,6 +135,12 @@ pub struct ServeConfig {
     #[arg(long, env = "SYNAPSE_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
     #[serde(with = "text::duration")]
     pub lease_ttl: Duration,
+    /// In a cluster, admit a join for a room hosted by another relay here, and mirror the
+    /// room from that relay (one pull per producer per relay) instead of redirecting the
+    /// client: rooms larger than one relay (docs/CLUSTER.md).
+    #[arg(long, env = "SYNAPSE_SPAN_ROOMS", requires = "redis_url")]
+    #[serde(default)]
+    pub span_rooms: bool,
     /// The `[limits]` table of the file.
     #[command(flatten)]
     pub limits: LimitsConfig,
@@ -277,6 +283,7 @@ impl ServeConfig {
                     redis_url: redis_url.clone(),
                     public_url: public_url.clone(),
                     lease_ttl: self.lease_ttl,
+                    span_rooms: self.span_rooms,
                 }),
                 (Some(_), None) => anyhow::bail!("--redis-url needs --public-url"),
                 _ => None,

@@ -177,6 +177,7 @@ pub fn relay_core(data: &[u8]) {
                         params: Default::default(),
                         source: None,
                         layers,
+                        producer_id: None,
                     };
                     relay.handle(p, request(r), now);
                 }
@@ -414,6 +415,7 @@ mod tests {
                 name: "n".into(),
                 auto_subscribe: true,
                 token: None,
+                relay: None,
             },
         }));
         control_message(&framed);

@@ -552,6 +552,7 @@ fn mint_token(args: TokenArgs) -> Result<()> {
         kinds,
         can_publish_data: !args.no_data,
         sources,
+        relay: false,
     };
     let token = match &args.room {
         Some(room) if !args.admin => {

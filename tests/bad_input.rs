@@ -108,6 +108,7 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         codec: "opus".into(),
         params: Default::default(),
         layers: Vec::new(),
+        producer_id: None,
     };
     assert_eq!(
         code(early.request_raw(produce.clone()).await),
@@ -121,6 +122,7 @@ async fn bad_input_is_refused_and_everyone_else_carries_on() {
         name: "x".into(),
         auto_subscribe: false,
         token: None,
+        relay: None,
     };
     assert_eq!(
         code(early.request_raw(old).await),

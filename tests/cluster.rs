@@ -5,90 +5,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::cluster::*;
 use common::*;
 use synapse_sfu::client::{Client, ClientOptions, Verification};
-use synapse_sfu::server::{ClusterConfig, Placed, Server, ServerConfig};
+use synapse_sfu::server::{Placed, Server};
 use synapse_sfu::wire::MediaKind;
-
-/// A redis-server of our own on a free port, stopped when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (the test command installs Debian's redis-server)");
-        let redis = Self { child, port };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A port free on both UDP and TCP (the relay uses the number for both).
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-async fn relay_in(redis: &Redis, ttl: Duration) -> Server {
-    let port = free_port();
-    let bind: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    start_relay_with(ServerConfig {
-        bind,
-        cluster: Some(ClusterConfig {
-            redis_url: redis.url(),
-            public_url: format!("https://127.0.0.1:{port}/"),
-            lease_ttl: ttl,
-        }),
-        ..test_config()
-    })
-    .await
-}
 
 async fn join_through(server: &Server, room: &str, name: &str) -> (Peer, String) {
     let mut options: ClientOptions = options(server);
@@ -103,10 +26,6 @@ async fn join_through(server: &Server, room: &str, name: &str) -> (Peer, String)
         },
         options.url,
     )
-}
-
-async fn health(server: &Server) -> serde_json::Value {
-    serde_json::from_str(&http_get(server, "/healthz").await).unwrap()
 }
 
 /// Each peer hears the other's audio.
@@ -131,8 +50,8 @@ async fn hear_each_other(a: &mut Peer, b: &mut Peer, server: &Server) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_joining_through_different_relays_meet_on_the_one_that_hosts_the_room() {
     let redis = Redis::start_on(free_port());
-    let one = relay_in(&redis, Duration::from_secs(10)).await;
-    let two = relay_in(&redis, Duration::from_secs(10)).await;
+    let one = relay_in(&redis, Duration::from_secs(10), false).await;
+    let two = relay_in(&redis, Duration::from_secs(10), false).await;
 
     let (mut ada, ada_url) = join_through(&one, "standup", "ada").await;
     assert_eq!(
@@ -180,16 +99,14 @@ async fn peers_joining_through_different_relays_meet_on_the_one_that_hosts_the_r
 async fn a_dead_relays_rooms_move_within_the_lease_ttl() {
     let redis = Redis::start_on(free_port());
     let ttl = Duration::from_millis(1500);
-    let one = relay_in(&redis, ttl).await;
-    let two = relay_in(&redis, ttl).await;
+    let one = relay_in(&redis, ttl, false).await;
+    let two = relay_in(&redis, ttl, false).await;
     let (_ada, _) = join_through(&one, "town-hall", "ada").await;
     let placement = two.rooms().placement().unwrap().clone();
-    assert_eq!(
+    assert!(matches!(
         placement.place("town-hall").await,
-        Placed::Elsewhere {
-            relay_url: one.url()
-        }
-    );
+        Placed::Elsewhere { relay_url, .. } if relay_url == one.url()
+    ));
 
     // The relay dies: no goodbye to Redis, its registration and lease just stop being
     // renewed.
@@ -216,7 +133,7 @@ async fn redis_going_away_for_a_moment_drops_no_call() {
     let port = free_port();
     let mut redis = Redis::start_on(port);
     let ttl = Duration::from_secs(2);
-    let one = relay_in(&redis, ttl).await;
+    let one = relay_in(&redis, ttl, false).await;
     let (mut ada, _) = join_through(&one, "ops", "ada").await;
     let (mut bo, _) = join_through(&one, "ops", "bo").await;
 

@@ -104,6 +104,9 @@ pub struct ClientOptions {
     /// default the system's roots with [`Verification::NativeRoots`], else plain `ws://`
     /// (a development identity's TCP side is plain HTTP).
     pub websocket_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Read media into [`Incoming::frames`] (the default). Off: nothing reads the
+    /// session's datagrams and streams but the owner (a relay's link, `server::span`).
+    pub receive_media: bool,
 }
 
 impl ClientOptions {
@@ -118,6 +121,7 @@ impl ClientOptions {
             extensions: vec![EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()],
             transport: TransportKind::default(),
             websocket_tls: None,
+            receive_media: true,
         }
     }
 }
@@ -288,12 +292,14 @@ impl Client {
         tokio::spawn(write_control(send, control_rx));
         tokio::spawn(read_control(recv, pending.clone(), events_tx));
         let (lossy_tx, lossy_data) = mpsc::channel(256);
-        tokio::spawn(receive_datagrams(
-            connection.clone(),
-            frames_tx.clone(),
-            Some(lossy_tx),
-        ));
-        tokio::spawn(receive_streams(connection.clone(), frames_tx));
+        if options.receive_media {
+            tokio::spawn(receive_datagrams(
+                connection.clone(),
+                frames_tx.clone(),
+                Some(lossy_tx),
+            ));
+            tokio::spawn(receive_streams(connection.clone(), frames_tx));
+        }
         let path = Arc::new(Mutex::new(None));
         tokio::spawn(follow_congestion_window(connection.clone(), path.clone()));
         let inner = Inner {
@@ -360,6 +366,18 @@ impl Client {
         name: &str,
         auto_subscribe: bool,
     ) -> Result<JoinResult, ClientError> {
+        self.join_as(room, name, auto_subscribe, None).await
+    }
+
+    /// [`Client::join`], as another relay of the cluster when `relay` is given
+    /// (docs/PROTOCOL.md 18; the token must carry the `relay` grant).
+    pub async fn join_as(
+        &self,
+        room: &str,
+        name: &str,
+        auto_subscribe: bool,
+        relay: Option<crate::wire::RelayJoin>,
+    ) -> Result<JoinResult, ClientError> {
         let joined: JoinResult = self
             .request(Request::Join {
                 version: PROTOCOL_VERSION,
@@ -369,6 +387,7 @@ impl Client {
                 token: self.token.clone(),
                 extensions: self.extensions.clone(),
                 resume: None,
+                relay,
             })
             .await?;
         *self
@@ -400,6 +419,7 @@ impl Client {
                     peer_id,
                     token: token.to_owned(),
                 }),
+                relay: None,
             })
             .await?;
         *self
@@ -437,6 +457,7 @@ impl Client {
                 params,
                 source: None,
                 layers: Vec::new(),
+                producer_id: None,
             })
             .await?;
         Ok(result.producer_id)
@@ -456,6 +477,7 @@ impl Client {
                 params,
                 source: Some(source),
                 layers: Vec::new(),
+                producer_id: None,
             })
             .await?;
         Ok(result.producer_id)
@@ -499,6 +521,7 @@ impl Client {
             params,
             source: None,
             layers,
+            producer_id: None,
         })
         .await
     }
@@ -741,6 +764,11 @@ impl Client {
     }
 
     /// Which transport carries this client's session.
+    /// The session itself, for an owner that reads or writes media on it directly.
+    pub(crate) fn session(&self) -> Session {
+        self.inner.connection.clone()
+    }
+
     pub fn transport(&self) -> TransportKind {
         self.inner.connection.kind()
     }

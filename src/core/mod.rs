@@ -23,8 +23,8 @@ pub use rate::TokenBucket;
 pub use relay::{Directory, Ids, Relay, RelayTotals, room_snapshots};
 pub(crate) use room::check_version;
 pub use room::{
-    ConsumerStats, DATA_BURST_BYTES, DATA_BYTES_PER_SECOND, LOSSY_DATA_PER_SECOND, MAX_LOSSY_QUEUE,
-    MAX_ROOM_EVENTS, PeerOutput, Room, RoomEvent, SessionEnd,
+    ConsumerStats, DATA_BURST_BYTES, DATA_BYTES_PER_SECOND, JoinAs, LOSSY_DATA_PER_SECOND,
+    MAX_LOSSY_QUEUE, MAX_ROOM_EVENTS, PeerOutput, Room, RoomEvent, SessionEnd, Track,
 };
 pub use simulcast::{
     ACTIVE_HOLD, DYNACAST_DELAY, LayerSelection, LinkBudget, Preference, UP_HOLD, allocate,

@@ -33,6 +33,13 @@ impl Ids {
     pub fn next(&self) -> u64 {
         self.0.fetch_add(1, Ordering::Relaxed) + 1
     }
+
+    /// Hands out ids above `base` from now on. Relays of a cluster each start at their
+    /// own random multiple of 2^32 below 2^52 (so ids stay exact in JavaScript), so an id
+    /// names one peer or producer across the relays a room spans.
+    pub fn start_above(&self, base: u64) {
+        self.0.fetch_max(base, Ordering::Relaxed);
+    }
 }
 
 /// Rooms by name, and each joined peer's room.
@@ -55,6 +62,10 @@ impl<R> Directory<R> {
             peers: HashMap::new(),
             retired: RelayStats::default(),
         }
+    }
+
+    pub fn ids(&self) -> &Ids {
+        &self.ids
     }
 
     pub fn config(&self) -> &Arc<RelayConfig> {

@@ -110,12 +110,42 @@ pub enum RoomEvent {
     },
 }
 
+/// How a peer joins: as itself (the default), or as what another relay of the cluster
+/// brings (docs/PROTOCOL.md 18).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinAs {
+    /// Under this id (the peer's id on the relay it is connected to); `None`: a new one.
+    pub peer_id: Option<PeerId>,
+    /// Heard by nobody: its arrival, departure and producers are not announced (a
+    /// relay's link subscribes only).
+    pub hidden: bool,
+    /// The relay the peer is connected to, shown in its `PeerInfo`.
+    pub relay: Option<String>,
+}
+
+/// What a `produce` describes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Track {
+    pub kind: MediaKind,
+    pub source: TrackSource,
+    pub codec: String,
+    pub params: Params,
+    pub layers: Vec<LayerInfo>,
+}
+
 /// A consumer an interrupted peer had, to recreate when it resumes.
 #[derive(Debug, Clone)]
 struct Subscription {
     producer: ProducerId,
     paused: bool,
     preference: Option<Preference>,
+}
+
+impl Peer {
+    /// A peer of another relay, mirrored here (not that relay's hidden link).
+    fn is_mirror(&self) -> bool {
+        self.relay.is_some() && !self.hidden
+    }
 }
 
 /// How a peer's session ended, as the core saw it.
@@ -135,6 +165,10 @@ pub const MAX_ROOM_EVENTS: usize = 1024;
 #[derive(Debug)]
 struct Peer {
     name: String,
+    /// A relay's link (docs/PROTOCOL.md 18): it hears the room but nobody sees it.
+    hidden: bool,
+    /// The relay the peer is connected to, when it is another relay of the cluster.
+    relay: Option<String>,
     producers: Vec<ProducerId>,
     consumers: BTreeSet<ConsumerId>,
     auto_subscribe: bool,
@@ -364,6 +398,26 @@ impl Room {
         self.producers.contains_key(&producer_id)
     }
 
+    /// The peer that owns a producer.
+    pub fn producer_peer(&self, producer_id: ProducerId) -> Option<PeerId> {
+        self.producers.get(&producer_id).map(|p| p.info.peer_id)
+    }
+
+    /// How many consumers a producer has (a relay mirroring it pulls it only while some
+    /// do).
+    pub fn producer_consumers(&self, producer_id: ProducerId) -> Option<usize> {
+        self.producers.get(&producer_id).map(|p| p.consumers.len())
+    }
+
+    /// The peers joined as themselves, not as what another relay brings (neither
+    /// hidden nor shown with a relay).
+    pub fn local_members(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| !p.hidden && p.relay.is_none())
+            .count()
+    }
+
     pub fn has_consumer(&self, consumer_id: ConsumerId) -> bool {
         self.consumers.contains_key(&consumer_id)
     }
@@ -519,10 +573,17 @@ impl Room {
         self.push_output(peer_id, PeerOutput::Message(message));
     }
 
-    /// Sends `message` to every peer of the room but `except`.
+    /// Sends `message` to every peer of the room but `except`. A peer another relay brings
+    /// hears nothing: the relay it is connected to tells it itself (its own link hears the
+    /// room, docs/PROTOCOL.md 18).
     fn broadcast(&mut self, except: PeerId, message: ServerMessage) {
-        let targets = self.members.clone();
-        for peer_id in targets.into_iter().filter(|p| *p != except) {
+        let targets: Vec<PeerId> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|p| *p != except && !self.peers[p].is_mirror())
+            .collect();
+        for peer_id in targets {
             self.send(peer_id, message.clone());
         }
     }
@@ -656,8 +717,48 @@ impl Room {
         extensions: &[String],
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
+        self.join_as(
+            version,
+            name,
+            auto_subscribe,
+            grants,
+            extensions,
+            &JoinAs::default(),
+            now,
+        )
+    }
+
+    /// [`Room::join_with_grants`] for a peer another relay of the cluster brings
+    /// (docs/PROTOCOL.md 18): a mirror of one of its peers, under that peer's id, or its
+    /// hidden link. Needs the `relay` grant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join_as(
+        &mut self,
+        version: u32,
+        name: &str,
+        auto_subscribe: bool,
+        grants: Grants,
+        extensions: &[String],
+        join_as: &JoinAs,
+        now: Instant,
+    ) -> Result<(PeerId, JoinResult), ProtocolError> {
         check_version(version)?;
         validate_name(name)?;
+        if (join_as.hidden || join_as.peer_id.is_some() || join_as.relay.is_some()) && !grants.relay
+        {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "only another relay of the cluster may join as one",
+            ));
+        }
+        if let Some(id) = join_as.peer_id
+            && (id.0 == 0 || self.peers.contains_key(&id))
+        {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("peer id {} is taken in this room", id.0),
+            ));
+        }
         let limits = &self.config.limits;
         if limits.max_peers_per_room > 0 && self.members.len() >= limits.max_peers_per_room {
             return Err(err(
@@ -674,8 +775,16 @@ impl Room {
                 "this access token does not allow subscribing",
             ));
         }
-        let peer_id = PeerId(self.new_id());
-        let peers: Vec<PeerInfo> = self.members.iter().map(|p| self.peer_info(*p)).collect();
+        let peer_id = match join_as.peer_id {
+            Some(id) => id,
+            None => PeerId(self.new_id()),
+        };
+        let peers: Vec<PeerInfo> = self
+            .members
+            .iter()
+            .filter(|p| !self.peers[p].hidden)
+            .map(|p| self.peer_info(*p))
+            .collect();
         let asked = |name: &str| extensions.iter().any(|e| e == name);
         let resumable = asked(EXT_RESUME) && !self.config.reconnect_grace.is_zero();
         let result = JoinResult {
@@ -699,6 +808,8 @@ impl Room {
             peer_id,
             Peer {
                 name: name.to_owned(),
+                hidden: join_as.hidden,
+                relay: join_as.relay.clone(),
                 producers: Vec::new(),
                 consumers: BTreeSet::new(),
                 auto_subscribe: false,
@@ -735,21 +846,23 @@ impl Room {
             self.log_event(RoomEvent::RoomStarted);
         }
         self.members.insert(peer_id);
-        self.log_event(RoomEvent::PeerJoined {
-            peer_id,
-            name: name.to_owned(),
-        });
         // Who speaks now, for a peer that walks into a conversation.
         let speakers = self.speakers.current();
         if !speakers.is_empty() {
             self.send(peer_id, ServerMessage::ActiveSpeakers { speakers });
         }
-        self.broadcast(
-            peer_id,
-            ServerMessage::PeerJoined {
-                peer: self.peer_info(peer_id),
-            },
-        );
+        if !join_as.hidden {
+            self.log_event(RoomEvent::PeerJoined {
+                peer_id,
+                name: name.to_owned(),
+            });
+            self.broadcast(
+                peer_id,
+                ServerMessage::PeerJoined {
+                    peer: self.peer_info(peer_id),
+                },
+            );
+        }
         if auto_subscribe {
             self.set_auto_subscribe(peer_id, true, now);
         }
@@ -965,6 +1078,7 @@ impl Room {
                 .iter()
                 .map(|p| self.producers[p].info.clone())
                 .collect(),
+            relay: peer.relay.clone(),
         }
     }
 
@@ -981,18 +1095,24 @@ impl Room {
         for producer_id in producers {
             self.remove_producer(producer_id);
         }
+        let mut hidden = false;
         if let Some(mut peer) = self.peers.remove(&peer_id) {
             if let Some(waker) = peer.waker.take() {
                 waker.wake();
             }
-            self.log_event(RoomEvent::PeerLeft {
-                peer_id,
-                name: peer.name,
-                reason,
-            });
+            hidden = peer.hidden;
+            if !hidden {
+                self.log_event(RoomEvent::PeerLeft {
+                    peer_id,
+                    name: peer.name,
+                    reason,
+                });
+            }
         }
         self.members.remove(&peer_id);
-        self.broadcast(peer_id, ServerMessage::PeerLeft { peer_id, reason });
+        if !hidden {
+            self.broadcast(peer_id, ServerMessage::PeerLeft { peer_id, reason });
+        }
     }
 
     // ---- requests ------------------------------------------------------------------------
@@ -1082,10 +1202,18 @@ impl Room {
                 params,
                 source,
                 layers,
+                producer_id,
             } => {
                 let count = layers.len();
                 let source = source.unwrap_or(TrackSource::default_for(kind));
-                self.produce(peer_id, kind, source, codec, params, layers, now)
+                let track = Track {
+                    kind,
+                    source,
+                    codec,
+                    params,
+                    layers,
+                };
+                self.produce(peer_id, track, producer_id, now)
                     .map(|producer_id| {
                         Reply::Produced(ProduceResult {
                             producer_id,
@@ -1388,16 +1516,42 @@ impl Room {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn produce(
+    /// Adds a producer for `peer_id`: under a new id, or under `given` (a relay mirroring
+    /// a peer of its own, docs/PROTOCOL.md 18).
+    pub fn produce(
         &mut self,
         peer_id: PeerId,
-        kind: MediaKind,
-        source: TrackSource,
-        codec: String,
-        params: Params,
-        layers: Vec<LayerInfo>,
+        track: Track,
+        given: Option<ProducerId>,
         now: Instant,
     ) -> Result<ProducerId, ProtocolError> {
+        let Track {
+            kind,
+            source,
+            codec,
+            params,
+            layers,
+        } = track;
+        if !self.peers.contains_key(&peer_id) {
+            return Err(err(ErrorCode::UnknownPeer, "no such peer in this room"));
+        }
+        if self.peers[&peer_id].hidden {
+            return Err(err(ErrorCode::Forbidden, "a relay's link only subscribes"));
+        }
+        if let Some(id) = given {
+            if !self.peers[&peer_id].grants.relay {
+                return Err(err(
+                    ErrorCode::Forbidden,
+                    "only another relay of the cluster may choose a producer id",
+                ));
+            }
+            if id.0 == 0 || self.producers.contains_key(&id) {
+                return Err(err(
+                    ErrorCode::BadRequest,
+                    format!("producer id {} is taken in this room", id.0),
+                ));
+            }
+        }
         validate_layers(kind, &layers)?;
         if source.kind() != kind {
             return Err(err(
@@ -1450,7 +1604,10 @@ impl Room {
                 "codec must be 1 to 64 printable characters (e.g. \"opus\", \"vp8\")",
             ));
         }
-        let producer_id = ProducerId(self.new_id());
+        let producer_id = match given {
+            Some(id) => id,
+            None => ProducerId(self.new_id()),
+        };
         let info = ProducerInfo {
             producer_id,
             peer_id,

@@ -87,6 +87,7 @@ impl Harness {
                     params: Default::default(),
                     source: None,
                     layers: Vec::new(),
+                    producer_id: None,
                 },
             )
             .unwrap();
@@ -486,6 +487,7 @@ fn bad_requests_get_typed_errors() {
         name: "a".into(),
         auto_subscribe: false,
         token: None,
+        relay: None,
     };
     assert_eq!(h.request(a, join_again), Err(ErrorCode::AlreadyJoined));
     assert_eq!(
@@ -621,6 +623,7 @@ fn a_response_comes_before_what_its_request_caused() {
                 params: Default::default(),
                 source: None,
                 layers: Vec::new(),
+                producer_id: None,
             },
         },
         h.now,
@@ -716,6 +719,7 @@ fn grants_are_enforced_on_every_produce_and_consume() {
         params: Default::default(),
         source: None,
         layers: Vec::new(),
+        producer_id: None,
     };
     assert_eq!(
         h.request(l, produce(MediaKind::Audio)),
@@ -811,6 +815,7 @@ fn limits_refuse_the_offender_only() {
         params: Default::default(),
         source: None,
         layers: Vec::new(),
+        producer_id: None,
     };
     assert_eq!(h.request(a, third), Err(ErrorCode::TooManyProducers));
 
@@ -857,6 +862,7 @@ fn oversized_params_are_refused() {
         codec: "vp8".into(),
         params,
         layers: Vec::new(),
+        producer_id: None,
     };
     assert_eq!(h.request(a, produce), Err(ErrorCode::BadRequest));
     assert_eq!(h.relay.counts().producers, 0);
@@ -1091,6 +1097,7 @@ impl Harness {
                     params: Default::default(),
                     source: None,
                     layers: ladder(),
+                    producer_id: None,
                 },
             )
             .unwrap();
@@ -1399,6 +1406,7 @@ fn bad_layers_are_refused_with_a_reason() {
         params: Default::default(),
         source: None,
         layers,
+        producer_id: None,
     };
     assert_eq!(
         h.request(a, produce(MediaKind::Audio, layers.clone())),
@@ -2033,6 +2041,7 @@ fn screen_sources_are_announced_and_granted() {
         params: Default::default(),
         source,
         layers: Vec::new(),
+        producer_id: None,
     };
     h.request(
         a,
@@ -2378,4 +2387,209 @@ fn data_reaches_a_peer_at_its_pace_in_order_and_a_full_backlog_refuses_the_sende
         delivered.extend(got(&mut h));
     }
     assert_eq!(delivered.len(), accepted);
+}
+
+// ---- peers other relays bring (docs/PROTOCOL.md 18) -------------------------------------
+
+mod relay_peers {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::wire::{Grants, TrackSource};
+
+    fn relay_grants() -> Grants {
+        Grants {
+            relay: true,
+            ..Grants::default()
+        }
+    }
+
+    fn outputs(room: &mut Room, peer: PeerId) -> Vec<ServerMessage> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(o)) = room.poll_peer(peer, &mut cx) {
+            if let PeerOutput::Message(m) = o {
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    fn camera() -> Track {
+        Track {
+            kind: MediaKind::Video,
+            source: TrackSource::Camera,
+            codec: "vp8".into(),
+            params: Default::default(),
+            layers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_relay_link_is_hidden_and_mirrored_peers_keep_their_ids() {
+        let now = Instant::now();
+        let mut room = Room::new("r", Arc::new(RelayConfig::default()), Ids::default());
+        let (ada, _) = room.join(PROTOCOL_VERSION, "ada", false, now).unwrap();
+
+        // Another relay's link: it hears the room, nobody hears of it.
+        let link_as = JoinAs {
+            peer_id: None,
+            hidden: true,
+            relay: Some("two".into()),
+        };
+        let (link, joined) = room
+            .join_as(
+                PROTOCOL_VERSION,
+                "relay two",
+                false,
+                relay_grants(),
+                &[],
+                &link_as,
+                now,
+            )
+            .unwrap();
+        assert_eq!(joined.peers.len(), 1, "the link sees ada");
+        assert!(
+            outputs(&mut room, ada).is_empty(),
+            "ada hears nothing of the link"
+        );
+        assert_eq!(room.local_members(), 1);
+
+        // A peer of relay two, mirrored under its own id.
+        let bo = PeerId(7 << 32);
+        let mirror_as = JoinAs {
+            peer_id: Some(bo),
+            hidden: false,
+            relay: Some("two".into()),
+        };
+        room.join_as(
+            PROTOCOL_VERSION,
+            "bo",
+            false,
+            relay_grants(),
+            &[],
+            &mirror_as,
+            now,
+        )
+        .unwrap();
+        let told = outputs(&mut room, ada);
+        assert!(
+            matches!(&told[..], [ServerMessage::PeerJoined { peer }]
+                if peer.peer_id == bo && peer.relay.as_deref() == Some("two")),
+            "{told:?}"
+        );
+        assert!(
+            outputs(&mut room, link)
+                .iter()
+                .any(|m| matches!(m, ServerMessage::PeerJoined { peer } if peer.peer_id == bo)),
+            "the link hears the mirror (its own relay's: it skips it)"
+        );
+        assert_eq!(room.local_members(), 1, "a mirror is not a local peer");
+
+        // The mirror publishes under the producer's id on its relay.
+        let cam = ProducerId((7 << 32) + 1);
+        assert_eq!(room.produce(bo, camera(), Some(cam), now), Ok(cam));
+        assert!(outputs(&mut room, ada).iter().any(
+            |m| matches!(m, ServerMessage::ProducerAdded { producer } if producer.producer_id == cam && producer.peer_id == bo)
+        ));
+        assert_eq!(room.producer_peer(cam), Some(bo));
+
+        // A mirror hears nothing broadcast: its own relay tells its peer.
+        let (cy, _) = room.join(PROTOCOL_VERSION, "cy", false, now).unwrap();
+        room.produce(cy, camera(), None, now).unwrap();
+        assert!(outputs(&mut room, bo).is_empty());
+
+        // The link subscribes; a hidden peer may not publish.
+        assert_eq!(room.producer_consumers(cam), Some(0));
+        room.handle(
+            link,
+            ClientMessage {
+                id: 1,
+                request: Request::Consume {
+                    producer_id: cam,
+                    paused: false,
+                },
+            },
+            now,
+        );
+        assert_eq!(room.producer_consumers(cam), Some(1));
+        let refused = room.produce(link, camera(), None, now).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Forbidden);
+
+        // Leaving: the mirror's departure is heard, the link's is not.
+        outputs(&mut room, ada);
+        room.leave(link, LeaveReason::Left);
+        assert!(outputs(&mut room, ada).is_empty());
+        room.leave(bo, LeaveReason::Disconnected);
+        assert!(
+            outputs(&mut room, ada)
+                .iter()
+                .any(|m| matches!(m, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == bo))
+        );
+    }
+
+    #[test]
+    fn only_a_relay_may_join_as_one_or_choose_ids() {
+        let now = Instant::now();
+        let mut room = Room::new("r", Arc::new(RelayConfig::default()), Ids::default());
+        let (ada, _) = room.join(PROTOCOL_VERSION, "ada", false, now).unwrap();
+        let hidden = JoinAs {
+            hidden: true,
+            ..JoinAs::default()
+        };
+        let refused = room
+            .join_as(
+                PROTOCOL_VERSION,
+                "x",
+                false,
+                Grants::default(),
+                &[],
+                &hidden,
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Forbidden);
+        let refused = room
+            .produce(ada, camera(), Some(ProducerId(99)), now)
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Forbidden);
+
+        // A relay may not take an id in use.
+        let taken = JoinAs {
+            peer_id: Some(ada),
+            relay: Some("two".into()),
+            ..JoinAs::default()
+        };
+        let refused = room
+            .join_as(
+                PROTOCOL_VERSION,
+                "y",
+                false,
+                relay_grants(),
+                &[],
+                &taken,
+                now,
+            )
+            .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadRequest);
+        let mirror = JoinAs {
+            peer_id: Some(PeerId(1 << 40)),
+            relay: Some("two".into()),
+            ..JoinAs::default()
+        };
+        let (bo, _) = room
+            .join_as(
+                PROTOCOL_VERSION,
+                "bo",
+                false,
+                relay_grants(),
+                &[],
+                &mirror,
+                now,
+            )
+            .unwrap();
+        let cam = room.produce(ada, camera(), None, now).unwrap();
+        let refused = room.produce(bo, camera(), Some(cam), now).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadRequest);
+    }
 }

@@ -316,6 +316,10 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     // Only a relay in a cluster says anything of one.
     if let Some(placement) = state.rooms.placement() {
         health["cluster"] = serde_json::json!(placement.status());
+        // Rooms mirrored from the relay that hosts them, with their links.
+        if let Some(spans) = state.rooms.spans() {
+            health["cluster"]["links"] = serde_json::json!(spans.status());
+        }
     }
     (cors, axum::Json(health))
 }
@@ -365,6 +369,26 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
             "gauge",
             "Whether the last call to the cluster's Redis succeeded.",
             u64::from(cluster.redis == "connected"),
+        );
+    }
+    if let Some(links) = state.rooms.spans().map(|s| s.status()) {
+        metric(
+            "cluster_links",
+            "gauge",
+            "Rooms this relay mirrors from the relay that hosts them (one link each).",
+            links.len() as u64,
+        );
+        metric(
+            "cluster_pulled_producers",
+            "gauge",
+            "Remote producers pulled over links (each once per relay).",
+            links.iter().map(|l| l.pulled_producers as u64).sum(),
+        );
+        metric(
+            "cluster_proxied_peers",
+            "gauge",
+            "Peers of other relays mirrored here.",
+            links.iter().map(|l| l.proxied_peers as u64).sum(),
         );
     }
     metric(

@@ -7,6 +7,7 @@ pub mod identity;
 mod placement;
 mod rooms;
 mod session;
+mod span;
 mod tls;
 pub mod webhook;
 
@@ -29,6 +30,7 @@ pub use crate::wire::close_code;
 pub use placement::{ClusterConfig, ClusterStatus, Placed, Placement};
 pub use rooms::{RoomHandle, Rooms};
 pub(crate) use session::CONTROL_PRIORITY;
+pub use span::{LinkStatus, Spans};
 
 /// Timeouts and sizes that protect the relay from one peer.
 #[derive(Debug, Clone)]
@@ -305,6 +307,15 @@ impl Server {
         if let Some(cluster) = &config.cluster {
             let placement = Placement::connect(cluster.clone()).await?;
             rooms.set_placement(placement.clone());
+            if cluster.span_rooms {
+                rooms.set_spans(Spans::new(
+                    rooms.clone(),
+                    access.clone(),
+                    config.limits.clone(),
+                    placement.relay_id().to_owned(),
+                    config.cert.is_some(),
+                ));
+            }
             let rooms = rooms.clone();
             let every = cluster.lease_ttl / 3;
             tasks.push(tokio::spawn(async move {

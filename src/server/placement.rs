@@ -40,6 +40,9 @@ pub struct ClusterConfig {
     /// Lifetime of a registration and of a room lease without renewal; renewed every
     /// third of it.
     pub lease_ttl: Duration,
+    /// A join for a room hosted elsewhere is admitted here, and the room spans the two
+    /// relays (`span.rs`); off: the client is redirected.
+    pub span_rooms: bool,
 }
 
 /// What `place` decided for a join.
@@ -47,8 +50,9 @@ pub struct ClusterConfig {
 pub enum Placed {
     /// This relay hosts the room (it holds the lease, or has just claimed it).
     Here,
-    /// Another relay hosts it: the client should join there.
-    Elsewhere { relay_url: String },
+    /// Another relay hosts it: the client should join there (or this relay mirror it,
+    /// `span.rs`).
+    Elsewhere { relay_url: String, relay_id: String },
     /// Redis could not be asked: the room is hosted here for now.
     Unknown,
 }
@@ -285,7 +289,10 @@ impl Placement {
             return Placed::Here;
         }
         match self.relay_url(&owner).await {
-            Some(relay_url) => Placed::Elsewhere { relay_url },
+            Some(relay_url) => Placed::Elsewhere {
+                relay_url,
+                relay_id: owner,
+            },
             None => Placed::Unknown,
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::webhook::Webhooks;
 use crate::core::{
-    ConsumerStats, Directory, RelayConfig, RelayCounts, RelayStats, RelayTotals, Room,
+    ConsumerStats, Directory, JoinAs, RelayConfig, RelayCounts, RelayStats, RelayTotals, Room,
     RoomSnapshot, SessionEnd, room_snapshots,
 };
 use crate::wire::{
@@ -37,6 +37,8 @@ pub struct Rooms {
     webhooks: Option<Webhooks>,
     /// Which relay of a cluster hosts which room (`placement.rs`); unset: a lone relay.
     placement: Arc<std::sync::OnceLock<Arc<super::placement::Placement>>>,
+    /// Rooms hosted elsewhere and mirrored here (`span.rs`), when rooms may span relays.
+    spans: Arc<std::sync::OnceLock<super::span::Spans>>,
 }
 
 impl Rooms {
@@ -45,6 +47,7 @@ impl Rooms {
             directory: Arc::new(Mutex::new(Directory::new(config))),
             webhooks: None,
             placement: Arc::default(),
+            spans: Arc::default(),
         }
     }
 
@@ -58,6 +61,7 @@ impl Rooms {
             directory: Arc::new(Mutex::new(Directory::new(config))),
             webhooks: Some(webhooks),
             placement: Arc::default(),
+            spans: Arc::default(),
         }
     }
 
@@ -71,7 +75,20 @@ impl Rooms {
     }
 
     pub(crate) fn set_placement(&self, placement: Arc<super::placement::Placement>) {
+        // Ids from a range of this relay's own, so that they stay unique across the relays
+        // a room spans (`Ids::start_above`).
+        let block = u64::from(rand::random::<u32>() & 0xF_FFFF).max(1);
+        self.directory().ids().start_above(block << 32);
         let _ = self.placement.set(placement);
+    }
+
+    /// The mirrors of rooms hosted elsewhere, if rooms may span relays.
+    pub fn spans(&self) -> Option<&super::span::Spans> {
+        self.spans.get()
+    }
+
+    pub(crate) fn set_spans(&self, spans: super::span::Spans) {
+        let _ = self.spans.set(spans);
     }
 
     fn directory(&self) -> MutexGuard<'_, Directory<RoomHandle>> {
@@ -107,6 +124,7 @@ impl Rooms {
         auto_subscribe: bool,
         grants: Grants,
         extensions: &[String],
+        join_as: &JoinAs,
         now: Instant,
     ) -> Result<(PeerId, JoinResult, RoomHandle), ProtocolError> {
         let mut directory = self.directory();
@@ -114,7 +132,15 @@ impl Rooms {
             .room_for_join(version, room, |r| RoomHandle(Arc::new(Mutex::new(r))))?
             .clone();
         let mut locked = handle.lock();
-        match locked.join_with_grants(version, name, auto_subscribe, grants, extensions, now) {
+        match locked.join_as(
+            version,
+            name,
+            auto_subscribe,
+            grants,
+            extensions,
+            join_as,
+            now,
+        ) {
             Ok((peer_id, mut result)) => {
                 // The resume secret: 128 random bits, known to this relay and the client.
                 if result.resume_grace_ms.is_some() {

@@ -18,7 +18,7 @@ use wtransport::endpoint::IncomingSession;
 
 use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
-use crate::core::{FrameData, GroupKey, PATH_SAMPLE_INTERVAL, PeerOutput};
+use crate::core::{FrameData, GroupKey, JoinAs, PATH_SAMPLE_INTERVAL, PeerOutput};
 use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more};
 use crate::transport::{DatagramError, RecvStream, SendStream, Session, WsSession};
 use crate::wire::close_code;
@@ -247,6 +247,7 @@ async fn join_phase(
             token,
             extensions,
             resume,
+            relay,
         } = message.request
         else {
             let e = ProtocolError::new(ErrorCode::NotJoined, "send join first");
@@ -255,13 +256,31 @@ async fn join_phase(
         };
         // In a cluster, a new join goes to the relay that hosts the room (a resume is for a
         // place on this relay, so it needs no placement).
+        // With spanning rooms, this relay mirrors the room instead and admits the join
+        // (`span.rs`); a join from another relay is never placed.
         if resume.is_none()
+            && relay.is_none()
             && let Some(placement) = rooms.placement()
-            && let super::placement::Placed::Elsewhere { relay_url } = placement.place(&room).await
+            && let super::placement::Placed::Elsewhere {
+                relay_url,
+                relay_id,
+            } = placement.place(&room).await
         {
-            info!(%room, %relay_url, "join redirected");
-            write_message(send, &ServerMessage::redirect(id, &relay_url)).await?;
-            continue;
+            let mirrored = match rooms.spans() {
+                Some(spans) => match spans.ensure(&room, &relay_url, &relay_id).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        warn!(%room, %relay_url, error = %e, "cannot mirror the room; redirecting");
+                        false
+                    }
+                },
+                None => false,
+            };
+            if !mirrored {
+                info!(%room, %relay_url, "join redirected");
+                write_message(send, &ServerMessage::redirect(id, &relay_url)).await?;
+                continue;
+            }
         }
         // A resume is admitted by its token (given only to the session that joined); the
         // peer keeps the grants it joined with.
@@ -273,7 +292,19 @@ async fn join_phase(
             }),
             None => access
                 .admit(token.as_deref(), &room, &name)
-                .and_then(|admitted| {
+                .and_then(|mut admitted| {
+                    // Another relay of the cluster, bringing one of its peers or its link.
+                    let join_as = match &relay {
+                        Some(relay) => {
+                            admitted.grants.relay |= access.is_development();
+                            JoinAs {
+                                peer_id: relay.peer_id,
+                                hidden: relay.peer_id.is_none(),
+                                relay: Some(relay.relay.clone()),
+                            }
+                        }
+                        None => JoinAs::default(),
+                    };
                     rooms.join(
                         version,
                         &room,
@@ -281,6 +312,7 @@ async fn join_phase(
                         auto_subscribe,
                         admitted.grants,
                         &extensions,
+                        &join_as,
                         Instant::now(),
                     )
                 })
@@ -620,7 +652,7 @@ impl GroupReader for RelayGroups {
 
 /// Writes one consumer's frames: audio as datagrams, video as one stream per group of
 /// pictures (a keyframe opens a new stream, after the previous one is finished).
-async fn send_consumer(
+pub(crate) async fn send_consumer(
     conn: Session,
     room: RoomHandle,
     consumer_id: ConsumerId,

@@ -91,6 +91,10 @@ pub enum Request {
         /// Take back the place of a peer whose session dropped (docs/PROTOCOL.md 16).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<Resume>,
+        /// Another relay of the cluster joining for a room that spans relays
+        /// (docs/PROTOCOL.md 18); needs the `relay` grant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<RelayJoin>,
     },
     Produce {
         kind: MediaKind,
@@ -104,6 +108,10 @@ pub enum Request {
         /// [`MAX_LAYERS`]). Empty: one encoding, as before simulcast.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         layers: Vec<LayerInfo>,
+        /// The id the producer has on the relay it was published to (a relay mirroring a
+        /// peer, docs/PROTOCOL.md 18); needs the `relay` grant. Absent: a new id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        producer_id: Option<ProducerId>,
     },
     CloseProducer {
         producer_id: ProducerId,
@@ -178,6 +186,17 @@ pub const EXTENSIONS: [&str; 5] = [
     EXT_SCREEN,
     EXT_RESUME,
 ];
+
+/// Who joins when a relay joins (docs/PROTOCOL.md 18).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayJoin {
+    /// The id of the relay the session comes from.
+    pub relay: String,
+    /// Mirror this peer of that relay, under the same id. Absent: join as that relay's
+    /// link, a hidden peer that subscribes for the relay's own peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<PeerId>,
+}
 
 /// What a reconnecting client sends in `join` to take its place back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -382,6 +401,10 @@ pub struct Grants {
     /// Sources the peer may publish.
     #[serde(default = "all_sources")]
     pub sources: Vec<TrackSource>,
+    /// May join as another relay of the cluster (docs/PROTOCOL.md 18): only relays'
+    /// own tokens carry it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
 }
 
 fn all_sources() -> Vec<TrackSource> {
@@ -404,6 +427,7 @@ impl Default for Grants {
             kinds: all_kinds(),
             can_publish_data: true,
             sources: all_sources(),
+            relay: false,
         }
     }
 }
@@ -439,6 +463,10 @@ pub struct PeerInfo {
     pub peer_id: PeerId,
     pub name: String,
     pub producers: Vec<ProducerInfo>,
+    /// In a room that spans relays: the id of the relay the peer is connected to, when
+    /// that is not the relay telling (docs/PROTOCOL.md 18).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -772,6 +800,7 @@ mod tests {
                 codec: "vp8".into(),
                 params: Params::new(),
                 layers: Vec::new(),
+                producer_id: None,
             },
         };
         let mut buf = BytesMut::from(&encode_message(&msg)[..]);
@@ -794,6 +823,7 @@ mod tests {
                 name: "n".into(),
                 auto_subscribe: false,
                 token: None,
+                relay: None,
             }
         );
         let out = encode_message(&ServerMessage::KeyframeRequest {

@@ -1,0 +1,924 @@
+//! A room that spans relays (docs/CLUSTER.md, "A room across relays").
+//!
+//! The relay that holds a room's lease is its *origin*. Another relay of the cluster (an
+//! *edge*) that admits a join for the room keeps the peer and mirrors the room over links
+//! to the origin, made of ordinary sessions of the wire protocol (docs/PROTOCOL.md 18):
+//!
+//! - **down**: one session joins the origin's room as this relay's hidden *link*. It hears
+//!   the room and pulls each remote producer once, however many local consumers want it.
+//!   Here, each remote peer is a *proxy*: a peer under the same id, owning its producers
+//!   under the same ids, fed by the link's frames. A remote producer nobody here consumes
+//!   has its link consumer paused.
+//! - **up**: each local peer has a *shadow* session on the origin under its own id, which
+//!   publishes the peer's producers under their ids. A hidden local peer (the *uplink*)
+//!   consumes every local producer and writes it to its owner's shadow.
+//!
+//! Keyframe requests follow the media back: a proxy's goes up the link as its consumer's
+//! `request_keyframe`; one for a shadow comes back to the local producer. Other edges see
+//! this relay's peers through their own links, so every peer of the room is visible from
+//! every relay and every producer crosses each link once. When the link ends (the origin
+//! died), the proxies leave, and the room is placed again: here, or mirrored from the new
+//! origin. When the last local peer leaves, the mirror is taken down.
+
+use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::placement::Placed;
+use super::session::send_consumer;
+use super::{RoomHandle, Rooms, SessionLimits};
+use crate::auth::AccessPolicy;
+use crate::client::{Client, ClientOptions, Verification};
+use crate::core::{FrameData, GroupKey, JoinAs, PeerOutput, Track};
+use crate::group::{GroupLimits, GroupReader, Refusal, accept_groups};
+use crate::transport::Session;
+use crate::wire::frame::{self, FrameError};
+use crate::wire::{
+    ClientMessage, ConsumerId, ConsumerInfo, EXT_AUDIO_LEVEL, Grants, LeaveReason, MediaKind,
+    PROTOCOL_VERSION, PeerId, PeerInfo, ProducerId, ProducerInfo, RelayJoin, Request,
+    ServerMessage, StreamFrame, StreamHeader, TrackSource, close_code,
+};
+
+/// How long setting up a mirror (connecting to the origin and joining) may take before the
+/// join is redirected to the origin instead.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often demand (which pulled producers have local consumers) and the room's local
+/// peers are looked at.
+const DEMAND_INTERVAL: Duration = Duration::from_millis(100);
+/// A mirror without local peers for this many demand rounds is taken down (not at once:
+/// a join admitted just before its peer is added must find the mirror still there).
+const IDLE_ROUNDS: u32 = 5;
+/// How often a relay whose link ended asks where the room is now.
+const REPLACE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What every mirror of this relay needs.
+struct Context {
+    rooms: Rooms,
+    access: Arc<AccessPolicy>,
+    limits: SessionLimits,
+    relay_id: String,
+    /// The relay has a real certificate, so its peers have too: verify against the
+    /// system's roots rather than fetching a pin.
+    native_roots: bool,
+}
+
+/// The mirrors of this relay, one per room hosted elsewhere that has local peers.
+#[derive(Clone)]
+pub struct Spans {
+    context: Arc<Context>,
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+}
+
+/// One room's mirror, set up by one join at a time.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Span>>>>;
+
+/// What `/healthz` shows of one mirror.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LinkStatus {
+    pub room: String,
+    pub origin: String,
+    /// Remote peers mirrored here.
+    pub proxied_peers: usize,
+    /// Remote producers pulled over the link (each once), and how many of them flow now.
+    pub pulled_producers: usize,
+    pub flowing: usize,
+    /// Local peers mirrored on the origin.
+    pub shadows: usize,
+}
+
+impl Spans {
+    pub(crate) fn new(
+        rooms: Rooms,
+        access: Arc<AccessPolicy>,
+        limits: SessionLimits,
+        relay_id: String,
+        native_roots: bool,
+    ) -> Self {
+        Self {
+            context: Arc::new(Context {
+                rooms,
+                access,
+                limits,
+                relay_id,
+                native_roots,
+            }),
+            slots: Arc::default(),
+        }
+    }
+
+    fn slot(&self, room: &str) -> Slot {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(room.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Before a local join to `room`, hosted at `origin_url` by relay `origin_id`: makes sure
+    /// this relay mirrors it. An error means the origin cannot be reached from here.
+    pub async fn ensure(
+        &self,
+        room: &str,
+        origin_url: &str,
+        origin_id: &str,
+    ) -> Result<(), String> {
+        let slot = self.slot(room);
+        let mut slot = slot.lock().await;
+        if let Some(span) = slot.as_ref() {
+            if !span.closed.load(Ordering::Relaxed) && span.origin_url == origin_url {
+                return Ok(());
+            }
+            span.close();
+        }
+        let started = tokio::time::timeout(
+            SETUP_TIMEOUT,
+            Span::start(self.clone(), room, origin_url, origin_id),
+        )
+        .await;
+        match started {
+            Ok(Ok(span)) => {
+                info!(%room, origin = %origin_url, "room mirrored from its origin");
+                *slot = Some(span);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!(
+                "no answer from {origin_url} within {SETUP_TIMEOUT:?}"
+            )),
+        }
+    }
+
+    /// The mirrors, for `/healthz` and `/metrics`.
+    pub fn status(&self) -> Vec<LinkStatus> {
+        let slots: Vec<Slot> = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        slots
+            .iter()
+            .filter_map(|slot| slot.try_lock().ok()?.clone())
+            .filter(|span| !span.closed.load(Ordering::Relaxed))
+            .map(|span| span.status())
+            .collect()
+    }
+
+    /// Forgets `span`'s slot if it still holds it.
+    fn forget(&self, span: &Arc<Span>) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = slots.get(&span.room) else {
+            return;
+        };
+        let ours = match slot.try_lock() {
+            Ok(held) => held.as_ref().is_none_or(|s| Arc::ptr_eq(s, span)),
+            Err(_) => false, // a join is setting up a new one
+        };
+        if ours {
+            slots.remove(&span.room);
+        }
+    }
+}
+
+/// A remote producer pulled over the link.
+#[derive(Debug, Clone, Copy)]
+struct Pull {
+    /// The link's consumer of it on the origin.
+    consumer: ConsumerId,
+    /// Paused upstream: nobody here consumes it.
+    paused: bool,
+}
+
+/// What a shadow session is told to do.
+enum ShadowCommand {
+    Produce(ProducerInfo),
+    Close(ProducerId),
+    Pause(ProducerId, bool),
+    Leave,
+}
+
+/// A local peer's shadow on the origin.
+struct Shadow {
+    commands: mpsc::UnboundedSender<ShadowCommand>,
+    /// Its session, once joined: the uplink writes the peer's media there.
+    session: Option<Session>,
+}
+
+/// One room mirrored from its origin.
+struct Span {
+    spans: Spans,
+    room: String,
+    origin_url: String,
+    origin_id: String,
+    handle: RoomHandle,
+    link: Client,
+    /// The hidden local peer that consumes local producers for their shadows.
+    uplink: PeerId,
+    proxies: Mutex<HashSet<PeerId>>,
+    pulled: Mutex<HashMap<ProducerId, Pull>>,
+    shadows: Mutex<HashMap<PeerId, Shadow>>,
+    closed: AtomicBool,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A request handed to the core on a proxy's or the uplink's behalf (its answer goes to
+/// that peer's outbox, which its drain reads and drops).
+fn on_behalf(request: Request) -> ClientMessage {
+    ClientMessage { id: 0, request }
+}
+
+impl Span {
+    async fn start(
+        spans: Spans,
+        room: &str,
+        origin_url: &str,
+        origin_id: &str,
+    ) -> Result<Arc<Span>, String> {
+        let context = spans.context.clone();
+        let (link, incoming) = context.connect(room, origin_url).await?;
+        let joined = link
+            .join_as(
+                room,
+                &format!("relay {}", context.relay_id),
+                false,
+                Some(RelayJoin {
+                    relay: context.relay_id.clone(),
+                    peer_id: None,
+                }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        // The uplink first: it creates the room here, and hears every local peer from now.
+        let (uplink, _, handle) = context
+            .rooms
+            .join(
+                PROTOCOL_VERSION,
+                room,
+                "relay uplink",
+                false,
+                Grants {
+                    relay: true,
+                    ..Grants::default()
+                },
+                &[EXT_AUDIO_LEVEL.to_owned()],
+                &JoinAs {
+                    peer_id: None,
+                    hidden: true,
+                    relay: None,
+                },
+                Instant::now(),
+            )
+            .map_err(|e| e.to_string())?;
+        let span = Arc::new(Span {
+            spans,
+            room: room.to_owned(),
+            origin_url: origin_url.to_owned(),
+            origin_id: origin_id.to_owned(),
+            handle,
+            link,
+            uplink,
+            proxies: Mutex::default(),
+            pulled: Mutex::default(),
+            shadows: Mutex::default(),
+            closed: AtomicBool::new(false),
+            tasks: Mutex::default(),
+        });
+        let session = span.link.session();
+        span.spawn(receive_link_datagrams(session.clone(), span.handle.clone()));
+        let limits = GroupLimits {
+            header_timeout: context.limits.stream_header_timeout,
+            order_wait: context.limits.stream_order_wait,
+            max_frame: span.handle.lock().config().max_frame_size,
+        };
+        span.spawn(accept_groups(
+            session,
+            limits,
+            LinkGroups {
+                room: span.handle.clone(),
+            },
+        ));
+        for peer in joined.peers {
+            span.add_proxy(peer).await;
+        }
+        // Local peers already here (a mirror set up again after its origin changed).
+        let local: Vec<PeerInfo> = span
+            .handle
+            .lock()
+            .snapshot()
+            .peers
+            .into_iter()
+            .map(|p| p.peer)
+            .filter(|p| p.relay.is_none() && p.peer_id != uplink)
+            .collect();
+        for peer in local {
+            span.add_shadow(peer);
+        }
+        span.spawn(span.clone().follow_link(incoming.events));
+        span.spawn(span.clone().drain_uplink());
+        span.spawn(span.clone().watch_demand());
+        Ok(span)
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let span = info_span!("span", room = %self.room, origin = %self.origin_url);
+        let handle = tokio::spawn(task.instrument(span));
+        locked(&self.tasks).push(handle.abort_handle());
+    }
+
+    fn status(&self) -> LinkStatus {
+        let pulled = locked(&self.pulled);
+        LinkStatus {
+            room: self.room.clone(),
+            origin: self.origin_url.clone(),
+            proxied_peers: locked(&self.proxies).len(),
+            pulled_producers: pulled.len(),
+            flowing: pulled.values().filter(|p| !p.paused).count(),
+            shadows: locked(&self.shadows).len(),
+        }
+    }
+
+    // ---- down: remote peers as proxies --------------------------------------------------
+
+    /// A remote peer joins here as a proxy (unless it is one of ours, shadowed there).
+    async fn add_proxy(self: &Arc<Self>, peer: PeerInfo) {
+        let context = &self.spans.context;
+        if peer.relay.as_deref() == Some(context.relay_id.as_str()) {
+            return;
+        }
+        let join_as = JoinAs {
+            peer_id: Some(peer.peer_id),
+            hidden: false,
+            relay: Some(peer.relay.clone().unwrap_or_else(|| self.origin_id.clone())),
+        };
+        let grants = Grants {
+            relay: true,
+            ..Grants::default()
+        };
+        let joined = context.rooms.join(
+            PROTOCOL_VERSION,
+            &self.room,
+            &peer.name,
+            false,
+            grants,
+            &[EXT_AUDIO_LEVEL.to_owned()],
+            &join_as,
+            Instant::now(),
+        );
+        if let Err(e) = joined {
+            warn!(peer = peer.peer_id.0, error = %e, "remote peer not mirrored");
+            return;
+        }
+        locked(&self.proxies).insert(peer.peer_id);
+        self.spawn(self.clone().drain_proxy(peer.peer_id));
+        for producer in peer.producers {
+            self.pull(producer).await;
+        }
+    }
+
+    /// A remote producer of a proxy gets its mirror here, and the link pulls it (paused
+    /// until someone here consumes it).
+    async fn pull(self: &Arc<Self>, producer: ProducerInfo) {
+        let producer_id = producer.producer_id;
+        let owner = producer.peer_id;
+        if !locked(&self.proxies).contains(&owner) {
+            return; // one of ours, shadowed there
+        }
+        let wanted = {
+            let mut room = self.handle.lock();
+            let track = Track {
+                kind: producer.kind,
+                source: producer
+                    .source
+                    .unwrap_or(TrackSource::default_for(producer.kind)),
+                codec: producer.codec.clone(),
+                params: producer.params.clone(),
+                // A simulcast producer crosses the link as the one layer its consumer
+                // there gets.
+                layers: Vec::new(),
+            };
+            if let Err(e) = room.produce(owner, track, Some(producer_id), Instant::now()) {
+                warn!(producer = producer_id.0, error = %e, "remote producer not mirrored");
+                return;
+            }
+            if producer.paused {
+                room.handle(
+                    owner,
+                    on_behalf(Request::PauseProducer { producer_id }),
+                    Instant::now(),
+                );
+            }
+            room.producer_consumers(producer_id).unwrap_or(0) > 0
+        };
+        let consumed: Result<ConsumerInfo, _> = self
+            .link
+            .request_raw(Request::Consume {
+                producer_id,
+                paused: !wanted,
+            })
+            .await
+            .and_then(|v| {
+                serde_json::from_value(v)
+                    .map_err(|e| crate::client::ClientError::Protocol(e.to_string()))
+            });
+        match consumed {
+            Ok(consumer) => {
+                debug!(producer = producer_id.0, "pulling a remote producer");
+                locked(&self.pulled).insert(
+                    producer_id,
+                    Pull {
+                        consumer: consumer.consumer_id,
+                        paused: !wanted,
+                    },
+                );
+            }
+            Err(e) => warn!(producer = producer_id.0, error = %e, "remote producer not pulled"),
+        }
+    }
+
+    /// Reads what the origin tells the link, until the link ends.
+    async fn follow_link(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<ServerMessage>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                ServerMessage::PeerJoined { peer } => self.add_proxy(peer).await,
+                ServerMessage::PeerLeft { peer_id, reason } => self.drop_proxy(peer_id, reason),
+                ServerMessage::ProducerAdded { producer } => self.pull(producer).await,
+                ServerMessage::ProducerClosed {
+                    producer_id,
+                    peer_id,
+                } => self.drop_pull(producer_id, peer_id),
+                ServerMessage::ProducerPaused { producer_id } => {
+                    self.mirror_pause(producer_id, true)
+                }
+                ServerMessage::ProducerResumed { producer_id } => {
+                    self.mirror_pause(producer_id, false)
+                }
+                _ => {}
+            }
+        }
+        if !self.closed.load(Ordering::Relaxed) {
+            warn!("link to the room's origin ended; placing the room again");
+            self.close();
+            tokio::spawn(replace(self.spans.clone(), self.room.clone()));
+        }
+    }
+
+    /// A remote peer left: its proxy leaves here (its producers and their consumers go).
+    fn drop_proxy(&self, peer_id: PeerId, reason: LeaveReason) {
+        if locked(&self.proxies).remove(&peer_id) {
+            self.spans.context.rooms.leave(peer_id, reason);
+        }
+    }
+
+    /// A remote producer closed: its mirror closes here.
+    fn drop_pull(&self, producer_id: ProducerId, owner: PeerId) {
+        if locked(&self.pulled).remove(&producer_id).is_some() {
+            let request = Request::CloseProducer { producer_id };
+            self.handle
+                .lock()
+                .handle(owner, on_behalf(request), Instant::now());
+        }
+    }
+
+    fn mirror_pause(&self, producer_id: ProducerId, paused: bool) {
+        if !locked(&self.pulled).contains_key(&producer_id) {
+            return;
+        }
+        let mut room = self.handle.lock();
+        let Some(owner) = room.producer_peer(producer_id) else {
+            return;
+        };
+        let request = if paused {
+            Request::PauseProducer { producer_id }
+        } else {
+            Request::ResumeProducer { producer_id }
+        };
+        room.handle(owner, on_behalf(request), Instant::now());
+    }
+
+    /// A proxy's outputs: keyframe requests go up the link; the rest (answers to what was
+    /// done on its behalf) is dropped.
+    async fn drain_proxy(self: Arc<Self>, proxy: PeerId) {
+        let handle = self.handle.clone();
+        while let Some(output) = poll_fn(|cx| handle.lock().poll_peer(proxy, cx)).await {
+            match output {
+                PeerOutput::Message(ServerMessage::KeyframeRequest { producer_id, .. }) => {
+                    let pull = locked(&self.pulled).get(&producer_id).copied();
+                    if let Some(pull) = pull {
+                        let link = self.link.clone();
+                        let request = Request::RequestKeyframe {
+                            consumer_id: pull.consumer,
+                        };
+                        tokio::spawn(async move {
+                            let _ = link.command(request).await;
+                        });
+                    }
+                }
+                PeerOutput::Disconnect { .. } => break,
+                _ => {}
+            }
+        }
+    }
+
+    /// Every demand round: pause upstream what nobody here consumes, resume what someone
+    /// does; take the mirror down once the room has had no local peer for a while.
+    async fn watch_demand(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(DEMAND_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle = 0;
+        loop {
+            tick.tick().await;
+            let (local, changes) = {
+                let room = self.handle.lock();
+                let mut pulled = locked(&self.pulled);
+                let mut changes = Vec::new();
+                for (producer_id, pull) in pulled.iter_mut() {
+                    let wanted = room.producer_consumers(*producer_id).unwrap_or(0) > 0;
+                    if wanted == pull.paused {
+                        pull.paused = !wanted;
+                        changes.push((pull.consumer, wanted));
+                    }
+                }
+                (room.local_members(), changes)
+            };
+            for (consumer_id, wanted) in changes {
+                let request = if wanted {
+                    Request::ResumeConsumer { consumer_id }
+                } else {
+                    Request::PauseConsumer { consumer_id }
+                };
+                let link = self.link.clone();
+                tokio::spawn(async move {
+                    let _ = link.command(request).await;
+                });
+            }
+            idle = if local == 0 { idle + 1 } else { 0 };
+            if idle >= IDLE_ROUNDS {
+                info!("no local peer left; mirror taken down");
+                self.close();
+                return;
+            }
+        }
+    }
+
+    // ---- up: local peers as shadows -----------------------------------------------------
+
+    /// A local peer gets a shadow on the origin, which publishes its producers.
+    fn add_shadow(self: &Arc<Self>, peer: PeerInfo) {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        for producer in &peer.producers {
+            let _ = commands.send(ShadowCommand::Produce(producer.clone()));
+        }
+        locked(&self.shadows).insert(
+            peer.peer_id,
+            Shadow {
+                commands,
+                session: None,
+            },
+        );
+        self.spawn(self.clone().run_shadow(peer, receiver));
+    }
+
+    fn tell_shadow(&self, peer_id: PeerId, command: ShadowCommand) {
+        if let Some(shadow) = locked(&self.shadows).get(&peer_id) {
+            let _ = shadow.commands.send(command);
+        }
+    }
+
+    /// The uplink's outputs: local peers and producers come and go; its consumers of
+    /// local producers start writing to their owner's shadow.
+    async fn drain_uplink(self: Arc<Self>) {
+        let handle = self.handle.clone();
+        let uplink = self.uplink;
+        while let Some(output) = poll_fn(|cx| handle.lock().poll_peer(uplink, cx)).await {
+            match output {
+                PeerOutput::Message(message) => match message {
+                    ServerMessage::PeerJoined { peer } if peer.relay.is_none() => {
+                        self.add_shadow(peer)
+                    }
+                    ServerMessage::PeerLeft { peer_id, .. } => {
+                        if let Some(shadow) = locked(&self.shadows).remove(&peer_id) {
+                            let _ = shadow.commands.send(ShadowCommand::Leave);
+                        }
+                    }
+                    ServerMessage::ProducerAdded { producer } => {
+                        self.tell_shadow(producer.peer_id, ShadowCommand::Produce(producer))
+                    }
+                    ServerMessage::ProducerClosed {
+                        producer_id,
+                        peer_id,
+                    } => self.tell_shadow(peer_id, ShadowCommand::Close(producer_id)),
+                    ServerMessage::ProducerPaused { producer_id }
+                    | ServerMessage::ProducerResumed { producer_id } => {
+                        let paused = matches!(message, ServerMessage::ProducerPaused { .. });
+                        let owner = handle.lock().producer_peer(producer_id);
+                        if let Some(owner) = owner {
+                            self.tell_shadow(owner, ShadowCommand::Pause(producer_id, paused));
+                        }
+                    }
+                    _ => {}
+                },
+                PeerOutput::StartConsumer {
+                    consumer_id,
+                    producer_id,
+                    ..
+                } => {
+                    let owner = handle.lock().producer_peer(producer_id);
+                    let session = owner.and_then(|owner| {
+                        locked(&self.shadows)
+                            .get(&owner)
+                            .and_then(|s| s.session.clone())
+                    });
+                    if let Some(session) = session {
+                        let span = info_span!("uplink", producer = producer_id.0);
+                        self.spawn(send_consumer(
+                            session,
+                            handle.clone(),
+                            consumer_id,
+                            producer_id,
+                            self.spans.context.limits.clone(),
+                            span,
+                        ));
+                    }
+                }
+                PeerOutput::Disconnect { .. } => break,
+                PeerOutput::LossyData(_) => {}
+            }
+        }
+    }
+
+    /// One local peer's shadow: joins the origin under the peer's id, publishes what it is
+    /// told to, and hands keyframe requests back to the local producer.
+    async fn run_shadow(
+        self: Arc<Self>,
+        peer: PeerInfo,
+        mut commands: mpsc::UnboundedReceiver<ShadowCommand>,
+    ) {
+        let context = self.spans.context.clone();
+        let connected = async {
+            let (client, incoming) = context.connect(&self.room, &self.origin_url).await?;
+            let relay = RelayJoin {
+                relay: context.relay_id.clone(),
+                peer_id: Some(peer.peer_id),
+            };
+            client
+                .join_as(&self.room, &peer.name, false, Some(relay))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, incoming))
+        };
+        let (client, mut incoming) = match connected.await {
+            Ok(connected) => connected,
+            Err(e) => {
+                warn!(peer = peer.peer_id.0, error = %e, "local peer not mirrored on the origin");
+                return;
+            }
+        };
+        match locked(&self.shadows).get_mut(&peer.peer_id) {
+            Some(shadow) => shadow.session = Some(client.session()),
+            None => return, // it left meanwhile
+        }
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(ShadowCommand::Produce(producer)) => self.shadow_produce(&client, producer).await,
+                    Some(ShadowCommand::Close(producer_id)) => {
+                        let _ = client.command(Request::CloseProducer { producer_id }).await;
+                    }
+                    Some(ShadowCommand::Pause(producer_id, paused)) => {
+                        let request = if paused {
+                            Request::PauseProducer { producer_id }
+                        } else {
+                            Request::ResumeProducer { producer_id }
+                        };
+                        let _ = client.command(request).await;
+                    }
+                    Some(ShadowCommand::Leave) | None => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), client.leave()).await;
+                        client.close();
+                        return;
+                    }
+                },
+                event = incoming.events.recv() => match event {
+                    Some(ServerMessage::KeyframeRequest { producer_id, .. }) => {
+                        self.handle.lock().request_keyframe(producer_id, Instant::now());
+                    }
+                    Some(_) => {}
+                    None => return, // the origin is gone: the link notices too
+                },
+            }
+        }
+    }
+
+    /// Publishes a local producer on the origin under its id, then lets the uplink
+    /// consume it for the shadow.
+    async fn shadow_produce(&self, client: &Client, producer: ProducerInfo) {
+        let producer_id = producer.producer_id;
+        let request = Request::Produce {
+            kind: producer.kind,
+            codec: producer.codec,
+            params: producer.params,
+            source: producer.source,
+            // The uplink's consumer forwards one layer of a simulcast producer.
+            layers: Vec::new(),
+            producer_id: Some(producer_id),
+        };
+        if let Err(e) = client.request_raw(request).await {
+            warn!(producer = producer_id.0, error = %e, "local producer not published on the origin");
+            return;
+        }
+        if producer.paused {
+            let _ = client.command(Request::PauseProducer { producer_id }).await;
+        }
+        let consume = Request::Consume {
+            producer_id,
+            paused: false,
+        };
+        self.handle
+            .lock()
+            .handle(self.uplink, on_behalf(consume), Instant::now());
+    }
+
+    // ---- ending ---------------------------------------------------------------------------
+
+    /// Takes the mirror down: the link and the shadows leave the origin, the proxies and
+    /// the uplink leave here (the room closes if nobody else is in it).
+    fn close(self: &Arc<Self>) {
+        if self.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let rooms = &self.spans.context.rooms;
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), link.leave()).await;
+            link.close();
+        });
+        for (_, shadow) in locked(&self.shadows).drain() {
+            let _ = shadow.commands.send(ShadowCommand::Leave);
+        }
+        let proxies: Vec<PeerId> = locked(&self.proxies).drain().collect();
+        for proxy in proxies {
+            rooms.leave(proxy, LeaveReason::Disconnected);
+        }
+        rooms.leave(self.uplink, LeaveReason::Left);
+        for task in locked(&self.tasks).drain(..) {
+            task.abort();
+        }
+        self.spans.forget(self);
+    }
+}
+
+/// After a link ended: asks where the room is until it is hosted here or mirrored from its
+/// new origin, for as long as local peers remain.
+/// (Boxed, to name its type: setting up a mirror spawns the task that may call this.)
+fn replace(spans: Spans, room: String) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let context = spans.context.clone();
+        let Some(placement) = context.rooms.placement().cloned() else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(REPLACE_INTERVAL).await;
+            let local = context
+                .rooms
+                .room(&room)
+                .map_or(0, |r| r.lock().local_members());
+            if local == 0 {
+                return;
+            }
+            match placement.place(&room).await {
+                Placed::Elsewhere {
+                    relay_url,
+                    relay_id,
+                } => match spans.ensure(&room, &relay_url, &relay_id).await {
+                    Ok(()) => return,
+                    Err(e) => debug!(%room, error = %e, "origin not reachable yet"),
+                },
+                Placed::Here => {
+                    info!(%room, "room now hosted here");
+                    return;
+                }
+                Placed::Unknown => {}
+            }
+        }
+    })
+}
+
+impl Context {
+    /// A session to another relay of the cluster, as a client of its WebTransport side.
+    async fn connect(
+        &self,
+        room: &str,
+        url: &str,
+    ) -> Result<(Client, crate::client::Incoming), String> {
+        let verification = if self.native_roots {
+            Verification::NativeRoots
+        } else {
+            // Development identities: the pin is fetched from the relay's HTTP side, as a
+            // test client does.
+            Verification::FetchPin
+        };
+        let mut options = ClientOptions::new(url, verification);
+        options.token = self.access.relay_token(room, &self.relay_id);
+        options.receive_media = false;
+        options.extensions = vec![EXT_AUDIO_LEVEL.to_owned()];
+        Client::connect(options).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Audio pulled over a link: each datagram goes to its producer's mirror as it came.
+async fn receive_link_datagrams(session: Session, room: RoomHandle) {
+    let max = room.lock().config().max_datagram_size;
+    while let Ok(bytes) = session.receive_datagram().await {
+        if frame::is_lossy_data(&bytes) {
+            continue;
+        }
+        let Ok(d) = frame::decode_datagram(bytes.clone(), max) else {
+            continue;
+        };
+        let mut room = room.lock();
+        if let Some(owner) = room.producer_peer(d.producer_id) {
+            let _ = room.on_frame(
+                owner,
+                d.producer_id,
+                MediaKind::Audio,
+                0,
+                &d.header,
+                FrameData::Datagram(bytes),
+                Instant::now(),
+            );
+        }
+    }
+}
+
+/// Video pulled over a link, through the one stream acceptor: each group goes to its
+/// producer's mirror.
+#[derive(Clone)]
+struct LinkGroups {
+    room: RoomHandle,
+}
+
+const NOT_MIRRORED: Refusal<()> = Refusal {
+    code: close_code::STREAM_REFUSED,
+    error: None,
+};
+
+impl GroupReader for LinkGroups {
+    type Error = ();
+
+    fn admit(&self, header: StreamHeader) -> Result<(), Refusal<()>> {
+        let room = self.room.lock();
+        match room.producer_peer(header.producer_id) {
+            Some(_) => Ok(()),
+            None => {
+                debug!(
+                    producer = header.producer_id.0,
+                    "pulled stream of no mirrored producer"
+                );
+                Err(NOT_MIRRORED)
+            }
+        }
+    }
+
+    async fn frame(
+        &self,
+        (producer_id, layer): GroupKey,
+        f: StreamFrame,
+    ) -> Result<(), Refusal<()>> {
+        let mut room = self.room.lock();
+        let owner = room.producer_peer(producer_id).ok_or(NOT_MIRRORED)?;
+        let data = FrameData::Stream {
+            head: f.head,
+            payload: f.payload,
+        };
+        room.on_frame(
+            owner,
+            producer_id,
+            MediaKind::Video,
+            layer,
+            &f.header,
+            data,
+            Instant::now(),
+        )
+        .map_err(|e| {
+            debug!(producer = producer_id.0, error = %e, "pulled frame refused");
+            NOT_MIRRORED
+        })
+    }
+
+    fn malformed(&self, _key: Option<GroupKey>, _error: FrameError) -> Refusal<()> {
+        NOT_MIRRORED
+    }
+
+    fn refused(&self, _error: ()) {}
+}

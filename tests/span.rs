@@ -1,0 +1,291 @@
+//! A room that spans relays (docs/CLUSTER.md): relays started with `span_rooms` admit a
+//! join for a room another relay hosts and mirror the room from it, instead of
+//! redirecting. Real relays on 127.0.0.1 sharing a real redis-server; real clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use synapse_sfu::server::Server;
+use synapse_sfu::wire::{MediaKind, PeerId, ProducerId, Request, ServerMessage};
+
+async fn relay_id(server: &Server) -> String {
+    health(server).await["cluster"]["relay_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Waits until `peer` has been told that `who` joined (or was already there at its join).
+async fn sees_peer(peer: &mut Peer, who: PeerId) -> synapse_sfu::wire::PeerInfo {
+    if let Some(info) = peer.joined.peers.iter().find(|p| p.peer_id == who) {
+        return info.clone();
+    }
+    match wait_event(
+        &mut peer.incoming,
+        Duration::from_secs(5),
+        |e| matches!(e, ServerMessage::PeerJoined { peer } if peer.peer_id == who),
+    )
+    .await
+    {
+        Some(ServerMessage::PeerJoined { peer }) => peer,
+        other => panic!("peer {who:?} never seen: {other:?}"),
+    }
+}
+
+/// Every peer hears every other peer's audio, across relays.
+async fn all_hear_each_other(peers: &mut [(&mut Peer, ProducerId)], from_seq: u64) {
+    for seq in from_seq..from_seq + 30 {
+        for (peer, mic) in peers.iter() {
+            send_audio(&peer.client, *mic, seq);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mics: Vec<ProducerId> = peers.iter().map(|(_, mic)| *mic).collect();
+    for (peer, own) in peers.iter_mut() {
+        let others: Vec<ProducerId> = mics.iter().copied().filter(|m| m != own).collect();
+        let heard = collect_until(&mut peer.incoming, Duration::from_secs(5), |r| {
+            others
+                .iter()
+                .all(|m| r.get(m).is_some_and(|f| f.len() >= 25))
+        })
+        .await;
+        for m in &others {
+            assert!(
+                heard.get(m).is_some_and(|f| f.len() >= 25),
+                "{} heard too little of {m:?}: {:?}",
+                peer.joined.name,
+                heard.iter().map(|(k, v)| (k, v.len())).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_three_relays_with_one_pull_per_producer_per_relay() {
+    let redis = Redis::start_on(free_port());
+    let ttl = Duration::from_secs(3);
+    let one = relay_in(&redis, ttl, true).await;
+    let two = relay_in(&redis, ttl, true).await;
+    let three = relay_in(&redis, ttl, true).await;
+    let (id_one, id_two) = (relay_id(&one).await, relay_id(&two).await);
+
+    // The first join claims the room: relay one is its origin.
+    let mut ada = join(&one, "all-hands", "ada", true).await;
+    assert!(!ada.joined.ongoing);
+    let mic_a = ada.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    let cam_a = ada.client.produce(MediaKind::Video, "vp8").await.unwrap();
+
+    // Joins at the other relays stay there (no redirect) and find the call going on, with
+    // the same ids as on the origin.
+    let mut bo = join(&two, "all-hands", "bo", true).await;
+    assert!(bo.joined.ongoing, "the call on relay one is seen from two");
+    let ada_from_two = sees_peer(&mut bo, ada.joined.peer_id).await;
+    assert_eq!(ada_from_two.name, "ada");
+    assert_eq!(ada_from_two.relay.as_deref(), Some(id_one.as_str()));
+    let mut producers: Vec<ProducerId> = ada_from_two
+        .producers
+        .iter()
+        .map(|p| p.producer_id)
+        .collect();
+    producers.sort();
+    assert_eq!(producers, vec![mic_a, cam_a]);
+    let mic_b = bo.client.produce(MediaKind::Audio, "opus").await.unwrap();
+
+    let mut cy = join(&three, "all-hands", "cy", true).await;
+    let bo_from_three = sees_peer(&mut cy, bo.joined.peer_id).await;
+    assert_eq!(
+        bo_from_three.relay.as_deref(),
+        Some(id_two.as_str()),
+        "a peer of relay two, seen from three through the origin"
+    );
+    sees_peer(&mut cy, ada.joined.peer_id).await;
+    let mic_c = cy.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    let bo_from_one = sees_peer(&mut ada, bo.joined.peer_id).await;
+    assert_eq!(bo_from_one.relay.as_deref(), Some(id_two.as_str()));
+    sees_peer(&mut ada, cy.joined.peer_id).await;
+
+    // Give the mirrors a moment to start pulling, then talk.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    all_hear_each_other(
+        &mut [(&mut ada, mic_a), (&mut bo, mic_b), (&mut cy, mic_c)],
+        0,
+    )
+    .await;
+
+    // Video crosses too: a keyframe from ada reaches cy through the origin's link.
+    for seq in 0..10 {
+        send_video(&ada.client, cam_a, seq, seq == 0).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = collect_until(&mut cy.incoming, Duration::from_secs(5), |r| {
+        r.get(&cam_a).is_some_and(|f| f.len() >= 10)
+    })
+    .await;
+    let frames = seen.get(&cam_a).expect("video from another relay");
+    assert_eq!(frames[0].payload, expected_video(0, true));
+
+    // One pull per remote producer per relay: relay two pulls ada's two and cy's one.
+    let status = health(&two).await;
+    let links = &status["cluster"]["links"];
+    assert_eq!(links.as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(links[0]["pulled_producers"], 3, "{status}");
+    assert_eq!(links[0]["proxied_peers"], 2, "{status}");
+    assert_eq!(links[0]["shadows"], 1, "{status}");
+    // On the origin, ada's microphone has one consumer per other relay, whoever
+    // listens there: bo's relay and cy's relay, and nobody else (ada is there).
+    let consumers = one
+        .rooms()
+        .room("all-hands")
+        .unwrap()
+        .lock()
+        .producer_consumers(mic_a);
+    assert_eq!(consumers, Some(2), "one pull per relay");
+    let metrics = http_get(&three, "/metrics").await;
+    assert!(metrics.contains("synapse_cluster_links 1"), "{metrics}");
+    assert!(
+        metrics.contains("synapse_cluster_pulled_producers 3"),
+        "{metrics}"
+    );
+
+    // A keyframe request from a subscriber on relay three reaches the publisher on one.
+    let cy_consumer = three
+        .rooms()
+        .peer_consumers(cy.joined.peer_id)
+        .into_iter()
+        .find(|(_, p)| *p == cam_a)
+        .map(|(c, _)| c)
+        .expect("cy consumes ada's camera");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    while ada.incoming.events.try_recv().is_ok() {}
+    cy.client
+        .command(Request::RequestKeyframe {
+            consumer_id: cy_consumer,
+        })
+        .await
+        .unwrap();
+    let asked = wait_event(&mut ada.incoming, Duration::from_secs(5), |e| {
+        matches!(e, ServerMessage::KeyframeRequest { producer_id, .. } if *producer_id == cam_a)
+    })
+    .await;
+    assert!(
+        asked.is_some(),
+        "the keyframe request travelled up to the publisher"
+    );
+
+    // Pausing travels down to every relay.
+    ada.client
+        .command(Request::PauseProducer { producer_id: cam_a })
+        .await
+        .unwrap();
+    for peer in [&mut bo, &mut cy] {
+        let paused = wait_event(
+            &mut peer.incoming,
+            Duration::from_secs(5),
+            |e| matches!(e, ServerMessage::ProducerPaused { producer_id } if *producer_id == cam_a),
+        )
+        .await;
+        assert!(
+            paused.is_some(),
+            "{} was not told of the pause",
+            peer.joined.name
+        );
+    }
+
+    // A peer that leaves one relay leaves the room everywhere.
+    let bo_id = bo.joined.peer_id;
+    bo.client.leave().await.unwrap();
+    for peer in [&mut ada, &mut cy] {
+        let left = wait_event(
+            &mut peer.incoming,
+            Duration::from_secs(5),
+            |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == bo_id),
+        )
+        .await;
+        assert!(left.is_some(), "{} was not told bo left", peer.joined.name);
+    }
+
+    // A relay that dies takes only its own peers: the others are told, and go on.
+    let cy_id = cy.joined.peer_id;
+    three.shutdown();
+    let left = wait_event(
+        &mut ada.incoming,
+        Duration::from_secs(5),
+        |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == cy_id),
+    )
+    .await;
+    assert!(left.is_some(), "ada was not told cy's relay died");
+    let mut dee = join(&two, "all-hands", "dee", true).await;
+    let mic_d = dee.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    all_hear_each_other(&mut [(&mut ada, mic_a), (&mut dee, mic_d)], 100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_origin_dies_the_room_moves_and_the_rest_of_the_call_goes_on() {
+    let redis = Redis::start_on(free_port());
+    let ttl = Duration::from_millis(1500);
+    let one = relay_in(&redis, ttl, true).await;
+    let two = relay_in(&redis, ttl, true).await;
+    let three = relay_in(&redis, ttl, true).await;
+    let ada = join(&one, "town-hall", "ada", true).await;
+    let mut bo = join(&two, "town-hall", "bo", true).await;
+    let mut cy = join(&three, "town-hall", "cy", true).await;
+    sees_peer(&mut bo, cy.joined.peer_id).await;
+    sees_peer(&mut cy, bo.joined.peer_id).await;
+    let mic_b = bo.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    let mic_c = cy.client.produce(MediaKind::Audio, "opus").await.unwrap();
+
+    // The origin dies without a word to Redis.
+    let ada_id = ada.joined.peer_id;
+    one.shutdown();
+    for peer in [&mut bo, &mut cy] {
+        let left = wait_event(
+            &mut peer.incoming,
+            Duration::from_secs(5),
+            |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == ada_id),
+        )
+        .await;
+        assert!(
+            left.is_some(),
+            "{} was not told ada's relay died",
+            peer.joined.name
+        );
+    }
+    // Within the lease's TTL the room is hosted by one of the two left, mirrored by the
+    // other, and bo and cy meet again (each sees the other come back).
+    sees_peer_again(&mut bo, cy.joined.peer_id, ttl).await;
+    sees_peer_again(&mut cy, bo.joined.peer_id, ttl).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    all_hear_each_other(&mut [(&mut bo, mic_b), (&mut cy, mic_c)], 0).await;
+    let links = health(&two).await["cluster"]["links"]
+        .as_array()
+        .unwrap()
+        .len()
+        + health(&three).await["cluster"]["links"]
+            .as_array()
+            .unwrap()
+            .len();
+    assert_eq!(
+        links, 1,
+        "one relay hosts the room now, the other mirrors it"
+    );
+}
+
+/// After the origin died, `who` (on a relay that survived) leaves and joins again as the
+/// room is mirrored anew.
+async fn sees_peer_again(peer: &mut Peer, who: PeerId, ttl: Duration) {
+    let back = wait_event(
+        &mut peer.incoming,
+        ttl + Duration::from_secs(5),
+        |e| matches!(e, ServerMessage::PeerJoined { peer } if peer.peer_id == who),
+    )
+    .await;
+    assert!(
+        back.is_some(),
+        "{} never saw {who:?} again",
+        peer.joined.name
+    );
+}

@@ -1,0 +1,161 @@
+//! A webinar larger than one relay: one publisher on relay one, 300 subscribers spread
+//! over three relays that share a real redis-server (docs/CLUSTER.md). At least 99.9% of
+//! the frames arrive, and each relay pulls each producer from the origin exactly once.
+//! (Alone in its test binary: 300 sessions and three relays take both cores.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::*;
+use common::*;
+use futures_util::StreamExt;
+use synapse_sfu::client::media::synthetic_payload;
+use synapse_sfu::client::now_us;
+use synapse_sfu::server::Server;
+use synapse_sfu::wire::{FrameHeader, MediaKind, ProducerId, ServerMessage};
+
+const SUBSCRIBERS: usize = 300;
+// Three seconds of 40 ms audio frames and 10 fps video of small frames: what is tested is
+// that every frame gets everywhere, not the relays' throughput (in a debug build, with the
+// 300 subscribers on the same two cores; `bench` measures throughput).
+const AUDIO_FRAMES: u64 = 75;
+const VIDEO_FRAMES: u64 = 30;
+
+async fn consumers_of(server: &Server, producer: ProducerId) -> usize {
+    server
+        .rooms()
+        .room("webinar")
+        .and_then(|r| r.lock().producer_consumers(producer))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_to_300_over_three_relays_delivers_with_one_pull_per_relay() {
+    let redis = Redis::start_on(free_port());
+    let ttl = Duration::from_secs(5);
+    let relays = [
+        relay_in(&redis, ttl, true).await,
+        relay_in(&redis, ttl, true).await,
+        relay_in(&redis, ttl, true).await,
+    ];
+    let host = join(&relays[0], "webinar", "host", false).await;
+    let mic = host.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    let cam = host.client.produce(MediaKind::Video, "vp8").await.unwrap();
+
+    // Subscribers join round-robin over the three relays, a few at a time.
+    let subscribers: Vec<Peer> = futures_util::stream::iter(0..SUBSCRIBERS)
+        .map(|i| {
+            let relay = &relays[i % 3];
+            async move { join(relay, "webinar", &format!("viewer {i}"), true).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+
+    // Every subscriber consumes both tracks where it is; the origin has one consumer per
+    // producer for each of the other two relays on top of its own 100.
+    let local = SUBSCRIBERS / 3;
+    let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(20));
+    loop {
+        let mut counts = Vec::new();
+        for relay in &relays {
+            counts.push((
+                consumers_of(relay, mic).await,
+                consumers_of(relay, cam).await,
+            ));
+        }
+        let flowing: Vec<u64> = {
+            let mut flowing = Vec::new();
+            for relay in &relays[1..] {
+                let status = health(relay).await;
+                flowing.push(
+                    status["cluster"]["links"][0]["flowing"]
+                        .as_u64()
+                        .unwrap_or(0),
+                );
+            }
+            flowing
+        };
+        if counts[0] == (local + 2, local + 2)
+            && counts[1..].iter().all(|c| *c == (local, local))
+            && flowing == [2, 2]
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "consumers never settled: {counts:?}, flowing over links {flowing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for relay in &relays[1..] {
+        let status = health(relay).await;
+        assert_eq!(
+            status["cluster"]["links"][0]["pulled_producers"], 2,
+            "one pull per producer: {status}"
+        );
+    }
+
+    // Each subscriber counts what it receives while the host publishes.
+    let counters: Vec<_> = subscribers
+        .into_iter()
+        .map(|mut peer| {
+            tokio::spawn(async move {
+                let (mut audio, mut video) = (0u64, 0u64);
+                let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(10));
+                while audio < AUDIO_FRAMES || video < VIDEO_FRAMES {
+                    match tokio::time::timeout_at(deadline, peer.incoming.frames.recv()).await {
+                        Ok(Some(frame)) if frame.producer_id == mic => audio += 1,
+                        Ok(Some(frame)) if frame.producer_id == cam => video += 1,
+                        Ok(Some(_)) => {}
+                        _ => break,
+                    }
+                }
+                (audio, video, peer)
+            })
+        })
+        .collect();
+    // The host answers keyframe requests with its next frame, as an encoder does (a
+    // consumer whose stream stalled restarts at a keyframe).
+    let mut host = host;
+    let mut video_seq = 0;
+    let mut keyframe_due = true;
+    for seq in 0..AUDIO_FRAMES {
+        while let Ok(event) = host.incoming.events.try_recv() {
+            keyframe_due |= matches!(event, ServerMessage::KeyframeRequest { .. });
+        }
+        send_audio(&host.client, mic, seq);
+        // Video at 10 per second beside audio at 25: every fifth audio frame, two.
+        if seq % 5 < 2 && video_seq < VIDEO_FRAMES {
+            let size = if keyframe_due { 4_000 } else { 800 };
+            let header = FrameHeader::new(video_seq, now_us(), keyframe_due);
+            host.client
+                .send_video(cam, header, synthetic_payload(video_seq, size))
+                .await
+                .unwrap();
+            keyframe_due = false;
+            video_seq += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let mut delivered = 0;
+    let mut short = Vec::new();
+    for counter in counters {
+        let (audio, video, peer) = counter.await.unwrap();
+        delivered += audio + video;
+        if audio < AUDIO_FRAMES || video < VIDEO_FRAMES {
+            short.push((peer.joined.name.clone(), audio, video));
+        }
+    }
+    let expected = SUBSCRIBERS as u64 * (AUDIO_FRAMES + VIDEO_FRAMES);
+    let share = delivered as f64 / expected as f64;
+    println!(
+        "delivered {delivered} of {expected} frames ({:.4}%)",
+        share * 100.0
+    );
+    assert!(
+        share >= 0.999,
+        "delivered {delivered} of {expected}; short: {short:?}"
+    );
+}
