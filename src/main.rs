@@ -272,6 +272,15 @@ enum BenchScenario {
         #[arg(long, default_value_t = 5)]
         peers: usize,
     },
+    /// One publisher on relay 1 and N subscribers spread over R relays that span the room
+    /// (`serve --span-rooms`, with a redis-server the bench starts): what a hop adds, and
+    /// each relay's CPU.
+    Cluster {
+        #[arg(long, default_value_t = 300)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 3)]
+        relays: usize,
+    },
     /// One publisher to a subscriber on a clean link and one through a shaper, side by side:
     /// fps, freezes, latency, delivery of each.
     WeakLink(WeakLinkArgs),
@@ -589,6 +598,7 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         ),
         BenchScenario::Rooms { rooms, peers } => (Scenario::Rooms { rooms, peers }, None),
         BenchScenario::WeakLink(_) => (Scenario::WeakLink, None),
+        BenchScenario::Cluster { subscribers, .. } => (Scenario::Fanout { subscribers }, None),
     };
     let options = BenchOptions {
         scenario,
@@ -611,6 +621,19 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         progress: !args.quiet,
         transport: args.transport,
     };
+    if let BenchScenario::Cluster {
+        subscribers,
+        relays,
+    } = args.scenario
+    {
+        let report = bench::cluster::run(&options, subscribers, relays).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            bench::cluster::print_report(&report);
+        }
+        return Ok(());
+    }
     if let BenchScenario::WeakLink(link) = &args.scenario {
         let report = bench::weak_link::run(&options, &link.links()).await?;
         if args.json {

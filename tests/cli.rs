@@ -275,6 +275,32 @@ fn bench_harness_reports_every_path() {
     );
 }
 
+/// The cluster scenario starts a redis-server and relays that span the room, and reports
+/// each relay with its pulls and what a hop adds. Sanity only, as above.
+#[test]
+fn bench_cluster_reports_every_relay() {
+    let report = bench(&["cluster", "--subscribers", "4", "--relays", "2"]);
+    assert_eq!(report["scenario"], "cluster_fanout");
+    let relays = report["per_relay"].as_array().expect("per relay");
+    assert_eq!(relays.len(), 2, "{report}");
+    assert_eq!(relays[0]["role"], "origin");
+    assert_eq!(relays[1]["role"], "edge");
+    assert_eq!(relays[1]["subscribers"], 2);
+    // The edge pulls the publisher's two producers, once each.
+    assert_eq!(relays[1]["pulled_producers"], 2, "{report}");
+    assert!(
+        report["delivered_ratio"].as_f64().unwrap() > 0.9,
+        "{report}"
+    );
+    assert!(report["hop_added_p50_ms"].is_number(), "{report}");
+    for relay in relays {
+        assert!(
+            relay["cpu_core_s_per_s"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
+}
+
 /// The weak-link scenario reports both subscribers, side by side, and the shaper's counters.
 /// Sanity only, as above: a debug relay on a machine of unknown speed.
 #[test]

@@ -8,8 +8,12 @@ use std::time::Duration;
 
 use common::cluster::*;
 use common::*;
+use synapse_sfu::auth::{AccessPolicy, ApiKey};
+use synapse_sfu::client::{Client, ClientError};
 use synapse_sfu::server::Server;
-use synapse_sfu::wire::{MediaKind, PeerId, ProducerId, Request, ServerMessage};
+use synapse_sfu::wire::{
+    ErrorCode, Grants, MediaKind, PeerId, ProducerId, RelayJoin, Request, ServerMessage,
+};
 
 async fn relay_id(server: &Server) -> String {
     health(server).await["cluster"]["relay_id"]
@@ -287,5 +291,59 @@ async fn sees_peer_again(peer: &mut Peer, who: PeerId, ttl: Duration) {
         back.is_some(),
         "{} never saw {who:?} again",
         peer.joined.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_keys_relays_join_each_other_by_their_shared_key_and_nobody_else_can() {
+    let key = ApiKey {
+        key: "cluster".into(),
+        secret: "a shared secret of the cluster's relays".into(),
+    };
+    let redis = Redis::start_on(free_port());
+    let ttl = Duration::from_secs(3);
+    let one = relay_in_with(&redis, ttl, true, AccessPolicy::Keys(key.clone())).await;
+    let two = relay_in_with(&redis, ttl, true, AccessPolicy::Keys(key.clone())).await;
+    let joiner = |server: &Server, identity: &str| {
+        let mut options = options(server);
+        options.token = Some(
+            key.mint(
+                "keyed",
+                identity,
+                Some(identity),
+                Duration::from_secs(60),
+                Grants::default(),
+            )
+            .unwrap(),
+        );
+        options
+    };
+    let mut ada = join_with(joiner(&one, "ada"), "keyed", "ada", true).await;
+    let mut bo = join_with(joiner(&two, "bo"), "keyed", "bo", true).await;
+    assert_eq!(sees_peer(&mut bo, ada.joined.peer_id).await.name, "ada");
+    // Bo's shadow on relay one joined with relay two's token, under bo's own name.
+    assert_eq!(sees_peer(&mut ada, bo.joined.peer_id).await.name, "bo");
+    let mic_a = ada.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    let mic_b = bo.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    all_hear_each_other(&mut [(&mut ada, mic_a), (&mut bo, mic_b)], 0).await;
+
+    // A client's token has no relay grant: it cannot pose as a relay.
+    let (client, _incoming) = Client::connect(joiner(&one, "mallory")).await.unwrap();
+    let refused = client
+        .join_as(
+            "keyed",
+            "mallory",
+            false,
+            Some(RelayJoin {
+                relay: "fake".into(),
+                peer_id: Some(ada.joined.peer_id),
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Refused(e) if e.code == ErrorCode::Forbidden),
+        "{refused:?}"
     );
 }

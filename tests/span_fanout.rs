@@ -16,10 +16,12 @@ use synapse_sfu::server::Server;
 use synapse_sfu::wire::{FrameHeader, MediaKind, ProducerId, ServerMessage};
 
 const SUBSCRIBERS: usize = 300;
-// Three seconds of 40 ms audio frames and 10 fps video of small frames: what is tested is
-// that every frame gets everywhere, not the relays' throughput (in a debug build, with the
-// 300 subscribers on the same two cores; `bench` measures throughput).
-const AUDIO_FRAMES: u64 = 75;
+// Three seconds of audio (10 frames a second) and 10 fps video of small frames: what is
+// tested is that every frame gets everywhere, not the relays' throughput (a debug build,
+// with the 300 subscribers on the same two cores; `bench cluster` measures throughput).
+// A datagram the publisher's relay loses costs 300 deliveries, so the load is kept well
+// below what makes a starved debug build drop datagrams at its socket.
+const AUDIO_FRAMES: u64 = 30;
 const VIDEO_FRAMES: u64 = 30;
 
 async fn consumers_of(server: &Server, producer: ProducerId) -> usize {
@@ -126,8 +128,8 @@ async fn one_to_300_over_three_relays_delivers_with_one_pull_per_relay() {
             keyframe_due |= matches!(event, ServerMessage::KeyframeRequest { .. });
         }
         send_audio(&host.client, mic, seq);
-        // Video at 10 per second beside audio at 25: every fifth audio frame, two.
-        if seq % 5 < 2 && video_seq < VIDEO_FRAMES {
+        // Video beside audio, one frame each, every 100 ms.
+        if video_seq < VIDEO_FRAMES {
             let size = if keyframe_due { 4_000 } else { 800 };
             let header = FrameHeader::new(video_seq, now_us(), keyframe_due);
             host.client
@@ -137,7 +139,7 @@ async fn one_to_300_over_three_relays_delivers_with_one_pull_per_relay() {
             keyframe_due = false;
             video_seq += 1;
         }
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut delivered = 0;
     let mut short = Vec::new();

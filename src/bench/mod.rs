@@ -2,6 +2,7 @@
 //! direct QUIC link and a raw UDP baseline on the same load in one run, because on a
 //! shared machine absolute numbers swing while ratios measured together hold.
 
+pub mod cluster;
 pub mod direct;
 pub mod relay_path;
 pub mod stats;
@@ -79,6 +80,7 @@ impl Scenario {
                 subscribe,
                 simulcast: false,
                 max_resolution: None,
+                relay: 0,
             };
         match *self {
             Scenario::Fanout { subscribers } => {
@@ -244,7 +246,12 @@ impl Drop for RelayChild {
     }
 }
 
-async fn start_relay(bin: Option<&PathBuf>, extra_args: &[String]) -> Result<RelayChild> {
+/// Starts a relay; with `redis`, as one of a cluster whose rooms span relays.
+async fn start_relay(
+    bin: Option<&PathBuf>,
+    extra_args: &[String],
+    redis: Option<&str>,
+) -> Result<RelayChild> {
     let bin = match bin {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("locating this executable")?,
@@ -269,6 +276,16 @@ async fn start_relay(bin: Option<&PathBuf>, extra_args: &[String]) -> Result<Rel
             "0",
         ])
         .args(["--max-rooms", "0", "--max-requests-per-second", "0"])
+        .args(match redis {
+            Some(redis) => vec![
+                "--redis-url".to_owned(),
+                redis.to_owned(),
+                "--public-url".to_owned(),
+                format!("https://127.0.0.1:{port}/"),
+                "--span-rooms".to_owned(),
+            ],
+            None => Vec::new(),
+        })
         .args(extra_args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -398,7 +415,8 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
             (url.clone(), verification, None)
         }
         None => {
-            started_relay = start_relay(options.relay_bin.as_ref(), &options.relay_args).await?;
+            started_relay =
+                start_relay(options.relay_bin.as_ref(), &options.relay_args, None).await?;
             let pid = started_relay.child.id();
             (
                 started_relay.url.clone(),
@@ -414,7 +432,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
     let mut relay = crate::client::ClientOptions::new(&url, verification);
     relay.transport = options.transport;
     let outcome = relay_path::run(
-        relay,
+        vec![relay],
         options.scenario.plans(),
         options.shape,
         options.duration,

@@ -28,6 +28,8 @@ pub struct PeerPlan {
     pub simulcast: bool,
     /// What this peer's consumers of simulcast video prefer (`set_preferred_layers`).
     pub max_resolution: Option<(u32, u32)>,
+    /// Which of the relays it joins (an index into `run`'s `relays`; 0 but in a cluster).
+    pub relay: usize,
 }
 
 impl PeerPlan {
@@ -40,6 +42,8 @@ impl PeerPlan {
 #[derive(Debug, Default)]
 pub struct PlanOutcome {
     pub received: Recorder,
+    /// What the subscribers of each relay received, and should have (a cluster's relays).
+    pub by_relay: Vec<(Recorder, u64)>,
     pub sent_frames: u64,
     pub sent_bytes: u64,
     /// Frames that should have arrived: every frame to every subscriber of its room (for a
@@ -59,6 +63,7 @@ pub struct SimulcastOutcome {
 
 struct PeerOutcome {
     room: String,
+    relay: usize,
     /// Frames of its tracks as a consumer sees them (pictures, for simulcast video).
     sent_frames: u64,
     sent_bytes: u64,
@@ -67,10 +72,12 @@ struct PeerOutcome {
     simulcast: Option<SimulcastOutcome>,
 }
 
-/// Runs `plans` against the relay at `url` for `duration` once every consumer is in place.
-/// `on_start` runs at the moment publishing starts (the caller samples relay CPU there).
+/// Runs `plans` against `relays` (each plan joins the one it names) for `duration` once
+/// every consumer is in place. `on_start` runs at the moment publishing starts (the caller
+/// samples relay CPU there). With several relays, the first plan joins before the others,
+/// so that its relay is the one that hosts its room.
 pub async fn run(
-    relay: ClientOptions,
+    relays: Vec<ClientOptions>,
     plans: Vec<PeerPlan>,
     shape: Shape,
     duration: Duration,
@@ -88,15 +95,21 @@ pub async fn run(
     // One start time for all: whoever leaves the barrier first sets it, so that publishers
     // and subscribers agree on when sending stops, however late each is scheduled.
     let start = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+    let (first_joined, first_join) = tokio::sync::watch::channel(relays.len() < 2);
+    let first_joined = Arc::new(first_joined);
     let mut tasks = Vec::new();
-    for plan in plans.clone() {
+    for (index, plan) in plans.clone().into_iter().enumerate() {
         let expected_consumers = if plan.subscribe {
             tracks_per_room[plan.room.as_str()] - plan.tracks()
         } else {
             0
         };
-        let mut options = relay.clone();
+        let mut options = relays
+            .get(plan.relay)
+            .context("a plan names a relay that is not there")?
+            .clone();
         options.frame_buffer = 8192;
+        let (first_joined, mut first_join) = (first_joined.clone(), first_join.clone());
         let (barrier, joining, received_frames, start) = (
             barrier.clone(),
             joining.clone(),
@@ -104,9 +117,13 @@ pub async fn run(
             start.clone(),
         );
         tasks.push(tokio::spawn(async move {
+            if index > 0 {
+                let _ = first_join.wait_for(|joined| *joined).await;
+            }
             let permit = joining.acquire_owned().await?;
             let (client, mut incoming) = Client::connect(options).await?;
             client.join(&plan.room, &plan.name, plan.subscribe).await?;
+            let _ = first_joined.send(true);
             // Tracks are produced now, so that every consumer exists before the clock
             // starts; they start sending when the barrier opens.
             let (go, gone) = tokio::sync::watch::channel(false);
@@ -242,6 +259,7 @@ pub async fn run(
             });
             let outcome = PeerOutcome {
                 room: plan.room.clone(),
+                relay: plan.relay,
                 sent_frames: publishers.iter().map(pictures).sum(),
                 sent_bytes: publishers
                     .iter()
@@ -320,8 +338,13 @@ pub async fn run(
             total.unused_stopped_after = total.unused_stopped_after.max(s.unused_stopped_after);
         }
     }
+    result.by_relay = vec![(Recorder::default(), 0); relays.len()];
     for p in peers.iter().filter(|p| p.subscribe) {
-        result.expected_frames += sent_per_room[p.room.as_str()] - p.sent_frames;
+        let expected = sent_per_room[p.room.as_str()] - p.sent_frames;
+        result.expected_frames += expected;
+        let (received, expected_here) = &mut result.by_relay[p.relay];
+        received.merge(&p.received);
+        *expected_here += expected;
     }
     Ok(result)
 }

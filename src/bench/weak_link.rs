@@ -394,7 +394,8 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
             (url.clone(), hash)
         }
         None => {
-            started_relay = start_relay(options.relay_bin.as_ref(), &options.relay_args).await?;
+            started_relay =
+                start_relay(options.relay_bin.as_ref(), &options.relay_args, None).await?;
             (started_relay.url.clone(), started_relay.hash.clone())
         }
     };

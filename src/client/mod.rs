@@ -107,6 +107,27 @@ pub struct ClientOptions {
     /// Read media into [`Incoming::frames`] (the default). Off: nothing reads the
     /// session's datagrams and streams but the owner (a relay's link, `server::span`).
     pub receive_media: bool,
+    /// Connect through this endpoint (its socket and its certificate check) instead of one
+    /// of the client's own: a relay's many sessions to another relay share one.
+    pub endpoint: Option<SharedEndpoint>,
+}
+
+/// A QUIC endpoint that several clients connect through (`ClientOptions::endpoint`).
+#[derive(Clone)]
+pub struct SharedEndpoint(Arc<Endpoint<wtransport::endpoint::endpoint_side::Client>>);
+
+impl std::fmt::Debug for SharedEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedEndpoint")
+    }
+}
+
+impl SharedEndpoint {
+    /// An endpoint whose connections verify the server as `options` says (a fetched pin
+    /// is fetched now, from `options.url`) and use its transport settings.
+    pub async fn new(options: &ClientOptions) -> Result<Self, ClientError> {
+        client_endpoint(options).await.map(|e| Self(Arc::new(e)))
+    }
 }
 
 impl ClientOptions {
@@ -122,6 +143,7 @@ impl ClientOptions {
             transport: TransportKind::default(),
             websocket_tls: None,
             receive_media: true,
+            endpoint: None,
         }
     }
 }
@@ -162,7 +184,7 @@ struct Inner {
     /// The extensions the relay listed when this client joined.
     relay_extensions: Mutex<Vec<String>>,
     // Kept alive for as long as the client is (WebTransport only).
-    _endpoint: Option<Endpoint<wtransport::endpoint::endpoint_side::Client>>,
+    _endpoint: Option<SharedEndpoint>,
 }
 
 impl Drop for Inner {
@@ -799,13 +821,26 @@ impl Client {
 /// Opens the QUIC connection and WebTransport session.
 async fn connect_webtransport(
     options: &ClientOptions,
-) -> Result<
-    (
-        wtransport::Connection,
-        Endpoint<wtransport::endpoint::endpoint_side::Client>,
-    ),
-    ClientError,
-> {
+) -> Result<(wtransport::Connection, SharedEndpoint), ClientError> {
+    let failed = |reason: String| ClientError::Connect {
+        url: options.url.clone(),
+        reason,
+    };
+    let endpoint = match &options.endpoint {
+        Some(shared) => shared.clone(),
+        None => SharedEndpoint::new(options).await?,
+    };
+    let connection =
+        tokio::time::timeout(Duration::from_secs(10), endpoint.0.connect(&options.url))
+            .await
+            .map_err(|_| failed("timed out".into()))?
+            .map_err(|e| failed(e.to_string()))?;
+    Ok((connection, endpoint))
+}
+
+async fn client_endpoint(
+    options: &ClientOptions,
+) -> Result<Endpoint<wtransport::endpoint::endpoint_side::Client>, ClientError> {
     let failed = |reason: String| ClientError::Connect {
         url: options.url.clone(),
         reason,
@@ -833,12 +868,7 @@ async fn connect_webtransport(
     config
         .quic_config_mut()
         .transport_config(Arc::new(transport));
-    let endpoint = Endpoint::client(config).map_err(|e| failed(e.to_string()))?;
-    let connection = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(&options.url))
-        .await
-        .map_err(|_| failed("timed out".into()))?
-        .map_err(|e| failed(e.to_string()))?;
-    Ok((connection, endpoint))
+    Endpoint::client(config).map_err(|e| failed(e.to_string()))
 }
 
 /// The byte stream under a WebSocket: TCP, or TLS over TCP.

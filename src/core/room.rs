@@ -804,6 +804,7 @@ impl Room {
             producers: Vec::new(),
             consumers: Vec::new(),
         };
+        let relay_grant = grants.relay;
         self.peers.insert(
             peer_id,
             Peer {
@@ -818,10 +819,14 @@ impl Room {
                 waker: None,
                 overflowed: false,
                 last_frame_error: None,
-                requests: (self.config.limits.max_requests_per_second > 0).then(|| {
-                    let rate = f64::from(self.config.limits.max_requests_per_second);
-                    TokenBucket::new(rate * 2.0, rate)
-                }),
+                // Another relay's peers ask on behalf of many (a link consumes every
+                // producer of the room): not limited like one client.
+                requests: (self.config.limits.max_requests_per_second > 0 && !relay_grant).then(
+                    || {
+                        let rate = f64::from(self.config.limits.max_requests_per_second);
+                        TokenBucket::new(rate * 2.0, rate)
+                    },
+                ),
                 path: PathEstimator::default(),
                 last_transport_stats: None,
                 skipped_late: 0,

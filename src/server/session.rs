@@ -305,10 +305,15 @@ async fn join_phase(
                         }
                         None => JoinAs::default(),
                     };
+                    // A relay's token names the relay; the peer it brings keeps its name.
+                    let shown = match &relay {
+                        Some(_) if admitted.grants.relay => &name,
+                        _ => &admitted.name,
+                    };
                     rooms.join(
                         version,
                         &room,
-                        &admitted.name,
+                        shown,
                         auto_subscribe,
                         admitted.grants,
                         &extensions,

@@ -33,7 +33,7 @@ use super::placement::Placed;
 use super::session::send_consumer;
 use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
-use crate::client::{Client, ClientOptions, Verification};
+use crate::client::{Client, ClientOptions, SharedEndpoint, Verification};
 use crate::core::{FrameData, GroupKey, JoinAs, PeerOutput, Track};
 use crate::group::{GroupLimits, GroupReader, Refusal, accept_groups};
 use crate::transport::Session;
@@ -218,6 +218,8 @@ struct Span {
     origin_url: String,
     origin_id: String,
     handle: RoomHandle,
+    /// One QUIC endpoint (socket, certificate check) for the link and every shadow.
+    endpoint: SharedEndpoint,
     link: Client,
     /// The hidden local peer that consumes local producers for their shadows.
     uplink: PeerId,
@@ -246,7 +248,8 @@ impl Span {
         origin_id: &str,
     ) -> Result<Arc<Span>, String> {
         let context = spans.context.clone();
-        let (link, incoming) = context.connect(room, origin_url).await?;
+        let endpoint = context.endpoint(origin_url).await?;
+        let (link, incoming) = context.connect(room, origin_url, &endpoint).await?;
         let joined = link
             .join_as(
                 room,
@@ -286,6 +289,7 @@ impl Span {
             origin_url: origin_url.to_owned(),
             origin_id: origin_id.to_owned(),
             handle,
+            endpoint,
             link,
             uplink,
             proxies: Mutex::default(),
@@ -666,7 +670,9 @@ impl Span {
     ) {
         let context = self.spans.context.clone();
         let connected = async {
-            let (client, incoming) = context.connect(&self.room, &self.origin_url).await?;
+            let (client, incoming) = context
+                .connect(&self.room, &self.origin_url, &self.endpoint)
+                .await?;
             let relay = RelayJoin {
                 relay: context.relay_id.clone(),
                 peer_id: Some(peer.peer_id),
@@ -815,20 +821,29 @@ fn replace(spans: Spans, room: String) -> std::pin::Pin<Box<dyn Future<Output = 
 }
 
 impl Context {
+    /// The endpoint a mirror's sessions to `url` go through.
+    async fn endpoint(&self, url: &str) -> Result<SharedEndpoint, String> {
+        let verification = if self.native_roots {
+            Verification::NativeRoots
+        } else {
+            // Development identities: the pin is fetched from the relay's HTTP side (once
+            // per mirror), as a test client does.
+            Verification::FetchPin
+        };
+        SharedEndpoint::new(&ClientOptions::new(url, verification))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// A session to another relay of the cluster, as a client of its WebTransport side.
     async fn connect(
         &self,
         room: &str,
         url: &str,
+        endpoint: &SharedEndpoint,
     ) -> Result<(Client, crate::client::Incoming), String> {
-        let verification = if self.native_roots {
-            Verification::NativeRoots
-        } else {
-            // Development identities: the pin is fetched from the relay's HTTP side, as a
-            // test client does.
-            Verification::FetchPin
-        };
-        let mut options = ClientOptions::new(url, verification);
+        let mut options = ClientOptions::new(url, Verification::FetchPin);
+        options.endpoint = Some(endpoint.clone());
         options.token = self.access.relay_token(room, &self.relay_id);
         options.receive_media = false;
         options.extensions = vec![EXT_AUDIO_LEVEL.to_owned()];

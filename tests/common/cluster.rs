@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use synapse_sfu::auth::AccessPolicy;
 use synapse_sfu::server::{ClusterConfig, Server, ServerConfig, SessionLimits};
 
 use super::{http_get, start_relay_with, test_config};
@@ -73,6 +74,16 @@ pub fn free_port() -> u16 {
 /// A relay of the cluster around `redis`; with `span_rooms`, a room hosted elsewhere is
 /// mirrored here instead of the client being redirected.
 pub async fn relay_in(redis: &Redis, ttl: Duration, span_rooms: bool) -> Server {
+    relay_in_with(redis, ttl, span_rooms, AccessPolicy::Development).await
+}
+
+/// [`relay_in`] with an access policy (API keys: relays of a cluster share them).
+pub async fn relay_in_with(
+    redis: &Redis,
+    ttl: Duration,
+    span_rooms: bool,
+    access: AccessPolicy,
+) -> Server {
     let port = free_port();
     let bind: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     start_relay_with(ServerConfig {
@@ -89,6 +100,7 @@ pub async fn relay_in(redis: &Redis, ttl: Duration, span_rooms: bool) -> Server 
             max_sessions_per_address: 0,
             ..test_config().limits
         },
+        access,
         ..test_config()
     })
     .await
