@@ -138,6 +138,15 @@ async fn a_room_spans_three_relays_with_one_pull_per_producer_per_relay() {
     assert_eq!(links[0]["pulled_producers"], 3, "{status}");
     assert_eq!(links[0]["proxied_peers"], 2, "{status}");
     assert_eq!(links[0]["shadows"], 1, "{status}");
+    assert_eq!(
+        status["peers"], 1,
+        "bo alone is connected to relay two: {status}"
+    );
+    assert_eq!(
+        health(&one).await["peers"],
+        1,
+        "ada alone is connected to relay one"
+    );
     // On the origin, ada's microphone has one consumer per other relay, whoever
     // listens there: bo's relay and cy's relay, and nobody else (ada is there).
     let consumers = one
@@ -345,5 +354,115 @@ async fn with_api_keys_relays_join_each_other_by_their_shared_key_and_nobody_els
     assert!(
         matches!(&refused, ClientError::Refused(e) if e.code == ErrorCode::Forbidden),
         "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_for_a_moment_drops_no_call_across_relays() {
+    let port = free_port();
+    let mut redis = Redis::start_on(port);
+    let ttl = Duration::from_secs(2);
+    let one = relay_in(&redis, ttl, true).await;
+    let two = relay_in(&redis, ttl, true).await;
+    let mut ada = join(&one, "ops", "ada", true).await;
+    let mut bo = join(&two, "ops", "bo", true).await;
+    sees_peer(&mut ada, bo.joined.peer_id).await;
+    let mic_a = ada.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    let mic_b = bo.client.produce(MediaKind::Audio, "opus").await.unwrap();
+
+    // Redis gone for longer than a lease lives: the mirror needs none of it.
+    redis.stop();
+    tokio::time::sleep(ttl + Duration::from_millis(500)).await;
+    all_hear_each_other(&mut [(&mut ada, mic_a), (&mut bo, mic_b)], 0).await;
+    assert_eq!(health(&two).await["cluster"]["links"][0]["shadows"], 1);
+
+    // Redis back, empty: the origin claims its room again, the mirror stays as it is.
+    let _redis = Redis::start_on(port);
+    let back = tokio::time::Instant::now();
+    while health(&one).await["cluster"]["leases"] != 1 {
+        assert!(
+            back.elapsed() < patient(ttl * 2),
+            "the room was not claimed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    all_hear_each_other(&mut [(&mut ada, mic_a), (&mut bo, mic_b)], 100).await;
+}
+
+/// Waits for data from `from` with `payload`; then makes sure no second copy follows.
+async fn hears_data_once(peer: &mut Peer, from: PeerId, payload: &str) {
+    let is_it = |e: &ServerMessage| matches!(e, ServerMessage::Data { from: f, payload: p, .. } if *f == from && p == payload);
+    let heard = wait_event(&mut peer.incoming, Duration::from_secs(5), is_it).await;
+    assert!(
+        heard.is_some(),
+        "{} never got {payload:?}",
+        peer.joined.name
+    );
+    let again = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(event) = peer.incoming.events.recv().await {
+            if is_it(&event) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        !matches!(again, Ok(true)),
+        "{} got {payload:?} twice",
+        peer.joined.name
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_messages_cross_relays_once_to_everyone_or_to_one() {
+    let redis = Redis::start_on(free_port());
+    let ttl = Duration::from_secs(3);
+    let one = relay_in(&redis, ttl, true).await;
+    let two = relay_in(&redis, ttl, true).await;
+    let three = relay_in(&redis, ttl, true).await;
+    let mut ada = join(&one, "chat", "ada", false).await;
+    let mut bo = join(&two, "chat", "bo", false).await;
+    let mut cy = join(&three, "chat", "cy", false).await;
+    let (a, b, c) = (ada.joined.peer_id, bo.joined.peer_id, cy.joined.peer_id);
+    for (peer, others) in [(&mut ada, [b, c]), (&mut bo, [a, c]), (&mut cy, [a, b])] {
+        for other in others {
+            sees_peer(peer, other).await;
+        }
+    }
+
+    // From the origin to everyone; from an edge to everyone.
+    ada.client
+        .send_data("hello from one", &[], None)
+        .await
+        .unwrap();
+    hears_data_once(&mut bo, a, "hello from one").await;
+    hears_data_once(&mut cy, a, "hello from one").await;
+    cy.client
+        .send_data("hello from three", &[], Some("chat"))
+        .await
+        .unwrap();
+    hears_data_once(&mut ada, c, "hello from three").await;
+    hears_data_once(&mut bo, c, "hello from three").await;
+
+    // From an edge to a peer of the other edge (through the origin), and to the origin's.
+    bo.client.send_data("just cy", &[c], None).await.unwrap();
+    hears_data_once(&mut cy, b, "just cy").await;
+    bo.client.send_data("just ada", &[a], None).await.unwrap();
+    // Ada gets hers, and nothing of bo's message to cy before it (data keeps its order).
+    let mut before = Vec::new();
+    let heard = wait_event(&mut ada.incoming, Duration::from_secs(5), |e| match e {
+        ServerMessage::Data { payload, .. } if payload == "just ada" => true,
+        ServerMessage::Data { payload, .. } => {
+            before.push(payload.clone());
+            false
+        }
+        _ => false,
+    })
+    .await;
+    assert!(heard.is_some(), "ada never got bo's message");
+    assert!(
+        !before.iter().any(|p| p == "just cy"),
+        "ada got data meant for cy: {before:?}"
     );
 }

@@ -426,7 +426,9 @@ impl Room {
     pub fn counts(&self) -> RelayCounts {
         RelayCounts {
             rooms: 1,
-            peers: self.peers.len(),
+            // Peers connected here: not another relay's link, nor its peers mirrored here
+            // (`/metrics` counts those apart).
+            peers: self.local_members(),
             producers: self.producers.len(),
             consumers: self.consumers.len(),
         }
@@ -1416,11 +1418,13 @@ impl Room {
             ));
         }
         if to.is_empty() {
+            // Everyone here; another relay's mirrored peers hear it through that relay's
+            // link, which is hidden and so among the recipients (docs/PROTOCOL.md 18).
             return Ok(self
                 .members
                 .iter()
                 .copied()
-                .filter(|p| *p != peer_id)
+                .filter(|p| *p != peer_id && !self.peers[p].is_mirror())
                 .collect());
         }
         let mut recipients = Vec::with_capacity(to.len());

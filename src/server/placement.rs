@@ -375,9 +375,11 @@ impl Placement {
                 Err(_) => {} // Redis away: the lease lapses by our clock; the call goes on.
             }
         }
-        // Rooms hosted without a lease (Redis was away when they started): claim them.
+        // Rooms hosted without a lease (Redis was away when they started): claim them. A
+        // room mirrored from another relay is not hosted here (`span.rs`).
+        let mirrored = |room: &str| rooms.spans().is_some_and(|s| s.mirrors(room));
         for room in hosted {
-            if !held.iter().any(|(r, _)| *r == room) {
+            if !held.iter().any(|(r, _)| *r == room) && !mirrored(&room) {
                 let _ = self.place(&room).await;
             }
         }

@@ -257,16 +257,20 @@ async fn join_phase(
         // In a cluster, a new join goes to the relay that hosts the room (a resume is for a
         // place on this relay, so it needs no placement).
         // With spanning rooms, this relay mirrors the room instead and admits the join
-        // (`span.rs`); a join from another relay is never placed.
+        // (`span.rs`); a join from another relay is never placed. A room this relay
+        // mirrors already is joined here without asking (asking could claim it here while
+        // Redis has forgotten it, and the relay would mirror itself).
+        let mirrored = rooms.spans().is_some_and(|s| s.mirrors(&room));
         if resume.is_none()
             && relay.is_none()
+            && !mirrored
             && let Some(placement) = rooms.placement()
             && let super::placement::Placed::Elsewhere {
                 relay_url,
                 relay_id,
             } = placement.place(&room).await
         {
-            let mirrored = match rooms.spans() {
+            let now_mirrored = match rooms.spans() {
                 Some(spans) => match spans.ensure(&room, &relay_url, &relay_id).await {
                     Ok(()) => true,
                     Err(e) => {
@@ -276,7 +280,7 @@ async fn join_phase(
                 },
                 None => false,
             };
-            if !mirrored {
+            if !now_mirrored {
                 info!(%room, %relay_url, "join redirected");
                 write_message(send, &ServerMessage::redirect(id, &relay_url)).await?;
                 continue;
@@ -620,19 +624,7 @@ impl GroupReader for RelayGroups {
         (producer_id, layer): GroupKey,
         f: StreamFrame,
     ) -> Result<(), Refusal<MediaRefusal>> {
-        let data = FrameData::Stream {
-            head: f.head,
-            payload: f.payload,
-        };
-        let result = self.room.lock().on_frame(
-            self.peer_id,
-            producer_id,
-            MediaKind::Video,
-            layer,
-            &f.header,
-            data,
-            Instant::now(),
-        );
+        let result = video_frame_in(&mut self.room.lock(), self.peer_id, (producer_id, layer), f);
         // The core has told the peer already (rate-limited).
         result.map_err(|e| {
             debug!(error = %e, "frame refused");
@@ -653,6 +645,29 @@ impl GroupReader for RelayGroups {
             .lock()
             .report_frame_error(self.peer_id, producer_id, &e, Instant::now());
     }
+}
+
+/// A video frame read from a group stream, handed to the core as `owner`'s (the relay's
+/// publishers' and a relay link's streams alike).
+pub(crate) fn video_frame_in(
+    room: &mut crate::core::Room,
+    owner: PeerId,
+    (producer_id, layer): GroupKey,
+    f: StreamFrame,
+) -> Result<(), ProtocolError> {
+    let data = FrameData::Stream {
+        head: f.head,
+        payload: f.payload,
+    };
+    room.on_frame(
+        owner,
+        producer_id,
+        MediaKind::Video,
+        layer,
+        &f.header,
+        data,
+        Instant::now(),
+    )
 }
 
 /// Writes one consumer's frames: audio as datagrams, video as one stream per group of

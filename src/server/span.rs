@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::placement::Placed;
-use super::session::send_consumer;
+use super::session::{send_consumer, video_frame_in};
 use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
 use crate::client::{Client, ClientOptions, SharedEndpoint, Verification};
@@ -154,6 +154,23 @@ impl Spans {
         }
     }
 
+    /// Whether this relay mirrors `room` (or is setting a mirror up). Such a room is never
+    /// claimed here: a relay that mirrors a room and hosts it would mirror itself.
+    pub fn mirrors(&self, room: &str) -> bool {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(room)
+            .cloned();
+        slot.is_some_and(|slot| match slot.try_lock() {
+            Ok(held) => held
+                .as_ref()
+                .is_some_and(|span| !span.closed.load(Ordering::Relaxed)),
+            Err(_) => true,
+        })
+    }
+
     /// The mirrors, for `/healthz` and `/metrics`.
     pub fn status(&self) -> Vec<LinkStatus> {
         let slots: Vec<Slot> = self
@@ -201,7 +218,34 @@ enum ShadowCommand {
     Produce(ProducerInfo),
     Close(ProducerId),
     Pause(ProducerId, bool),
+    /// Data the local peer sent: to everyone (`to` empty) or to remote peers.
+    Data(Request),
     Leave,
+}
+
+/// Who sent a data message (`None`: not one).
+fn data_from(message: &ServerMessage) -> Option<PeerId> {
+    match message {
+        ServerMessage::Data { from, .. } => Some(*from),
+        _ => None,
+    }
+}
+
+/// Data a peer sent, sent on as `to` (`None`: not a data message).
+fn data_to(message: &ServerMessage, to: Vec<PeerId>) -> Option<Request> {
+    match message {
+        ServerMessage::Data {
+            payload,
+            topic,
+            reliable: true,
+            ..
+        } => Some(Request::SendData {
+            payload: payload.clone(),
+            to,
+            topic: topic.clone(),
+        }),
+        _ => None,
+    }
 }
 
 /// A local peer's shadow on the origin.
@@ -461,6 +505,7 @@ impl Span {
                     producer_id,
                     peer_id,
                 } => self.drop_pull(producer_id, peer_id),
+                ServerMessage::Data { .. } => self.inject_data(&event, Vec::new()),
                 ServerMessage::ProducerPaused { producer_id } => {
                     self.mirror_pause(producer_id, true)
                 }
@@ -474,6 +519,22 @@ impl Span {
             warn!("link to the room's origin ended; placing the room again");
             self.close();
             tokio::spawn(replace(self.spans.clone(), self.room.clone()));
+        }
+    }
+
+    /// Data a remote peer sent reaches the peers here it was for (`to` empty: all of
+    /// them), as its proxy's.
+    fn inject_data(&self, message: &ServerMessage, to: Vec<PeerId>) {
+        let Some(from) = data_from(message) else {
+            return;
+        };
+        if !locked(&self.proxies).contains(&from) {
+            return; // one of ours: its own relay delivered it here already
+        }
+        if let Some(request) = data_to(message, to) {
+            self.handle
+                .lock()
+                .handle(from, on_behalf(request), Instant::now());
         }
     }
 
@@ -526,6 +587,14 @@ impl Span {
                         tokio::spawn(async move {
                             let _ = link.command(request).await;
                         });
+                    }
+                }
+                PeerOutput::Message(message) => {
+                    // Data a local peer sent to this remote peer: through its shadow.
+                    if let (Some(from), Some(request)) =
+                        (data_from(&message), data_to(&message, vec![proxy]))
+                    {
+                        self.tell_shadow(from, ShadowCommand::Data(request));
                     }
                 }
                 PeerOutput::Disconnect { .. } => break,
@@ -609,6 +678,12 @@ impl Span {
                 PeerOutput::Message(message) => match message {
                     ServerMessage::PeerJoined { peer } if peer.relay.is_none() => {
                         self.add_shadow(peer)
+                    }
+                    ServerMessage::Data { from, .. } => {
+                        // Data a local peer sent to everyone (the uplink hears only that).
+                        if let Some(request) = data_to(&message, Vec::new()) {
+                            self.tell_shadow(from, ShadowCommand::Data(request));
+                        }
                     }
                     ServerMessage::PeerLeft { peer_id, .. } => {
                         if let Some(shadow) = locked(&self.shadows).remove(&peer_id) {
@@ -709,6 +784,11 @@ impl Span {
                         };
                         let _ = client.command(request).await;
                     }
+                    Some(ShadowCommand::Data(request)) => {
+                        if let Err(e) = client.request_raw(request).await {
+                            debug!(error = %e, "data not sent on to the origin");
+                        }
+                    }
                     Some(ShadowCommand::Leave) | None => {
                         let _ = tokio::time::timeout(Duration::from_secs(2), client.leave()).await;
                         client.close();
@@ -718,6 +798,10 @@ impl Span {
                 event = incoming.events.recv() => match event {
                     Some(ServerMessage::KeyframeRequest { producer_id, .. }) => {
                         self.handle.lock().request_keyframe(producer_id, Instant::now());
+                    }
+                    Some(event @ ServerMessage::Data { .. }) => {
+                        // Data a remote peer sent to this local peer.
+                        self.inject_data(&event, vec![peer.peer_id]);
                     }
                     Some(_) => {}
                     None => return, // the origin is gone: the link notices too
@@ -905,27 +989,11 @@ impl GroupReader for LinkGroups {
         }
     }
 
-    async fn frame(
-        &self,
-        (producer_id, layer): GroupKey,
-        f: StreamFrame,
-    ) -> Result<(), Refusal<()>> {
+    async fn frame(&self, key: GroupKey, f: StreamFrame) -> Result<(), Refusal<()>> {
+        let producer_id = key.0;
         let mut room = self.room.lock();
         let owner = room.producer_peer(producer_id).ok_or(NOT_MIRRORED)?;
-        let data = FrameData::Stream {
-            head: f.head,
-            payload: f.payload,
-        };
-        room.on_frame(
-            owner,
-            producer_id,
-            MediaKind::Video,
-            layer,
-            &f.header,
-            data,
-            Instant::now(),
-        )
-        .map_err(|e| {
+        video_frame_in(&mut room, owner, key, f).map_err(|e| {
             debug!(producer = producer_id.0, error = %e, "pulled frame refused");
             NOT_MIRRORED
         })
