@@ -39,8 +39,8 @@ use crate::group::{GroupLimits, GroupReader, Refusal, accept_groups};
 use crate::transport::Session;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
-    ClientMessage, ConsumerId, ConsumerInfo, EXT_AUDIO_LEVEL, Grants, LeaveReason, MediaKind,
-    PROTOCOL_VERSION, PeerId, PeerInfo, ProducerId, ProducerInfo, RelayJoin, Request,
+    ClientMessage, ConsumerId, ConsumerInfo, EXT_AUDIO_LEVEL, Grants, JoinResult, LeaveReason,
+    MediaKind, PROTOCOL_VERSION, PeerId, PeerInfo, ProducerId, ProducerInfo, RelayJoin, Request,
     ServerMessage, StreamFrame, StreamHeader, TrackSource, close_code,
 };
 
@@ -136,22 +136,18 @@ impl Spans {
             }
             span.close();
         }
-        let started = tokio::time::timeout(
+        // Only reaching the origin is bounded: once the link has joined, the mirror is set
+        // up whole (a setup cut half-way would leave its hidden peers in the room).
+        let link = tokio::time::timeout(
             SETUP_TIMEOUT,
-            Span::start(self.clone(), room, origin_url, origin_id),
+            Link::connect(&self.context, room, origin_url),
         )
-        .await;
-        match started {
-            Ok(Ok(span)) => {
-                info!(%room, origin = %origin_url, "room mirrored from its origin");
-                *slot = Some(span);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!(
-                "no answer from {origin_url} within {SETUP_TIMEOUT:?}"
-            )),
-        }
+        .await
+        .map_err(|_| format!("no answer from {origin_url} within {SETUP_TIMEOUT:?}"))??;
+        let span = Span::start(self.clone(), room, origin_url, origin_id, link).await?;
+        info!(%room, origin = %origin_url, "room mirrored from its origin");
+        *slot = Some(span);
+        Ok(())
     }
 
     /// Whether this relay mirrors `room` (or is setting a mirror up). Such a room is never
@@ -284,17 +280,19 @@ fn on_behalf(request: Request) -> ClientMessage {
     ClientMessage { id: 0, request }
 }
 
-impl Span {
-    async fn start(
-        spans: Spans,
-        room: &str,
-        origin_url: &str,
-        origin_id: &str,
-    ) -> Result<Arc<Span>, String> {
-        let context = spans.context.clone();
+/// The link's session, joined to the origin's room.
+struct Link {
+    endpoint: SharedEndpoint,
+    client: Client,
+    incoming: crate::client::Incoming,
+    joined: JoinResult,
+}
+
+impl Link {
+    async fn connect(context: &Context, room: &str, origin_url: &str) -> Result<Link, String> {
         let endpoint = context.endpoint(origin_url).await?;
-        let (link, incoming) = context.connect(room, origin_url, &endpoint).await?;
-        let joined = link
+        let (client, incoming) = context.connect(room, origin_url, &endpoint).await?;
+        let joined = client
             .join_as(
                 room,
                 &format!("relay {}", context.relay_id),
@@ -306,6 +304,30 @@ impl Span {
             )
             .await
             .map_err(|e| e.to_string())?;
+        Ok(Link {
+            endpoint,
+            client,
+            incoming,
+            joined,
+        })
+    }
+}
+
+impl Span {
+    async fn start(
+        spans: Spans,
+        room: &str,
+        origin_url: &str,
+        origin_id: &str,
+        link: Link,
+    ) -> Result<Arc<Span>, String> {
+        let context = spans.context.clone();
+        let Link {
+            endpoint,
+            client: link,
+            incoming,
+            joined,
+        } = link;
         // The uplink first: it creates the room here, and hears every local peer from now.
         let (uplink, _, handle) = context
             .rooms
