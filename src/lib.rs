@@ -16,15 +16,26 @@
 //! - [`shaper`]: a UDP proxy that impairs a link (rate, queue, loss, delay, jitter), for
 //!   tests and benchmarks on a bad network.
 
-pub mod auth;
-pub mod bench;
-pub mod client;
-pub mod config;
 pub mod core;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod group;
-pub mod server;
-pub mod shaper;
-pub mod transport;
 pub mod wire;
+
+// The IO edges. Without the `net` feature (default on) the crate is the sans-IO core and the
+// wire codec alone: what the fuzz targets build.
+#[cfg(feature = "net")]
+pub mod auth;
+#[cfg(feature = "net")]
+pub mod bench;
+#[cfg(feature = "net")]
+pub mod client;
+#[cfg(feature = "net")]
+pub mod config;
+#[cfg(feature = "net")]
+pub mod group;
+#[cfg(feature = "net")]
+pub mod server;
+#[cfg(feature = "net")]
+pub mod shaper;
+#[cfg(feature = "net")]
+pub mod transport;

@@ -21,6 +21,7 @@ pub use path::{
 pub use queue::{ConsumerQueue, FrameData, PushOutcome, QueueLimits, QueuedFrame};
 pub use rate::TokenBucket;
 pub use relay::{Directory, Ids, Relay, RelayTotals, room_snapshots};
+#[cfg(feature = "net")]
 pub(crate) use room::check_version;
 pub use room::{
     ConsumerStats, DATA_BURST_BYTES, DATA_BYTES_PER_SECOND, JoinAs, LOSSY_DATA_PER_SECOND,
