@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::core::{FrameData, Relay, RelayConfig};
+use crate::core::{FrameData, Joining, Relay, RelayConfig};
 use crate::wire::frame::{decode_datagram, decode_stream_frame, decode_stream_header};
 use crate::wire::{
-    ClientMessage, ConsumerId, LeaveReason, MediaKind, PROTOCOL_VERSION, PeerId, ProducerId,
-    Request, ServerMessage, decode_message, encode_message,
+    ClientMessage, ConsumerId, LeaveReason, MediaKind, PeerId, ProducerId, Request, ServerMessage,
+    decode_message, encode_message,
 };
 
 /// Control messages: whatever parses re-encodes to something that parses to the same.
@@ -135,15 +135,12 @@ pub fn relay_core(data: &[u8]) {
                 } else {
                     Vec::new()
                 };
-                let joined = relay.join_with_grants(
-                    PROTOCOL_VERSION,
-                    room,
-                    "x",
-                    b % 3 == 0,
-                    crate::wire::Grants::default(),
-                    &extensions,
-                    now,
-                );
+                let joining = Joining {
+                    auto_subscribe: b % 3 == 0,
+                    extensions: &extensions,
+                    ..Joining::new("x")
+                };
+                let joined = relay.join_with(room, &joining, now);
                 if let Ok((p, _)) = joined {
                     relay
                         .room_mut_for_tests(room)

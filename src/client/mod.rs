@@ -549,9 +549,19 @@ impl Client {
     }
 
     pub async fn consume(&self, producer_id: ProducerId) -> Result<ConsumerInfo, ClientError> {
+        self.consume_paused(producer_id, false).await
+    }
+
+    /// [`Client::consume`], starting paused when `paused`: nothing flows until a
+    /// `resume_consumer`.
+    pub async fn consume_paused(
+        &self,
+        producer_id: ProducerId,
+        paused: bool,
+    ) -> Result<ConsumerInfo, ClientError> {
         self.request(Request::Consume {
             producer_id,
-            paused: false,
+            paused,
         })
         .await
     }

@@ -24,7 +24,7 @@ pub use relay::{Directory, Ids, Relay, RelayTotals, room_snapshots};
 #[cfg(feature = "net")]
 pub(crate) use room::check_version;
 pub use room::{
-    ConsumerStats, DATA_BURST_BYTES, DATA_BYTES_PER_SECOND, JoinAs, LOSSY_DATA_PER_SECOND,
+    ConsumerStats, DATA_BURST_BYTES, DATA_BYTES_PER_SECOND, JoinAs, Joining, LOSSY_DATA_PER_SECOND,
     MAX_LOSSY_QUEUE, MAX_ROOM_EVENTS, PeerOutput, Room, RoomEvent, SessionEnd, Track,
 };
 pub use simulcast::{

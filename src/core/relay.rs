@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use super::config::RelayConfig;
 use super::path::PathSample;
 use super::queue::QueuedFrame;
-use super::room::{ConsumerStats, PeerOutput, Room, check_version, validate_room};
+use super::room::{ConsumerStats, Joining, PeerOutput, Room, check_version, validate_room};
 use super::stats::{RelayCounts, RelayStats, RoomSnapshot};
 use crate::wire::{
-    ClientMessage, ConsumerId, ErrorCode, FrameHeader, Grants, JoinResult, LeaveReason, MediaKind,
-    PeerId, ProducerId, ProtocolError, ServerMessage,
+    ClientMessage, ConsumerId, ErrorCode, FrameHeader, JoinResult, LeaveReason, MediaKind, PeerId,
+    ProducerId, ProtocolError, ServerMessage,
 };
 
 /// Ids of peers, producers and consumers, unique across a relay's rooms: an operator kicks
@@ -308,6 +308,7 @@ impl Relay {
         }
     }
 
+    /// `name` joins `room` with every grant (development mode).
     pub fn join(
         &mut self,
         version: u32,
@@ -316,32 +317,25 @@ impl Relay {
         auto_subscribe: bool,
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
-        self.join_with_grants(
+        let joining = Joining {
             version,
-            room,
-            name,
             auto_subscribe,
-            Grants::default(),
-            &[],
-            now,
-        )
+            ..Joining::new(name)
+        };
+        self.join_with(room, &joining, now)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn join_with_grants(
+    /// A join to `room` (created if new); see [`Room::join_with`].
+    pub fn join_with(
         &mut self,
-        version: u32,
         room: &str,
-        name: &str,
-        auto_subscribe: bool,
-        grants: Grants,
-        extensions: &[String],
+        joining: &Joining<'_>,
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
         let joined = self
             .directory
-            .room_for_join(version, room, |r| r)?
-            .join_with_grants(version, name, auto_subscribe, grants, extensions, now);
+            .room_for_join(joining.version, room, |r| r)?
+            .join_with(joining, now);
         match &joined {
             Ok((peer_id, _)) => self.directory.joined(*peer_id, room),
             Err(_) => self.remove_if_empty(room),

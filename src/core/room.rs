@@ -123,6 +123,34 @@ pub struct JoinAs {
     pub relay: Option<String>,
 }
 
+/// What a join asks for, once its caller has checked who asks (docs/PROTOCOL.md 3): all
+/// of it but the room's name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joining<'a> {
+    pub version: u32,
+    pub name: &'a str,
+    pub auto_subscribe: bool,
+    pub grants: Grants,
+    /// The optional formats the peer asked to receive (PROTOCOL.md 15.1).
+    pub extensions: &'a [String],
+    pub join_as: JoinAs,
+}
+
+impl<'a> Joining<'a> {
+    /// `name` joining with this protocol version, every grant (development mode), no
+    /// extensions, as itself.
+    pub fn new(name: &'a str) -> Self {
+        Joining {
+            version: PROTOCOL_VERSION,
+            name,
+            auto_subscribe: false,
+            grants: Grants::default(),
+            extensions: &[],
+            join_as: JoinAs::default(),
+        }
+    }
+}
+
 /// What a `produce` describes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Track {
@@ -703,47 +731,34 @@ impl Room {
         auto_subscribe: bool,
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
-        self.join_with_grants(version, name, auto_subscribe, Grants::default(), &[], now)
-    }
-
-    /// Admits a new peer that may do what `grants` allow (checked on every produce and
-    /// consume). The caller writes the result to the peer itself (its output stream starts
-    /// after this), then drives `poll_peer`. The room's name was checked by the directory.
-    /// `extensions` are the optional formats the peer asked to receive (PROTOCOL.md 15.1).
-    pub fn join_with_grants(
-        &mut self,
-        version: u32,
-        name: &str,
-        auto_subscribe: bool,
-        grants: Grants,
-        extensions: &[String],
-        now: Instant,
-    ) -> Result<(PeerId, JoinResult), ProtocolError> {
-        self.join_as(
-            version,
-            name,
-            auto_subscribe,
-            grants,
-            extensions,
-            &JoinAs::default(),
+        self.join_with(
+            &Joining {
+                version,
+                auto_subscribe,
+                ..Joining::new(name)
+            },
             now,
         )
     }
 
-    /// [`Room::join_with_grants`] for a peer another relay of the cluster brings
-    /// (docs/PROTOCOL.md 18): a mirror of one of its peers, under that peer's id, or its
-    /// hidden link. Needs the `relay` grant.
-    #[allow(clippy::too_many_arguments)]
-    pub fn join_as(
+    /// Admits a new peer that may do what its grants allow (checked on every produce and
+    /// consume), or what another relay of the cluster brings (`join_as`, docs/PROTOCOL.md
+    /// 18: needs the `relay` grant). The caller writes the result to the peer itself (its
+    /// output stream starts after this), then drives `poll_peer`. The room's name was
+    /// checked by the directory.
+    pub fn join_with(
         &mut self,
-        version: u32,
-        name: &str,
-        auto_subscribe: bool,
-        grants: Grants,
-        extensions: &[String],
-        join_as: &JoinAs,
+        joining: &Joining<'_>,
         now: Instant,
     ) -> Result<(PeerId, JoinResult), ProtocolError> {
+        let Joining {
+            version,
+            name,
+            auto_subscribe,
+            ref grants,
+            extensions,
+            ref join_as,
+        } = *joining;
         check_version(version)?;
         validate_name(name)?;
         if (join_as.hidden || join_as.peer_id.is_some() || join_as.relay.is_some()) && !grants.relay
@@ -807,6 +822,7 @@ impl Room {
             consumers: Vec::new(),
         };
         let relay_grant = grants.relay;
+        let grants = grants.clone();
         self.peers.insert(
             peer_id,
             Peer {

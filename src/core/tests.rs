@@ -702,13 +702,12 @@ fn grants_are_enforced_on_every_produce_and_consume() {
     };
     let (l, joined) = h
         .relay
-        .join_with_grants(
-            PROTOCOL_VERSION,
+        .join_with(
             "r",
-            "listener",
-            false,
-            listener.clone(),
-            &[],
+            &Joining {
+                grants: listener.clone(),
+                ..Joining::new("listener")
+            },
             h.now,
         )
         .unwrap();
@@ -734,13 +733,12 @@ fn grants_are_enforced_on_every_produce_and_consume() {
     };
     let (s, _) = h
         .relay
-        .join_with_grants(
-            PROTOCOL_VERSION,
+        .join_with(
             "r",
-            "speaker",
-            false,
-            audio_only.clone(),
-            &[],
+            &Joining {
+                grants: audio_only.clone(),
+                ..Joining::new("speaker")
+            },
             h.now,
         )
         .unwrap();
@@ -758,9 +756,15 @@ fn grants_are_enforced_on_every_produce_and_consume() {
         h.request(s, Request::SetAutoSubscribe { enabled: true }),
         Err(ErrorCode::Forbidden)
     );
-    let refused =
-        h.relay
-            .join_with_grants(PROTOCOL_VERSION, "r", "x", true, audio_only, &[], h.now);
+    let refused = h.relay.join_with(
+        "r",
+        &Joining {
+            auto_subscribe: true,
+            grants: audio_only,
+            ..Joining::new("x")
+        },
+        h.now,
+    );
     assert_eq!(refused.unwrap_err().code, ErrorCode::Forbidden);
 }
 
@@ -1776,13 +1780,13 @@ impl Harness {
     fn join_with(&mut self, room: &str, name: &str, extensions: &[&str]) -> PeerId {
         let extensions: Vec<String> = extensions.iter().map(|e| (*e).to_owned()).collect();
         self.relay
-            .join_with_grants(
-                PROTOCOL_VERSION,
+            .join_with(
                 room,
-                name,
-                false,
-                crate::wire::Grants::default(),
-                &extensions,
+                &Joining {
+                    grants: crate::wire::Grants::default(),
+                    extensions: &extensions,
+                    ..Joining::new(name)
+                },
                 self.now,
             )
             .unwrap()
@@ -1968,7 +1972,14 @@ fn data_goes_to_the_named_peers_or_the_room_and_refusals_send_nothing() {
     };
     let (muted, _) = h
         .relay
-        .join_with_grants(PROTOCOL_VERSION, "r", "m", false, quiet, &[], h.now)
+        .join_with(
+            "r",
+            &Joining {
+                grants: quiet,
+                ..Joining::new("m")
+            },
+            h.now,
+        )
         .unwrap();
     assert_eq!(
         h.request(muted, send("x", vec![], None)),
@@ -2069,7 +2080,14 @@ fn screen_sources_are_announced_and_granted() {
     };
     let (c, _) = h
         .relay
-        .join_with_grants(PROTOCOL_VERSION, "r", "c", false, camera_only, &[], h.now)
+        .join_with(
+            "r",
+            &Joining {
+                grants: camera_only,
+                ..Joining::new("c")
+            },
+            h.now,
+        )
         .unwrap();
     assert_eq!(
         h.request(c, produce(MediaKind::Video, Some(Screen))),
@@ -2438,13 +2456,12 @@ mod relay_peers {
             relay: Some("two".into()),
         };
         let (link, joined) = room
-            .join_as(
-                PROTOCOL_VERSION,
-                "relay two",
-                false,
-                relay_grants(),
-                &[],
-                &link_as,
+            .join_with(
+                &Joining {
+                    grants: relay_grants(),
+                    join_as: link_as,
+                    ..Joining::new("relay two")
+                },
                 now,
             )
             .unwrap();
@@ -2462,13 +2479,12 @@ mod relay_peers {
             hidden: false,
             relay: Some("two".into()),
         };
-        room.join_as(
-            PROTOCOL_VERSION,
-            "bo",
-            false,
-            relay_grants(),
-            &[],
-            &mirror_as,
+        room.join_with(
+            &Joining {
+                grants: relay_grants(),
+                join_as: mirror_as,
+                ..Joining::new("bo")
+            },
             now,
         )
         .unwrap();
@@ -2538,13 +2554,11 @@ mod relay_peers {
             ..JoinAs::default()
         };
         let refused = room
-            .join_as(
-                PROTOCOL_VERSION,
-                "x",
-                false,
-                Grants::default(),
-                &[],
-                &hidden,
+            .join_with(
+                &Joining {
+                    join_as: hidden,
+                    ..Joining::new("x")
+                },
                 now,
             )
             .unwrap_err();
@@ -2561,13 +2575,12 @@ mod relay_peers {
             ..JoinAs::default()
         };
         let refused = room
-            .join_as(
-                PROTOCOL_VERSION,
-                "y",
-                false,
-                relay_grants(),
-                &[],
-                &taken,
+            .join_with(
+                &Joining {
+                    grants: relay_grants(),
+                    join_as: taken,
+                    ..Joining::new("y")
+                },
                 now,
             )
             .unwrap_err();
@@ -2578,13 +2591,12 @@ mod relay_peers {
             ..JoinAs::default()
         };
         let (bo, _) = room
-            .join_as(
-                PROTOCOL_VERSION,
-                "bo",
-                false,
-                relay_grants(),
-                &[],
-                &mirror,
+            .join_with(
+                &Joining {
+                    grants: relay_grants(),
+                    join_as: mirror,
+                    ..Joining::new("bo")
+                },
                 now,
             )
             .unwrap();

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use super::webhook::Webhooks;
 use crate::core::{
-    ConsumerStats, Directory, JoinAs, RelayConfig, RelayCounts, RelayStats, RelayTotals, Room,
+    ConsumerStats, Directory, Joining, RelayConfig, RelayCounts, RelayStats, RelayTotals, Room,
     RoomSnapshot, SessionEnd, room_snapshots,
 };
 use crate::wire::{
-    ConsumerId, ErrorCode, Grants, JoinResult, LeaveReason, PeerId, ProducerId, ProtocolError,
+    ConsumerId, ErrorCode, JoinResult, LeaveReason, PeerId, ProducerId, ProtocolError,
 };
 
 /// One room, shared by the tasks of its sessions.
@@ -115,32 +115,20 @@ impl Rooms {
     }
 
     /// Admits a peer to `room` (created if new); returns the room to drive it with.
-    #[allow(clippy::too_many_arguments)]
     pub fn join(
         &self,
-        version: u32,
         room: &str,
-        name: &str,
-        auto_subscribe: bool,
-        grants: Grants,
-        extensions: &[String],
-        join_as: &JoinAs,
+        joining: &Joining<'_>,
         now: Instant,
     ) -> Result<(PeerId, JoinResult, RoomHandle), ProtocolError> {
         let mut directory = self.directory();
         let handle = directory
-            .room_for_join(version, room, |r| RoomHandle(Arc::new(Mutex::new(r))))?
+            .room_for_join(joining.version, room, |r| {
+                RoomHandle(Arc::new(Mutex::new(r)))
+            })?
             .clone();
         let mut locked = handle.lock();
-        match locked.join_as(
-            version,
-            name,
-            auto_subscribe,
-            grants,
-            extensions,
-            join_as,
-            now,
-        ) {
+        match locked.join_with(joining, now) {
             Ok((peer_id, mut result)) => {
                 // The resume secret: 128 random bits, known to this relay and the client.
                 if result.resume_grace_ms.is_some() {

@@ -18,7 +18,7 @@ use wtransport::endpoint::IncomingSession;
 
 use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
-use crate::core::{FrameData, GroupKey, JoinAs, PATH_SAMPLE_INTERVAL, PeerOutput};
+use crate::core::{FrameData, GroupKey, JoinAs, Joining, PATH_SAMPLE_INTERVAL, PeerOutput};
 use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more};
 use crate::transport::{DatagramError, RecvStream, SendStream, Session, WsSession};
 use crate::wire::close_code;
@@ -314,16 +314,15 @@ async fn join_phase(
                         Some(_) if admitted.grants.relay => &name,
                         _ => &admitted.name,
                     };
-                    rooms.join(
+                    let joining = Joining {
                         version,
-                        &room,
-                        shown,
+                        name: shown,
                         auto_subscribe,
-                        admitted.grants,
-                        &extensions,
-                        &join_as,
-                        Instant::now(),
-                    )
+                        grants: admitted.grants,
+                        extensions: &extensions,
+                        join_as,
+                    };
+                    rooms.join(&room, &joining, Instant::now())
                 })
                 .map(|(peer_id, result, handle)| (peer_id, 0, result, handle)),
         };

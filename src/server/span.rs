@@ -34,14 +34,14 @@ use super::session::{send_consumer, video_frame_in};
 use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
 use crate::client::{Client, ClientOptions, SharedEndpoint, Verification};
-use crate::core::{FrameData, GroupKey, JoinAs, PeerOutput, Track};
+use crate::core::{FrameData, GroupKey, JoinAs, Joining, PeerOutput, Track};
 use crate::group::{GroupLimits, GroupReader, Refusal, accept_groups};
 use crate::transport::Session;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
-    ClientMessage, ConsumerId, ConsumerInfo, EXT_AUDIO_LEVEL, Grants, JoinResult, LeaveReason,
-    MediaKind, PROTOCOL_VERSION, PeerId, PeerInfo, ProducerId, ProducerInfo, RelayJoin, Request,
-    ServerMessage, StreamFrame, StreamHeader, TrackSource, close_code,
+    ClientMessage, ConsumerId, EXT_AUDIO_LEVEL, Grants, JoinResult, LeaveReason, MediaKind, PeerId,
+    PeerInfo, ProducerId, ProducerInfo, ProtocolError, RelayJoin, Request, ServerMessage,
+    StreamFrame, StreamHeader, TrackSource, close_code,
 };
 
 /// How long setting up a mirror (connecting to the origin and joining) may take before the
@@ -127,7 +127,7 @@ impl Spans {
         room: &str,
         origin_url: &str,
         origin_id: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), SpanError> {
         let slot = self.slot(room);
         let mut slot = slot.lock().await;
         if let Some(span) = slot.as_ref() {
@@ -143,7 +143,9 @@ impl Spans {
             Link::connect(&self.context, room, origin_url),
         )
         .await
-        .map_err(|_| format!("no answer from {origin_url} within {SETUP_TIMEOUT:?}"))??;
+        .map_err(|_| SpanError::Timeout {
+            url: origin_url.to_owned(),
+        })??;
         let span = Span::start(self.clone(), room, origin_url, origin_id, link).await?;
         info!(%room, origin = %origin_url, "room mirrored from its origin");
         *slot = Some(span);
@@ -219,29 +221,53 @@ enum ShadowCommand {
     Leave,
 }
 
-/// Who sent a data message (`None`: not one).
-fn data_from(message: &ServerMessage) -> Option<PeerId> {
-    match message {
-        ServerMessage::Data { from, .. } => Some(*from),
-        _ => None,
+/// How this relay's own peers of a mirror (its uplink, its proxies) join the room here:
+/// with the relay grant, receiving audio levels.
+fn relay_joining<'a>(name: &'a str, join_as: JoinAs, extensions: &'a [String]) -> Joining<'a> {
+    Joining {
+        grants: Grants {
+            relay: true,
+            ..Grants::default()
+        },
+        extensions,
+        join_as,
+        ..Joining::new(name)
     }
 }
 
-/// Data a peer sent, sent on as `to` (`None`: not a data message).
-fn data_to(message: &ServerMessage, to: Vec<PeerId>) -> Option<Request> {
+/// Reliable data a peer sent: its sender, and the request that sends it on to `to` (empty:
+/// everyone). `None` for anything else.
+fn data_resent(message: &ServerMessage, to: Vec<PeerId>) -> Option<(PeerId, Request)> {
     match message {
         ServerMessage::Data {
+            from,
             payload,
             topic,
             reliable: true,
             ..
-        } => Some(Request::SendData {
-            payload: payload.clone(),
-            to,
-            topic: topic.clone(),
-        }),
+        } => Some((
+            *from,
+            Request::SendData {
+                payload: payload.clone(),
+                to,
+                topic: topic.clone(),
+            },
+        )),
         _ => None,
     }
+}
+
+/// Why a room could not be mirrored from its origin; the join is redirected there instead.
+#[derive(Debug, thiserror::Error)]
+pub enum SpanError {
+    #[error("no answer from {url} within {SETUP_TIMEOUT:?}")]
+    Timeout { url: String },
+    /// Connecting to the origin, or a request of the link or a shadow, failed.
+    #[error(transparent)]
+    Origin(#[from] crate::client::ClientError),
+    /// The relay's own half of the room refused the hidden uplink peer.
+    #[error("the room here refused the relay's uplink: {0}")]
+    Uplink(#[from] ProtocolError),
 }
 
 /// A local peer's shadow on the origin.
@@ -289,7 +315,7 @@ struct Link {
 }
 
 impl Link {
-    async fn connect(context: &Context, room: &str, origin_url: &str) -> Result<Link, String> {
+    async fn connect(context: &Context, room: &str, origin_url: &str) -> Result<Link, SpanError> {
         let endpoint = context.endpoint(origin_url).await?;
         let (client, incoming) = context.connect(room, origin_url, &endpoint).await?;
         let joined = client
@@ -302,8 +328,7 @@ impl Link {
                     peer_id: None,
                 }),
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(Link {
             endpoint,
             client,
@@ -320,7 +345,7 @@ impl Span {
         origin_url: &str,
         origin_id: &str,
         link: Link,
-    ) -> Result<Arc<Span>, String> {
+    ) -> Result<Arc<Span>, SpanError> {
         let context = spans.context.clone();
         let Link {
             endpoint,
@@ -329,26 +354,17 @@ impl Span {
             joined,
         } = link;
         // The uplink first: it creates the room here, and hears every local peer from now.
-        let (uplink, _, handle) = context
-            .rooms
-            .join(
-                PROTOCOL_VERSION,
-                room,
-                "relay uplink",
-                false,
-                Grants {
-                    relay: true,
-                    ..Grants::default()
-                },
-                &[EXT_AUDIO_LEVEL.to_owned()],
-                &JoinAs {
-                    peer_id: None,
-                    hidden: true,
-                    relay: None,
-                },
-                Instant::now(),
-            )
-            .map_err(|e| e.to_string())?;
+        let extensions = [EXT_AUDIO_LEVEL.to_owned()];
+        let uplink = JoinAs {
+            peer_id: None,
+            hidden: true,
+            relay: None,
+        };
+        let (uplink, _, handle) = context.rooms.join(
+            room,
+            &relay_joining("relay uplink", uplink, &extensions),
+            Instant::now(),
+        )?;
         let span = Arc::new(Span {
             spans,
             room: room.to_owned(),
@@ -431,18 +447,10 @@ impl Span {
             hidden: false,
             relay: Some(peer.relay.clone().unwrap_or_else(|| self.origin_id.clone())),
         };
-        let grants = Grants {
-            relay: true,
-            ..Grants::default()
-        };
+        let extensions = [EXT_AUDIO_LEVEL.to_owned()];
         let joined = context.rooms.join(
-            PROTOCOL_VERSION,
             &self.room,
-            &peer.name,
-            false,
-            grants,
-            &[EXT_AUDIO_LEVEL.to_owned()],
-            &join_as,
+            &relay_joining(&peer.name, join_as, &extensions),
             Instant::now(),
         );
         if let Err(e) = joined {
@@ -484,24 +492,13 @@ impl Span {
             if producer.paused {
                 room.handle(
                     owner,
-                    on_behalf(Request::PauseProducer { producer_id }),
+                    on_behalf(Request::pause_producer(producer_id, true)),
                     Instant::now(),
                 );
             }
             room.producer_consumers(producer_id).unwrap_or(0) > 0
         };
-        let consumed: Result<ConsumerInfo, _> = self
-            .link
-            .request_raw(Request::Consume {
-                producer_id,
-                paused: !wanted,
-            })
-            .await
-            .and_then(|v| {
-                serde_json::from_value(v)
-                    .map_err(|e| crate::client::ClientError::Protocol(e.to_string()))
-            });
-        match consumed {
+        match self.link.consume_paused(producer_id, !wanted).await {
             Ok(consumer) => {
                 debug!(producer = producer_id.0, "pulling a remote producer");
                 locked(&self.pulled).insert(
@@ -547,17 +544,15 @@ impl Span {
     /// Data a remote peer sent reaches the peers here it was for (`to` empty: all of
     /// them), as its proxy's.
     fn inject_data(&self, message: &ServerMessage, to: Vec<PeerId>) {
-        let Some(from) = data_from(message) else {
+        let Some((from, request)) = data_resent(message, to) else {
             return;
         };
         if !locked(&self.proxies).contains(&from) {
             return; // one of ours: its own relay delivered it here already
         }
-        if let Some(request) = data_to(message, to) {
-            self.handle
-                .lock()
-                .handle(from, on_behalf(request), Instant::now());
-        }
+        self.handle
+            .lock()
+            .handle(from, on_behalf(request), Instant::now());
     }
 
     /// A remote peer left: its proxy leaves here (its producers and their consumers go).
@@ -585,11 +580,7 @@ impl Span {
         let Some(owner) = room.producer_peer(producer_id) else {
             return;
         };
-        let request = if paused {
-            Request::PauseProducer { producer_id }
-        } else {
-            Request::ResumeProducer { producer_id }
-        };
+        let request = Request::pause_producer(producer_id, paused);
         room.handle(owner, on_behalf(request), Instant::now());
     }
 
@@ -613,9 +604,7 @@ impl Span {
                 }
                 PeerOutput::Message(message) => {
                     // Data a local peer sent to this remote peer: through its shadow.
-                    if let (Some(from), Some(request)) =
-                        (data_from(&message), data_to(&message, vec![proxy]))
-                    {
+                    if let Some((from, request)) = data_resent(&message, vec![proxy]) {
                         self.tell_shadow(from, ShadowCommand::Data(request));
                     }
                 }
@@ -647,11 +636,7 @@ impl Span {
                 (room.local_members(), changes)
             };
             for (consumer_id, wanted) in changes {
-                let request = if wanted {
-                    Request::ResumeConsumer { consumer_id }
-                } else {
-                    Request::PauseConsumer { consumer_id }
-                };
+                let request = Request::pause_consumer(consumer_id, !wanted);
                 let link = self.link.clone();
                 tokio::spawn(async move {
                     let _ = link.command(request).await;
@@ -701,9 +686,9 @@ impl Span {
                     ServerMessage::PeerJoined { peer } if peer.relay.is_none() => {
                         self.add_shadow(peer)
                     }
-                    ServerMessage::Data { from, .. } => {
+                    ServerMessage::Data { .. } => {
                         // Data a local peer sent to everyone (the uplink hears only that).
-                        if let Some(request) = data_to(&message, Vec::new()) {
+                        if let Some((from, request)) = data_resent(&message, Vec::new()) {
                             self.tell_shadow(from, ShadowCommand::Data(request));
                         }
                     }
@@ -776,9 +761,8 @@ impl Span {
             };
             client
                 .join_as(&self.room, &peer.name, false, Some(relay))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((client, incoming))
+                .await?;
+            Ok::<_, SpanError>((client, incoming))
         };
         let (client, mut incoming) = match connected.await {
             Ok(connected) => connected,
@@ -799,12 +783,7 @@ impl Span {
                         let _ = client.command(Request::CloseProducer { producer_id }).await;
                     }
                     Some(ShadowCommand::Pause(producer_id, paused)) => {
-                        let request = if paused {
-                            Request::PauseProducer { producer_id }
-                        } else {
-                            Request::ResumeProducer { producer_id }
-                        };
-                        let _ = client.command(request).await;
+                        let _ = client.command(Request::pause_producer(producer_id, paused)).await;
                     }
                     Some(ShadowCommand::Data(request)) => {
                         if let Err(e) = client.request_raw(request).await {
@@ -928,7 +907,7 @@ fn replace(spans: Spans, room: String) -> std::pin::Pin<Box<dyn Future<Output = 
 
 impl Context {
     /// The endpoint a mirror's sessions to `url` go through.
-    async fn endpoint(&self, url: &str) -> Result<SharedEndpoint, String> {
+    async fn endpoint(&self, url: &str) -> Result<SharedEndpoint, SpanError> {
         let verification = if self.native_roots {
             Verification::NativeRoots
         } else {
@@ -936,9 +915,7 @@ impl Context {
             // per mirror), as a test client does.
             Verification::FetchPin
         };
-        SharedEndpoint::new(&ClientOptions::new(url, verification))
-            .await
-            .map_err(|e| e.to_string())
+        Ok(SharedEndpoint::new(&ClientOptions::new(url, verification)).await?)
     }
 
     /// A session to another relay of the cluster, as a client of its WebTransport side.
@@ -947,13 +924,13 @@ impl Context {
         room: &str,
         url: &str,
         endpoint: &SharedEndpoint,
-    ) -> Result<(Client, crate::client::Incoming), String> {
+    ) -> Result<(Client, crate::client::Incoming), SpanError> {
         let mut options = ClientOptions::new(url, Verification::FetchPin);
         options.endpoint = Some(endpoint.clone());
         options.token = self.access.relay_token(room, &self.relay_id);
         options.receive_media = false;
         options.extensions = vec![EXT_AUDIO_LEVEL.to_owned()];
-        Client::connect(options).await.map_err(|e| e.to_string())
+        Ok(Client::connect(options).await?)
     }
 }
 

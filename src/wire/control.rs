@@ -272,6 +272,24 @@ pub struct LayerInfo {
 }
 
 impl Request {
+    /// `pause_producer` or `resume_producer`, from the state wanted.
+    pub fn pause_producer(producer_id: ProducerId, paused: bool) -> Request {
+        if paused {
+            Request::PauseProducer { producer_id }
+        } else {
+            Request::ResumeProducer { producer_id }
+        }
+    }
+
+    /// `pause_consumer` or `resume_consumer`, from the state wanted.
+    pub fn pause_consumer(consumer_id: ConsumerId, paused: bool) -> Request {
+        if paused {
+            Request::PauseConsumer { consumer_id }
+        } else {
+            Request::ResumeConsumer { consumer_id }
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Request::Join { .. } => "join",
