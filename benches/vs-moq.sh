@@ -6,8 +6,10 @@
 #
 # MOQ_TARGET_DIR holds moq-relay and moq-bench, built from a moq-dev/moq checkout with
 #   cargo build --release -p moq-relay -p moq-bench
-# Synapse runs its own `bench fanout --no-baselines` (video plus 48 kbit/s of audio
-# datagrams). moq-relay is driven by moq-bench: one publisher connection (30 fps,
+# Synapse runs its own `bench fanout --no-baselines` twice a round: video only
+# (`--audio-bitrate 0`, moq-bench's workload: one 1 Mbit/s track at 30 fps, groups of 60;
+# Synapse's frames vary in size as an encoder's, keyframes ten times a delta) and, as
+# "synapse+audio", with its default 48 kbit/s of audio datagrams besides. moq-relay is driven by moq-bench: one publisher connection (30 fps,
 # 4,166-byte frames, groups of 60) and one process of N subscriber connections. For both,
 # the relay's CPU is read from /proc over the steady window and divided by the bytes the
 # subscribers received in it. Prints one line per run and writes JSON lines to
@@ -30,15 +32,15 @@ rss_mb() {
     awk '/VmHWM/ { print $2 / 1024 }' "/proc/$1/status"
 }
 
-synapse() {
+synapse() { # N AUDIO_BITRATE LABEL
     local n=$1
     "$SYNAPSE" bench fanout --subscribers "$n" --duration "${DURATION}s" --no-baselines \
-        --json --quiet >"$WORK/s.json" 2>"$WORK/s.err"
-    python3 - "$n" "$WORK/s.json" <<'EOF'
+        --audio-bitrate "$2" --json --quiet >"$WORK/s.json" 2>"$WORK/s.err"
+    python3 - "$n" "$WORK/s.json" "$3" <<'EOF'
 import json, sys
 n = int(sys.argv[1]); r = json.load(open(sys.argv[2]))["paths"]["relay"]
 gbit = r["egress_mbps"] / 1000
-line = {"relay": "synapse", "n": n, "delivered": r["delivered_ratio"],
+line = {"relay": sys.argv[3], "n": n, "delivered": r["delivered_ratio"],
         "gbit_per_s": round(gbit, 4), "cpu": r["cpu_core_s_per_s"],
         "core_s_per_gbit": r["cpu_core_s_per_gbit"],
         "gbit_per_core": round(gbit / r["cpu_core_s_per_s"], 3),
@@ -115,7 +117,8 @@ EOF
 : >"$OUT"
 for round in $(seq "$ROUNDS"); do
     for n in ${SIZES[@]}; do
-        synapse "$n" | tee -a "$OUT"
+        synapse "$n" 0 synapse | tee -a "$OUT"
         moq "$n" | tee -a "$OUT"
+        synapse "$n" 48000 synapse+audio | tee -a "$OUT"
     done
 done

@@ -20,8 +20,19 @@ use crate::wire::{FrameError, ProducerId, StreamFrame, StreamHeader};
 /// `Ok(false)` at the end of the stream. Cancel-safe: dropping it before it completes
 /// loses nothing. Every reader of a control or media stream uses it.
 pub async fn read_more(recv: &mut RecvStream, buf: &mut BytesMut) -> Result<bool, TransportError> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
+    read_more_by(recv, buf, 16 * 1024).await
+}
+
+/// [`read_more`], growing `buf` by `chunk` bytes when less than a quarter of that is free.
+/// The relay reads a control stream, which lives as long as its session and carries small
+/// messages, 2 KiB at a time: 16 KiB held per session was a tenth of a subscriber's memory.
+pub async fn read_more_by(
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+    chunk: usize,
+) -> Result<bool, TransportError> {
+    if buf.capacity() - buf.len() < chunk / 4 {
+        buf.reserve(chunk);
     }
     Ok(recv.read_buf(buf).await? > 0)
 }

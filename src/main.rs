@@ -226,6 +226,10 @@ struct BenchArgs {
     /// Synthetic video frame rate.
     #[arg(long, global = true, default_value_t = 30)]
     fps: u32,
+    /// Synthetic audio bitrate per publisher, bits per second; 0 publishes no audio track
+    /// (video only, as moq-bench's workload).
+    #[arg(long, global = true, default_value_t = 48_000)]
+    audio_bitrate: u64,
     /// Time between synthetic audio frames (the bitrate holds: frames grow with it).
     #[arg(long, global = true, default_value = "20ms", value_parser = humantime::parse_duration)]
     audio_frame_interval: Duration,
@@ -600,12 +604,18 @@ async fn run_bench(args: BenchArgs) -> Result<()> {
         BenchScenario::WeakLink(_) => (Scenario::WeakLink, None),
         BenchScenario::Cluster { subscribers, .. } => (Scenario::Fanout { subscribers }, None),
     };
+    if args.audio_bitrate == 0 && matches!(scenario, Scenario::Rooms { .. } | Scenario::WeakLink) {
+        anyhow::bail!(
+            "--audio-bitrate 0 leaves this scenario nothing to measure (rooms are audio only, weak-link measures audio too)"
+        );
+    }
     let options = BenchOptions {
         scenario,
         duration: args.duration,
         shape: Shape {
             video_bitrate: args.video_bitrate,
             fps: args.fps,
+            audio_bitrate: args.audio_bitrate,
             audio_frame_interval: args.audio_frame_interval,
             ..Shape::default()
         },
@@ -847,6 +857,8 @@ fn print_join_summary(summary: &JoinSummary) {
 
 /// The relay allocates and frees small buffers per packet (quinn's frames and
 /// acknowledgements); mimalloc's thread-local free lists do that for less CPU than glibc's
-/// malloc (docs/BENCHMARKS.md).
+/// malloc (docs/BENCHMARKS.md). Without the `mimalloc` feature the system's malloc serves,
+/// for heap profilers that hook it (heaptrack, valgrind).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -252,6 +252,20 @@ fn bench_harness_reports_every_path() {
             > 0.0
     );
 
+    // moq-bench's workload: video alone, on every path. 2 s of 30 fps to 3 subscribers
+    // is about 180 frames; the audio's 50 a second would add 300.
+    let video_only = bench(&["fanout", "--subscribers", "3", "--audio-bitrate", "0"]);
+    for path in ["relay", "direct", "udp"] {
+        assert_sane_path(&video_only, path);
+    }
+    for path in ["relay", "direct"] {
+        let expected = video_only["paths"][path]["expected"].as_u64().unwrap();
+        assert!(
+            expected <= 3 * 70,
+            "{path}: {expected} frames: {video_only}"
+        );
+    }
+
     let meeting = bench(&["meeting", "--peers", "3"]);
     assert_sane_path(&meeting, "relay");
     assert!(meeting["paths"].get("direct").is_none());

@@ -190,13 +190,15 @@ pub async fn run_fanout(
             (frames, bytes)
         })
     };
-    let audio = send(
-        MediaKind::Audio,
-        Box::new(SyntheticAudio::with_interval(
-            shape.audio_bitrate,
-            shape.audio_frame_interval,
-        )),
-    );
+    let audio = (shape.audio_bitrate > 0).then(|| {
+        send(
+            MediaKind::Audio,
+            Box::new(SyntheticAudio::with_interval(
+                shape.audio_bitrate,
+                shape.audio_frame_interval,
+            )),
+        )
+    });
     let video = send(
         MediaKind::Video,
         Box::new(SyntheticVideo::new(
@@ -205,7 +207,11 @@ pub async fn run_fanout(
             shape.keyframe_interval,
         )),
     );
-    let (audio, video) = (audio.await?, video.await?);
+    let audio = match audio {
+        Some(audio) => audio.await?,
+        None => (0, 0),
+    };
+    let video = video.await?;
     let _ = stop_tx.send(tokio::time::Instant::now() + Duration::from_millis(1000));
     let mut outcome = DirectOutcome {
         sent_frames: audio.0 + video.0,

@@ -78,12 +78,17 @@ struct PeerOutcome {
 /// so that its relay is the one that hosts its room.
 pub async fn run(
     relays: Vec<ClientOptions>,
-    plans: Vec<PeerPlan>,
+    mut plans: Vec<PeerPlan>,
     shape: Shape,
     duration: Duration,
     on_start: impl FnOnce() + Send,
     progress: impl Fn(u64) + Send + 'static,
 ) -> Result<PlanOutcome> {
+    if shape.audio_bitrate == 0 {
+        for plan in &mut plans {
+            plan.audio = false;
+        }
+    }
     // How many consumers each peer should see before the clock starts.
     let mut tracks_per_room: HashMap<&str, u64> = HashMap::new();
     for p in &plans {

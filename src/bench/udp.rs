@@ -59,7 +59,13 @@ pub async fn run_fanout(
             SyntheticVideo::new(shape.video_bitrate, shape.fps, shape.keyframe_interval);
         let began = Instant::now();
         let cpu_start = thread_cpu_seconds().unwrap_or(0.0);
-        let (mut next_audio, mut next_video) = (began, began);
+        // Without audio (a bitrate of 0) its first frame is due after the run.
+        let first_audio = if shape.audio_bitrate > 0 {
+            began
+        } else {
+            began + duration * 2
+        };
+        let (mut next_audio, mut next_video) = (first_audio, began);
         let (mut packets, mut bytes, mut seq) = (0u64, 0u64, 0u64);
         let mut packet = Vec::with_capacity(PACKET_PAYLOAD as usize);
         while began.elapsed() < duration {

@@ -106,7 +106,8 @@ pub struct PathEstimator {
     samples: u64,
     /// Send rates of the last `RATE_WINDOW` intervals, bits per second, newest last.
     rates: std::collections::VecDeque<f64>,
-    /// Smoothed RTTs of the last `RTT_WINDOW`, oldest first.
+    /// Smoothed RTTs of the last `RTT_WINDOW`, oldest first, kept increasing (the front is
+    /// their minimum).
     rtts: std::collections::VecDeque<(Instant, Duration)>,
     /// Interval send rates of the last `PEAK_WINDOW`, oldest first, kept decreasing (a
     /// rate below a newer one can never be the peak again).
@@ -159,6 +160,13 @@ impl PathEstimator {
             self.samples = 1;
         }
         self.last = Some((sample, now));
+        // Kept increasing, as `peaks` is kept decreasing: an RTT at least as high as a newer
+        // one can never be the window's minimum again, so the front is the minimum and the
+        // deque holds a handful of samples, not the window's hundred.
+        while self.rtts.back().is_some_and(|(_, rtt)| *rtt >= sample.rtt) {
+            self.rtts.pop_back();
+        }
+        self.rtts.push_back((now, sample.rtt));
         while self
             .rtts
             .front()
@@ -166,13 +174,10 @@ impl PathEstimator {
         {
             self.rtts.pop_front();
         }
-        self.rtts.push_back((now, sample.rtt));
         let min_rtt = self
             .rtts
-            .iter()
-            .map(|(_, rtt)| *rtt)
-            .min()
-            .unwrap_or(sample.rtt)
+            .front()
+            .map_or(sample.rtt, |(_, rtt)| *rtt)
             .max(sample.min_rtt);
         let max_rate = self
             .rates
@@ -269,6 +274,43 @@ mod tests {
                 10..=59 => assert!((peak - 2e6).abs() < 1.0, "{i}: {peak}"),
                 61.. => assert!((peak - 400e3).abs() < 1.0, "{i}: {peak}"),
                 _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn min_rtt_is_the_lowest_of_the_window_from_a_few_samples() {
+        let mut p = PathEstimator::default();
+        let t0 = Instant::now();
+        let mut seen: Vec<(Instant, Duration)> = Vec::new();
+        let mut x: u64 = 7;
+        for i in 0..400u32 {
+            // RTTs of 20..120 ms in a deterministic jumble, then a slow climb.
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let ms = if i < 300 {
+                20 + (x >> 33) % 100
+            } else {
+                u64::from(i) - 250
+            };
+            let now = t0 + PATH_SAMPLE_INTERVAL * i;
+            let rtt = Duration::from_millis(ms);
+            p.on_sample(
+                PathSample {
+                    rtt,
+                    min_rtt: Duration::ZERO,
+                    ..sample(0, 0, 0, 40_000)
+                },
+                now,
+            );
+            seen.push((now, rtt));
+            let lowest = seen
+                .iter()
+                .filter(|(at, _)| now.saturating_duration_since(*at) <= RTT_WINDOW)
+                .map(|(_, rtt)| *rtt)
+                .min();
+            assert_eq!(p.rtts.front().map(|(_, rtt)| *rtt), lowest, "sample {i}");
+            if i < 300 {
+                assert!(p.rtts.len() < 30, "sample {i}: {} kept", p.rtts.len());
             }
         }
     }

@@ -19,7 +19,7 @@ use wtransport::endpoint::IncomingSession;
 use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
 use crate::core::{FrameData, GroupKey, JoinAs, Joining, PATH_SAMPLE_INTERVAL, PeerOutput};
-use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more};
+use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more_by};
 use crate::transport::{DatagramError, RecvStream, SendStream, Session, WsSession};
 use crate::wire::close_code;
 use crate::wire::frame::{self, FrameError};
@@ -228,7 +228,7 @@ async fn join_phase(
         let message = match decode_message::<ClientMessage>(buf, limits.max_control_message) {
             Ok(Some(message)) => message,
             Ok(None) => {
-                if read_more(recv, buf).await? {
+                if read_more_by(recv, buf, CONTROL_READ_CHUNK).await? {
                     continue;
                 }
                 return Ok(None);
@@ -451,7 +451,7 @@ async fn drive(
             }
         }
         tokio::select! {
-            more = read_more(&mut recv, &mut buf) => {
+            more = read_more_by(&mut recv, &mut buf, CONTROL_READ_CHUNK) => {
                 if !matches!(more, Ok(true)) {
                     return LeaveReason::Disconnected;
                 }
@@ -497,6 +497,9 @@ async fn drive(
         }
     }
 }
+
+/// How much a session's control stream buffer grows at a time (`read_more_by`).
+const CONTROL_READ_CHUNK: usize = 2048;
 
 /// Priority of the control stream's data over media streams' (quinn sends higher first).
 /// Audio needs none: datagrams go into each packet before any stream data.
