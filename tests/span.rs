@@ -337,6 +337,40 @@ async fn with_api_keys_relays_join_each_other_by_their_shared_key_and_nobody_els
     tokio::time::sleep(Duration::from_millis(500)).await;
     all_hear_each_other(&mut [(&mut ada, mic_a), (&mut bo, mic_b)], 0).await;
 
+    // An operator of the origin removes bo, who is connected to relay two: bo is told why
+    // there, and ada sees bo leave.
+    let admin = key.mint_admin("ops", Duration::from_secs(60)).unwrap();
+    let bo_id = bo.joined.peer_id;
+    let (status, body) = http_request(
+        &one,
+        "DELETE",
+        &format!("/admin/peers/{bo_id}"),
+        Some(&admin),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let kicked = wait_event(&mut bo.incoming, Duration::from_secs(5), |e| {
+        matches!(e, ServerMessage::Error { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            &kicked,
+            Some(ServerMessage::Error {
+                code: ErrorCode::Kicked,
+                ..
+            })
+        ),
+        "{kicked:?}"
+    );
+    let left = wait_event(
+        &mut ada.incoming,
+        Duration::from_secs(5),
+        |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == bo_id),
+    )
+    .await;
+    assert!(left.is_some(), "ada never saw bo leave");
+
     // A client's token has no relay grant: it cannot pose as a relay.
     let (client, _incoming) = Client::connect(joiner(&one, "mallory")).await.unwrap();
     let refused = client

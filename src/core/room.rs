@@ -382,6 +382,15 @@ impl Room {
         }
     }
 
+    /// Whether the room's events report what this peer does: not for a relay's hidden link,
+    /// nor for the mirror of a peer connected to another relay (that relay reports it), so
+    /// each peer's events in a room spanning relays come once, from its own relay.
+    fn reported(&self, peer_id: PeerId) -> bool {
+        self.peers
+            .get(&peer_id)
+            .is_none_or(|p| !p.hidden && p.relay.is_none())
+    }
+
     fn log_event(&mut self, event: RoomEvent) {
         if !self.config.room_events {
             return;
@@ -875,10 +884,12 @@ impl Room {
             self.send(peer_id, ServerMessage::ActiveSpeakers { speakers });
         }
         if !join_as.hidden {
-            self.log_event(RoomEvent::PeerJoined {
-                peer_id,
-                name: name.to_owned(),
-            });
+            if self.reported(peer_id) {
+                self.log_event(RoomEvent::PeerJoined {
+                    peer_id,
+                    name: name.to_owned(),
+                });
+            }
             self.broadcast(
                 peer_id,
                 ServerMessage::PeerJoined {
@@ -1124,7 +1135,7 @@ impl Room {
                 waker.wake();
             }
             hidden = peer.hidden;
-            if !hidden {
+            if !hidden && peer.relay.is_none() {
                 self.log_event(RoomEvent::PeerLeft {
                     peer_id,
                     name: peer.name,
@@ -1664,9 +1675,11 @@ impl Room {
                 unwanted_since: None,
             },
         );
-        self.log_event(RoomEvent::ProducerAdded {
-            producer: info.clone(),
-        });
+        if self.reported(peer_id) {
+            self.log_event(RoomEvent::ProducerAdded {
+                producer: info.clone(),
+            });
+        }
         self.broadcast(peer_id, ServerMessage::ProducerAdded { producer: info });
         let subscribers: Vec<PeerId> = self
             .members
@@ -1903,10 +1916,12 @@ impl Room {
             return;
         };
         self.speakers.remove(producer_id);
-        self.log_event(RoomEvent::ProducerClosed {
-            producer_id,
-            peer_id: producer.info.peer_id,
-        });
+        if self.reported(producer.info.peer_id) {
+            self.log_event(RoomEvent::ProducerClosed {
+                producer_id,
+                peer_id: producer.info.peer_id,
+            });
+        }
         if let Some(peer) = self.peers.get_mut(&producer.info.peer_id) {
             peer.producers.retain(|p| *p != producer_id);
         }

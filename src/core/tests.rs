@@ -2545,6 +2545,66 @@ mod relay_peers {
     }
 
     #[test]
+    fn room_events_report_each_peer_on_its_own_relay_only() {
+        let now = Instant::now();
+        let config = RelayConfig {
+            room_events: true,
+            ..RelayConfig::default()
+        };
+        let mut room = Room::new("r", Arc::new(config), Ids::default());
+        let (ada, _) = room.join(PROTOCOL_VERSION, "ada", false, now).unwrap();
+        let ada_cam = room.produce(ada, camera(), None, now).unwrap();
+        // The link of relay two, and bo, connected to relay two, mirrored here.
+        let as_relay = |join_as: JoinAs, name| Joining {
+            grants: relay_grants(),
+            join_as,
+            ..Joining::new(name)
+        };
+        let link = JoinAs {
+            hidden: true,
+            relay: Some("two".into()),
+            ..JoinAs::default()
+        };
+        let (link, _) = room.join_with(&as_relay(link, "relay two"), now).unwrap();
+        let bo = PeerId(7 << 32);
+        let mirror = JoinAs {
+            peer_id: Some(bo),
+            relay: Some("two".into()),
+            ..JoinAs::default()
+        };
+        room.join_with(&as_relay(mirror, "bo"), now).unwrap();
+        let cam = ProducerId((7 << 32) + 1);
+        room.produce(bo, camera(), Some(cam), now).unwrap();
+        room.handle(
+            bo,
+            ClientMessage {
+                id: 1,
+                request: Request::CloseProducer { producer_id: cam },
+            },
+            now,
+        );
+        room.leave(bo, LeaveReason::Left);
+        room.leave(link, LeaveReason::Left);
+        room.leave(ada, LeaveReason::Left);
+        let (events, dropped) = room.drain_events();
+        assert_eq!(dropped, 0);
+        let ours = |e: &RoomEvent| match e {
+            RoomEvent::RoomStarted => true,
+            RoomEvent::PeerJoined { peer_id, .. } | RoomEvent::PeerLeft { peer_id, .. } => {
+                *peer_id == ada
+            }
+            RoomEvent::ProducerAdded { producer } => producer.producer_id == ada_cam,
+            RoomEvent::ProducerClosed { producer_id, .. } => *producer_id == ada_cam,
+        };
+        assert!(events.iter().all(ours), "{events:?}");
+        assert_eq!(
+            events.len(),
+            5,
+            "started, ada joined, produced, closed, left: {events:?}"
+        );
+    }
+
+    #[test]
     fn only_a_relay_may_join_as_one_or_choose_ids() {
         let now = Instant::now();
         let mut room = Room::new("r", Arc::new(RelayConfig::default()), Ids::default());

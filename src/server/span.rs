@@ -39,9 +39,9 @@ use crate::group::{GroupLimits, GroupReader, Refusal, accept_groups};
 use crate::transport::Session;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
-    ClientMessage, ConsumerId, EXT_AUDIO_LEVEL, Grants, JoinResult, LeaveReason, MediaKind, PeerId,
-    PeerInfo, ProducerId, ProducerInfo, ProtocolError, RelayJoin, Request, ServerMessage,
-    StreamFrame, StreamHeader, TrackSource, close_code,
+    ClientMessage, ConsumerId, EXT_AUDIO_LEVEL, ErrorCode, Grants, JoinResult, LeaveReason,
+    MediaKind, PeerId, PeerInfo, ProducerId, ProducerInfo, ProtocolError, RelayJoin, Request,
+    ServerMessage, StreamFrame, StreamHeader, TrackSource, close_code,
 };
 
 /// How long setting up a mirror (connecting to the origin and joining) may take before the
@@ -803,6 +803,12 @@ impl Span {
                     Some(event @ ServerMessage::Data { .. }) => {
                         // Data a remote peer sent to this local peer.
                         self.inject_data(&event, vec![peer.peer_id]);
+                    }
+                    Some(ServerMessage::Error { code: ErrorCode::Kicked, message, .. }) => {
+                        // An operator removed the peer on the origin: it leaves the call
+                        // here too, told why (its leave then ends this shadow).
+                        info!(peer = peer.peer_id.0, "removed on the origin; removing it here");
+                        self.handle.lock().kick(peer.peer_id, &message);
                     }
                     Some(_) => {}
                     None => return, // the origin is gone: the link notices too
