@@ -287,6 +287,49 @@ async fn when_the_origin_dies_the_room_moves_and_the_rest_of_the_call_goes_on() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_takes_its_mirror_down_with_its_last_peer_and_sets_it_up_for_the_next() {
+    let redis = Redis::start_on(free_port());
+    let ttl = Duration::from_secs(3);
+    let one = relay_in(&redis, ttl, true).await;
+    let two = relay_in(&redis, ttl, true).await;
+    let mut ada = join(&one, "drop-in", "ada", true).await;
+    let bo = join(&two, "drop-in", "bo", true).await;
+    let bo_id = bo.joined.peer_id;
+    sees_peer(&mut ada, bo_id).await;
+    let links = |status: serde_json::Value| status["cluster"]["links"].as_array().unwrap().len();
+    assert_eq!(links(health(&two).await), 1);
+
+    // Bo leaves (its shadow leaves the origin: ada is told), and half a second later
+    // relay two mirrors nothing.
+    bo.client.leave().await.unwrap();
+    let left = wait_event(
+        &mut ada.incoming,
+        Duration::from_secs(5),
+        |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == bo_id),
+    )
+    .await;
+    assert!(left.is_some(), "ada never saw bo leave");
+    let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(5));
+    while links(health(&two).await) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay two kept its mirror"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The next join at relay two mirrors the room again, and the call is whole.
+    let mut cy = join(&two, "drop-in", "cy", true).await;
+    assert_eq!(sees_peer(&mut cy, ada.joined.peer_id).await.name, "ada");
+    assert_eq!(sees_peer(&mut ada, cy.joined.peer_id).await.name, "cy");
+    let mic_a = ada.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    let mic_c = cy.client.produce(MediaKind::Audio, "opus").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    all_hear_each_other(&mut [(&mut ada, mic_a), (&mut cy, mic_c)], 0).await;
+    assert_eq!(links(health(&two).await), 1);
+}
+
 /// After the origin died, `who` (on a relay that survived) leaves and joins again as the
 /// room is mirrored anew.
 async fn sees_peer_again(peer: &mut Peer, who: PeerId, ttl: Duration) {

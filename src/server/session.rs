@@ -261,6 +261,7 @@ async fn join_phase(
         // mirrors already is joined here without asking (asking could claim it here while
         // Redis has forgotten it, and the relay would mirror itself).
         let mirrored = rooms.spans().is_some_and(|s| s.mirrors(&room));
+        let mut into_mirror = mirrored && relay.is_none();
         if resume.is_none()
             && relay.is_none()
             && !mirrored
@@ -272,7 +273,10 @@ async fn join_phase(
         {
             let now_mirrored = match rooms.spans() {
                 Some(spans) => match spans.ensure(&room, &relay_url, &relay_id).await {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        into_mirror = true;
+                        true
+                    }
                     Err(e) => {
                         warn!(%room, %relay_url, error = %e, "cannot mirror the room; redirecting");
                         false
@@ -328,6 +332,9 @@ async fn join_phase(
         };
         match joined {
             Ok((peer_id, session, result, handle)) => {
+                if into_mirror && let Some(spans) = rooms.spans() {
+                    tokio::spawn(spans.clone().recheck(room.clone()));
+                }
                 let name = result.name.clone();
                 let result = Reply::Joined(result);
                 return Ok(Some(Joined {

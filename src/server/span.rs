@@ -152,6 +152,22 @@ impl Spans {
         Ok(())
     }
 
+    /// After a join landed in a room this relay mirrors: if the mirror was taken down in
+    /// the instant before (its last local peer had just gone), the room is placed again, so
+    /// that the new peer is not left in a room of its own here.
+    pub async fn recheck(self, room: String) {
+        let live = {
+            let slot = self.slot(&room);
+            let held = slot.lock().await;
+            held.as_ref()
+                .is_some_and(|span| !span.closed.load(Ordering::Acquire))
+        };
+        if !live {
+            info!(%room, "joined as the mirror was taken down; placing the room again");
+            replace(self, room).await;
+        }
+    }
+
     /// Whether this relay mirrors `room` (or is setting a mirror up). Such a room is never
     /// claimed here: a relay that mirrors a room and hosts it would mirror itself.
     pub fn mirrors(&self, room: &str) -> bool {
@@ -644,9 +660,27 @@ impl Span {
             }
             idle = if local == 0 { idle + 1 } else { 0 };
             if idle >= IDLE_ROUNDS {
-                info!("no local peer left; mirror taken down");
-                self.close();
-                return;
+                // Decided under the slot's lock (no `ensure` meanwhile) and, within it, the
+                // room's, where a join adds its peer: a join either lands before (and the
+                // mirror stays) or finds it closed after (and `recheck` places it again).
+                let slot = self.spans.slot(&self.room);
+                let held = slot.lock().await;
+                let closing = {
+                    let room = self.handle.lock();
+                    (room.local_members() == 0).then(|| !self.closed.swap(true, Ordering::AcqRel))
+                };
+                match closing {
+                    None => idle = 0, // a join landed meanwhile
+                    Some(first) => {
+                        if first {
+                            info!("no local peer left; mirror taken down");
+                            self.take_down();
+                        }
+                        drop(held);
+                        self.spans.forget(&self);
+                        return;
+                    }
+                }
             }
         }
     }
@@ -851,9 +885,14 @@ impl Span {
     /// Takes the mirror down: the link and the shadows leave the origin, the proxies and
     /// the uplink leave here (the room closes if nobody else is in it).
     fn close(self: &Arc<Self>) {
-        if self.closed.swap(true, Ordering::Relaxed) {
+        if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.take_down();
+    }
+
+    /// [`Span::close`], once `closed` is set.
+    fn take_down(self: &Arc<Self>) {
         let rooms = &self.spans.context.rooms;
         let link = self.link.clone();
         tokio::spawn(async move {
