@@ -39,6 +39,18 @@ async fn sees_peer(peer: &mut Peer, who: PeerId) -> synapse_sfu::wire::PeerInfo 
     }
 }
 
+/// Waits until `peer` has been told that `who` left (`why`: what made it leave, for the
+/// failure message).
+async fn sees_leave(peer: &mut Peer, who: PeerId, why: &str) {
+    let left = wait_event(
+        &mut peer.incoming,
+        Duration::from_secs(5),
+        |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == who),
+    )
+    .await;
+    assert!(left.is_some(), "{} was not told {why}", peer.joined.name);
+}
+
 /// Every peer hears every other peer's audio, across relays.
 async fn all_hear_each_other(peers: &mut [(&mut Peer, ProducerId)], from_seq: u64) {
     for seq in from_seq..from_seq + 30 {
@@ -211,25 +223,13 @@ async fn a_room_spans_three_relays_with_one_pull_per_producer_per_relay() {
     let bo_id = bo.joined.peer_id;
     bo.client.leave().await.unwrap();
     for peer in [&mut ada, &mut cy] {
-        let left = wait_event(
-            &mut peer.incoming,
-            Duration::from_secs(5),
-            |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == bo_id),
-        )
-        .await;
-        assert!(left.is_some(), "{} was not told bo left", peer.joined.name);
+        sees_leave(peer, bo_id, "bo left").await;
     }
 
     // A relay that dies takes only its own peers: the others are told, and go on.
     let cy_id = cy.joined.peer_id;
     three.shutdown();
-    let left = wait_event(
-        &mut ada.incoming,
-        Duration::from_secs(5),
-        |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == cy_id),
-    )
-    .await;
-    assert!(left.is_some(), "ada was not told cy's relay died");
+    sees_leave(&mut ada, cy_id, "cy's relay died").await;
     let mut dee = join(&two, "all-hands", "dee", true).await;
     let mic_d = dee.client.produce(MediaKind::Audio, "opus").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -255,17 +255,7 @@ async fn when_the_origin_dies_the_room_moves_and_the_rest_of_the_call_goes_on() 
     let ada_id = ada.joined.peer_id;
     one.shutdown();
     for peer in [&mut bo, &mut cy] {
-        let left = wait_event(
-            &mut peer.incoming,
-            Duration::from_secs(5),
-            |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == ada_id),
-        )
-        .await;
-        assert!(
-            left.is_some(),
-            "{} was not told ada's relay died",
-            peer.joined.name
-        );
+        sees_leave(peer, ada_id, "ada's relay died").await;
     }
     // Within the lease's TTL the room is hosted by one of the two left, mirrored by the
     // other, and bo and cy meet again (each sees the other come back).
@@ -303,13 +293,7 @@ async fn an_edge_takes_its_mirror_down_with_its_last_peer_and_sets_it_up_for_the
     // Bo leaves (its shadow leaves the origin: ada is told), and half a second later
     // relay two mirrors nothing.
     bo.client.leave().await.unwrap();
-    let left = wait_event(
-        &mut ada.incoming,
-        Duration::from_secs(5),
-        |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == bo_id),
-    )
-    .await;
-    assert!(left.is_some(), "ada never saw bo leave");
+    sees_leave(&mut ada, bo_id, "bo left").await;
     let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(5));
     while links(health(&two).await) > 0 {
         assert!(
@@ -406,13 +390,7 @@ async fn with_api_keys_relays_join_each_other_by_their_shared_key_and_nobody_els
         ),
         "{kicked:?}"
     );
-    let left = wait_event(
-        &mut ada.incoming,
-        Duration::from_secs(5),
-        |e| matches!(e, ServerMessage::PeerLeft { peer_id, .. } if *peer_id == bo_id),
-    )
-    .await;
-    assert!(left.is_some(), "ada never saw bo leave");
+    sees_leave(&mut ada, bo_id, "bo left").await;
 
     // A client's token has no relay grant: it cannot pose as a relay.
     let (client, _incoming) = Client::connect(joiner(&one, "mallory")).await.unwrap();
