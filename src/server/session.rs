@@ -271,20 +271,15 @@ async fn join_phase(
                 relay_id,
             } = placement.place(&room).await
         {
-            let now_mirrored = match rooms.spans() {
-                Some(spans) => match spans.ensure(&room, &relay_url, &relay_id).await {
-                    Ok(()) => {
-                        into_mirror = true;
-                        true
-                    }
+            if let Some(spans) = rooms.spans() {
+                match spans.ensure(&room, &relay_url, &relay_id).await {
+                    Ok(()) => into_mirror = true,
                     Err(e) => {
-                        warn!(%room, %relay_url, error = %e, "cannot mirror the room; redirecting");
-                        false
+                        warn!(%room, %relay_url, error = %e, "cannot mirror the room; redirecting")
                     }
-                },
-                None => false,
-            };
-            if !now_mirrored {
+                }
+            }
+            if !into_mirror {
                 info!(%room, %relay_url, "join redirected");
                 write_message(send, &ServerMessage::redirect(id, &relay_url)).await?;
                 continue;

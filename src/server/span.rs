@@ -131,7 +131,7 @@ impl Spans {
         let slot = self.slot(room);
         let mut slot = slot.lock().await;
         if let Some(span) = slot.as_ref() {
-            if !span.closed.load(Ordering::Relaxed) && span.origin_url == origin_url {
+            if span.is_live() && span.origin_url == origin_url {
                 return Ok(());
             }
             span.close();
@@ -159,8 +159,7 @@ impl Spans {
         let live = {
             let slot = self.slot(&room);
             let held = slot.lock().await;
-            held.as_ref()
-                .is_some_and(|span| !span.closed.load(Ordering::Acquire))
+            held.as_ref().is_some_and(|span| span.is_live())
         };
         if !live {
             info!(%room, "joined as the mirror was taken down; placing the room again");
@@ -178,9 +177,7 @@ impl Spans {
             .get(room)
             .cloned();
         slot.is_some_and(|slot| match slot.try_lock() {
-            Ok(held) => held
-                .as_ref()
-                .is_some_and(|span| !span.closed.load(Ordering::Relaxed)),
+            Ok(held) => held.as_ref().is_some_and(|span| span.is_live()),
             Err(_) => true,
         })
     }
@@ -197,7 +194,7 @@ impl Spans {
         slots
             .iter()
             .filter_map(|slot| slot.try_lock().ok()?.clone())
-            .filter(|span| !span.closed.load(Ordering::Relaxed))
+            .filter(|span| span.is_live())
             .map(|span| span.status())
             .collect()
     }
@@ -355,6 +352,11 @@ impl Link {
 }
 
 impl Span {
+    /// Not closed: still mirroring its room.
+    fn is_live(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+
     async fn start(
         spans: Spans,
         room: &str,
@@ -550,7 +552,7 @@ impl Span {
                 _ => {}
             }
         }
-        if !self.closed.load(Ordering::Relaxed) {
+        if self.is_live() {
             warn!("link to the room's origin ended; placing the room again");
             self.close();
             tokio::spawn(replace(self.spans.clone(), self.room.clone()));
