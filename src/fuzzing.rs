@@ -254,10 +254,19 @@ pub fn relay_core(data: &[u8]) {
                     let _ = relay.on_frame(p, ProducerId(some_id), kind, layer, &header, data, now);
                 }
             }
-            8 => {
-                // A consumer's sender drains some frames.
+            8 if b % 2 == 0 => {
+                // A consumer's own sender drains some frames.
                 for _ in 0..(b % 8) {
                     let _ = relay.poll_consumer(ConsumerId(some_id), now, &mut cx);
+                }
+            }
+            8 => {
+                // A peer's media sender takes a batch, handing back some consumers' writes
+                // as finished (the ids may be anyone's, or nobody's).
+                if let Some(p) = peer {
+                    let mut released = vec![ConsumerId(some_id), ConsumerId(id)];
+                    let mut out = Vec::new();
+                    let _ = relay.poll_media(p, now, &mut released, &mut out, &mut cx);
                 }
             }
             9 => {

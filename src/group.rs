@@ -94,6 +94,46 @@ impl GroupWriter {
         Ok(())
     }
 
+    /// [`write`](Self::write) if it needs no wait: `Some` with the result when the frame
+    /// went onto the open stream at once; `None` when it needs [`write_rest`]
+    /// (Self::write_rest) with the same `chunks` (`[head, payload]`, less what was taken):
+    /// a keyframe or a frame with no stream open (nothing written), or a stream whose
+    /// flow control or send buffer is full (part written).
+    pub fn write_now(
+        &mut self,
+        keyframe: bool,
+        chunks: &mut [Bytes; 2],
+    ) -> Option<Result<(), GroupWriteError>> {
+        if keyframe {
+            return None;
+        }
+        let stream = self.stream.as_mut()?;
+        let result = stream.write_chunks_now(chunks)?;
+        if let Err(e) = result {
+            self.stream = None;
+            return Some(Err(GroupWriteError::Write(e.to_string())));
+        }
+        Some(Ok(()))
+    }
+
+    /// The rest of a frame [`write_now`](Self::write_now) could not finish.
+    pub async fn write_rest(
+        &mut self,
+        conn: &Session,
+        keyframe: bool,
+        mut chunks: [Bytes; 2],
+    ) -> Result<(), GroupWriteError> {
+        let Some(stream) = self.stream.as_mut().filter(|_| !keyframe) else {
+            let [head, payload] = chunks;
+            return self.write(conn, keyframe, head, payload).await;
+        };
+        if let Err(e) = stream.write_all_chunks(&mut chunks).await {
+            self.stream = None;
+            return Err(GroupWriteError::Write(e.to_string()));
+        }
+        Ok(())
+    }
+
     /// Ends the current group's stream normally (its data is still delivered).
     pub fn finish(&mut self) {
         if let Some(mut stream) = self.stream.take() {

@@ -24,8 +24,9 @@ pub use relay::{Directory, Ids, Relay, RelayTotals, room_snapshots};
 #[cfg(feature = "net")]
 pub(crate) use room::check_version;
 pub use room::{
-    ConsumerStats, DATA_BURST_BYTES, DATA_BYTES_PER_SECOND, JoinAs, Joining, LOSSY_DATA_PER_SECOND,
-    MAX_LOSSY_QUEUE, MAX_ROOM_EVENTS, PeerOutput, Room, RoomEvent, SessionEnd, Track,
+    ConsumerFrame, ConsumerStats, DATA_BURST_BYTES, DATA_BYTES_PER_SECOND, JoinAs, Joining,
+    LOSSY_DATA_PER_SECOND, MAX_LOSSY_QUEUE, MAX_ROOM_EVENTS, MEDIA_BATCH, MediaOutput, PeerOutput,
+    Room, RoomEvent, SessionEnd, Track,
 };
 pub use simulcast::{
     ACTIVE_HOLD, DYNACAST_DELAY, LayerSelection, LinkBudget, Preference, UP_HOLD, allocate,

@@ -1,7 +1,8 @@
 //! The per-consumer bounded queue and its slow-consumer policy.
 //!
-//! A consumer's sender task pops from this queue and writes to the network; when the
-//! network is slower than the producer, the queue fills and this policy decides what to lose:
+//! The consumer's sender (its peer's media sender) pops from this queue and writes to the
+//! network; when the network is slower than the producer, the queue fills and this policy
+//! decides what to lose:
 //! - video: everything queued is dropped and so is every frame after it up to the next
 //!   keyframe (a delta frame without its references is useless), and a keyframe is wanted;
 //! - audio: the oldest frame is dropped (late audio is worse than missing audio).

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use super::config::RelayConfig;
 use super::path::PathSample;
 use super::queue::QueuedFrame;
-use super::room::{ConsumerStats, Joining, PeerOutput, Room, check_version, validate_room};
+use super::room::{
+    ConsumerStats, Joining, MediaOutput, PeerOutput, Room, check_version, validate_room,
+};
 use super::stats::{RelayCounts, RelayStats, RoomSnapshot};
 use crate::wire::{
     ClientMessage, ConsumerId, ErrorCode, FrameHeader, JoinResult, LeaveReason, MediaKind, PeerId,
@@ -304,6 +306,24 @@ impl Relay {
     ) -> Poll<Option<QueuedFrame>> {
         match self.with_consumer(consumer_id) {
             Some(room) => room.poll_consumer(consumer_id, now, cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// `Room::poll_media` for the peer's current session.
+    pub fn poll_media(
+        &mut self,
+        peer_id: PeerId,
+        now: Instant,
+        released: &mut Vec<ConsumerId>,
+        out: &mut Vec<MediaOutput>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<()>> {
+        let Some(room) = self.directory.room_of_mut(peer_id) else {
+            return Poll::Ready(None);
+        };
+        match room.session_of(peer_id) {
+            Some(session) => room.poll_media(peer_id, session, now, released, out, cx),
             None => Poll::Ready(None),
         }
     }

@@ -5,14 +5,19 @@
 //! keeps one lock per room; `Relay` keeps them all in one struct for tests and fuzzing).
 //! Inputs are calls (`join`, `handle`, `on_frame`, `leave`) that carry the `Instant` they
 //! happened at. Output leaves one way, pulled: `poll_peer` yields the control messages (and
-//! consumer start-ups) for one peer, `poll_consumer` the frames for one consumer. Both take
-//! a `std::task::Context` so the IO layer can sleep until there is something to pull, the
-//! way a channel receiver does, without this module knowing about any runtime.
+//! consumer start-ups) for one peer, `poll_media` the frames of all of one peer's consumers
+//! (its media sender's batch). Both take a `std::task::Context` so the IO layer can sleep
+//! until there is something to pull, the way a channel receiver does, without this module
+//! knowing about any runtime. `poll_consumer` pulls one consumer's frames alone, for a
+//! sender that drives a single consumer (a relay link's, the tests).
 //!
-//! The drain rule: after any input, the IO layer must poll every peer and consumer whose
-//! waker fired until it returns `Pending`; an output not pulled stays queued (bounded:
-//! `max_outbox` for a peer, the consumer queue's limits for frames) and nothing is lost
-//! by pulling late, only delayed. `Ready(None)` means the peer or consumer is gone.
+//! The drain rule: after any input, the IO layer must poll every peer whose waker fired
+//! until it returns `Pending`; an output not pulled stays queued (bounded: `max_outbox` for
+//! a peer, the consumer queue's limits for frames) and nothing is lost by pulling late, only
+//! delayed. `Ready(None)` means the peer (or its session, or the consumer) is gone. A video
+//! frame taken by `poll_media` holds its consumer until the sender hands its id back in a
+//! later `poll_media` (its write finished, or was abandoned): the frames queued behind it
+//! stay under the queue's policy meanwhile, and one consumer's slow write holds up no other.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -187,6 +192,30 @@ pub enum SessionEnd {
     Stale,
 }
 
+/// What a peer's media sender does next (`Room::poll_media`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaOutput {
+    /// Send this frame to this consumer. A video frame holds the consumer until its id is
+    /// handed back: the frame's write finished or was abandoned.
+    Frame(ConsumerFrame),
+    /// This consumer is closed: end its group stream.
+    Closed(ConsumerId),
+}
+
+/// One frame for one consumer, as its peer's media sender takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerFrame {
+    pub consumer_id: ConsumerId,
+    pub producer_id: ProducerId,
+    pub frame: QueuedFrame,
+    /// For video: the latest its write may finish (`Room::write_deadline`).
+    pub write_deadline: Option<Instant>,
+}
+
+/// Frames `poll_media` hands out per call at most: a sender with many consumers ready
+/// still yields between batches.
+pub const MEDIA_BATCH: usize = 64;
+
 /// Room events kept for the drain at most; beyond, new ones are counted, not kept.
 pub const MAX_ROOM_EVENTS: usize = 1024;
 
@@ -235,6 +264,13 @@ struct Peer {
     data_backlog: VecDeque<(usize, ServerMessage)>,
     data_backlog_bytes: usize,
     data_pace: TokenBucket,
+    /// Consumers with a frame to take, each once (`Consumer::ready`), for `poll_media`.
+    media_ready: VecDeque<ConsumerId>,
+    /// Consumers closed since the media sender last polled (only while one polls).
+    media_closed: Vec<ConsumerId>,
+    media_waker: Option<Waker>,
+    /// A media sender polls this peer (`poll_media`): closed consumers are kept for it.
+    media_driven: bool,
 }
 
 #[derive(Debug)]
@@ -263,6 +299,11 @@ struct Consumer {
     paused: bool,
     queue: ConsumerQueue,
     waker: Option<Waker>,
+    /// In its peer's `media_ready` list.
+    ready: bool,
+    /// A video frame taken by `poll_media` is being written: nothing more is taken until
+    /// the sender hands the id back.
+    held: bool,
     /// For a consumer of a simulcast producer: its layers.
     layers: Option<LayerSelection>,
     /// Its peer reads audio levels in datagrams (otherwise they are removed).
@@ -271,8 +312,15 @@ struct Consumer {
 
 impl Consumer {
     /// Queues a frame (the queue's policy decides what is lost: `queue.rs`), adds what it
-    /// dropped to `dropped`, and wakes the sender if the frame was queued.
-    fn enqueue(&mut self, frame: QueuedFrame, dropped: &mut u64) -> PushOutcome {
+    /// dropped to `dropped`, and wakes the sender if the frame was queued: the consumer's
+    /// own, or its peer's media sender (through the peer's ready list).
+    fn enqueue(
+        &mut self,
+        id: ConsumerId,
+        frame: QueuedFrame,
+        dropped: &mut u64,
+        peers: &mut HashMap<PeerId, Peer>,
+    ) -> PushOutcome {
         let outcome = self.queue.push(frame);
         match outcome {
             PushOutcome::Queued => {}
@@ -281,10 +329,21 @@ impl Consumer {
                 *dropped += n;
             }
         }
-        if !matches!(outcome, PushOutcome::NeedsKeyframe { .. })
-            && let Some(waker) = self.waker.take()
-        {
+        if matches!(outcome, PushOutcome::NeedsKeyframe { .. }) {
+            return outcome;
+        }
+        if let Some(waker) = self.waker.take() {
             waker.wake();
+        }
+        if !self.ready
+            && !self.held
+            && let Some(peer) = peers.get_mut(&self.peer)
+        {
+            self.ready = true;
+            peer.media_ready.push_back(id);
+            if let Some(waker) = peer.media_waker.take() {
+                waker.wake();
+            }
         }
         outcome
     }
@@ -685,9 +744,118 @@ impl Room {
         now: Instant,
         cx: &mut Context<'_>,
     ) -> Poll<Option<QueuedFrame>> {
-        let Some(consumer) = self.consumers.get_mut(&consumer_id) else {
+        if !self.consumers.contains_key(&consumer_id) {
+            return Poll::Ready(None);
+        }
+        match self.take_frame(consumer_id, now) {
+            Some(frame) => Poll::Ready(Some(frame)),
+            None => {
+                let consumer = self
+                    .consumers
+                    .get_mut(&consumer_id)
+                    .expect("looked up above");
+                consumer.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Next frames for all of a peer's consumers, for its media sender: at most
+    /// [`MEDIA_BATCH`] into `out`, and the consumers closed since the last call. `released`
+    /// hands back the consumers whose video write finished (or was abandoned) since; it is
+    /// emptied. `Ready(None)`: the peer or this session of it is gone, stop the sender.
+    /// Each ready consumer gives one frame per round, so a consumer with a backlog does
+    /// not starve the others; a video frame holds its consumer until released.
+    pub fn poll_media(
+        &mut self,
+        peer_id: PeerId,
+        session: u64,
+        now: Instant,
+        released: &mut Vec<ConsumerId>,
+        out: &mut Vec<MediaOutput>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<()>> {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
             return Poll::Ready(None);
         };
+        if peer.session != session || peer.interrupted.is_some() {
+            return Poll::Ready(None);
+        }
+        peer.media_driven = true;
+        out.extend(peer.media_closed.drain(..).map(MediaOutput::Closed));
+        for consumer_id in released.drain(..) {
+            if let Some(c) = self.consumers.get_mut(&consumer_id) {
+                c.held = false;
+                if !c.ready && !c.queue.is_empty() {
+                    c.ready = true;
+                    peer.media_ready.push_back(consumer_id);
+                }
+            }
+        }
+        let mut taken = 0;
+        while taken < MEDIA_BATCH {
+            let next = self
+                .peers
+                .get_mut(&peer_id)
+                .and_then(|p| p.media_ready.pop_front());
+            let Some(consumer_id) = next else {
+                break;
+            };
+            let Some(c) = self.consumers.get_mut(&consumer_id) else {
+                continue;
+            };
+            c.ready = false;
+            if c.held {
+                // Listed again when released.
+                continue;
+            }
+            let (producer_id, kind) = (c.producer, c.kind);
+            let Some(frame) = self.take_frame(consumer_id, now) else {
+                continue;
+            };
+            let write_deadline = match kind {
+                MediaKind::Video => {
+                    let len = frame.data.len();
+                    self.write_deadline(consumer_id, frame.arrived, len, frame.keyframe)
+                }
+                MediaKind::Audio => None,
+            };
+            let c = self.consumers.get_mut(&consumer_id).expect("took a frame");
+            if kind == MediaKind::Video {
+                c.held = true;
+            } else if !c.queue.is_empty() {
+                c.ready = true;
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.media_ready.push_back(consumer_id);
+                }
+            }
+            out.push(MediaOutput::Frame(ConsumerFrame {
+                consumer_id,
+                producer_id,
+                frame,
+                write_deadline,
+            }));
+            taken += 1;
+        }
+        if !out.is_empty() {
+            return Poll::Ready(Some(()));
+        }
+        let peer = self.peers.get_mut(&peer_id).expect("checked above");
+        if !peer
+            .media_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            peer.media_waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The next frame of a consumer that has one: frames grown older than the latency
+    /// bound are skipped first (a video consumer then restarts at a keyframe). Counts it
+    /// as forwarded, with its time in the relay.
+    fn take_frame(&mut self, consumer_id: ConsumerId, now: Instant) -> Option<QueuedFrame> {
+        let consumer = self.consumers.get_mut(&consumer_id)?;
         let (bound, late) = match consumer.kind {
             MediaKind::Video => (
                 self.config.video_latency_bound,
@@ -714,20 +882,13 @@ impl Room {
             .consumers
             .get_mut(&consumer_id)
             .expect("looked up above");
-        match consumer.queue.pop() {
-            Some(frame) => {
-                self.stats.frames_out += 1;
-                self.stats.bytes_out += frame.data.len() as u64;
-                self.stats
-                    .forwarding_latency
-                    .record(now.saturating_duration_since(frame.arrived));
-                Poll::Ready(Some(frame))
-            }
-            None => {
-                consumer.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
+        let frame = consumer.queue.pop()?;
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += frame.data.len() as u64;
+        self.stats
+            .forwarding_latency
+            .record(now.saturating_duration_since(frame.arrived));
+        Some(frame)
     }
 
     // ---- joining and leaving -------------------------------------------------------------
@@ -872,6 +1033,10 @@ impl Room {
                 data_backlog: VecDeque::new(),
                 data_backlog_bytes: 0,
                 data_pace: TokenBucket::new(DATA_DELIVERY_BURST, DATA_DELIVERY_MAX),
+                media_ready: VecDeque::new(),
+                media_closed: Vec::new(),
+                media_waker: None,
+                media_driven: false,
             },
         );
         if self.members.is_empty() {
@@ -990,7 +1155,14 @@ impl Room {
         peer.data_backlog.clear();
         peer.data_backlog_bytes = 0;
         peer.overflowed = false;
+        // The consumers went with the session (set aside above); so does its sender.
+        peer.media_ready.clear();
+        peer.media_closed.clear();
+        peer.media_driven = false;
         if let Some(waker) = peer.waker.take() {
+            waker.wake();
+        }
+        if let Some(waker) = peer.media_waker.take() {
             waker.wake();
         }
         self.broadcast(peer_id, ServerMessage::PeerInterrupted { peer_id });
@@ -1132,6 +1304,9 @@ impl Room {
         let mut hidden = false;
         if let Some(mut peer) = self.peers.remove(&peer_id) {
             if let Some(waker) = peer.waker.take() {
+                waker.wake();
+            }
+            if let Some(waker) = peer.media_waker.take() {
                 waker.wake();
             }
             hidden = peer.hidden;
@@ -1807,6 +1982,8 @@ impl Room {
                 paused,
                 queue: ConsumerQueue::new(kind, limits),
                 waker: None,
+                ready: false,
+                held: false,
                 layers,
                 wants_audio_level: self.peers[&peer_id].wants_audio_level,
             },
@@ -1904,6 +2081,12 @@ impl Room {
         }
         if let Some(peer) = self.peers.get_mut(&consumer.peer) {
             peer.consumers.remove(&consumer_id);
+            if peer.media_driven {
+                peer.media_closed.push(consumer_id);
+                if let Some(waker) = peer.media_waker.take() {
+                    waker.wake();
+                }
+            }
         }
         if let Some(waker) = consumer.waker.take() {
             waker.wake();
@@ -2162,7 +2345,8 @@ impl Room {
                 Some(plain) if !consumer.wants_audio_level => plain.clone(),
                 _ => frame.clone(),
             };
-            match consumer.enqueue(frame, &mut self.stats.dropped_slow_consumer) {
+            let dropped = &mut self.stats.dropped_slow_consumer;
+            match consumer.enqueue(*consumer_id, frame, dropped, &mut self.peers) {
                 PushOutcome::Queued => {}
                 PushOutcome::QueuedAfterDrop { .. } => {
                     wants_keyframe |= consumer.kind == MediaKind::Video;
@@ -2238,7 +2422,8 @@ impl Room {
                 data,
                 arrived: now,
             };
-            let outcome = consumer.enqueue(frame, &mut self.stats.dropped_slow_consumer);
+            let dropped = &mut self.stats.dropped_slow_consumer;
+            let outcome = consumer.enqueue(*consumer_id, frame, dropped, &mut self.peers);
             if let PushOutcome::NeedsKeyframe { .. } = outcome {
                 let selection = consumer.layers.as_mut().expect("a simulcast consumer");
                 selection.restart();

@@ -2665,3 +2665,179 @@ mod relay_peers {
         assert_eq!(refused.code, ErrorCode::BadRequest);
     }
 }
+
+/// Counts its wake-ups: a media sender asleep in `poll_media`.
+#[derive(Default)]
+struct WakeCount(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for WakeCount {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl WakeCount {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What one `poll_media` round gave: frames (as consumer and payload's first byte), and
+/// closed consumers.
+type MediaRound = (Vec<(ConsumerId, u8)>, Vec<ConsumerId>);
+
+/// One `poll_media` round for `peer`.
+fn media_round(
+    h: &mut Harness,
+    peer: PeerId,
+    released: &mut Vec<ConsumerId>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<MediaRound>> {
+    let mut out = Vec::new();
+    match h.relay.poll_media(peer, h.now, released, &mut out, cx) {
+        Poll::Pending => return Poll::Pending,
+        Poll::Ready(None) => return Poll::Ready(None),
+        Poll::Ready(Some(())) => {}
+    }
+    let mut frames = Vec::new();
+    let mut closed = Vec::new();
+    for o in out {
+        match o {
+            MediaOutput::Frame(f) => {
+                let first = match &f.frame.data {
+                    FrameData::Stream { payload, .. } => payload[0],
+                    FrameData::Datagram(d) => d[0],
+                };
+                assert_eq!(
+                    f.write_deadline.is_some(),
+                    matches!(f.frame.data, FrameData::Stream { .. }) && !f.frame.keyframe,
+                    "a video delta has a write deadline, a keyframe and audio none"
+                );
+                frames.push((f.consumer_id, first))
+            }
+            MediaOutput::Closed(c) => closed.push(c),
+        }
+    }
+    Poll::Ready(Some((frames, closed)))
+}
+
+#[test]
+fn one_media_sender_takes_all_of_a_peers_consumers_and_a_slow_video_write_holds_up_only_its_own() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let mic = h.produce(a, MediaKind::Audio);
+    let cam = h.produce(a, MediaKind::Video);
+    let cam2 = h.produce(a, MediaKind::Video);
+    let c_mic = h.consume(b, mic);
+    let c_cam = h.consume(b, cam);
+    let c_cam2 = h.consume(b, cam2);
+    h.drain(a);
+    h.drain(b);
+    let waker = std::sync::Arc::new(WakeCount::default());
+    let waker_ref = Waker::from(waker.clone());
+    let mut cx = Context::from_waker(&waker_ref);
+    let mut released = Vec::new();
+
+    // Nothing yet: the sender sleeps, and the first frame wakes it once.
+    assert_eq!(
+        media_round(&mut h, b, &mut released, &mut cx),
+        Poll::Pending
+    );
+    h.video(a, cam, 1, true);
+    h.video(a, cam2, 1, true);
+    h.audio(a, mic, 1);
+    h.audio(a, mic, 2);
+    assert_eq!(waker.count(), 1);
+    let Poll::Ready(Some((frames, closed))) = media_round(&mut h, b, &mut released, &mut cx) else {
+        panic!("frames are ready");
+    };
+    assert!(closed.is_empty());
+    // One frame per consumer per pass, in the order they became ready, then the rest.
+    assert_eq!(
+        frames,
+        vec![(c_cam, 1), (c_cam2, 1), (c_mic, 1), (c_mic, 2)]
+    );
+
+    // cam's write is still in flight (not released); cam2's finished. cam's next frame
+    // waits for its write, audio and cam2 do not (cam2 is listed as ready when its
+    // release is handed in, after the audio that arrived meanwhile).
+    released.push(c_cam2);
+    h.video(a, cam, 2, false);
+    h.video(a, cam2, 2, false);
+    h.audio(a, mic, 3);
+    let Poll::Ready(Some((frames, _))) = media_round(&mut h, b, &mut released, &mut cx) else {
+        panic!("frames are ready");
+    };
+    assert_eq!(frames, vec![(c_mic, 3), (c_cam2, 2)]);
+    assert_eq!(
+        media_round(&mut h, b, &mut released, &mut cx),
+        Poll::Pending
+    );
+
+    // cam's write finishes: the frame queued behind it comes next.
+    released.push(c_cam);
+    let Poll::Ready(Some((frames, _))) = media_round(&mut h, b, &mut released, &mut cx) else {
+        panic!("cam's next frame is ready");
+    };
+    assert_eq!(frames, vec![(c_cam, 2)]);
+
+    // A closed consumer is reported to the sender (which ends its group stream), at once.
+    let woken = waker.count();
+    h.request(a, Request::CloseProducer { producer_id: cam })
+        .unwrap();
+    assert!(waker.count() > woken, "closing a consumer wakes the sender");
+    released.push(c_cam);
+    let Poll::Ready(Some((frames, closed))) = media_round(&mut h, b, &mut released, &mut cx) else {
+        panic!("the closed consumer is reported");
+    };
+    assert!(frames.is_empty());
+    assert_eq!(closed, vec![c_cam]);
+
+    // The peer leaves: the sender is woken and stops.
+    assert_eq!(
+        media_round(&mut h, b, &mut released, &mut cx),
+        Poll::Pending
+    );
+    let woken = waker.count();
+    h.relay.leave(b, LeaveReason::Left);
+    assert!(waker.count() > woken, "leaving wakes the sender");
+    assert_eq!(
+        media_round(&mut h, b, &mut released, &mut cx),
+        Poll::Ready(None)
+    );
+}
+
+#[test]
+fn a_media_senders_batch_is_bounded_and_the_rest_waits_for_the_next_round() {
+    let mut h = Harness::new();
+    let b = h.join("r", "b");
+    let per_peer = RelayConfig::default().limits.max_producers_per_peer;
+    let mut mics = Vec::new();
+    while mics.len() < MEDIA_BATCH + 6 {
+        let a = h.join("r", "a");
+        for _ in 0..per_peer.min(MEDIA_BATCH + 6 - mics.len()) {
+            mics.push((a, h.produce(a, MediaKind::Audio)));
+        }
+    }
+    for (_, mic) in &mics {
+        h.consume(b, *mic);
+    }
+    for (a, mic) in &mics {
+        h.audio(*a, *mic, 1);
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut released = Vec::new();
+    let Poll::Ready(Some((first, _))) = media_round(&mut h, b, &mut released, &mut cx) else {
+        panic!("frames are ready");
+    };
+    assert_eq!(first.len(), MEDIA_BATCH);
+    let Poll::Ready(Some((rest, _))) = media_round(&mut h, b, &mut released, &mut cx) else {
+        panic!("the rest is ready");
+    };
+    assert_eq!(rest.len(), 6);
+    assert_eq!(
+        media_round(&mut h, b, &mut released, &mut cx),
+        Poll::Pending
+    );
+}

@@ -2,24 +2,32 @@
 //!
 //! The session task reads the control stream and writes what the core has for the peer;
 //! a datagram task and one task per incoming media stream feed frames to the core; one
-//! task per consumer pulls that consumer's frames and writes them. No task holds the core's
-//! lock across an `.await`: each takes it for one call and lets go.
+//! media sender per session takes the frames of all the peer's consumers in batches and
+//! writes them. No task holds the core's lock across an `.await`: each takes it for one
+//! call and lets go.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
 
 use super::{RoomHandle, Rooms, SessionLimits};
 use crate::auth::AccessPolicy;
-use crate::core::{FrameData, GroupKey, JoinAs, Joining, PATH_SAMPLE_INTERVAL, PeerOutput};
-use crate::group::{GroupLimits, GroupReader, GroupWriter, Refusal, accept_groups, read_more_by};
+use crate::core::{
+    ConsumerFrame, FrameData, GroupKey, JoinAs, Joining, MEDIA_BATCH, MediaOutput,
+    PATH_SAMPLE_INTERVAL, PeerOutput,
+};
+use crate::group::{
+    GroupLimits, GroupReader, GroupWriteError, GroupWriter, Refusal, accept_groups, read_more_by,
+};
 use crate::transport::{DatagramError, RecvStream, SendStream, Session, WsSession};
 use crate::wire::close_code;
 use crate::wire::frame::{self, FrameError};
@@ -408,6 +416,11 @@ async fn drive(
         accept_media_streams(conn.clone(), room.clone(), peer_id, limits.clone()).in_current_span(),
     );
     let monitor = tokio::spawn(monitor_path(conn.clone(), room.clone(), peer_id).in_current_span());
+    // Not aborted with the others: it ends by itself once this session of the peer is
+    // over, after ending its group streams. Not `.instrument`ed: entering a span on every
+    // poll cost ~2% of the relay's CPU at fan-out; it is entered to log.
+    let sender = MediaSender::new(conn.clone(), room.clone(), peer_id, session, limits.clone());
+    tokio::spawn(sender.run());
     let _stop_media = AbortOnDrop([
         datagrams.abort_handle(),
         streams.abort_handle(),
@@ -476,12 +489,8 @@ async fn drive(
                         debug!(error = %e, "lossy data not sent");
                     }
                 }
-                Some(PeerOutput::StartConsumer { consumer_id, producer_id, .. }) => {
-                    // Not `.instrument`ed: entering a span on every poll of every consumer
-                    // cost ~2% of the relay's CPU at fan-out; the span is entered to log.
-                    let span = info_span!("consumer", consumer = consumer_id.0, producer = producer_id.0);
-                    tokio::spawn(send_consumer(conn.clone(), room.clone(), consumer_id, producer_id, limits.clone(), span));
-                }
+                // The media sender takes a new consumer's frames as they come.
+                Some(PeerOutput::StartConsumer { .. }) => {}
                 Some(PeerOutput::Disconnect { code, error, notify }) => {
                     warn!(error = %error, "disconnecting peer");
                     if notify {
@@ -674,8 +683,313 @@ pub(crate) fn video_frame_in(
     )
 }
 
+/// The one media sender of a peer session: takes the frames of all the peer's consumers
+/// from the core a batch per wake-up (`Room::poll_media`) and writes them: audio as
+/// datagrams, video as one stream per group of pictures and consumer (a keyframe opens a
+/// new stream after finishing the previous one). A video write that cannot finish at once
+/// goes on beside the others, bounded by its deadline (the frame's latency bound, or the
+/// stall timeout): the core holds that consumer meanwhile, and nobody else waits for it.
+struct MediaSender {
+    conn: Session,
+    room: RoomHandle,
+    peer_id: PeerId,
+    session: u64,
+    limits: SessionLimits,
+    /// Each video consumer's group stream; `None` while a write is out with it.
+    groups: HashMap<ConsumerId, Option<GroupWriter>>,
+    /// The peer's session takes no datagrams: its audio is dropped, said once.
+    no_datagrams: bool,
+    /// The span of the session (room and peer), entered only to log.
+    span: tracing::Span,
+}
+
+/// A video write that had to wait, finished or abandoned.
+struct Written {
+    consumer_id: ConsumerId,
+    group: GroupWriter,
+    result: Result<Result<(), GroupWriteError>, tokio::time::error::Elapsed>,
+    /// Its deadline was the frame's latency bound (not the stall timeout).
+    late_bound: bool,
+}
+
+/// Whether the session goes on after a write.
+enum Sent {
+    Going,
+    SessionOver,
+}
+
+enum MediaStep {
+    Frames,
+    Written(Written),
+}
+
+impl MediaSender {
+    fn new(
+        conn: Session,
+        room: RoomHandle,
+        peer_id: PeerId,
+        session: u64,
+        limits: SessionLimits,
+    ) -> Self {
+        Self {
+            conn,
+            room,
+            peer_id,
+            session,
+            limits,
+            groups: HashMap::new(),
+            no_datagrams: false,
+            span: tracing::Span::current(),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut out = Vec::with_capacity(MEDIA_BATCH);
+        let mut released = Vec::new();
+        let mut writes = FuturesUnordered::new();
+        loop {
+            let (room, peer_id, session) = (&self.room, self.peer_id, self.session);
+            let step = poll_fn(|cx| {
+                if let Poll::Ready(Some(written)) = writes.poll_next_unpin(cx) {
+                    return Poll::Ready(Some(MediaStep::Written(written)));
+                }
+                let now = Instant::now();
+                room.lock()
+                    .poll_media(peer_id, session, now, &mut released, &mut out, cx)
+                    .map(|more| more.map(|()| MediaStep::Frames))
+            })
+            .await;
+            let going = match step {
+                None => break,
+                Some(MediaStep::Written(w)) => {
+                    let consumer_id = w.consumer_id;
+                    released.push(consumer_id);
+                    self.written(w)
+                }
+                Some(MediaStep::Frames) => {
+                    let mut going = Sent::Going;
+                    for output in out.drain(..) {
+                        let frame = match output {
+                            MediaOutput::Frame(frame) => frame,
+                            MediaOutput::Closed(consumer_id) => {
+                                // One with a write out is finished when that comes back.
+                                if let Some(Some(mut group)) = self.groups.remove(&consumer_id) {
+                                    group.finish();
+                                }
+                                continue;
+                            }
+                        };
+                        going = match frame.frame.data {
+                            FrameData::Datagram(_) => self.send_datagram(frame),
+                            FrameData::Stream { .. } => match self.send_video(frame) {
+                                VideoSent::Done(consumer_id, going) => {
+                                    released.push(consumer_id);
+                                    going
+                                }
+                                VideoSent::Later(write) => {
+                                    writes.push(write.finish(self.conn.clone()));
+                                    Sent::Going
+                                }
+                            },
+                        };
+                        if matches!(going, Sent::SessionOver) {
+                            break;
+                        }
+                    }
+                    going
+                }
+            };
+            if matches!(going, Sent::SessionOver) {
+                break;
+            }
+        }
+        for group in self.groups.values_mut().flatten() {
+            group.finish();
+        }
+    }
+
+    fn send_datagram(&mut self, frame: ConsumerFrame) -> Sent {
+        let FrameData::Datagram(datagram) = frame.frame.data else {
+            unreachable!("checked by the caller");
+        };
+        if self.no_datagrams {
+            return Sent::Going;
+        }
+        match self.conn.send_datagram(&datagram) {
+            Ok(()) => Sent::Going,
+            Err(DatagramError::TooLarge) => {
+                let size = datagram.len();
+                let consumer = frame.consumer_id.0;
+                self.span
+                    .in_scope(|| debug!(consumer, size, "datagram too large for this consumer"));
+                self.room.lock().note_datagram_too_large();
+                Sent::Going
+            }
+            Err(DatagramError::UnsupportedByPeer) => {
+                self.span.in_scope(|| {
+                    warn!("the peer's session does not accept QUIC datagrams: no audio for it")
+                });
+                self.no_datagrams = true;
+                Sent::Going
+            }
+            Err(_) => Sent::SessionOver,
+        }
+    }
+
+    /// Writes a video frame if that can be done at once; otherwise hands back what is
+    /// left to write, with its group stream and deadline.
+    fn send_video(&mut self, frame: ConsumerFrame) -> VideoSent {
+        let ConsumerFrame {
+            consumer_id,
+            producer_id,
+            frame,
+            write_deadline,
+        } = frame;
+        let FrameData::Stream { head, payload } = frame.data else {
+            unreachable!("checked by the caller");
+        };
+        let slot = self
+            .groups
+            .entry(consumer_id)
+            .or_insert_with(|| Some(GroupWriter::new(producer_id, None)));
+        let Some(mut group) = slot.take() else {
+            // The core holds a consumer while a write of its is out: not reached.
+            debug_assert!(false, "a second frame for a consumer with a write out");
+            return VideoSent::Done(consumer_id, Sent::Going);
+        };
+        let mut chunks = [head, payload];
+        match group.write_now(frame.keyframe, &mut chunks) {
+            Some(result) => {
+                *slot = Some(group);
+                let going = self.failed(consumer_id, result.err());
+                VideoSent::Done(consumer_id, going)
+            }
+            None => {
+                // Bounded twice: by the frame's latency deadline (late video is skipped,
+                // the consumer restarts at a keyframe) and by the stall timeout.
+                let stall_at = Instant::now() + self.limits.consumer_write_timeout;
+                let late_at = write_deadline.unwrap_or(stall_at);
+                VideoSent::Later(PendingWrite {
+                    consumer_id,
+                    group,
+                    keyframe: frame.keyframe,
+                    chunks,
+                    until: late_at.min(stall_at),
+                    late_bound: late_at < stall_at,
+                })
+            }
+        }
+    }
+
+    /// A write that had to wait came back: its group stream goes back in its place (or is
+    /// finished, its consumer closed meanwhile) and a missed deadline is acted on.
+    fn written(&mut self, w: Written) -> Sent {
+        let Written {
+            consumer_id,
+            mut group,
+            result,
+            late_bound,
+        } = w;
+        let going = match result {
+            Ok(result) => self.failed(consumer_id, result.err()),
+            Err(_) if late_bound => {
+                self.span.in_scope(|| {
+                    debug!(
+                        consumer = consumer_id.0,
+                        "video fell behind its latency bound; restarting at a keyframe"
+                    )
+                });
+                group.reset(close_code::CONSUMER_LATE);
+                self.room
+                    .lock()
+                    .skip_late_consumer(consumer_id, Instant::now());
+                Sent::Going
+            }
+            Err(_) => {
+                self.span.in_scope(|| {
+                    warn!(
+                        consumer = consumer_id.0,
+                        timeout = ?self.limits.consumer_write_timeout,
+                        "consumer stream stalled; restarting at a keyframe"
+                    )
+                });
+                group.reset(close_code::CONSUMER_STALLED);
+                self.room
+                    .lock()
+                    .resync_consumer(consumer_id, Instant::now());
+                Sent::Going
+            }
+        };
+        match self.groups.get_mut(&consumer_id) {
+            Some(slot) => *slot = Some(group),
+            None => group.finish(),
+        }
+        going
+    }
+
+    /// A video write that failed (the stream was stopped or reset by the peer) restarts
+    /// its consumer at a keyframe; one that failed because the session is over ends the
+    /// sender.
+    fn failed(&mut self, consumer_id: ConsumerId, error: Option<GroupWriteError>) -> Sent {
+        let Some(e) = error else {
+            return Sent::Going;
+        };
+        if self.conn.is_closed() {
+            return Sent::SessionOver;
+        }
+        self.span.in_scope(|| {
+            debug!(consumer = consumer_id.0, error = %e, "consumer stream failed; restarting at a keyframe")
+        });
+        self.room
+            .lock()
+            .resync_consumer(consumer_id, Instant::now());
+        Sent::Going
+    }
+}
+
+/// What became of a video frame the sender tried to write at once.
+enum VideoSent {
+    /// Written (or failed, and acted on): release the consumer.
+    Done(ConsumerId, Sent),
+    /// It has to wait: what is left of it.
+    Later(PendingWrite),
+}
+
+/// The rest of a video frame, its consumer's group stream and its deadline.
+struct PendingWrite {
+    consumer_id: ConsumerId,
+    group: GroupWriter,
+    keyframe: bool,
+    chunks: [bytes::Bytes; 2],
+    until: Instant,
+    late_bound: bool,
+}
+
+impl PendingWrite {
+    async fn finish(self, conn: Session) -> Written {
+        let Self {
+            consumer_id,
+            mut group,
+            keyframe,
+            chunks,
+            until,
+            late_bound,
+        } = self;
+        let until = tokio::time::Instant::from_std(until);
+        let result =
+            tokio::time::timeout_at(until, group.write_rest(&conn, keyframe, chunks)).await;
+        Written {
+            consumer_id,
+            group,
+            result,
+            late_bound,
+        }
+    }
+}
+
 /// Writes one consumer's frames: audio as datagrams, video as one stream per group of
-/// pictures (a keyframe opens a new stream, after the previous one is finished).
+/// pictures (a keyframe opens a new stream, after the previous one is finished). A relay
+/// link's consumers, each writing to a different session, are sent this way.
 pub(crate) async fn send_consumer(
     conn: Session,
     room: RoomHandle,

@@ -294,6 +294,22 @@ impl SendStream {
         }
     }
 
+    /// `write_all_chunks` if it can finish without waiting: `Some` with the result when it
+    /// did, `None` when it would wait, with what was written taken off `chunks` (quinn
+    /// advances them as it goes, so `write_all_chunks` on the same chunks goes on from
+    /// there). A WebSocket stream writes nothing here: it answers `None`.
+    pub fn write_chunks_now(&mut self, chunks: &mut [Bytes]) -> Option<Result<(), TransportError>> {
+        use futures_util::FutureExt as _;
+        match self {
+            Self::WebTransport(s) => s
+                .quic_stream_mut()
+                .write_all_chunks(chunks)
+                .now_or_never()
+                .map(|r| r.map_err(TransportError::from)),
+            Self::WebSocket(_) => None,
+        }
+    }
+
     /// Ends the stream normally; what was written is still delivered.
     pub fn finish(&mut self) {
         match self {
