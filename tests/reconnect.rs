@@ -29,7 +29,7 @@ fn join_options(client: ClientOptions, name: &str, seconds: u64) -> JoinOptions 
         max_resolution: None,
         max_layer: None,
         speech: None,
-        chat_from_stdin: false,
+        chat: None,
         reconnect: true,
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use super::media::{
     IvfFile, MediaSource, OggOpusFile, Speaking, SpeechScript, SyntheticAudio, SyntheticVideo,
@@ -47,11 +48,37 @@ pub struct JoinOptions {
     pub max_layer: Option<u8>,
     /// Send these audio levels with the audio (synthetic audio has no PCM to measure).
     pub speech: Option<SpeechScript>,
-    /// Send each line of standard input as a chat message (`send_data`, topic `chat`).
-    pub chat_from_stdin: bool,
+    /// Send each of these lines as a chat message (`send_data`, topic `chat`).
+    pub chat: Option<ChatLines>,
     /// When the connection drops or goes silent, connect again and take the place back
     /// (docs/PROTOCOL.md section 16), or join anew if the relay lost it.
     pub reconnect: bool,
+}
+
+/// Lines of chat for [`run`] to send to the room, from wherever the application reads
+/// them (the `join` command: its standard input). [`run`] takes them until every
+/// [`ChatSender`] is dropped. Cheap to clone: clones share the one stream of lines.
+#[derive(Clone, Default)]
+pub struct ChatLines(Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>>);
+
+/// The sending side of [`ChatLines`].
+pub type ChatSender = mpsc::UnboundedSender<String>;
+
+impl ChatLines {
+    pub fn channel() -> (ChatSender, Self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (tx, Self(Arc::new(std::sync::Mutex::new(Some(rx)))))
+    }
+
+    fn take(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for ChatLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChatLines")
+    }
 }
 
 /// Most speaker changes and data messages a `--json` summary keeps (the first ones).
@@ -228,7 +255,7 @@ pub struct LiveTrack {
 }
 
 /// Where [`run`] sends its [`JoinEvent`]s; a closed receiver is fine (nothing is reported).
-pub type JoinEvents = tokio::sync::mpsc::UnboundedSender<JoinEvent>;
+pub type JoinEvents = mpsc::UnboundedSender<JoinEvent>;
 
 /// A gap between received video frames longer than this is a freeze: the picture visibly
 /// stops (at 30 fps frames are 33 ms apart).
@@ -838,10 +865,14 @@ pub async fn run(options: JoinOptions, events: JoinEvents) -> Result<JoinSummary
     let data_sent = Arc::new(AtomicU64::new(0));
     // The chat follows the current session across reconnections.
     let (current, current_rx) = tokio::sync::watch::channel(client.clone());
-    let chat = options.chat_from_stdin.then(|| {
-        let (events, sent) = (events.clone(), data_sent.clone());
-        tokio::spawn(chat_from_stdin(current_rx, events, sent))
-    });
+    let chat = options
+        .chat
+        .as_ref()
+        .and_then(ChatLines::take)
+        .map(|lines| {
+            let (events, sent) = (events.clone(), data_sent.clone());
+            tokio::spawn(send_chat(lines, current_rx, events, sent))
+        });
     let mut conference = Conference::default();
     let mut tracks: HashMap<ProducerId, TrackStats> = HashMap::new();
     let mut me = (joined.peer_id, joined.resume_token.clone());
@@ -1143,15 +1174,14 @@ impl Conference {
     }
 }
 
-/// Sends each line of standard input to the room as chat, until input ends.
-async fn chat_from_stdin(
+/// Sends each line to the room as chat (blank ones excepted), until the lines end.
+async fn send_chat(
+    mut lines: mpsc::UnboundedReceiver<String>,
     client: tokio::sync::watch::Receiver<Client>,
     events: JoinEvents,
     sent: Arc<AtomicU64>,
 ) {
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    while let Some(line) = lines.recv().await {
         if line.trim().is_empty() {
             continue;
         }
