@@ -264,12 +264,14 @@ struct Peer {
     data_backlog: VecDeque<(usize, ServerMessage)>,
     data_backlog_bytes: usize,
     data_pace: TokenBucket,
-    /// Consumers with a frame to take, each once (`Consumer::ready`), for `poll_media`.
+    /// Consumers with a frame to take, each once (`Consumer::ready`), for `poll_media`;
+    /// kept only while a media sender polls (`media_driven`).
     media_ready: VecDeque<ConsumerId>,
     /// Consumers closed since the media sender last polled (only while one polls).
     media_closed: Vec<ConsumerId>,
     media_waker: Option<Waker>,
-    /// A media sender polls this peer (`poll_media`): closed consumers are kept for it.
+    /// A media sender polls this peer (`poll_media`): ready and closed consumers are
+    /// listed for it.
     media_driven: bool,
 }
 
@@ -335,9 +337,12 @@ impl Consumer {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+        // Listed for the peer's media sender only once one polls: a peer whose consumers
+        // are each pulled alone (a relay link's) keeps no list.
         if !self.ready
             && !self.held
             && let Some(peer) = peers.get_mut(&self.peer)
+            && peer.media_driven
         {
             self.ready = true;
             peer.media_ready.push_back(id);
@@ -781,7 +786,20 @@ impl Room {
         if peer.session != session || peer.interrupted.is_some() {
             return Poll::Ready(None);
         }
-        peer.media_driven = true;
+        if !peer.media_driven {
+            // The sender's first poll: list what was queued before it came.
+            peer.media_driven = true;
+            for consumer_id in &peer.consumers {
+                if let Some(c) = self.consumers.get_mut(consumer_id)
+                    && !c.ready
+                    && !c.held
+                    && !c.queue.is_empty()
+                {
+                    c.ready = true;
+                    peer.media_ready.push_back(*consumer_id);
+                }
+            }
+        }
         out.extend(peer.media_closed.drain(..).map(MediaOutput::Closed));
         for consumer_id in released.drain(..) {
             if let Some(c) = self.consumers.get_mut(&consumer_id) {

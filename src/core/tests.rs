@@ -2841,3 +2841,27 @@ fn a_media_senders_batch_is_bounded_and_the_rest_waits_for_the_next_round() {
         Poll::Pending
     );
 }
+
+#[test]
+fn frames_queued_before_the_media_senders_first_poll_are_taken_at_it() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    let mic = h.produce(a, MediaKind::Audio);
+    let cam = h.produce(a, MediaKind::Video);
+    let c_mic = h.consume(b, mic);
+    let c_cam = h.consume(b, cam);
+    h.video(a, cam, 1, true);
+    h.audio(a, mic, 1);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut released = Vec::new();
+    let Poll::Ready(Some((frames, _))) = media_round(&mut h, b, &mut released, &mut cx) else {
+        panic!("what was queued is ready");
+    };
+    assert_eq!(frames.len(), 2);
+    assert!(frames.contains(&(c_cam, 1)) && frames.contains(&(c_mic, 1)));
+    assert_eq!(
+        media_round(&mut h, b, &mut released, &mut cx),
+        Poll::Pending
+    );
+}
