@@ -339,18 +339,25 @@ impl Consumer {
         }
         // Listed for the peer's media sender only once one polls: a peer whose consumers
         // are each pulled alone (a relay link's) keeps no list.
-        if !self.ready
-            && !self.held
-            && let Some(peer) = peers.get_mut(&self.peer)
+        if let Some(peer) = peers.get_mut(&self.peer)
             && peer.media_driven
+            && self.list_ready(id, &mut peer.media_ready)
+            && let Some(waker) = peer.media_waker.take()
         {
-            self.ready = true;
-            peer.media_ready.push_back(id);
-            if let Some(waker) = peer.media_waker.take() {
-                waker.wake();
-            }
+            waker.wake();
         }
         outcome
+    }
+
+    /// Puts the consumer on its peer's ready list `list` if it has a frame to take, is not
+    /// held by a write and is not listed yet (so it is listed at most once). Whether it was.
+    fn list_ready(&mut self, id: ConsumerId, list: &mut VecDeque<ConsumerId>) -> bool {
+        if self.ready || self.held || self.queue.is_empty() {
+            return false;
+        }
+        self.ready = true;
+        list.push_back(id);
+        true
     }
 }
 
@@ -790,13 +797,8 @@ impl Room {
             // The sender's first poll: list what was queued before it came.
             peer.media_driven = true;
             for consumer_id in &peer.consumers {
-                if let Some(c) = self.consumers.get_mut(consumer_id)
-                    && !c.ready
-                    && !c.held
-                    && !c.queue.is_empty()
-                {
-                    c.ready = true;
-                    peer.media_ready.push_back(*consumer_id);
+                if let Some(c) = self.consumers.get_mut(consumer_id) {
+                    c.list_ready(*consumer_id, &mut peer.media_ready);
                 }
             }
         }
@@ -804,10 +806,7 @@ impl Room {
         for consumer_id in released.drain(..) {
             if let Some(c) = self.consumers.get_mut(&consumer_id) {
                 c.held = false;
-                if !c.ready && !c.queue.is_empty() {
-                    c.ready = true;
-                    peer.media_ready.push_back(consumer_id);
-                }
+                c.list_ready(consumer_id, &mut peer.media_ready);
             }
         }
         let mut taken = 0;
@@ -841,11 +840,9 @@ impl Room {
             let c = self.consumers.get_mut(&consumer_id).expect("took a frame");
             if kind == MediaKind::Video {
                 c.held = true;
-            } else if !c.queue.is_empty() {
-                c.ready = true;
-                if let Some(p) = self.peers.get_mut(&peer_id) {
-                    p.media_ready.push_back(consumer_id);
-                }
+            } else if let Some(p) = self.peers.get_mut(&peer_id) {
+                // Its next frame after the others' (one frame per consumer per pass).
+                c.list_ready(consumer_id, &mut p.media_ready);
             }
             out.push(MediaOutput::Frame(ConsumerFrame {
                 consumer_id,
@@ -2523,12 +2520,12 @@ impl Room {
         self.stats.dropped_too_large += 1;
     }
 
-    /// The latest a frame just taken from `poll_consumer` may finish being handed to the
-    /// transport: its arrival plus the latency bound, plus the time its own bytes take at
-    /// the path's estimated rate (at most another bound). `None` for a keyframe: it is the
-    /// consumer's restart point, and abandoning keyframes too large for the link would
-    /// leave that consumer nothing but keyframe requests; only the stall timeout applies.
-    /// The frame is given by its arrival, size in bytes and keyframe flag.
+    /// The latest a frame just taken from `poll_media` or `poll_consumer` may finish being
+    /// handed to the transport: its arrival plus the latency bound, plus the time its own
+    /// bytes take at the path's estimated rate (at most another bound). `None` for a
+    /// keyframe: it is the consumer's restart point, and abandoning keyframes too large for
+    /// the link would leave that consumer nothing but keyframe requests; only the stall
+    /// timeout applies. The frame is given by its arrival, size in bytes and keyframe flag.
     pub fn write_deadline(
         &self,
         consumer_id: ConsumerId,
