@@ -14,8 +14,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use tracing::{Instrument, debug, info, info_span, warn};
 use wtransport::endpoint::IncomingSession;
 
@@ -684,16 +684,23 @@ pub(crate) fn video_frame_in(
 }
 
 /// The one media sender of a peer session: takes the frames of all the peer's consumers
-/// from the core a batch per wake-up (`Room::poll_media`) and writes them: audio as
-/// datagrams, video as one stream per group of pictures and consumer (a keyframe opens a
-/// new stream after finishing the previous one). A video write that cannot finish at once
-/// goes on beside the others, bounded by its deadline (the frame's latency bound, or the
-/// stall timeout): the core holds that consumer meanwhile, and nobody else waits for it.
+/// from the core a batch per wake-up (`Room::poll_media`) and writes them with its
+/// [`ConsumerWriter`]. A video write that cannot finish at once goes on beside the others,
+/// bounded by its deadline: the core holds that consumer meanwhile, and nobody else waits
+/// for it.
 struct MediaSender {
-    conn: Session,
-    room: RoomHandle,
+    writer: ConsumerWriter,
     peer_id: PeerId,
     session: u64,
+}
+
+/// Writes consumers' frames to one session: audio as datagrams, video as one stream per
+/// group of pictures and consumer (a keyframe opens a new stream after finishing the
+/// previous one), each video write bounded by the frame's latency deadline or the stall
+/// timeout. A session's media sender and a relay link's consumer senders use it.
+struct ConsumerWriter {
+    conn: Session,
+    room: RoomHandle,
     limits: SessionLimits,
     /// Each video consumer's group stream; `None` while a write is out with it.
     groups: HashMap<ConsumerId, Option<GroupWriter>>,
@@ -732,23 +739,23 @@ impl MediaSender {
         limits: SessionLimits,
     ) -> Self {
         Self {
-            conn,
-            room,
+            writer: ConsumerWriter::new(conn, room, limits, tracing::Span::current()),
             peer_id,
             session,
-            limits,
-            groups: HashMap::new(),
-            no_datagrams: false,
-            span: tracing::Span::current(),
         }
     }
 
-    async fn run(mut self) {
+    async fn run(self) {
+        let Self {
+            mut writer,
+            peer_id,
+            session,
+        } = self;
         let mut out = Vec::with_capacity(MEDIA_BATCH);
         let mut released = Vec::new();
         let mut writes = FuturesUnordered::new();
         loop {
-            let (room, peer_id, session) = (&self.room, self.peer_id, self.session);
+            let room = &writer.room;
             let step = poll_fn(|cx| {
                 // Polled only with writes out: an empty one still registers the waker on
                 // each poll (1.5% of the relay's CPU at a 1→200 fan-out, with its poll).
@@ -766,9 +773,8 @@ impl MediaSender {
             let going = match step {
                 None => break,
                 Some(MediaStep::Written(w)) => {
-                    let consumer_id = w.consumer_id;
-                    released.push(consumer_id);
-                    self.written(w)
+                    released.push(w.consumer_id);
+                    writer.written(w)
                 }
                 Some(MediaStep::Frames) => {
                     let mut going = Sent::Going;
@@ -777,21 +783,21 @@ impl MediaSender {
                             MediaOutput::Frame(frame) => frame,
                             MediaOutput::Closed(consumer_id) => {
                                 // One with a write out is finished when that comes back.
-                                if let Some(Some(mut group)) = self.groups.remove(&consumer_id) {
+                                if let Some(Some(mut group)) = writer.groups.remove(&consumer_id) {
                                     group.finish();
                                 }
                                 continue;
                             }
                         };
                         going = match frame.frame.data {
-                            FrameData::Datagram(_) => self.send_datagram(frame),
-                            FrameData::Stream { .. } => match self.send_video(frame) {
+                            FrameData::Datagram(_) => writer.send_datagram(frame),
+                            FrameData::Stream { .. } => match writer.send_video(frame) {
                                 VideoSent::Done(consumer_id, going) => {
                                     released.push(consumer_id);
                                     going
                                 }
                                 VideoSent::Later(write) => {
-                                    writes.push(write.finish(self.conn.clone()));
+                                    writes.push(write.finish(writer.conn.clone()));
                                     Sent::Going
                                 }
                             },
@@ -807,6 +813,24 @@ impl MediaSender {
                 break;
             }
         }
+        writer.finish();
+    }
+}
+
+impl ConsumerWriter {
+    fn new(conn: Session, room: RoomHandle, limits: SessionLimits, span: tracing::Span) -> Self {
+        Self {
+            conn,
+            room,
+            limits,
+            groups: HashMap::new(),
+            no_datagrams: false,
+            span,
+        }
+    }
+
+    /// Ends every group stream not out with a write.
+    fn finish(&mut self) {
         for group in self.groups.values_mut().flatten() {
             group.finish();
         }
@@ -991,9 +1015,8 @@ impl PendingWrite {
     }
 }
 
-/// Writes one consumer's frames: audio as datagrams, video as one stream per group of
-/// pictures (a keyframe opens a new stream, after the previous one is finished). A relay
-/// link's consumers, each writing to a different session, are sent this way.
+/// Writes one consumer's frames, one at a time, the way the media sender writes each: a
+/// relay link's consumers, each writing to a different session, are sent this way.
 pub(crate) async fn send_consumer(
     conn: Session,
     room: RoomHandle,
@@ -1002,87 +1025,38 @@ pub(crate) async fn send_consumer(
     limits: SessionLimits,
     span: tracing::Span,
 ) {
-    let mut group = GroupWriter::new(producer_id, None);
+    let mut writer = ConsumerWriter::new(conn, room.clone(), limits, span);
     while let Some(frame) =
         poll_fn(|cx| room.lock().poll_consumer(consumer_id, Instant::now(), cx)).await
     {
-        match frame.data {
-            FrameData::Datagram(datagram) => match conn.send_datagram(&datagram) {
-                Ok(()) => {}
-                Err(DatagramError::TooLarge) => {
-                    span.in_scope(|| {
-                        debug!(
-                            size = datagram.len(),
-                            "datagram too large for this consumer"
-                        )
-                    });
-                    room.lock().note_datagram_too_large();
+        let write_deadline = match &frame.data {
+            FrameData::Stream { head, payload } => room.lock().write_deadline(
+                consumer_id,
+                frame.arrived,
+                head.len() + payload.len(),
+                frame.keyframe,
+            ),
+            FrameData::Datagram(_) => None,
+        };
+        let frame = ConsumerFrame {
+            consumer_id,
+            producer_id,
+            frame,
+            write_deadline,
+        };
+        let going = match frame.frame.data {
+            FrameData::Datagram(_) => writer.send_datagram(frame),
+            FrameData::Stream { .. } => match writer.send_video(frame) {
+                VideoSent::Done(_, going) => going,
+                VideoSent::Later(write) => {
+                    let written = write.finish(writer.conn.clone()).await;
+                    writer.written(written)
                 }
-                Err(DatagramError::UnsupportedByPeer) => {
-                    span.in_scope(|| {
-                        warn!("the peer's session does not accept QUIC datagrams: no audio for it")
-                    });
-                    break;
-                }
-                Err(_) => break,
             },
-            FrameData::Stream { head, payload } => {
-                // Bounded twice: by the frame's latency deadline (late video is skipped,
-                // the consumer restarts at a keyframe) and by the stall timeout.
-                let stall_at = Instant::now() + limits.consumer_write_timeout;
-                let late_at = room
-                    .lock()
-                    .write_deadline(
-                        consumer_id,
-                        frame.arrived,
-                        head.len() + payload.len(),
-                        frame.keyframe,
-                    )
-                    .unwrap_or(stall_at);
-                let written = {
-                    let mut write =
-                        std::pin::pin!(group.write(&conn, frame.keyframe, head, payload));
-                    // Most writes only fill quinn's buffer and finish at once: no timer for
-                    // them (a timer per frame per consumer costs CPU at fan-out).
-                    match write.as_mut().now_or_never() {
-                        Some(done) => Ok(done),
-                        None => {
-                            let until = tokio::time::Instant::from_std(late_at.min(stall_at));
-                            tokio::time::timeout_at(until, write).await
-                        }
-                    }
-                };
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        if conn.is_closed() {
-                            break;
-                        }
-                        span.in_scope(|| {
-                            debug!(error = %e, "consumer stream failed; restarting at a keyframe")
-                        });
-                        room.lock().resync_consumer(consumer_id, Instant::now());
-                    }
-                    Err(_) if late_at < stall_at => {
-                        span.in_scope(|| {
-                            debug!("video fell behind its latency bound; restarting at a keyframe")
-                        });
-                        group.reset(close_code::CONSUMER_LATE);
-                        room.lock().skip_late_consumer(consumer_id, Instant::now());
-                    }
-                    Err(_) => {
-                        span.in_scope(|| {
-                            warn!(
-                                timeout = ?limits.consumer_write_timeout,
-                                "consumer stream stalled; restarting at a keyframe"
-                            )
-                        });
-                        group.reset(close_code::CONSUMER_STALLED);
-                        room.lock().resync_consumer(consumer_id, Instant::now());
-                    }
-                }
-            }
+        };
+        if matches!(going, Sent::SessionOver) {
+            break;
         }
     }
-    group.finish();
+    writer.finish();
 }
