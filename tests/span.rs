@@ -521,3 +521,116 @@ async fn data_messages_cross_relays_once_to_everyone_or_to_one() {
         "ada got data meant for cy: {before:?}"
     );
 }
+
+/// Sends five lossy data datagrams tagged `tag` from `sender` to `to` (empty: everyone),
+/// 50 ms apart, then checks that each of `hearers` got at least three of them (datagrams
+/// may be lost; on loopback they seldom are), none twice and all from `sender`, and that
+/// none of `deaf` got any.
+async fn lossy_reaches(
+    sender: &Peer,
+    to: &[PeerId],
+    tag: &str,
+    hearers: &mut [&mut Peer],
+    deaf: &mut [&mut Peer],
+) {
+    let from = sender.joined.peer_id;
+    for i in 0..5 {
+        let payload = format!("{tag}#{i}");
+        sender
+            .client
+            .send_lossy_data(to, payload.as_bytes())
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let heard_by = |peer: &mut Peer| {
+        let mut heard = Vec::new();
+        while let Ok((sent_by, payload)) = peer.incoming.lossy_data.try_recv() {
+            let payload = String::from_utf8_lossy(&payload).into_owned();
+            if payload.starts_with(&format!("{tag}#")) {
+                assert_eq!(sent_by, from, "{payload} from the wrong peer");
+                heard.push(payload);
+            }
+        }
+        heard
+    };
+    for peer in hearers.iter_mut() {
+        let heard = heard_by(peer);
+        let mut once = heard.clone();
+        once.dedup();
+        assert_eq!(once, heard, "{} got a copy twice", peer.joined.name);
+        assert!(
+            heard.len() >= 3,
+            "{} got {heard:?} of five {tag}",
+            peer.joined.name
+        );
+    }
+    for peer in deaf.iter_mut() {
+        let heard = heard_by(peer);
+        assert!(
+            heard.is_empty(),
+            "{} got {heard:?}, meant for others",
+            peer.joined.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_data_crosses_relays_once_to_everyone_or_to_one() {
+    let redis = Redis::start_on(free_port());
+    let ttl = Duration::from_secs(3);
+    let one = relay_in(&redis, ttl, true).await;
+    let two = relay_in(&redis, ttl, true).await;
+    let three = relay_in(&redis, ttl, true).await;
+    // Ada's relay hosts the room; bo and cy are on two edges.
+    let mut ada = join(&one, "huddle", "ada", false).await;
+    let mut bo = join(&two, "huddle", "bo", false).await;
+    let mut cy = join(&three, "huddle", "cy", false).await;
+    let mut dee = join(&three, "huddle", "dee", false).await;
+    let (a, b, c, d) = (
+        ada.joined.peer_id,
+        bo.joined.peer_id,
+        cy.joined.peer_id,
+        dee.joined.peer_id,
+    );
+    for (peer, others) in [
+        (&mut ada, [b, c, d]),
+        (&mut bo, [a, c, d]),
+        (&mut cy, [a, b, d]),
+        (&mut dee, [a, b, c]),
+    ] {
+        for other in others {
+            sees_peer(peer, other).await;
+        }
+    }
+
+    // To everyone: from the origin, and from an edge (its neighbour on the same edge
+    // hears it there, the others through the origin), each copy once.
+    let everyone = "from-ada";
+    lossy_reaches(
+        &ada,
+        &[],
+        everyone,
+        &mut [&mut bo, &mut cy, &mut dee],
+        &mut [],
+    )
+    .await;
+    lossy_reaches(
+        &cy,
+        &[],
+        "from-cy",
+        &mut [&mut ada, &mut bo, &mut dee],
+        &mut [],
+    )
+    .await;
+    // To one peer: edge to edge through the origin, edge to origin, origin to edge, and
+    // to two on another edge; nobody else hears it.
+    let to_cy = "bo-to-cy";
+    lossy_reaches(&bo, &[c], to_cy, &mut [&mut cy], &mut [&mut ada, &mut dee]).await;
+    let to_ada = "bo-to-ada";
+    lossy_reaches(&bo, &[a], to_ada, &mut [&mut ada], &mut [&mut cy, &mut dee]).await;
+    let to_bo = "ada-to-bo";
+    lossy_reaches(&ada, &[b], to_bo, &mut [&mut bo], &mut [&mut cy, &mut dee]).await;
+    let two = "dee-to-bo-and-cy";
+    lossy_reaches(&dee, &[b, c], two, &mut [&mut bo, &mut cy], &mut [&mut ada]).await;
+}

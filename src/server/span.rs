@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -39,9 +40,9 @@ use crate::group::{GroupLimits, GroupReader, Refusal, accept_groups};
 use crate::transport::Session;
 use crate::wire::frame::{self, FrameError};
 use crate::wire::{
-    ClientMessage, ConsumerId, EXT_AUDIO_LEVEL, ErrorCode, Grants, JoinResult, LeaveReason,
-    MediaKind, PeerId, PeerInfo, ProducerId, ProducerInfo, ProtocolError, RelayJoin, Request,
-    ServerMessage, StreamFrame, StreamHeader, TrackSource, close_code,
+    ClientMessage, ConsumerId, EXT_AUDIO_LEVEL, EXT_LOSSY_DATA, ErrorCode, Grants, JoinResult,
+    LeaveReason, MediaKind, PeerId, PeerInfo, ProducerId, ProducerInfo, ProtocolError, RelayJoin,
+    Request, ServerMessage, StreamFrame, StreamHeader, TrackSource, close_code,
 };
 
 /// How long setting up a mirror (connecting to the origin and joining) may take before the
@@ -372,7 +373,8 @@ impl Span {
             joined,
         } = link;
         // The uplink first: it creates the room here, and hears every local peer from now.
-        let extensions = [EXT_AUDIO_LEVEL.to_owned()];
+        // Audio levels, and lossy data to everyone, which goes on to the origin.
+        let extensions = [EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()];
         let uplink = JoinAs {
             peer_id: None,
             hidden: true,
@@ -399,7 +401,7 @@ impl Span {
             tasks: Mutex::default(),
         });
         let session = span.link.session();
-        span.spawn(receive_link_datagrams(session.clone(), span.handle.clone()));
+        span.spawn(span.clone().receive_link_datagrams(session.clone()));
         let limits = GroupLimits {
             header_timeout: context.limits.stream_header_timeout,
             order_wait: context.limits.stream_order_wait,
@@ -465,7 +467,8 @@ impl Span {
             hidden: false,
             relay: Some(peer.relay.clone().unwrap_or_else(|| self.origin_id.clone())),
         };
-        let extensions = [EXT_AUDIO_LEVEL.to_owned()];
+        // Lossy data local peers send this remote peer goes on through their shadows.
+        let extensions = [EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()];
         let joined = context.rooms.join(
             &self.room,
             &relay_joining(&peer.name, join_as, &extensions),
@@ -573,6 +576,75 @@ impl Span {
             .handle(from, on_behalf(request), Instant::now());
     }
 
+    /// Lossy data a local peer sent to remote peers (`to`; empty: everyone) goes on to the
+    /// origin through the sender's shadow, at once: a datagram is sent or dropped, never
+    /// queued. From anyone but a local peer with a shadow it goes no further.
+    fn lossy_up(&self, delivered: &Bytes, to: &[PeerId]) {
+        let Ok((from, payload)) = frame::decode_delivered_data(delivered.clone()) else {
+            return;
+        };
+        let session = locked(&self.shadows)
+            .get(&PeerId(from))
+            .and_then(|s| s.session.clone());
+        if let Some(session) = session {
+            let to: Vec<u64> = to.iter().map(|p| p.0).collect();
+            let _ = session.send_datagram(&frame::encode_lossy_data(&to, &payload));
+        }
+    }
+
+    /// Lossy data a remote peer sent reaches the peers here it was for (`to` empty: all of
+    /// them), as its proxy's.
+    fn lossy_down(&self, delivered: Bytes, to: &[u64]) {
+        let Ok((from, payload)) = frame::decode_delivered_data(delivered) else {
+            return;
+        };
+        let from = PeerId(from);
+        if !locked(&self.proxies).contains(&from) {
+            return; // one of ours: delivered here already
+        }
+        let _ = self
+            .handle
+            .lock()
+            .on_lossy_data(from, to, &payload, Instant::now());
+    }
+
+    /// Lossy data the origin delivered to a local peer's shadow: sent to that peer.
+    async fn receive_shadow_datagrams(self: Arc<Self>, peer_id: PeerId, session: Session) {
+        while let Ok(datagram) = session.receive_datagram().await {
+            if frame::is_lossy_data(&datagram) {
+                self.lossy_down(datagram, &[peer_id.0]);
+            }
+        }
+    }
+
+    /// Audio pulled over a link: each datagram goes to its producer's mirror as it came.
+    /// Lossy data the origin sent to everyone reaches everyone here.
+    async fn receive_link_datagrams(self: Arc<Self>, session: Session) {
+        let room = &self.handle;
+        let max = room.lock().config().max_datagram_size;
+        while let Ok(bytes) = session.receive_datagram().await {
+            if frame::is_lossy_data(&bytes) {
+                self.lossy_down(bytes, &[]);
+                continue;
+            }
+            let Ok(d) = frame::decode_datagram(bytes.clone(), max) else {
+                continue;
+            };
+            let mut room = room.lock();
+            if let Some(owner) = room.producer_peer(d.producer_id) {
+                let _ = room.on_frame(
+                    owner,
+                    d.producer_id,
+                    MediaKind::Audio,
+                    0,
+                    &d.header,
+                    FrameData::Datagram(bytes),
+                    Instant::now(),
+                );
+            }
+        }
+    }
+
     /// A remote peer left: its proxy leaves here (its producers and their consumers go).
     fn drop_proxy(&self, peer_id: PeerId, reason: LeaveReason) {
         if locked(&self.proxies).remove(&peer_id) {
@@ -626,6 +698,7 @@ impl Span {
                         self.tell_shadow(from, ShadowCommand::Data(request));
                     }
                 }
+                PeerOutput::LossyData(datagram) => self.lossy_up(&datagram, &[proxy]),
                 PeerOutput::Disconnect { .. } => break,
                 _ => {}
             }
@@ -774,7 +847,8 @@ impl Span {
                     }
                 }
                 PeerOutput::Disconnect { .. } => break,
-                PeerOutput::LossyData(_) => {}
+                // Lossy data a local peer sent to everyone.
+                PeerOutput::LossyData(datagram) => self.lossy_up(&datagram, &[]),
             }
         }
     }
@@ -811,6 +885,10 @@ impl Span {
             Some(shadow) => shadow.session = Some(client.session()),
             None => return, // it left meanwhile
         }
+        self.spawn(
+            self.clone()
+                .receive_shadow_datagrams(peer.peer_id, client.session()),
+        );
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
@@ -976,33 +1054,8 @@ impl Context {
         options.endpoint = Some(endpoint.clone());
         options.token = self.access.relay_token(room, &self.relay_id);
         options.receive_media = false;
-        options.extensions = vec![EXT_AUDIO_LEVEL.to_owned()];
+        options.extensions = vec![EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()];
         Ok(Client::connect(options).await?)
-    }
-}
-
-/// Audio pulled over a link: each datagram goes to its producer's mirror as it came.
-async fn receive_link_datagrams(session: Session, room: RoomHandle) {
-    let max = room.lock().config().max_datagram_size;
-    while let Ok(bytes) = session.receive_datagram().await {
-        if frame::is_lossy_data(&bytes) {
-            continue;
-        }
-        let Ok(d) = frame::decode_datagram(bytes.clone(), max) else {
-            continue;
-        };
-        let mut room = room.lock();
-        if let Some(owner) = room.producer_peer(d.producer_id) {
-            let _ = room.on_frame(
-                owner,
-                d.producer_id,
-                MediaKind::Audio,
-                0,
-                &d.header,
-                FrameData::Datagram(bytes),
-                Instant::now(),
-            );
-        }
     }
 }
 
