@@ -184,6 +184,7 @@ pub fn relay_core(data: &[u8]) {
                     let r = Request::Consume {
                         producer_id: ProducerId(some_id),
                         paused: b % 5 == 0,
+                        layer: (b % 7 == 0).then_some(b % 4),
                     };
                     relay.handle(p, request(r), now);
                 }

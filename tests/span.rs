@@ -4,9 +4,11 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::cluster::*;
+use common::simulcast::*;
 use common::*;
 use synapse_sfu::auth::{AccessPolicy, ApiKey};
 use synapse_sfu::client::{Client, ClientError};
@@ -633,4 +635,103 @@ async fn lossy_data_crosses_relays_once_to_everyone_or_to_one() {
     lossy_reaches(&ada, &[b], to_bo, &mut [&mut bo], &mut [&mut cy, &mut dee]).await;
     let two = "dee-to-bo-and-cy";
     lossy_reaches(&dee, &[b, c], two, &mut [&mut bo, &mut cy], &mut [&mut ada]).await;
+}
+
+/// Runs a simulcast publisher in `room` on `publisher_on`, with a full-size viewer and a
+/// thumbnail on `viewers_on`, until both have 60 frames and the middle layer, which
+/// neither needs, has stopped at the publisher; returns what they got.
+async fn simulcast_tiles(
+    room: &str,
+    publisher_on: &Server,
+    viewers_on: &Server,
+    publisher_first: bool,
+) -> (Vec<Got>, Vec<Got>) {
+    // Whoever joins first places the room: its relay is the origin.
+    let (publisher_peer, big, small) = if publisher_first {
+        let p = join(publisher_on, room, "publisher", false).await;
+        let big = join(viewers_on, room, "big", true).await;
+        (p, big, join(viewers_on, room, "small", true).await)
+    } else {
+        let big = join(viewers_on, room, "big", true).await;
+        let small = join(viewers_on, room, "small", true).await;
+        (
+            join(publisher_on, room, "publisher", false).await,
+            big,
+            small,
+        )
+    };
+    let (publisher, go, _client) = publisher(publisher_peer).await;
+    let (big_frames, _) = collect(big.incoming);
+    let (small_frames, small_events) = collect(small.incoming);
+    let consumer = consumer_id(&small_events).await;
+    small
+        .client
+        .command(Request::SetPreferredLayers {
+            consumer_id: consumer,
+            max_layer: None,
+            max_width: Some(320),
+            max_height: Some(180),
+        })
+        .await
+        .unwrap();
+    go.send(()).unwrap();
+    let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(20));
+    loop {
+        let layer1_idle = !publisher.layers[1].wanted.load(Ordering::Relaxed);
+        let enough = big_frames.lock().await.len() >= 60 && small_frames.lock().await.len() >= 60;
+        if layer1_idle && enough {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{room}: layer 1 still wanted at the publisher ({}) or too few frames ({}, {})",
+            !layer1_idle,
+            big_frames.lock().await.len(),
+            small_frames.lock().await.len(),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(publisher.layers[0].wanted.load(Ordering::Relaxed));
+    assert!(publisher.layers[2].wanted.load(Ordering::Relaxed));
+    (
+        big_frames.lock().await.clone(),
+        small_frames.lock().await.clone(),
+    )
+}
+
+/// The layers of the last 30 frames, in order and without repeats.
+fn last_layers(frames: &[Got]) -> Vec<u8> {
+    let mut layers: Vec<u8> = frames[frames.len() - 30..]
+        .iter()
+        .map(|g| g.layer)
+        .collect();
+    layers.dedup();
+    layers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_layers_cross_relays_and_each_viewer_gets_its_own() {
+    let redis = Redis::start_on(free_port());
+    let ttl = Duration::from_secs(3);
+    let one = relay_in(&redis, ttl, true).await;
+    let two = relay_in(&redis, ttl, true).await;
+    // Down a link: the publisher on the origin, the viewers on an edge. Up a shadow: the
+    // publisher on an edge, the viewers on the origin. In each, a layer neither viewer
+    // needs stops at the publisher (dynacast across the link).
+    let (down, up) = tokio::join!(
+        simulcast_tiles("down", &one, &two, true),
+        simulcast_tiles("up", &two, &one, false),
+    );
+    for (room, (big, small)) in [("down", down), ("up", up)] {
+        assert_eq!(last_layers(&big), vec![2], "{room}: the full tile's layers");
+        assert_eq!(
+            last_layers(&small),
+            vec![0],
+            "{room}: the thumbnail's layers"
+        );
+        assert!(
+            increasing(&big) && increasing(&small),
+            "{room}: seq goes back"
+        );
+    }
 }

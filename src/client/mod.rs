@@ -562,6 +562,23 @@ impl Client {
         self.request(Request::Consume {
             producer_id,
             paused,
+            layer: None,
+        })
+        .await
+    }
+
+    /// Consumes one layer of a simulcast producer, as it comes: for another relay of a
+    /// cluster (its token needs the `relay` grant), which mirrors every layer.
+    pub async fn consume_layer(
+        &self,
+        producer_id: ProducerId,
+        layer: u8,
+        paused: bool,
+    ) -> Result<ConsumerInfo, ClientError> {
+        self.request(Request::Consume {
+            producer_id,
+            paused,
+            layer: Some(layer),
         })
         .await
     }

@@ -81,6 +81,8 @@ pub enum PeerOutput {
         consumer_id: ConsumerId,
         producer_id: ProducerId,
         kind: MediaKind,
+        /// A relay's consumer of one layer: its streams' headers name the layer.
+        layer: Option<u8>,
     },
     /// End the peer's session with this close code (`wire::close_code`). With `notify`, the
     /// error is first written on the control stream (the peer reads it: it was removed);
@@ -172,6 +174,7 @@ struct Subscription {
     producer: ProducerId,
     paused: bool,
     preference: Option<Preference>,
+    pinned: Option<u8>,
 }
 
 impl Peer {
@@ -210,6 +213,8 @@ pub struct ConsumerFrame {
     pub frame: QueuedFrame,
     /// For video: the latest its write may finish (`Room::write_deadline`).
     pub write_deadline: Option<Instant>,
+    /// The layer a relay's consumer of one layer takes: its streams' headers name it.
+    pub layer: Option<u8>,
 }
 
 /// Frames `poll_media` hands out per call at most: a sender with many consumers ready
@@ -308,6 +313,10 @@ struct Consumer {
     held: bool,
     /// For a consumer of a simulcast producer: its layers.
     layers: Option<LayerSelection>,
+    /// A relay's consumer of one layer of a simulcast producer (`consume` with `layer`,
+    /// docs/PROTOCOL.md 18): it takes that layer's frames as they came and never switches,
+    /// so another relay can mirror every layer (`layers` is `None`).
+    pinned: Option<u8>,
     /// Its peer reads audio levels in datagrams (otherwise they are removed).
     wants_audio_level: bool,
 }
@@ -515,6 +524,36 @@ impl Room {
     /// do).
     pub fn producer_consumers(&self, producer_id: ProducerId) -> Option<usize> {
         self.producers.get(&producer_id).map(|p| p.consumers.len())
+    }
+
+    /// Dynacast: the layers of a simulcast producer its consumers need, brought up to
+    /// `now` as its owner is told (a layer no longer needed goes after [`DYNACAST_DELAY`]);
+    /// `None` for an unknown producer. For a producer whose owner has no session, whose
+    /// path samples would otherwise bring it up to date: another relay's mirror.
+    pub fn wanted_layers(&mut self, producer_id: ProducerId, now: Instant) -> Option<&[u8]> {
+        self.update_dynacast(producer_id, now);
+        self.producers
+            .get(&producer_id)
+            .map(|p| p.wanted.as_slice())
+    }
+
+    /// A peer's consumers of one producer: for another relay's consumers of one layer each,
+    /// their layers, and whether each is paused.
+    pub fn consumers_of(
+        &self,
+        peer_id: PeerId,
+        producer_id: ProducerId,
+    ) -> Vec<(ConsumerId, Option<u8>, bool)> {
+        let Some(producer) = self.producers.get(&producer_id) else {
+            return Vec::new();
+        };
+        producer
+            .consumers
+            .iter()
+            .filter_map(|id| self.consumers.get(id).map(|c| (id, c)))
+            .filter(|(_, c)| c.peer == peer_id)
+            .map(|(id, c)| (*id, c.pinned, c.paused))
+            .collect()
     }
 
     /// The peers joined as themselves, not as what another relay brings (neither
@@ -826,7 +865,7 @@ impl Room {
                 // Listed again when released.
                 continue;
             }
-            let (producer_id, kind) = (c.producer, c.kind);
+            let (producer_id, kind, layer) = (c.producer, c.kind, c.pinned);
             let Some(frame) = self.take_frame(consumer_id, now) else {
                 continue;
             };
@@ -849,6 +888,7 @@ impl Room {
                 producer_id,
                 frame,
                 write_deadline,
+                layer,
             }));
             taken += 1;
         }
@@ -1146,6 +1186,7 @@ impl Room {
                 producer: c.producer,
                 paused: c.paused,
                 preference: c.layers.as_ref().map(|l| l.preference),
+                pinned: c.pinned,
             })
             .collect();
         for consumer_id in consumers {
@@ -1221,7 +1262,7 @@ impl Room {
             if !self.producers.contains_key(&s.producer) {
                 continue;
             }
-            let mut info = self.add_consumer(peer_id, s.producer, s.paused, now);
+            let mut info = self.add_consumer(peer_id, s.producer, s.paused, s.pinned, now);
             if let (Some(preference), Some(consumer)) =
                 (s.preference, self.consumers.get_mut(&info.consumer_id))
                 && let Some(selection) = consumer.layers.as_mut()
@@ -1459,8 +1500,9 @@ impl Room {
             Request::Consume {
                 producer_id,
                 paused,
+                layer,
             } => self
-                .consume(peer_id, producer_id, paused, now)
+                .consume(peer_id, producer_id, paused, layer, now)
                 .map(Reply::Consumed),
             Request::CloseConsumer { consumer_id } => {
                 self.own_consumer(peer_id, consumer_id)?;
@@ -1922,6 +1964,7 @@ impl Room {
         peer_id: PeerId,
         producer_id: ProducerId,
         paused: bool,
+        layer: Option<u8>,
         now: Instant,
     ) -> Result<ConsumerInfo, ProtocolError> {
         if !self.peers[&peer_id].grants.can_subscribe {
@@ -1945,17 +1988,34 @@ impl Room {
                 "a peer does not consume its own producer",
             ));
         }
-        if producer
-            .consumers
-            .iter()
-            .any(|c| self.consumers[c].peer == peer_id)
-        {
+        if let Some(layer) = layer {
+            if !self.peers[&peer_id].grants.relay {
+                return Err(err(
+                    ErrorCode::Forbidden,
+                    "only another relay consumes one layer of a producer",
+                ));
+            }
+            if usize::from(layer) >= producer.layers.len() {
+                return Err(err(
+                    ErrorCode::UnknownLayer,
+                    format!(
+                        "producer {producer_id} has {} simulcast layer(s); layer {layer} does not exist",
+                        producer.layers.len()
+                    ),
+                ));
+            }
+        }
+        // Once per peer, or once per layer for a relay's consumers of one layer each.
+        if producer.consumers.iter().any(|c| {
+            let c = &self.consumers[c];
+            c.peer == peer_id && c.pinned == layer
+        }) {
             return Err(err(
                 ErrorCode::AlreadyConsuming,
                 format!("already consuming producer {producer_id}"),
             ));
         }
-        Ok(self.add_consumer(peer_id, producer_id, paused, now))
+        Ok(self.add_consumer(peer_id, producer_id, paused, layer, now))
     }
 
     fn add_consumer(
@@ -1963,6 +2023,7 @@ impl Room {
         peer_id: PeerId,
         producer_id: ProducerId,
         paused: bool,
+        pinned: Option<u8>,
         now: Instant,
     ) -> ConsumerInfo {
         let consumer_id = ConsumerId(self.new_id());
@@ -1978,7 +2039,7 @@ impl Room {
         producer.consumers.push(consumer_id);
         // A simulcast consumer starts on the top layer its path is known to carry (all of
         // them until the path is measured); `reallocate` below settles it.
-        let layers = (!producer.layers.is_empty()).then(|| {
+        let layers = (!producer.layers.is_empty() && pinned.is_none()).then(|| {
             let desired = producer.layers.len() as u8 - 1;
             LayerSelection::new(desired, choose_target(desired, None, &producer.layers, now))
         });
@@ -1986,7 +2047,7 @@ impl Room {
             consumer_id,
             producer: producer.info.clone(),
             paused,
-            layer: None,
+            layer: pinned,
         };
         self.consumers.insert(
             consumer_id,
@@ -2000,6 +2061,7 @@ impl Room {
                 ready: false,
                 held: false,
                 layers,
+                pinned,
                 wants_audio_level: self.peers[&peer_id].wants_audio_level,
             },
         );
@@ -2014,6 +2076,7 @@ impl Room {
                 consumer_id,
                 producer_id,
                 kind,
+                layer: pinned,
             },
         );
         if self.consumers[&consumer_id].layers.is_some() {
@@ -2039,7 +2102,7 @@ impl Room {
         if already {
             return;
         }
-        let consumer = self.add_consumer(peer_id, producer_id, false, now);
+        let consumer = self.add_consumer(peer_id, producer_id, false, None, now);
         self.send(peer_id, ServerMessage::ConsumerAdded { consumer });
     }
 
@@ -2163,6 +2226,20 @@ impl Room {
         }
     }
 
+    /// Asks a producer's owner for a keyframe of one layer (or, with `None`, of all of
+    /// them): what another relay asks for on behalf of its consumers of this producer.
+    pub fn request_layer_keyframe(
+        &mut self,
+        producer_id: ProducerId,
+        layer: Option<u8>,
+        now: Instant,
+    ) {
+        match layer {
+            Some(layer) => self.ask_keyframe(producer_id, Some(layer), now),
+            None => self.request_keyframe(producer_id, now),
+        }
+    }
+
     /// Sends a `keyframe_request` for a producer (`None`) or one of its layers, unless one
     /// went for the same within `keyframe_request_interval`.
     fn ask_keyframe(&mut self, producer_id: ProducerId, layer: Option<u8>, now: Instant) {
@@ -2193,6 +2270,12 @@ impl Room {
             return;
         };
         let producer = consumer.producer;
+        if let Some(layer) = consumer.pinned {
+            // Its frames go on meanwhile: the other relay's consumers that do not wait for
+            // this keyframe still need them.
+            self.ask_keyframe(producer, Some(layer), now);
+            return;
+        }
         match consumer.layers.as_mut() {
             Some(selection) => {
                 selection.restart();
@@ -2396,6 +2479,22 @@ impl Room {
                 continue;
             };
             if consumer.paused {
+                continue;
+            }
+            if let Some(pinned) = consumer.pinned {
+                if pinned != layer {
+                    continue;
+                }
+                let frame = QueuedFrame {
+                    keyframe: header.keyframe,
+                    data: data.clone(),
+                    arrived: now,
+                };
+                let dropped = &mut self.stats.dropped_slow_consumer;
+                let outcome = consumer.enqueue(*consumer_id, frame, dropped, &mut self.peers);
+                if let PushOutcome::NeedsKeyframe { .. } = outcome {
+                    keyframes_for.push(layer);
+                }
                 continue;
             }
             let Some(selection) = consumer.layers.as_mut() else {
@@ -2714,8 +2813,10 @@ impl Room {
             .iter()
             .filter_map(|c| self.consumers.get(c))
             .filter(|c| !c.paused)
-            .filter_map(|c| c.layers.as_ref())
-            .flat_map(|s| [Some(s.desired), Some(s.target), s.current])
+            .flat_map(|c| match &c.layers {
+                Some(s) => [Some(s.desired), Some(s.target), s.current],
+                None => [c.pinned, None, None],
+            })
             .flatten()
             .collect();
         // While anyone watches, the base layer runs: it is cheap, and it is where a

@@ -103,6 +103,7 @@ impl Harness {
                 Request::Consume {
                     producer_id,
                     paused: false,
+                    layer: None,
                 },
             )
             .unwrap();
@@ -233,7 +234,8 @@ fn frames_go_to_subscribers_only_and_share_the_payload() {
             d,
             Request::Consume {
                 producer_id: cam,
-                paused: false
+                paused: false,
+                layer: None,
             }
         ),
         Err(ErrorCode::UnknownProducer)
@@ -495,7 +497,8 @@ fn bad_requests_get_typed_errors() {
             a,
             Request::Consume {
                 producer_id: cam,
-                paused: false
+                paused: false,
+                layer: None,
             }
         ),
         Err(ErrorCode::CannotConsumeOwn)
@@ -506,7 +509,8 @@ fn bad_requests_get_typed_errors() {
             b,
             Request::Consume {
                 producer_id: cam,
-                paused: false
+                paused: false,
+                layer: None,
             }
         ),
         Err(ErrorCode::AlreadyConsuming)
@@ -653,6 +657,7 @@ fn a_response_comes_before_what_its_request_caused() {
             request: Request::Consume {
                 producer_id: cam2,
                 paused: false,
+                layer: None,
             },
         },
         h.now,
@@ -750,6 +755,7 @@ fn grants_are_enforced_on_every_produce_and_consume() {
     let consume = Request::Consume {
         producer_id: mic,
         paused: false,
+        layer: None,
     };
     assert_eq!(h.request(s, consume), Err(ErrorCode::Forbidden));
     assert_eq!(
@@ -1235,6 +1241,87 @@ fn simulcast_consumers_each_get_the_layer_they_prefer_and_nothing_else() {
         })
         .collect();
     assert_eq!(told, vec![(0, 320)]);
+}
+
+#[test]
+fn a_relay_consumes_each_layer_on_its_own_as_it_comes() {
+    let mut h = Harness::new();
+    let a = h.join("r", "a");
+    let b = h.join("r", "b");
+    // Another relay's link (docs/PROTOCOL.md 18): hidden, with the relay grant.
+    let joining = Joining {
+        grants: crate::wire::Grants {
+            relay: true,
+            ..Default::default()
+        },
+        join_as: JoinAs {
+            peer_id: None,
+            hidden: true,
+            relay: Some("two".into()),
+        },
+        ..Joining::new("relay two")
+    };
+    let (link, _) = h.relay.join_with("r", &joining, h.now).unwrap();
+    let cam = h.produce_layers(a);
+    let consume = |layer| Request::Consume {
+        producer_id: cam,
+        paused: false,
+        layer: Some(layer),
+    };
+    // Only a relay takes one layer, of a layer that exists, once.
+    assert_eq!(h.request(b, consume(0)), Err(ErrorCode::Forbidden));
+    assert_eq!(h.request(link, consume(3)), Err(ErrorCode::UnknownLayer));
+    let mut pinned = Vec::new();
+    for layer in [0, 2] {
+        let info: ConsumerInfo =
+            serde_json::from_value(h.request(link, consume(layer)).unwrap()).unwrap();
+        assert_eq!(info.layer, Some(layer));
+        pinned.push(info.consumer_id);
+    }
+    assert_eq!(
+        h.request(link, consume(2)),
+        Err(ErrorCode::AlreadyConsuming)
+    );
+    // Each asks for its own layer's keyframe.
+    assert_eq!(h.layer_keyframe_requests(a), vec![Some(0), Some(2)]);
+    h.messages(link);
+
+    for seq in 0..5 {
+        let layers = if seq == 0 { ALL_KEYS } else { ALL_DELTAS };
+        h.picture(a, cam, seq, &layers);
+        h.now += Duration::from_millis(33);
+    }
+    let (low, top) = (h.layered_frames(pinned[0]), h.layered_frames(pinned[1]));
+    let seqs = |got: &[(u8, u64, bool)]| got.iter().map(|f| f.1).collect::<Vec<_>>();
+    assert!(low.iter().all(|f| f.0 == 0), "{low:?}");
+    assert!(top.iter().all(|f| f.0 == 2), "{top:?}");
+    assert_eq!(seqs(&low), vec![0, 1, 2, 3, 4]);
+    assert_eq!(seqs(&top), vec![0, 1, 2, 3, 4]);
+    // Both layers are needed (and the base layer runs anyway): dynacast keeps them.
+    assert_eq!(
+        h.relay.room_mut_for_tests("r").wanted_layers(cam, h.now),
+        Some(&[0, 1, 2][..])
+    );
+
+    // A keyframe asked for on one layer's consumer asks for that layer only, and its
+    // frames go on meanwhile: the other relay's consumers still need them.
+    h.now += Duration::from_secs(2);
+    h.request(
+        link,
+        Request::RequestKeyframe {
+            consumer_id: pinned[1],
+        },
+    )
+    .unwrap();
+    assert_eq!(h.layer_keyframe_requests(a), vec![Some(2)]);
+    h.picture(a, cam, 5, &ALL_DELTAS);
+    assert_eq!(seqs(&h.layered_frames(pinned[1])), vec![5]);
+    // The relay is never told of a layer change: its consumers never switch.
+    assert!(
+        !h.messages(link)
+            .iter()
+            .any(|m| matches!(m, ServerMessage::LayerChanged { .. })),
+    );
 }
 
 #[test]
@@ -2524,6 +2611,7 @@ mod relay_peers {
                 request: Request::Consume {
                     producer_id: cam,
                     paused: false,
+                    layer: None,
                 },
             },
             now,

@@ -872,6 +872,7 @@ impl ConsumerWriter {
             producer_id,
             frame,
             write_deadline,
+            layer,
         } = frame;
         let FrameData::Stream { head, payload } = frame.data else {
             unreachable!("checked by the caller");
@@ -879,7 +880,7 @@ impl ConsumerWriter {
         let slot = self
             .groups
             .entry(consumer_id)
-            .or_insert_with(|| Some(GroupWriter::new(producer_id, None)));
+            .or_insert_with(|| Some(GroupWriter::new(producer_id, layer)));
         let Some(mut group) = slot.take() else {
             // The core holds a consumer while a write of its is out: not reached.
             debug_assert!(false, "a second frame for a consumer with a write out");
@@ -1021,7 +1022,7 @@ pub(crate) async fn send_consumer(
     conn: Session,
     room: RoomHandle,
     consumer_id: ConsumerId,
-    producer_id: ProducerId,
+    (producer_id, layer): (ProducerId, Option<u8>),
     limits: SessionLimits,
     span: tracing::Span,
 ) {
@@ -1043,6 +1044,7 @@ pub(crate) async fn send_consumer(
             producer_id,
             frame,
             write_deadline,
+            layer,
         };
         let going = match frame.frame.data {
             FrameData::Datagram(_) => writer.send_datagram(frame),

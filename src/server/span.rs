@@ -216,13 +216,35 @@ impl Spans {
     }
 }
 
-/// A remote producer pulled over the link.
-#[derive(Debug, Clone, Copy)]
+/// A remote producer pulled over the link: one consumer on the origin, or one per layer
+/// of a simulcast producer.
+#[derive(Debug, Clone)]
 struct Pull {
-    /// The link's consumer of it on the origin.
+    layers: Vec<PulledLayer>,
+}
+
+/// One of the link's consumers of a remote producer on the origin.
+#[derive(Debug, Clone, Copy)]
+struct PulledLayer {
     consumer: ConsumerId,
-    /// Paused upstream: nobody here consumes it.
+    /// The layer of a simulcast producer it takes; `None` for one encoding.
+    layer: Option<u8>,
+    /// Paused upstream: nobody here consumes it (or, for a layer, needs that layer).
     paused: bool,
+}
+
+fn pulled_layer(consumer: ConsumerId, layer: Option<u8>, paused: bool) -> PulledLayer {
+    PulledLayer {
+        consumer,
+        layer,
+        paused,
+    }
+}
+
+impl Pull {
+    fn flowing(&self) -> bool {
+        self.layers.iter().any(|l| !l.paused)
+    }
 }
 
 /// What a shadow session is told to do.
@@ -449,7 +471,7 @@ impl Span {
             origin: self.origin_url.clone(),
             proxied_peers: locked(&self.proxies).len(),
             pulled_producers: pulled.len(),
-            flowing: pulled.values().filter(|p| !p.paused).count(),
+            flowing: pulled.values().filter(|p| p.flowing()).count(),
             shadows: locked(&self.shadows).len(),
         }
     }
@@ -502,9 +524,9 @@ impl Span {
                     .unwrap_or(TrackSource::default_for(producer.kind)),
                 codec: producer.codec.clone(),
                 params: producer.params.clone(),
-                // A simulcast producer crosses the link as the one layer its consumer
-                // there gets.
-                layers: Vec::new(),
+                // Every layer crosses the link, each on a consumer of its own, so that
+                // consumers here choose their layers as they would on the origin.
+                layers: producer.layers.clone(),
             };
             if let Err(e) = room.produce(owner, track, Some(producer_id), Instant::now()) {
                 warn!(producer = producer_id.0, error = %e, "remote producer not mirrored");
@@ -519,18 +541,29 @@ impl Span {
             }
             room.producer_consumers(producer_id).unwrap_or(0) > 0
         };
-        match self.link.consume_paused(producer_id, !wanted).await {
-            Ok(consumer) => {
-                debug!(producer = producer_id.0, "pulling a remote producer");
-                locked(&self.pulled).insert(
-                    producer_id,
-                    Pull {
-                        consumer: consumer.consumer_id,
-                        paused: !wanted,
-                    },
-                );
+        let paused = !wanted;
+        let mut layers = Vec::new();
+        let consumed = if producer.layers.is_empty() {
+            self.link
+                .consume_paused(producer_id, paused)
+                .await
+                .map(|c| layers.push(pulled_layer(c.consumer_id, None, paused)))
+        } else {
+            let mut consumed = Ok(());
+            for layer in 0..producer.layers.len() as u8 {
+                match self.link.consume_layer(producer_id, layer, paused).await {
+                    Ok(c) => layers.push(pulled_layer(c.consumer_id, Some(layer), paused)),
+                    Err(e) => consumed = Err(e),
+                }
             }
-            Err(e) => warn!(producer = producer_id.0, error = %e, "remote producer not pulled"),
+            consumed
+        };
+        if let Err(e) = consumed {
+            warn!(producer = producer_id.0, error = %e, "remote producer not (wholly) pulled");
+        }
+        if !layers.is_empty() {
+            debug!(producer = producer_id.0, "pulling a remote producer");
+            locked(&self.pulled).insert(producer_id, Pull { layers });
         }
     }
 
@@ -680,13 +713,15 @@ impl Span {
         let handle = self.handle.clone();
         while let Some(output) = poll_fn(|cx| handle.lock().poll_peer(proxy, cx)).await {
             match output {
-                PeerOutput::Message(ServerMessage::KeyframeRequest { producer_id, .. }) => {
-                    let pull = locked(&self.pulled).get(&producer_id).copied();
-                    if let Some(pull) = pull {
+                PeerOutput::Message(ServerMessage::KeyframeRequest { producer_id, layer }) => {
+                    // Asked of the link's consumer of that layer.
+                    let consumer = locked(&self.pulled).get(&producer_id).and_then(|pull| {
+                        let pulled = pull.layers.iter().find(|l| l.layer == layer);
+                        pulled.map(|l| l.consumer)
+                    });
+                    if let Some(consumer_id) = consumer {
                         let link = self.link.clone();
-                        let request = Request::RequestKeyframe {
-                            consumer_id: pull.consumer,
-                        };
+                        let request = Request::RequestKeyframe { consumer_id };
                         tokio::spawn(async move {
                             let _ = link.command(request).await;
                         });
@@ -714,14 +749,23 @@ impl Span {
         loop {
             tick.tick().await;
             let (local, changes) = {
-                let room = self.handle.lock();
+                let mut room = self.handle.lock();
                 let mut pulled = locked(&self.pulled);
                 let mut changes = Vec::new();
                 for (producer_id, pull) in pulled.iter_mut() {
-                    let wanted = room.producer_consumers(*producer_id).unwrap_or(0) > 0;
-                    if wanted == pull.paused {
-                        pull.paused = !wanted;
-                        changes.push((pull.consumer, wanted));
+                    let consumed = room.producer_consumers(*producer_id).unwrap_or(0) > 0;
+                    // Dynacast across the link: a layer flows while a consumer here
+                    // needs it (`LayersWanted` as the mirror's owner would be told).
+                    let needed = room.wanted_layers(*producer_id, Instant::now());
+                    for pulled in &mut pull.layers {
+                        let wanted = consumed
+                            && pulled
+                                .layer
+                                .is_none_or(|l| needed.is_some_and(|n| n.contains(&l)));
+                        if wanted == pulled.paused {
+                            pulled.paused = !wanted;
+                            changes.push((pulled.consumer, wanted));
+                        }
                     }
                 }
                 (room.local_members(), changes)
@@ -826,6 +870,7 @@ impl Span {
                 PeerOutput::StartConsumer {
                     consumer_id,
                     producer_id,
+                    layer,
                     ..
                 } => {
                     let owner = handle.lock().producer_peer(producer_id);
@@ -840,7 +885,7 @@ impl Span {
                             session,
                             handle.clone(),
                             consumer_id,
-                            producer_id,
+                            (producer_id, layer),
                             self.spans.context.limits.clone(),
                             span,
                         ));
@@ -911,8 +956,14 @@ impl Span {
                     }
                 },
                 event = incoming.events.recv() => match event {
-                    Some(ServerMessage::KeyframeRequest { producer_id, .. }) => {
-                        self.handle.lock().request_keyframe(producer_id, Instant::now());
+                    Some(ServerMessage::KeyframeRequest { producer_id, layer }) => {
+                        let now = Instant::now();
+                        self.handle.lock().request_layer_keyframe(producer_id, layer, now);
+                    }
+                    Some(ServerMessage::LayersWanted { producer_id, layers }) => {
+                        // Dynacast across the link: the uplink takes only the layers the
+                        // origin's consumers need, and the local publisher hears so.
+                        self.uplink_layers(producer_id, &layers);
                     }
                     Some(event @ ServerMessage::Data { .. }) => {
                         // Data a remote peer sent to this local peer.
@@ -940,8 +991,7 @@ impl Span {
             codec: producer.codec,
             params: producer.params,
             source: producer.source,
-            // The uplink's consumer forwards one layer of a simulcast producer.
-            layers: Vec::new(),
+            layers: producer.layers.clone(),
             producer_id: Some(producer_id),
         };
         if let Err(e) = client.request_raw(request).await {
@@ -951,13 +1001,37 @@ impl Span {
         if producer.paused {
             let _ = client.command(Request::PauseProducer { producer_id }).await;
         }
-        let consume = Request::Consume {
-            producer_id,
-            paused: false,
+        // The uplink consumes every layer, each on a consumer of its own.
+        let layers: Vec<Option<u8>> = match producer.layers.len() as u8 {
+            0 => vec![None],
+            n => (0..n).map(Some).collect(),
         };
-        self.handle
-            .lock()
-            .handle(self.uplink, on_behalf(consume), Instant::now());
+        let mut room = self.handle.lock();
+        for layer in layers {
+            let consume = Request::Consume {
+                producer_id,
+                paused: false,
+                layer,
+            };
+            room.handle(self.uplink, on_behalf(consume), Instant::now());
+        }
+    }
+
+    /// Pauses the uplink's consumers of the layers of a local producer that the origin
+    /// does not need, and resumes those it does.
+    fn uplink_layers(&self, producer_id: ProducerId, wanted: &[u8]) {
+        let now = Instant::now();
+        let mut room = self.handle.lock();
+        for (consumer_id, layer, paused) in room.consumers_of(self.uplink, producer_id) {
+            let Some(layer) = layer else {
+                continue;
+            };
+            let pause = !wanted.contains(&layer);
+            if pause != paused {
+                let request = Request::pause_consumer(consumer_id, pause);
+                room.handle(self.uplink, on_behalf(request), now);
+            }
+        }
     }
 
     // ---- ending ---------------------------------------------------------------------------

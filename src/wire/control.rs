@@ -126,6 +126,10 @@ pub enum Request {
         producer_id: ProducerId,
         #[serde(default)]
         paused: bool,
+        /// Only for another relay (the `relay` grant): one layer of a simulcast producer,
+        /// taken as it comes (docs/PROTOCOL.md 18).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<u8>,
     },
     CloseConsumer {
         consumer_id: ConsumerId,
