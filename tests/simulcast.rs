@@ -11,7 +11,7 @@ use common::simulcast::*;
 use common::*;
 use synapse_sfu::client::{ClientOptions, Verification};
 use synapse_sfu::shaper::{LinkConfig, Shaper, ShaperConfig};
-use synapse_sfu::wire::{Request, ServerMessage};
+use synapse_sfu::wire::ServerMessage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_consumer_gets_only_the_layer_it_prefers_and_unused_layers_pause() {
@@ -19,40 +19,15 @@ async fn each_consumer_gets_only_the_layer_it_prefers_and_unused_layers_pause() 
     let publisher_peer = join(&server, "sc", "publisher", false).await;
     let big = join(&server, "sc", "big", true).await;
     let small = join(&server, "sc", "small", true).await;
-    let (publisher, go, _client) = publisher(publisher_peer).await;
-    let (big_frames, _) = collect(big.incoming);
-    let (small_frames, small_events) = collect(small.incoming);
-    // The small tile says so before the video starts.
-    let consumer = consumer_id(&small_events).await;
-    small
-        .client
-        .command(Request::SetPreferredLayers {
-            consumer_id: consumer,
-            max_layer: None,
-            max_width: Some(320),
-            max_height: Some(180),
-        })
-        .await
-        .unwrap();
-    go.send(()).unwrap();
-
     // Both get video; then, once layer 1 has gone unwanted for the dynacast delay, the
     // publisher stops sending it.
-    let start = tokio::time::Instant::now();
-    let deadline = start + patient(Duration::from_secs(15));
-    loop {
-        let layer1_idle = !publisher.layers[1].wanted.load(Ordering::Relaxed);
-        let enough = big_frames.lock().await.len() >= 60 && small_frames.lock().await.len() >= 60;
-        if layer1_idle && enough {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "layer 1 still wanted ({}) or too few frames",
-            !layer1_idle
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let Tiles {
+        publisher,
+        big: big_frames,
+        small: small_frames,
+        small_events,
+        client: _client,
+    } = tiles("one relay", publisher_peer, big, small).await;
     let sent_layer1 = publisher.layers[1].frames.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -60,8 +35,6 @@ async fn each_consumer_gets_only_the_layer_it_prefers_and_unused_layers_pause() 
         sent_layer1,
         "a paused layer is not sent"
     );
-    assert!(publisher.layers[0].wanted.load(Ordering::Relaxed));
-    assert!(publisher.layers[2].wanted.load(Ordering::Relaxed));
 
     let big_frames = big_frames.lock().await.clone();
     let small_frames = small_frames.lock().await.clone();

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::cluster::*;
@@ -637,9 +636,8 @@ async fn lossy_data_crosses_relays_once_to_everyone_or_to_one() {
     lossy_reaches(&dee, &[b, c], two, &mut [&mut bo, &mut cy], &mut [&mut ada]).await;
 }
 
-/// Runs a simulcast publisher in `room` on `publisher_on`, with a full-size viewer and a
-/// thumbnail on `viewers_on`, until both have 60 frames and the middle layer, which
-/// neither needs, has stopped at the publisher; returns what they got.
+/// [`tiles`] in `room`: the publisher on `publisher_on`, the viewers on `viewers_on`;
+/// what the viewers got.
 async fn simulcast_tiles(
     room: &str,
     publisher_on: &Server,
@@ -654,49 +652,13 @@ async fn simulcast_tiles(
     } else {
         let big = join(viewers_on, room, "big", true).await;
         let small = join(viewers_on, room, "small", true).await;
-        (
-            join(publisher_on, room, "publisher", false).await,
-            big,
-            small,
-        )
+        let p = join(publisher_on, room, "publisher", false).await;
+        (p, big, small)
     };
-    let (publisher, go, _client) = publisher(publisher_peer).await;
-    let (big_frames, _) = collect(big.incoming);
-    let (small_frames, small_events) = collect(small.incoming);
-    let consumer = consumer_id(&small_events).await;
-    small
-        .client
-        .command(Request::SetPreferredLayers {
-            consumer_id: consumer,
-            max_layer: None,
-            max_width: Some(320),
-            max_height: Some(180),
-        })
-        .await
-        .unwrap();
-    go.send(()).unwrap();
-    let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(20));
-    loop {
-        let layer1_idle = !publisher.layers[1].wanted.load(Ordering::Relaxed);
-        let enough = big_frames.lock().await.len() >= 60 && small_frames.lock().await.len() >= 60;
-        if layer1_idle && enough {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{room}: layer 1 still wanted at the publisher ({}) or too few frames ({}, {})",
-            !layer1_idle,
-            big_frames.lock().await.len(),
-            small_frames.lock().await.len(),
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(publisher.layers[0].wanted.load(Ordering::Relaxed));
-    assert!(publisher.layers[2].wanted.load(Ordering::Relaxed));
-    (
-        big_frames.lock().await.clone(),
-        small_frames.lock().await.clone(),
-    )
+    let got = tiles(room, publisher_peer, big, small).await;
+    let big = got.big.lock().await.clone();
+    let small = got.small.lock().await.clone();
+    (big, small)
 }
 
 /// The layers of the last 30 frames, in order and without repeats.

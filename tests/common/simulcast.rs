@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
 use synapse_sfu::client::join::{Publisher, publish_simulcast, simulcast_ladder};
 use synapse_sfu::client::{Client, Incoming, now_us};
-use synapse_sfu::wire::{ConsumerId, MediaKind, ServerMessage};
+
+use synapse_sfu::wire::{ConsumerId, MediaKind, Request, ServerMessage};
 use tokio::sync::{Mutex, oneshot};
 
 use super::{Peer, patient};
@@ -99,4 +101,62 @@ pub async fn consumer_id(events: &Mutex<Vec<ServerMessage>>) -> ConsumerId {
 
 pub fn increasing(frames: &[Got]) -> bool {
     frames.windows(2).all(|w| w[1].seq > w[0].seq)
+}
+
+/// A simulcast publisher with a full-size viewer and a thumbnail, and what they got.
+pub struct Tiles {
+    pub publisher: Arc<Publisher>,
+    pub big: Shared<Got>,
+    pub small: Shared<Got>,
+    pub small_events: Shared<ServerMessage>,
+    /// The publisher's session, kept open.
+    pub client: Client,
+}
+
+/// Starts a simulcast publisher, with `big` (a full-size tile) and `small`, a thumbnail
+/// that says so before the video starts, both auto-subscribed; runs until both have 60
+/// frames and the middle layer, which neither needs, has stopped at the publisher.
+pub async fn tiles(label: &str, publisher_peer: Peer, big: Peer, small: Peer) -> Tiles {
+    let (publisher, go, client) = publisher(publisher_peer).await;
+    let (big_frames, _) = collect(big.incoming);
+    let (small_frames, small_events) = collect(small.incoming);
+    let consumer = consumer_id(&small_events).await;
+    small
+        .client
+        .command(Request::SetPreferredLayers {
+            consumer_id: consumer,
+            max_layer: None,
+            max_width: Some(320),
+            max_height: Some(180),
+        })
+        .await
+        .unwrap();
+    go.send(()).unwrap();
+    let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(15));
+    loop {
+        let layer1_idle = !publisher.layers[1].wanted.load(Ordering::Relaxed);
+        let (big_n, small_n) = (
+            big_frames.lock().await.len(),
+            small_frames.lock().await.len(),
+        );
+        if layer1_idle && big_n >= 60 && small_n >= 60 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{label}: layer 1 still wanted at the publisher ({}) or too few frames ({big_n}, \
+             {small_n})",
+            !layer1_idle
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(publisher.layers[0].wanted.load(Ordering::Relaxed));
+    assert!(publisher.layers[2].wanted.load(Ordering::Relaxed));
+    Tiles {
+        publisher,
+        big: big_frames,
+        small: small_frames,
+        small_events,
+        client,
+    }
 }
