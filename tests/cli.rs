@@ -365,6 +365,26 @@ fn bench_weak_link_reports_both_subscribers() {
     assert!(report["shapers"].get("publisher").is_none());
 }
 
+/// Across relays the weak-link run starts a redis-server and two relays, and both
+/// subscribers, on the second, get the publisher's media from the first. Sanity only.
+#[test]
+fn bench_weak_link_across_relays_reaches_the_far_relay() {
+    let report = bench(&[
+        "weak-link",
+        "--simulcast",
+        "--across-relays",
+        "--down-kbps",
+        "700",
+    ]);
+    assert_eq!(report["links"]["across_relays"], true, "{report}");
+    for name in ["clean", "impaired"] {
+        let video = &report["subscribers"][name]["video"];
+        assert!(video["frames"].as_u64().unwrap() > 0, "{name}: {report}");
+        let audio = &report["subscribers"][name]["audio"];
+        assert!(audio["frames"].as_u64().unwrap() > 0, "{name}: {report}");
+    }
+}
+
 /// A simulcast meeting of thumbnails reports what the publishers sent per layer.
 #[test]
 fn bench_meeting_thumbnails_reports_layers() {

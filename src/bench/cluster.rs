@@ -17,9 +17,9 @@ use super::{
 use crate::client::{ClientOptions, Verification, fetch_http};
 
 /// A redis-server of the bench's own, on a free port; stopped when dropped.
-struct RedisChild {
+pub(super) struct RedisChild {
     child: Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Drop for RedisChild {
@@ -29,7 +29,7 @@ impl Drop for RedisChild {
     }
 }
 
-async fn start_redis() -> Result<RedisChild> {
+pub(super) async fn start_redis() -> Result<RedisChild> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();

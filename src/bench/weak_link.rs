@@ -36,6 +36,10 @@ pub struct WeakLink {
     pub seed: u64,
     /// The publisher sends three simulcast layers ([`simulcast_ladder`]).
     pub simulcast: bool,
+    /// The subscribers are on another relay of a cluster than the publisher's (two
+    /// relays spanning the room, sharing a redis-server the bench starts): the media
+    /// crosses a link first.
+    pub across_relays: bool,
     /// The impaired subscriber's rate limit is lifted after this long.
     #[serde(with = "humantime_serde_opt")]
     pub lift_after: Option<Duration>,
@@ -384,7 +388,31 @@ fn subscriber_report(
 /// shapers and the three peers, sends for `options.duration`, and reports.
 pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkReport> {
     let started_relay;
+    // Across relays: the redis-server and the publisher's relay, kept to the end.
+    let mut cluster = None;
     let (url, hash) = match &options.url {
+        Some(_) if link.across_relays => {
+            bail!("--across-relays starts its own relays (no --url)")
+        }
+        None if link.across_relays => {
+            let redis = super::cluster::start_redis().await?;
+            // The publisher's relay places the room (its publisher joins first); the
+            // subscribers' relay mirrors it.
+            let origin = start_relay(
+                options.relay_bin.as_ref(),
+                &options.relay_args,
+                Some(&redis.url),
+            )
+            .await?;
+            started_relay = start_relay(
+                options.relay_bin.as_ref(),
+                &options.relay_args,
+                Some(&redis.url),
+            )
+            .await?;
+            cluster = Some((redis, origin));
+            (started_relay.url.clone(), started_relay.hash.clone())
+        }
         Some(url) => {
             // The shaped clients cannot fetch the hash through the shaper (UDP only).
             let hash = match &options.cert_hash {
@@ -399,7 +427,12 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
             (started_relay.url.clone(), started_relay.hash.clone())
         }
     };
+    let (publisher_relay_url, publisher_hash) = match &cluster {
+        Some((_, origin)) => (origin.url.clone(), origin.hash.clone()),
+        None => (url.clone(), hash.clone()),
+    };
     let relay_addr = socket_addr_of(&url).await?;
+    let publisher_relay_addr = socket_addr_of(&publisher_relay_url).await?;
     let subscriber_shaper = start_shaper(
         relay_addr,
         link.subscriber_up,
@@ -410,7 +443,7 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
     let publisher_shaper = match link.publisher_up {
         Some(up) => Some(
             start_shaper(
-                relay_addr,
+                publisher_relay_addr,
                 up,
                 LinkConfig::default(),
                 link.seed.wrapping_add(1_000),
@@ -422,12 +455,30 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
     let via = |shaper: &Shaper| format!("https://{}/", shaper.local_addr());
 
     let room = format!("{ROOM_PREFIX}-{}", std::process::id());
+    let publisher_url = publisher_shaper
+        .as_ref()
+        .map_or(publisher_relay_url.clone(), via);
+    let connect_publisher = || {
+        connect(
+            publisher_url.clone(),
+            &publisher_hash,
+            &room,
+            "publisher",
+            false,
+        )
+    };
+    // Across relays the publisher joins first, so that its relay is the room's origin.
+    let early = match link.across_relays {
+        true => Some(connect_publisher().await?),
+        false => None,
+    };
     let (_clean_client, mut clean) = connect(url.clone(), &hash, &room, "clean", true).await?;
     let (_impaired_client, mut impaired) =
         connect(via(&subscriber_shaper), &hash, &room, "impaired", true).await?;
-    let publisher_url = publisher_shaper.as_ref().map_or(url.clone(), via);
-    let (publisher, mut publisher_events) =
-        connect(publisher_url, &hash, &room, "publisher", false).await?;
+    let (publisher, mut publisher_events) = match early {
+        Some(connected) => connected,
+        None => connect_publisher().await?,
+    };
 
     let shape = options.shape;
     let (go, gone) = tokio::sync::watch::channel(false);
@@ -597,6 +648,9 @@ pub fn print_report(r: &WeakLinkReport) {
             .as_ref()
             .map_or("clean".into(), describe),
     );
+    if r.links.across_relays {
+        println!("both subscribers on a second relay of a cluster, the publisher on the first");
+    }
     println!(
         "sent {} video frames, {} audio frames",
         r.sent.video_frames, r.sent.audio_frames

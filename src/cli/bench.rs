@@ -132,6 +132,10 @@ pub(crate) struct WeakLinkArgs {
     /// Lift the impaired subscriber's rate limit after this long (loss and delay stay).
     #[arg(long, value_parser = humantime::parse_duration)]
     lift_after: Option<Duration>,
+    /// The subscribers on a second relay of a cluster, the publisher on the first (the
+    /// bench starts both and a redis-server): the media crosses a link first.
+    #[arg(long)]
+    across_relays: bool,
 }
 
 impl WeakLinkArgs {
@@ -156,6 +160,7 @@ impl WeakLinkArgs {
             }),
             seed: self.seed,
             simulcast: self.simulcast,
+            across_relays: self.across_relays,
             lift_after: self.lift_after,
         }
     }
