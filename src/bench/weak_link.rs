@@ -65,7 +65,8 @@ pub struct WeakLinkReport {
     pub links: WeakLink,
     pub sent: Sent,
     pub subscribers: Subscribers,
-    /// The relay's drop counters after the run (from its /metrics), both subscribers'.
+    /// The relay's drop counters after the run (from its /metrics), both subscribers'
+    /// (across relays, both relays' summed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_drops: Option<BTreeMap<String, u64>>,
     pub shapers: Shapers,
@@ -598,7 +599,19 @@ pub async fn run(options: &BenchOptions, link: &WeakLink) -> Result<WeakLinkRepo
             impaired: subscriber_report(&impaired, &sent, seconds, lift),
         },
         sent,
-        relay_drops: relay_drops(&url).await,
+        relay_drops: match &cluster {
+            // Both relays' counters, summed: the origin's link consumers drop too.
+            Some((_, origin)) => match (relay_drops(&url).await, relay_drops(&origin.url).await) {
+                (Some(mut drops), Some(more)) => {
+                    for (name, n) in more {
+                        *drops.entry(name).or_default() += n;
+                    }
+                    Some(drops)
+                }
+                (drops, more) => drops.or(more),
+            },
+            None => relay_drops(&url).await,
+        },
         shapers: Shapers {
             impaired_subscriber: subscriber_shaper.stats(),
             publisher: publisher_shaper.as_ref().map(Shaper::stats),

@@ -1719,7 +1719,9 @@ impl Room {
                 ErrorCode::Forbidden,
                 "this access token does not allow sending data",
             ))
-        } else if !peer.lossy_rate.try_take(1.0, now) {
+        } else if !peer.grants.relay && !peer.lossy_rate.try_take(1.0, now) {
+            // (Another relay's peers are not limited: the sender was, on its own relay,
+            // and a message to several remote peers goes up once per recipient.)
             Err(err(
                 ErrorCode::RateLimited,
                 format!("more than {LOSSY_DATA_PER_SECOND} lossy data messages per second"),
@@ -2005,10 +2007,11 @@ impl Room {
                 ));
             }
         }
-        // Once per peer, or once per layer for a relay's consumers of one layer each.
+        // Once per peer, or once per layer for a relay's consumers of one layer each (never
+        // both: that would deliver a layer twice).
         if producer.consumers.iter().any(|c| {
             let c = &self.consumers[c];
-            c.peer == peer_id && c.pinned == layer
+            c.peer == peer_id && (c.pinned.is_none() || layer.is_none() || c.pinned == layer)
         }) {
             return Err(err(
                 ErrorCode::AlreadyConsuming,
@@ -2085,6 +2088,9 @@ impl Room {
                 .layers
                 .as_ref()
                 .map(|l| l.target);
+        } else if pinned.is_some() && !paused {
+            // Its layer is needed from now: the owner hears so before the keyframe request.
+            self.update_dynacast(producer_id, now);
         }
         // A consumer joining mid-stream starts at a keyframe: ask for one now rather than
         // wait up to a whole group.
@@ -2138,7 +2144,7 @@ impl Room {
         consumer.paused = paused;
         consumer.queue.resync();
         let (peer, producer) = (consumer.peer, consumer.producer);
-        if consumer.layers.is_some() {
+        if consumer.layers.is_some() || consumer.pinned.is_some() {
             // A paused consumer wants no layer (dynacast), a resumed one its share again.
             self.reallocate(peer, now);
             self.update_dynacast(producer, now);
@@ -2751,7 +2757,11 @@ impl Room {
                 continue;
             };
             match &c.layers {
-                None => fixed += producer.meter.rate_bps().unwrap_or(0.0),
+                // One layer of a relay's costs that layer's rate.
+                None => match c.pinned.and_then(|l| producer.layers.get(usize::from(l))) {
+                    Some(layer) => fixed += layer.rate_bps(),
+                    None => fixed += producer.meter.rate_bps().unwrap_or(0.0),
+                },
                 Some(selection) => {
                     let infos: Vec<LayerInfo> = producer.layers.iter().map(|l| l.info).collect();
                     ids.push(*consumer_id);

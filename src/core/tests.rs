@@ -1282,6 +1282,13 @@ fn a_relay_consumes_each_layer_on_its_own_as_it_comes() {
         h.request(link, consume(2)),
         Err(ErrorCode::AlreadyConsuming)
     );
+    // Never a whole-producer consumer beside them: it would deliver a layer twice.
+    let whole = Request::Consume {
+        producer_id: cam,
+        paused: false,
+        layer: None,
+    };
+    assert_eq!(h.request(link, whole), Err(ErrorCode::AlreadyConsuming));
     // Each asks for its own layer's keyframe.
     assert_eq!(h.layer_keyframe_requests(a), vec![Some(0), Some(2)]);
     h.messages(link);
@@ -1322,6 +1329,26 @@ fn a_relay_consumes_each_layer_on_its_own_as_it_comes() {
             .iter()
             .any(|m| matches!(m, ServerMessage::LayerChanged { .. })),
     );
+
+    // Dynacast: a paused layer goes from what the owner is told after the delay, and
+    // comes back at once when resumed.
+    h.request(link, Request::pause_consumer(pinned[1], true))
+        .unwrap();
+    h.now += DYNACAST_DELAY + Duration::from_millis(1);
+    let room = h.relay.room_mut_for_tests("r");
+    assert_eq!(room.wanted_layers(cam, h.now), Some(&[0][..]));
+    h.messages(a);
+    h.request(link, Request::pause_consumer(pinned[1], false))
+        .unwrap();
+    let told: Vec<_> = h
+        .messages(a)
+        .into_iter()
+        .filter_map(|m| match m {
+            ServerMessage::LayersWanted { layers, .. } => Some(layers),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, vec![vec![0, 2]]);
 }
 
 #[test]

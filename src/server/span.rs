@@ -233,14 +233,6 @@ struct PulledLayer {
     paused: bool,
 }
 
-fn pulled_layer(consumer: ConsumerId, layer: Option<u8>, paused: bool) -> PulledLayer {
-    PulledLayer {
-        consumer,
-        layer,
-        paused,
-    }
-}
-
 impl Pull {
     fn flowing(&self) -> bool {
         self.layers.iter().any(|l| !l.paused)
@@ -255,6 +247,21 @@ enum ShadowCommand {
     /// Data the local peer sent: to everyone (`to` empty) or to remote peers.
     Data(Request),
     Leave,
+}
+
+/// What every peer and session of a mirror receives: audio levels (forwarded as they
+/// came) and lossy data (sent on between relays).
+fn relay_extensions() -> [String; 2] {
+    [EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()]
+}
+
+/// The layers of a producer to consume one by one: each of a simulcast producer's, or the
+/// one encoding (`None`).
+fn layers_of(producer: &ProducerInfo) -> Vec<Option<u8>> {
+    match producer.layers.len() as u8 {
+        0 => vec![None],
+        n => (0..n).map(Some).collect(),
+    }
 }
 
 /// How this relay's own peers of a mirror (its uplink, its proxies) join the room here:
@@ -395,8 +402,8 @@ impl Span {
             joined,
         } = link;
         // The uplink first: it creates the room here, and hears every local peer from now.
-        // Audio levels, and lossy data to everyone, which goes on to the origin.
-        let extensions = [EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()];
+        // Lossy data to everyone reaches the uplink, which sends it on to the origin.
+        let extensions = relay_extensions();
         let uplink = JoinAs {
             peer_id: None,
             hidden: true,
@@ -490,7 +497,7 @@ impl Span {
             relay: Some(peer.relay.clone().unwrap_or_else(|| self.origin_id.clone())),
         };
         // Lossy data local peers send this remote peer goes on through their shadows.
-        let extensions = [EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()];
+        let extensions = relay_extensions();
         let joined = context.rooms.join(
             &self.room,
             &relay_joining(&peer.name, join_as, &extensions),
@@ -543,23 +550,21 @@ impl Span {
         };
         let paused = !wanted;
         let mut layers = Vec::new();
-        let consumed = if producer.layers.is_empty() {
-            self.link
-                .consume_paused(producer_id, paused)
-                .await
-                .map(|c| layers.push(pulled_layer(c.consumer_id, None, paused)))
-        } else {
-            let mut consumed = Ok(());
-            for layer in 0..producer.layers.len() as u8 {
-                match self.link.consume_layer(producer_id, layer, paused).await {
-                    Ok(c) => layers.push(pulled_layer(c.consumer_id, Some(layer), paused)),
-                    Err(e) => consumed = Err(e),
+        for layer in layers_of(&producer) {
+            let consumed = match layer {
+                None => self.link.consume_paused(producer_id, paused).await,
+                Some(l) => self.link.consume_layer(producer_id, l, paused).await,
+            };
+            match consumed {
+                Ok(c) => layers.push(PulledLayer {
+                    consumer: c.consumer_id,
+                    layer,
+                    paused,
+                }),
+                Err(e) => {
+                    warn!(producer = producer_id.0, ?layer, error = %e, "remote producer (layer) not pulled")
                 }
             }
-            consumed
-        };
-        if let Err(e) = consumed {
-            warn!(producer = producer_id.0, error = %e, "remote producer not (wholly) pulled");
         }
         if !layers.is_empty() {
             debug!(producer = producer_id.0, "pulling a remote producer");
@@ -601,12 +606,17 @@ impl Span {
         let Some((from, request)) = data_resent(message, to) else {
             return;
         };
-        if !locked(&self.proxies).contains(&from) {
-            return; // one of ours: its own relay delivered it here already
+        if self.is_remote(from) {
+            self.handle
+                .lock()
+                .handle(from, on_behalf(request), Instant::now());
         }
-        self.handle
-            .lock()
-            .handle(from, on_behalf(request), Instant::now());
+    }
+
+    /// Whether data from `from` is for this relay to deliver: from a remote peer's proxy,
+    /// not from one of ours, whose data this relay delivered already.
+    fn is_remote(&self, from: PeerId) -> bool {
+        locked(&self.proxies).contains(&from)
     }
 
     /// Lossy data a local peer sent to remote peers (`to`; empty: everyone) goes on to the
@@ -632,8 +642,8 @@ impl Span {
             return;
         };
         let from = PeerId(from);
-        if !locked(&self.proxies).contains(&from) {
-            return; // one of ours: delivered here already
+        if !self.is_remote(from) {
+            return;
         }
         let _ = self
             .handle
@@ -986,12 +996,13 @@ impl Span {
     /// consume it for the shadow.
     async fn shadow_produce(&self, client: &Client, producer: ProducerInfo) {
         let producer_id = producer.producer_id;
+        let layers = layers_of(&producer);
         let request = Request::Produce {
             kind: producer.kind,
             codec: producer.codec,
             params: producer.params,
             source: producer.source,
-            layers: producer.layers.clone(),
+            layers: producer.layers,
             producer_id: Some(producer_id),
         };
         if let Err(e) = client.request_raw(request).await {
@@ -1002,10 +1013,6 @@ impl Span {
             let _ = client.command(Request::PauseProducer { producer_id }).await;
         }
         // The uplink consumes every layer, each on a consumer of its own.
-        let layers: Vec<Option<u8>> = match producer.layers.len() as u8 {
-            0 => vec![None],
-            n => (0..n).map(Some).collect(),
-        };
         let mut room = self.handle.lock();
         for layer in layers {
             let consume = Request::Consume {
@@ -1128,7 +1135,7 @@ impl Context {
         options.endpoint = Some(endpoint.clone());
         options.token = self.access.relay_token(room, &self.relay_id);
         options.receive_media = false;
-        options.extensions = vec![EXT_AUDIO_LEVEL.to_owned(), EXT_LOSSY_DATA.to_owned()];
+        options.extensions = relay_extensions().to_vec();
         Ok(Client::connect(options).await?)
     }
 }
