@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::config::RelayConfig;
 use super::path::PathSample;
-use super::queue::QueuedFrame;
+use super::room::ConsumerFrame;
 use super::room::{
     ConsumerStats, Joining, MediaOutput, PeerOutput, Room, check_version, validate_room,
 };
@@ -303,7 +303,7 @@ impl Relay {
         consumer_id: ConsumerId,
         now: Instant,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<QueuedFrame>> {
+    ) -> Poll<Option<ConsumerFrame>> {
         match self.with_consumer(consumer_id) {
             Some(room) => room.poll_consumer(consumer_id, now, cx),
             None => Poll::Ready(None),

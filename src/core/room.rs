@@ -81,8 +81,6 @@ pub enum PeerOutput {
         consumer_id: ConsumerId,
         producer_id: ProducerId,
         kind: MediaKind,
-        /// A relay's consumer of one layer: its streams' headers name the layer.
-        layer: Option<u8>,
     },
     /// End the peer's session with this close code (`wire::close_code`). With `notify`, the
     /// error is first written on the control stream (the peer reads it: it was removed);
@@ -786,20 +784,20 @@ impl Room {
         }
     }
 
-    /// Next frame for a consumer. `Ready(None)`: the consumer is closed, stop its sender.
-    /// `now` is when the frame leaves for the network: its time in the relay goes into
-    /// the forwarding-latency histogram.
+    /// Next frame for a consumer, as `poll_media` hands it out. `Ready(None)`: the consumer
+    /// is closed, stop its sender. `now` is when the frame leaves for the network: its time
+    /// in the relay goes into the forwarding-latency histogram.
     pub fn poll_consumer(
         &mut self,
         consumer_id: ConsumerId,
         now: Instant,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<QueuedFrame>> {
+    ) -> Poll<Option<ConsumerFrame>> {
         if !self.consumers.contains_key(&consumer_id) {
             return Poll::Ready(None);
         }
         match self.take_frame(consumer_id, now) {
-            Some(frame) => Poll::Ready(Some(frame)),
+            Some(frame) => Poll::Ready(Some(self.consumer_frame(consumer_id, frame))),
             None => {
                 let consumer = self
                     .consumers
@@ -865,17 +863,11 @@ impl Room {
                 // Listed again when released.
                 continue;
             }
-            let (producer_id, kind, layer) = (c.producer, c.kind, c.pinned);
+            let kind = c.kind;
             let Some(frame) = self.take_frame(consumer_id, now) else {
                 continue;
             };
-            let write_deadline = match kind {
-                MediaKind::Video => {
-                    let len = frame.data.len();
-                    self.write_deadline(consumer_id, frame.arrived, len, frame.keyframe)
-                }
-                MediaKind::Audio => None,
-            };
+            let frame = self.consumer_frame(consumer_id, frame);
             let c = self.consumers.get_mut(&consumer_id).expect("took a frame");
             if kind == MediaKind::Video {
                 c.held = true;
@@ -883,13 +875,7 @@ impl Room {
                 // Its next frame after the others' (one frame per consumer per pass).
                 c.list_ready(consumer_id, &mut p.media_ready);
             }
-            out.push(MediaOutput::Frame(ConsumerFrame {
-                consumer_id,
-                producer_id,
-                frame,
-                write_deadline,
-                layer,
-            }));
+            out.push(MediaOutput::Frame(frame));
             taken += 1;
         }
         if !out.is_empty() {
@@ -904,6 +890,25 @@ impl Room {
             peer.media_waker = Some(cx.waker().clone());
         }
         Poll::Pending
+    }
+
+    /// A frame just taken for a consumer, as its sender writes it: with its write deadline
+    /// (video) and the layer its streams name.
+    fn consumer_frame(&self, consumer_id: ConsumerId, frame: QueuedFrame) -> ConsumerFrame {
+        let c = &self.consumers[&consumer_id];
+        let write_deadline = match c.kind {
+            MediaKind::Video => {
+                self.write_deadline(consumer_id, frame.arrived, frame.data.len(), frame.keyframe)
+            }
+            MediaKind::Audio => None,
+        };
+        ConsumerFrame {
+            consumer_id,
+            producer_id: c.producer,
+            frame,
+            write_deadline,
+            layer: c.pinned,
+        }
     }
 
     /// The next frame of a consumer that has one: frames grown older than the latency
@@ -2079,7 +2084,6 @@ impl Room {
                 consumer_id,
                 producer_id,
                 kind,
-                layer: pinned,
             },
         );
         if self.consumers[&consumer_id].layers.is_some() {
@@ -2758,10 +2762,12 @@ impl Room {
             };
             match &c.layers {
                 // One layer of a relay's costs that layer's rate.
-                None => match c.pinned.and_then(|l| producer.layers.get(usize::from(l))) {
-                    Some(layer) => fixed += layer.rate_bps(),
-                    None => fixed += producer.meter.rate_bps().unwrap_or(0.0),
-                },
+                None => {
+                    fixed += match c.pinned.and_then(|l| producer.layers.get(usize::from(l))) {
+                        Some(layer) => layer.rate_bps(),
+                        None => producer.meter.rate_bps().unwrap_or(0.0),
+                    }
+                }
                 Some(selection) => {
                     let infos: Vec<LayerInfo> = producer.layers.iter().map(|l| l.info).collect();
                     ids.push(*consumer_id);

@@ -135,7 +135,7 @@ impl Harness {
         let mut cx = Context::from_waker(Waker::noop());
         let mut out = Vec::new();
         while let Poll::Ready(Some(f)) = self.relay.poll_consumer(consumer, self.now, &mut cx) {
-            match f.data {
+            match f.frame.data {
                 FrameData::Stream { payload, .. } => out.push(payload),
                 FrameData::Datagram(d) => out.push(d),
             }
@@ -883,6 +883,7 @@ fn popped_ages(h: &mut Harness, consumer: ConsumerId) -> Vec<(u8, bool, Duration
     let mut cx = Context::from_waker(Waker::noop());
     let mut out = Vec::new();
     while let Poll::Ready(Some(f)) = h.relay.poll_consumer(consumer, h.now, &mut cx) {
+        let f = f.frame;
         let tag = match &f.data {
             FrameData::Stream { payload, .. } => payload[0],
             FrameData::Datagram(d) => d[0],
@@ -915,7 +916,7 @@ fn a_lagging_consumer_never_gets_video_older_than_the_bound() {
             let mut cx = Context::from_waker(Waker::noop());
             match h.relay.poll_consumer(cw, h.now, &mut cx) {
                 Poll::Ready(Some(f)) => {
-                    weak_got.push((f.keyframe, h.now - f.arrived));
+                    weak_got.push((f.frame.keyframe, h.now - f.frame.arrived));
                     weak_free_at += Duration::from_millis(50);
                 }
                 _ => {
@@ -1158,7 +1159,7 @@ impl Harness {
         let mut cx = Context::from_waker(Waker::noop());
         let mut out = Vec::new();
         while let Poll::Ready(Some(f)) = self.relay.poll_consumer(consumer, self.now, &mut cx) {
-            let FrameData::Stream { head, payload } = f.data else {
+            let FrameData::Stream { head, payload } = f.frame.data else {
                 panic!("video on a datagram")
             };
             let mut wire = bytes::BytesMut::from(&head[..]);
@@ -1611,6 +1612,7 @@ impl SimLink {
                 let Poll::Ready(Some(f)) = relay.poll_consumer(consumer, now, &mut cx) else {
                     break;
                 };
+                let f = f.frame;
                 let len = f.data.len();
                 self.busy_until = self.busy_until.max(now)
                     + Duration::from_secs_f64(len as f64 * 8.0 / self.rate_bps);

@@ -1022,7 +1022,6 @@ pub(crate) async fn send_consumer(
     conn: Session,
     room: RoomHandle,
     consumer_id: ConsumerId,
-    (producer_id, layer): (ProducerId, Option<u8>),
     limits: SessionLimits,
     span: tracing::Span,
 ) {
@@ -1030,22 +1029,6 @@ pub(crate) async fn send_consumer(
     while let Some(frame) =
         poll_fn(|cx| room.lock().poll_consumer(consumer_id, Instant::now(), cx)).await
     {
-        let write_deadline = match &frame.data {
-            FrameData::Stream { head, payload } => room.lock().write_deadline(
-                consumer_id,
-                frame.arrived,
-                head.len() + payload.len(),
-                frame.keyframe,
-            ),
-            FrameData::Datagram(_) => None,
-        };
-        let frame = ConsumerFrame {
-            consumer_id,
-            producer_id,
-            frame,
-            write_deadline,
-            layer,
-        };
         let going = match frame.frame.data {
             FrameData::Datagram(_) => writer.send_datagram(frame),
             FrameData::Stream { .. } => match writer.send_video(frame) {

@@ -880,7 +880,6 @@ impl Span {
                 PeerOutput::StartConsumer {
                     consumer_id,
                     producer_id,
-                    layer,
                     ..
                 } => {
                     let owner = handle.lock().producer_peer(producer_id);
@@ -895,7 +894,6 @@ impl Span {
                             session,
                             handle.clone(),
                             consumer_id,
-                            (producer_id, layer),
                             self.spans.context.limits.clone(),
                             span,
                         ));
