@@ -865,7 +865,10 @@ export class VideoSender {
 
   /** Starts the maximum backlog over (a test observes a period of its choice). */
   resetMaxBacklog() {
-    for (const layer of this.layers) layer.maxBacklogMs = layer.queue.backlogMs;
+    for (const layer of this.layers) {
+      layer.maxBacklogMs = layer.queue.backlogMs;
+      layer.maxBacklogContext = null;
+    }
   }
 
   /** The relay's round-trip time to this page: the network's part of every layer's backlog. */
@@ -912,6 +915,8 @@ export class VideoSender {
       keyframes: l.keyframes,
       framesSent: l.stats.frames,
       backlogMs: l.queue.backlogMs,
+      maxBacklogMs: l.maxBacklogMs,
+      maxBacklogContext: l.maxBacklogContext,
       skippedFrames: l.skippedFrames,
       yields: l.yields, // times it gave way to a lower layer on a congested uplink
       firstFrameAfterSwitch: l.firstFrameAfterSwitch, // of the last camera switch
@@ -975,6 +980,7 @@ class VideoLayer {
     this.skippedFrames = 0; // captured or encoded but not sent: late, or waiting for a keyframe
     this.abandonedGroups = 0; // streams reset because their frames were late
     this.maxBacklogMs = 0;
+    this.maxBacklogContext = null;
     this.yieldUntil = -Infinity; // gives way to a lower layer until then
     this.yieldBackoffMs = 0;
     this.yields = 0;
@@ -1061,7 +1067,16 @@ class VideoLayer {
     this.lastCheckAt = now;
     if (late) return;
     const backlog = queue.update();
-    this.maxBacklogMs = Math.max(this.maxBacklogMs, backlog);
+    if (backlog > this.maxBacklogMs) {
+      // What the worst moment looked like, for whoever reads a test's log.
+      this.maxBacklogMs = backlog;
+      this.maxBacklogContext = {
+        networkMs: Math.round(queue.networkMs),
+        keyframeGoingOut: queue.keyframeGoingOut,
+        keptKeyframe: queue.current !== null && queue.current === this.keptGroup,
+        targetBitrate: this.rate.targetBps,
+      };
+    }
     // Layers share the uplink, and a lower layer goes first: it is the one every consumer
     // can fall back to (the relay forwards the highest layer that is sending). While a
     // lower layer is late, this one gives up everything it has not delivered, keyframe
