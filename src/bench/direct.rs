@@ -116,8 +116,10 @@ pub async fn run_fanout(
         receivers.push(tokio::spawn(async move {
             let _keep = (endpoint, conn);
             let mut recorder = Recorder::default();
+            // One timer, moved when the deadline moves (as in relay_path.rs: not one per frame).
+            let deadline = tokio::time::sleep_until(*stop.borrow());
+            tokio::pin!(deadline);
             loop {
-                let deadline = *stop.borrow();
                 tokio::select! {
                     f = rx.recv() => match f {
                         Some(f) => {
@@ -126,8 +128,8 @@ pub async fn run_fanout(
                         }
                         None => break,
                     },
-                    _ = stop.changed() => {}
-                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = stop.changed() => deadline.as_mut().reset(*stop.borrow()),
+                    _ = &mut deadline => break,
                 }
             }
             recorder

@@ -207,6 +207,11 @@ pub async fn run(
             let layers: Vec<_> = publishers.iter().flat_map(|p| p.layers.clone()).collect();
             let mut last_change = vec![(0u64, Duration::ZERO); layers.len()];
             let mut sample = tokio::time::interval(Duration::from_millis(250));
+            // Made once: a timer made in the select! would be registered and dropped again
+            // for every frame, load-generator work that competes with the relay it measures.
+            let stop_sending = tokio::time::sleep_until(stop_sending);
+            let stop_receiving = tokio::time::sleep_until(stop_receiving);
+            tokio::pin!(stop_sending, stop_receiving);
             loop {
                 tokio::select! {
                     frame = incoming.frames.recv() => match frame {
@@ -235,13 +240,13 @@ pub async fn run(
                             }
                         }
                     }
-                    _ = tokio::time::sleep_until(stop_sending), if !stopped => {
+                    _ = &mut stop_sending, if !stopped => {
                         stopped = true;
                         for p in &publishers {
                             p.task.abort();
                         }
                     }
-                    _ = tokio::time::sleep_until(stop_receiving) => break,
+                    _ = &mut stop_receiving => break,
                 }
             }
             // A simulcast publisher's consumers each get one layer of every picture; its

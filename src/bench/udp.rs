@@ -37,6 +37,8 @@ pub async fn run_fanout(
         receivers.push(tokio::spawn(async move {
             let mut recorder = Recorder::default();
             let mut buf = vec![0u8; 2048];
+            let stop = tokio::time::sleep_until(stop_at);
+            tokio::pin!(stop);
             loop {
                 tokio::select! {
                     got = socket.recv(&mut buf) => {
@@ -45,7 +47,7 @@ pub async fn run_fanout(
                             recorder.record(capture_us, n, 1);
                         }
                     }
-                    _ = tokio::time::sleep_until(stop_at) => break,
+                    _ = &mut stop => break,
                 }
             }
             recorder
