@@ -82,10 +82,18 @@ function canvasCheck(page) {
           hash,
         };
       });
+    // Moving video changes within a frame or two; a busy host can hold a page's frames
+    // back for longer than 600 ms (conference.test.mjs failed so once), so each canvas gets
+    // up to 3 s to show a change. A frozen one shows none.
     const first = sample();
-    await new Promise((r) => setTimeout(r, 600));
-    const second = sample();
-    return first.map((a, i) => ({ ...a, changed: second[i]?.hash !== a.hash }));
+    const changed = first.map(() => false);
+    for (let waited = 0; changed.includes(false) && waited < 3000; waited += 300) {
+      await new Promise((r) => setTimeout(r, 300));
+      sample().forEach((b, i) => {
+        if (first[i] && b.hash !== first[i].hash) changed[i] = true;
+      });
+    }
+    return first.map((a, i) => ({ ...a, changed: changed[i] }));
   });
 }
 
@@ -186,7 +194,7 @@ async function threePeerCall(cast) {
       assert.equal(canvases.length, 2, `${name} should show two remote video canvases`);
       for (const c of canvases) {
         assert.ok(c.stddev > 5, `${name}'s canvas of ${c.name} looks blank (stddev ${c.stddev.toFixed(2)})`);
-        assert.ok(c.changed, `${name}'s canvas of ${c.name} did not change in 600 ms (frozen video)`);
+        assert.ok(c.changed, `${name}'s canvas of ${c.name} did not change in 3 s (frozen video)`);
       }
     }
 
