@@ -1263,6 +1263,10 @@ class Call {
             backlogMs: this.videoSender.backlogMs,
             maxBacklogMs: this.videoSender.maxBacklogMs,
             networkDelayMs: this.videoSender.networkMs,
+            // The relay's round trip over its base (a queue at the uplink), and how often
+            // the highest layer gave way to one.
+            uplinkQueueMs: this.videoSender.uplinkQueueMs,
+            uplinkQueueCuts: this.videoSender.uplinkQueueCuts,
             skippedFrames: this.videoSender.skippedFrames,
             abandonedGroups: this.videoSender.abandonedGroups,
             framesSent: this.videoSender.stats.frames,

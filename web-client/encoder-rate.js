@@ -53,4 +53,20 @@ export class EncoderRate {
     this.cuts++;
     return this.targetBps;
   }
+
+  /**
+   * At most `bps` from `now` (ms), never below MIN_VIDEO_BITRATE: the uplink holds a queue
+   * and this is this encoder's share of what it delivers. No probe up for RATE_HOLD_MS.
+   * Returns the new bitrate, or null if it stays.
+   */
+  cutTo(now, bps) {
+    this.lastChange = now;
+    const fits = Math.floor(Math.max(bps, MIN_VIDEO_BITRATE));
+    if (fits >= this.targetBps) return null;
+    this.lastCut = now;
+    this.targetBps = fits;
+    this.lowestBps = Math.min(this.lowestBps, fits);
+    this.cuts++;
+    return fits;
+  }
 }

@@ -3,7 +3,7 @@
 // handles one track in one direction.
 
 import { audioLevel, encodeDatagram, encodeStreamFrame } from './protocol.js';
-import { EncoderRate } from './encoder-rate.js';
+import { AUDIO_SHARE_BPS, EncoderRate, MIN_VIDEO_BITRATE } from './encoder-rate.js';
 import { SendQueue } from './send-queue.js';
 
 // Video codecs in order of preference when none is forced with ?codec=. H.264 uses
@@ -464,6 +464,13 @@ const YIELD_MAX_MS = 8_000;
 // The measured send rate that an encoder's bitrate is cut to (encoder-rate.js): the video
 // this page's streams delivered (acknowledged) over this long.
 const SEND_RATE_WINDOW_MS = 1_000;
+// A queue at the uplink, seen in the relay's round-trip time to this page (transport_stats,
+// once a second): the page's acknowledgements wait in it. Its base is the lowest of this
+// long; the queue counts as built when the round trip stays this far above the base for
+// this many reports in a row (a host that stalls for a moment raises one or two).
+const RTT_BASE_WINDOW_MS = 30_000;
+const UPLINK_QUEUE_MS = 200;
+const UPLINK_QUEUE_REPORTS = 3;
 
 /**
  * The simulcast ladder for a top size `{ width, height, bitrate }`, lowest layer first, as
@@ -540,6 +547,10 @@ export class VideoSender {
     this.trackChangesSeen = 0; // of them, those whose track has delivered a frame
     this.lastTimestamp = -Infinity; // of the last frame read (after tsOffset)
     this.tsOffset = 0; // added to the current track's timestamps
+    this.rtts = []; // { at, ms } of the relay's round-trip times, oldest first
+    this.uplinkQueueMs = 0; // the latest round trip over its base
+    this.queuedReports = 0; // reports in a row with a queue at the uplink
+    this.uplinkQueueCuts = 0; // times a layer gave way to a queue at the uplink
   }
 
   // The send backlog over all layers: the worst layer, and the sums of what was given up.
@@ -871,9 +882,54 @@ export class VideoSender {
     }
   }
 
-  /** The relay's round-trip time to this page: the network's part of every layer's backlog. */
+  /**
+   * The relay's round-trip time to this page: the network's part of every layer's backlog,
+   * and the sign of a queue at the uplink.
+   *
+   * Why both. The send backlog (send-queue.js) is what waits in this browser; a browser
+   * whose congestion controller fills the uplink's queue (Firefox does, to the 1 s of a
+   * drop-tail queue) keeps that backlog short while every frame, and every audio datagram
+   * behind it, waits a second in the network, and datagrams that find the queue full are
+   * lost. Skipping frames cannot empty a queue already built; sending less can. So when
+   * the round trip stays UPLINK_QUEUE_MS over its base, the video this page delivered is
+   * shared out again from the lowest layer up, as the relay shares a consumer's estimate
+   * out to layers: each encoder is cut to what is left for it, and a layer above the base
+   * that would get less than the lowest bitrate stops for a while (the same wait as when
+   * a lower layer is late). Nothing probes up while the queue is there.
+   */
   setRelayRtt(ms) {
     for (const layer of this.layers) layer.queue.setRelayRtt(ms);
+    if (!Number.isFinite(ms)) return;
+    const now = performance.now();
+    this.rtts.push({ at: now, ms });
+    while (now - this.rtts[0].at > RTT_BASE_WINDOW_MS) this.rtts.shift();
+    const base = Math.min(...this.rtts.map((r) => r.ms));
+    this.uplinkQueueMs = ms - base;
+    if (!this.uplinkQueued || this.paused || this.suspended || this.stopped) {
+      this.queuedReports = 0;
+      return;
+    }
+    if (++this.queuedReports < UPLINK_QUEUE_REPORTS) return;
+    this.queuedReports = 0;
+    const sent = this.sentBps(now);
+    if (sent === null) return;
+    const sending = this.layers.filter((l) => l.running && !l.yielding(now)).sort((a, b) => (a.index ?? 0) - (b.index ?? 0));
+    if (sending.length === 0) return;
+    this.uplinkQueueCuts++;
+    let left = (sent - AUDIO_SHARE_BPS) * 0.8;
+    for (const [i, layer] of sending.entries()) {
+      if (i > 0 && left < MIN_VIDEO_BITRATE) {
+        layer.yieldToLower(now, { forQueue: true });
+        continue;
+      }
+      if (layer.rate.cutTo(now, left) !== null) layer.applyBitrate();
+      left -= layer.rate.targetBps;
+    }
+  }
+
+  /** The relay's round trip to this page shows a queue at the uplink. */
+  get uplinkQueued() {
+    return this.uplinkQueueMs > UPLINK_QUEUE_MS;
   }
 
   /** The relay wants a keyframe: of one layer, or (`layer` absent) of every layer. */
@@ -982,6 +1038,7 @@ class VideoLayer {
     this.maxBacklogMs = 0;
     this.maxBacklogContext = null;
     this.yieldUntil = -Infinity; // gives way to a lower layer until then
+    this.yieldForQueue = false; // and, if a queue at the uplink made it, until that is gone
     this.yieldBackoffMs = 0;
     this.yields = 0;
     this.restarts = 0;
@@ -1024,11 +1081,12 @@ class VideoLayer {
 
   /** Encodes one captured frame (the encoder scales it); false if the layer skips it. */
   encode(frame, ts) {
-    if (performance.now() < this.yieldUntil) {
+    if (this.yielding(performance.now())) {
       this.skippedFrames++; // giving way to a lower layer: not even a requested keyframe
       return false;
     }
-    if (this.rate.onFrame(performance.now()) !== null) this.applyBitrate(); // 2 s without a skip
+    // 2 s without a skip, and no queue at the uplink: probe up.
+    if (!this.sender.uplinkQueued && this.rate.onFrame(performance.now()) !== null) this.applyBitrate();
     const keyFrame = this.forceKey || ts - this.lastKeyTimestamp >= KEYFRAME_INTERVAL_US;
     if (this.waitingForKey && !keyFrame) {
       // It would be dropped anyway: do not spend the encoder on it.
@@ -1086,7 +1144,7 @@ class VideoLayer {
       this.yieldToLower(now);
       return;
     }
-    if (now < this.yieldUntil) return;
+    if (this.yielding(now)) return;
     if (backlog > this.sender.maxSendDelayMs) {
       this.uplinkSkip(now);
       // A late keyframe is reset too and a fresh one sent (it may be waiting for a lost
@@ -1114,12 +1172,25 @@ class VideoLayer {
     }
   }
 
-  yieldToLower(now) {
+  /**
+   * Giving way to the layers below: for the wait, and after a queue at the uplink made it
+   * give way (`forQueue`), until that queue is gone too.
+   */
+  yielding(now) {
+    if (now < this.yieldUntil) return true;
+    if (this.yieldForQueue && this.sender.uplinkQueued) return true;
+    this.yieldForQueue = false;
+    return false;
+  }
+
+  yieldToLower(now, { forQueue = false } = {}) {
+    const waiting = this.yielding(now);
+    if (forQueue) this.yieldForQueue = true;
     this.uplinkSkip(now); // with the layers below, the uplink cannot carry this one
     const cut = this.queue.abandon({ all: true });
     this.abandonedGroups += cut.groups;
     this.skippedFrames += cut.frames;
-    if (now >= this.yieldUntil) {
+    if (!waiting) {
       // Not already waiting: the first time, or a try that failed.
       this.yieldBackoffMs = this.yieldBackoffMs ? Math.min(YIELD_MAX_MS, this.yieldBackoffMs * 2) : YIELD_MIN_MS;
       this.yields++;
@@ -1133,7 +1204,7 @@ class VideoLayer {
     const sender = this.sender;
     if (sender.stopped || sender.paused || sender.suspended || !this.wanted) return;
     const key = chunk.type === 'key';
-    if (performance.now() < this.yieldUntil || (!key && (this.waitingForKey || !this.queue.current))) {
+    if (this.yielding(performance.now()) || (!key && (this.waitingForKey || !this.queue.current))) {
       this.skippedFrames++;
       return;
     }
