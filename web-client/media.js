@@ -471,6 +471,8 @@ const SEND_RATE_WINDOW_MS = 1_000;
 const RTT_BASE_WINDOW_MS = 30_000;
 const UPLINK_QUEUE_MS = 200;
 const UPLINK_QUEUE_REPORTS = 3;
+// A queue reported longer ago than this no longer holds a layer back.
+const UPLINK_QUEUE_FRESH_MS = 3_000;
 
 /**
  * The simulcast ladder for a top size `{ width, height, bitrate }`, lowest layer first, as
@@ -548,6 +550,7 @@ export class VideoSender {
     this.lastTimestamp = -Infinity; // of the last frame read (after tsOffset)
     this.tsOffset = 0; // added to the current track's timestamps
     this.rtts = []; // { at, ms } of the relay's round-trip times, oldest first
+    this.rttAt = -Infinity; // when the latest came
     this.uplinkQueueMs = 0; // the latest round trip over its base
     this.queuedReports = 0; // reports in a row with a queue at the uplink
     this.uplinkQueueCuts = 0; // times a layer gave way to a queue at the uplink
@@ -901,6 +904,7 @@ export class VideoSender {
     for (const layer of this.layers) layer.queue.setRelayRtt(ms);
     if (!Number.isFinite(ms)) return;
     const now = performance.now();
+    this.rttAt = now;
     this.rtts.push({ at: now, ms });
     while (now - this.rtts[0].at > RTT_BASE_WINDOW_MS) this.rtts.shift();
     const base = Math.min(...this.rtts.map((r) => r.ms));
@@ -927,9 +931,12 @@ export class VideoSender {
     }
   }
 
-  /** The relay's round trip to this page shows a queue at the uplink. */
+  /**
+   * The relay's round trip to this page shows a queue at the uplink. Only while its reports
+   * come: without them (a relay that stopped sending them) nothing is held back for it.
+   */
   get uplinkQueued() {
-    return this.uplinkQueueMs > UPLINK_QUEUE_MS;
+    return this.uplinkQueueMs > UPLINK_QUEUE_MS && performance.now() - this.rttAt < UPLINK_QUEUE_FRESH_MS;
   }
 
   /** The relay wants a keyframe: of one layer, or (`layer` absent) of every layer. */
