@@ -15,6 +15,11 @@ export const MIN_VIDEO_BITRATE = 100_000;
 /** What audio and packet overhead take from the measured send rate (bit/s). */
 export const AUDIO_SHARE_BPS = 64_000;
 
+/** What video may take of a measured send rate (bit/s): 80% of it, less audio's share. */
+export function videoShareBps(sentBps) {
+  return (sentBps - AUDIO_SHARE_BPS) * 0.8;
+}
+
 export class EncoderRate {
   /** `maxBps`: the configured bitrate, where the target starts and which it never exceeds. */
   constructor(maxBps) {
@@ -45,13 +50,8 @@ export class EncoderRate {
     this.lastChange = now;
     if (this.lastCut !== null && now - this.lastCut < RATE_HOLD_MS) return null;
     if (!Number.isFinite(sentBps)) return null; // without a measurement there is nothing to cut to
-    this.lastCut = now;
-    const fits = Math.floor(Math.max((sentBps - AUDIO_SHARE_BPS) * 0.8 - reservedBps, MIN_VIDEO_BITRATE));
-    if (fits >= this.targetBps) return null;
-    this.targetBps = Math.min(fits, this.maxBps);
-    this.lowestBps = Math.min(this.lowestBps, this.targetBps);
-    this.cuts++;
-    return this.targetBps;
+    this.lastCut = now; // a skip that cuts nothing still starts the hold
+    return this.cutTo(now, videoShareBps(sentBps) - reservedBps);
   }
 
   /**

@@ -3,7 +3,7 @@
 // handles one track in one direction.
 
 import { audioLevel, encodeDatagram, encodeStreamFrame } from './protocol.js';
-import { AUDIO_SHARE_BPS, EncoderRate, MIN_VIDEO_BITRATE } from './encoder-rate.js';
+import { EncoderRate, MIN_VIDEO_BITRATE, videoShareBps } from './encoder-rate.js';
 import { SendQueue } from './send-queue.js';
 
 // Video codecs in order of preference when none is forced with ?codec=. H.264 uses
@@ -920,7 +920,7 @@ export class VideoSender {
     const sending = this.layers.filter((l) => l.running && !l.yielding(now)).sort((a, b) => (a.index ?? 0) - (b.index ?? 0));
     if (sending.length === 0) return;
     this.uplinkQueueCuts++;
-    let left = (sent - AUDIO_SHARE_BPS) * 0.8;
+    let left = videoShareBps(sent);
     for (const [i, layer] of sending.entries()) {
       if (i > 0 && left < MIN_VIDEO_BITRATE) {
         layer.yieldToLower(now, { forQueue: true });
