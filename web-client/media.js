@@ -1802,7 +1802,9 @@ export class AudioReceiver {
     this.restarts = 0;
     this.levels = new RecentLevels(); // the level bytes received, if the sender sends them
     this.player = output.createPlayer((status) => {
-      this.playoutMs = (status.buffered / output.ctx.sampleRate) * 1000;
+      // A status can still arrive after the output closed (leaving): nothing to measure then.
+      const ctx = output.ctx;
+      if (ctx) this.playoutMs = (status.buffered / ctx.sampleRate) * 1000;
     });
     this.createDecoder();
   }
