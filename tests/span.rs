@@ -703,3 +703,65 @@ async fn simulcast_layers_cross_relays_and_each_viewer_gets_its_own() {
         );
     }
 }
+
+/// How many peers of `room` are other relays' peers mirrored on `server` (shadows).
+fn shadows_on(server: &Server, room: &str) -> usize {
+    server
+        .rooms()
+        .room(room)
+        .map(|r| {
+            r.lock()
+                .snapshot()
+                .peers
+                .iter()
+                .filter(|p| p.peer.relay.is_some() && p.peer.name.starts_with("guest"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_admitted_while_the_mirror_is_set_up_each_get_one_shadow() {
+    let redis = Redis::start_on(free_port());
+    let ttl = Duration::from_secs(3);
+    let one = relay_in(&redis, ttl, true).await;
+    let two = relay_in(&redis, ttl, true).await;
+    // The origin's peers publish several producers, so the mirror's set-up (one pull per
+    // producer, a round trip each) takes a while.
+    let mut hosts = Vec::new();
+    for i in 0..10 {
+        let host = join(&one, "town-hall", &format!("host {i}"), false).await;
+        host.client.produce(MediaKind::Audio, "opus").await.unwrap();
+        host.client.produce(MediaKind::Video, "vp8").await.unwrap();
+        hosts.push(host);
+    }
+
+    // Guests arrive at relay two one every 10 ms: the first sets the mirror up, and those
+    // that come while it is being set up are admitted at once, some before its uplink
+    // joined the room here and some after.
+    const GUESTS: usize = 30;
+    let guests: Vec<Peer> = futures_util::future::join_all((0..GUESTS).map(|i| {
+        let two = &two;
+        async move {
+            tokio::time::sleep(Duration::from_millis(10 * i as u64)).await;
+            join(two, "town-hall", &format!("guest {i}"), true).await
+        }
+    }))
+    .await;
+
+    // Each has exactly one shadow on the origin, and keeps it.
+    let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(5));
+    while shadows_on(&one, "town-hall") != GUESTS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {GUESTS} guests mirrored on the origin",
+            shadows_on(&one, "town-hall")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(shadows_on(&one, "town-hall"), GUESTS, "a shadow went away");
+    let links = health(&two).await["cluster"]["links"].clone();
+    assert_eq!(links[0]["shadows"], GUESTS, "{links}");
+    drop(guests);
+}

@@ -29,6 +29,22 @@ const VIDEO_FRAMES: u64 = 30;
 /// once. So each subscriber may miss this many; of the video, on streams, 99.9% arrives.
 const AUDIO_MAY_MISS: u64 = 2;
 
+/// The peers of other relays mirrored on `server` (their shadows, docs/CLUSTER.md).
+fn shadows_on(server: &Server) -> usize {
+    server
+        .rooms()
+        .room("webinar")
+        .map(|r| {
+            r.lock()
+                .snapshot()
+                .peers
+                .iter()
+                .filter(|p| p.peer.relay.is_some() && p.peer.name.starts_with("viewer"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 async fn consumers_of(server: &Server, producer: ProducerId) -> usize {
     server
         .rooms()
@@ -61,7 +77,9 @@ async fn one_to_300_over_three_relays_delivers_with_one_pull_per_relay() {
         .await;
 
     // Every subscriber consumes both tracks where it is; the origin has one consumer per
-    // producer for each of the other two relays on top of its own 100.
+    // producer for each of the other two relays on top of its own 100, and each of the
+    // other relays' viewers once, as a shadow (joins admitted while a mirror is being set
+    // up included).
     let local = SUBSCRIBERS / 3;
     let deadline = tokio::time::Instant::now() + patient(Duration::from_secs(20));
     loop {
@@ -84,15 +102,18 @@ async fn one_to_300_over_three_relays_delivers_with_one_pull_per_relay() {
             }
             flowing
         };
+        let shadows = shadows_on(&relays[0]);
         if counts[0] == (local + 2, local + 2)
             && counts[1..].iter().all(|c| *c == (local, local))
             && flowing == [2, 2]
+            && shadows == SUBSCRIBERS - local
         {
             break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "consumers never settled: {counts:?}, flowing over links {flowing:?}"
+            "consumers never settled: {counts:?}, flowing over links {flowing:?}, \
+             {shadows} shadows on the origin"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

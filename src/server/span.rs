@@ -409,7 +409,7 @@ impl Span {
             hidden: true,
             relay: None,
         };
-        let (uplink, _, handle) = context.rooms.join(
+        let (uplink, here, handle) = context.rooms.join(
             room,
             &relay_joining("relay uplink", uplink, &extensions),
             Instant::now(),
@@ -446,17 +446,12 @@ impl Span {
         for peer in joined.peers {
             span.add_proxy(peer).await;
         }
-        // Local peers already here (a mirror set up again after its origin changed).
-        let local: Vec<PeerInfo> = span
-            .handle
-            .lock()
-            .snapshot()
-            .peers
-            .into_iter()
-            .map(|p| p.peer)
-            .filter(|p| p.relay.is_none() && p.peer_id != uplink)
-            .collect();
-        for peer in local {
+        // Local peers already here when the uplink joined (a mirror set up again after its
+        // origin changed, or joins admitted while this one was being set up). Taken from
+        // the uplink's own join result, not a later look at the room: a peer that joins
+        // after the uplink is in the uplink's events, and would otherwise get two shadows: the
+        // origin refuses one, and replacing the other drops its commands, so it leaves.
+        for peer in here.peers.into_iter().filter(|p| p.relay.is_none()) {
             span.add_shadow(peer);
         }
         span.spawn(span.clone().follow_link(incoming.events));
