@@ -167,6 +167,7 @@ pub async fn run(
         clients,
         plans,
         options.shape,
+        options.lean_subscribers,
         options.duration,
         move || {
             *mark.lock().unwrap_or_else(|e| e.into_inner()) = Some((

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod direct;
+pub mod lean;
 pub mod relay_path;
 pub mod stats;
 pub mod udp;
@@ -141,6 +142,9 @@ pub struct BenchOptions {
     pub baselines: bool,
     /// What carries every peer's session to the relay (the WebSocket fallback costs more).
     pub transport: crate::transport::TransportKind,
+    /// Subscribers that publish nothing run in one loop on quinn-proto (`lean.rs`), not as
+    /// a full client each: the load generator's own cost, not the relay's, shrinks.
+    pub lean_subscribers: bool,
     /// Print a progress line on stderr.
     pub progress: bool,
 }
@@ -207,6 +211,8 @@ pub struct BenchReport {
     pub scenario: Scenario,
     /// What carried the peers' sessions to the relay.
     pub transport: crate::transport::TransportKind,
+    /// Whether the subscribers were lean ones (`--lean-subscribers`).
+    pub lean_subscribers: bool,
     pub duration_s: f64,
     pub shape: Shape,
     pub machine: String,
@@ -435,6 +441,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
         vec![relay],
         options.scenario.plans(),
         options.shape,
+        options.lean_subscribers,
         options.duration,
         move || {
             *mark.lock().unwrap_or_else(|e| e.into_inner()) = (
@@ -512,6 +519,7 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
     }
     Ok(BenchReport {
         transport: options.transport,
+        lean_subscribers: options.lean_subscribers,
         scenario: options.scenario,
         duration_s: seconds,
         shape: options.shape,

@@ -10,10 +10,11 @@ use anyhow::{Context, Result, bail};
 use tokio::sync::{Barrier, Semaphore};
 
 use super::Shape;
+use super::lean;
 use super::stats::{Recorder, packets_for};
 use crate::client::join::{Publisher, publish, publish_simulcast, simulcast_ladder};
 use crate::client::media::{SyntheticAudio, SyntheticVideo};
-use crate::client::{Client, ClientOptions};
+use crate::client::{Client, ClientOptions, Verification, fetch_certificate_hash};
 use crate::wire::{MediaKind, Request, ServerMessage};
 
 /// One simulated peer.
@@ -80,6 +81,7 @@ pub async fn run(
     relays: Vec<ClientOptions>,
     mut plans: Vec<PeerPlan>,
     shape: Shape,
+    lean_subscribers: bool,
     duration: Duration,
     on_start: impl FnOnce() + Send,
     progress: impl Fn(u64) + Send + 'static,
@@ -94,7 +96,16 @@ pub async fn run(
     for p in &plans {
         *tracks_per_room.entry(&p.room).or_default() += p.tracks();
     }
-    let barrier = Arc::new(Barrier::new(plans.len() + 1));
+    // Subscribers that publish nothing and want every layer can be lean ones: all in one
+    // loop (`lean.rs`) instead of a client each.
+    type Numbered = Vec<(usize, PeerPlan)>;
+    let (lean_plans, full_plans): (Numbered, Numbered) =
+        plans.clone().into_iter().enumerate().partition(|(_, p)| {
+            lean_subscribers && p.subscribe && !p.audio && !p.video && p.max_resolution.is_none()
+        });
+    let barrier = Arc::new(Barrier::new(
+        full_plans.len() + 1 + usize::from(!lean_plans.is_empty()),
+    ));
     let joining = Arc::new(Semaphore::new(32));
     let received_frames = Arc::new(AtomicU64::new(0));
     // One start time for all: whoever leaves the barrier first sets it, so that publishers
@@ -103,7 +114,7 @@ pub async fn run(
     let (first_joined, first_join) = tokio::sync::watch::channel(relays.len() < 2);
     let first_joined = Arc::new(first_joined);
     let mut tasks = Vec::new();
-    for (index, plan) in plans.clone().into_iter().enumerate() {
+    for (index, plan) in full_plans {
         let expected_consumers = if plan.subscribe {
             tracks_per_room[plan.room.as_str()] - plan.tracks()
         } else {
@@ -284,6 +295,20 @@ pub async fn run(
         }));
     }
 
+    let lean_count = lean_plans.len();
+    let mut lean_task = (!lean_plans.is_empty()).then(|| {
+        spawn_lean(
+            &relays,
+            lean_plans,
+            &tracks_per_room,
+            first_join.clone(),
+            barrier.clone(),
+            start.clone(),
+            duration,
+            received_frames.clone(),
+        )
+    });
+
     // Wait for everyone to be in place (or for a peer to fail getting there).
     let ready = barrier.clone();
     let mut waiting = tokio::spawn(async move { ready.wait().await });
@@ -294,6 +319,13 @@ pub async fn run(
             _ = &mut waiting => break,
             _ = &mut setup_deadline => bail!("peers were not all set up within 180 s"),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some(lean) = lean_task.take_if(|t| t.is_finished()) {
+                    return match lean.await {
+                        Ok(Err(e)) => Err(e.context("setting up the lean subscribers")),
+                        Ok(Ok(_)) => bail!("the lean subscribers finished before the run started"),
+                        Err(e) => Err(e.into()),
+                    };
+                }
                 if let Some(failed) = tasks.iter().position(|t| t.is_finished()) {
                     let task = tasks.swap_remove(failed);
                     return match task.await {
@@ -319,12 +351,18 @@ pub async fn run(
         }
     });
     let outcomes = futures_util::future::join_all(tasks).await;
+    let lean_outcomes = match lean_task {
+        Some(task) => task.await??,
+        None => Vec::new(),
+    };
     ticker.abort();
     let wall_s = began.elapsed().as_secs_f64();
     let mut peers = Vec::new();
     for outcome in outcomes {
         peers.push(outcome??);
     }
+    debug_assert_eq!(lean_outcomes.len(), lean_count);
+    peers.extend(lean_outcomes);
     let mut result = PlanOutcome {
         wall_s,
         ..PlanOutcome::default()
@@ -357,4 +395,89 @@ pub async fn run(
         *expected_here += expected;
     }
     Ok(result)
+}
+
+/// Starts the lean subscribers (`lean.rs`) once the first peer has joined: they set up,
+/// join the barrier as one party when all have their consumers, and record until the
+/// others stop receiving.
+#[allow(clippy::too_many_arguments)]
+fn spawn_lean(
+    relays: &[ClientOptions],
+    plans: Vec<(usize, PeerPlan)>,
+    tracks_per_room: &HashMap<&str, u64>,
+    mut first_join: tokio::sync::watch::Receiver<bool>,
+    barrier: Arc<Barrier>,
+    start: Arc<std::sync::OnceLock<tokio::time::Instant>>,
+    duration: Duration,
+    received_frames: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<Result<Vec<PeerOutcome>>> {
+    let lean_plans: Vec<lean::LeanPlan> = plans
+        .iter()
+        .map(|(_, p)| lean::LeanPlan {
+            room: p.room.clone(),
+            name: p.name.clone(),
+            relay: p.relay,
+            expected_consumers: tracks_per_room[p.room.as_str()],
+        })
+        .collect();
+    let relays = relays.to_vec();
+    tokio::spawn(async move {
+        let mut lean_relays = Vec::new();
+        for relay in &relays {
+            lean_relays.push(lean::LeanRelay {
+                url: relay.url.clone(),
+                certificate_sha256: pinned_hash(relay).await?,
+            });
+        }
+        let _ = first_join.wait_for(|joined| *joined).await;
+        let count = lean_plans.len() as u64;
+        let ready = Arc::new(AtomicU64::new(0));
+        let (phase, phase_seen) = tokio::sync::watch::channel(lean::LeanPhase::SettingUp);
+        let gate = tokio::spawn({
+            let ready = ready.clone();
+            async move {
+                while ready.load(Ordering::Relaxed) < count {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                barrier.wait().await;
+                let start = *start.get_or_init(tokio::time::Instant::now);
+                // As the full subscribers: two seconds after sending stops.
+                let until = start + duration + Duration::from_millis(2000);
+                let _ = phase.send(lean::LeanPhase::RecordUntil(until));
+                // Kept until the loop has returned, so that it never sees the phase drop.
+                phase
+            }
+        });
+        let recorded = lean::run(lean_relays, lean_plans, phase_seen, ready, received_frames).await;
+        gate.abort();
+        let recorded = recorded?;
+        Ok(plans
+            .into_iter()
+            .zip(recorded)
+            .map(|((_, plan), received)| PeerOutcome {
+                room: plan.room,
+                relay: plan.relay,
+                sent_frames: 0,
+                sent_bytes: 0,
+                subscribe: true,
+                received,
+                simulcast: None,
+            })
+            .collect())
+    })
+}
+
+/// The certificate hash a lean subscriber pins: the one given, or the relay's own.
+async fn pinned_hash(relay: &ClientOptions) -> Result<[u8; 32]> {
+    let hex_hash = match &relay.verification {
+        Verification::Pin(hash) => hash.clone(),
+        Verification::FetchPin => fetch_certificate_hash(&relay.url).await?,
+        Verification::NativeRoots => {
+            bail!("lean subscribers pin the relay's certificate; this relay has a real one")
+        }
+    };
+    hex::decode(hex_hash.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .with_context(|| format!("bad certificate hash {hex_hash:?}"))
 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::time::Duration;
+use synapse_sfu::transport::TransportKind;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -53,6 +54,11 @@ pub(crate) struct BenchArgs {
     /// WebSocket fallback), to measure what the fallback costs.
     #[arg(long, global = true, default_value = "wt")]
     transport: synapse_sfu::transport::TransportKind,
+    /// Subscribers that publish nothing share one loop over one socket, on QUIC directly,
+    /// instead of each being a full client: the load generator then takes less of the
+    /// machine it shares with the relay (WebTransport only).
+    #[arg(long, global = true)]
+    lean_subscribers: bool,
 }
 
 #[derive(Subcommand)]
@@ -198,6 +204,9 @@ pub(crate) async fn run_bench(args: BenchArgs) -> Result<()> {
             "--audio-bitrate 0 leaves this scenario nothing to measure (rooms are audio only, weak-link measures audio too)"
         );
     }
+    if args.lean_subscribers && args.transport != TransportKind::WebTransport {
+        anyhow::bail!("--lean-subscribers speak WebTransport only; leave out --transport ws");
+    }
     let options = BenchOptions {
         scenario,
         duration: args.duration,
@@ -219,6 +228,7 @@ pub(crate) async fn run_bench(args: BenchArgs) -> Result<()> {
         baselines: !args.no_baselines,
         progress: !args.quiet,
         transport: args.transport,
+        lean_subscribers: args.lean_subscribers,
     };
     if let BenchScenario::Cluster {
         subscribers,
