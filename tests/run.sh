@@ -4,7 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== setup: Chromium, Firefox ESR and redis-server (Debian packages) and the browser tests' npm packages"
+# Each phase is announced with the minutes the run has taken so far: the whole run has a
+# 30-minute budget on a 2-core machine, and the log shows where it went.
+phase() { printf '== [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$1"; }
+
+phase "setup: Chromium, Firefox ESR and redis-server (Debian packages) and the browser tests' npm packages"
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
@@ -22,14 +26,14 @@ redis-server --version
 # puppeteer-core the system Firefox (WebDriver BiDi); neither downloads a browser.
 PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund
 
-echo "== checks: formatting and lints"
+phase "checks: formatting and lints"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
-echo "== tests: unit, native end-to-end (real QUIC on 127.0.0.1), CLI, bench smoke"
+phase "tests: unit, native end-to-end (real QUIC on 127.0.0.1), CLI, bench smoke"
 cargo test --locked
 
-echo "== fuzz: every decoder of untrusted bytes and the core, ${FUZZ_SECONDS:-20} s each"
+phase "fuzz: every decoder of untrusted bytes and the core, ${FUZZ_SECONDS:-20} s each"
 # cargo fuzz (libFuzzer + AddressSanitizer) wants nightly flags; RUSTC_BOOTSTRAP lets this
 # machine's one stable toolchain take them. New inputs go to a scratch corpus; the seeds in
 # fuzz/corpus stay as committed. A crash fails the run and leaves its input in
@@ -51,6 +55,7 @@ for target in control_message datagram stream relay_core; do
 done
 rm -rf "$scratch"
 
-echo "== tests: headless Chromium and Firefox pages in calls through the relay (each browser alone, and mixed), and one behind a shaped uplink"
+phase "tests: headless Chromium and Firefox pages in calls through the relay (each browser alone, and mixed), and one behind a shaped uplink"
 # Uses the relay binary cargo test just built, with the web client embedded in it.
 SYNAPSE_BIN="$PWD/target/debug/synapse-sfu" node --test tests/browser/
+phase "done"
