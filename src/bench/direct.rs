@@ -3,16 +3,17 @@
 //! datagrams, one video stream per group) and a bounded queue per receiver. What the relay
 //! adds on top of this is its hop: a second QUIC leg, its routing and its queues.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use wtransport::{ClientConfig, Endpoint, Identity, ServerConfig};
 
-use super::Shape;
 use super::stats::{Recorder, packets_for};
+use super::{Shape, lean};
 use crate::client::media::{MediaSource, SyntheticAudio, SyntheticVideo};
 use crate::client::{ReceivedFrame, now_us, receive_datagrams, receive_streams};
 use crate::group::GroupWriter;
@@ -65,6 +66,7 @@ async fn send_to(conn: Session, mut frames: mpsc::Receiver<Outgoing>) {
 pub async fn run_fanout(
     subscribers: usize,
     shape: Shape,
+    lean_receivers: bool,
     duration: Duration,
 ) -> Result<DirectOutcome> {
     let identity = Identity::self_signed(["localhost", "127.0.0.1"])?;
@@ -95,11 +97,36 @@ pub async fn run_fanout(
         }
     });
 
-    // Receivers.
+    // Receivers: full clients each, or lean ones all in one loop (`lean.rs`), as the
+    // relay path's subscribers are.
     let stop_at = tokio::time::Instant::now() + Duration::from_secs(3600);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(stop_at);
     let mut receivers = Vec::new();
-    for _ in 0..subscribers {
+    let (lean_phase, lean_phase_seen) = tokio::sync::watch::channel(lean::LeanPhase::SettingUp);
+    let lean_ready = Arc::new(AtomicU64::new(0));
+    let mut lean_task = lean_receivers.then(|| {
+        let relay = lean::LeanRelay {
+            url: format!("https://127.0.0.1:{port}/"),
+            certificate_sha256: *hash.as_ref(),
+        };
+        let plans = (0..subscribers)
+            .map(|i| lean::LeanPlan {
+                room: String::new(),
+                name: format!("receiver {i}"),
+                relay: 0,
+                expected_consumers: 0,
+                join: false,
+            })
+            .collect();
+        tokio::spawn(lean::run(
+            vec![relay],
+            plans,
+            lean_phase_seen,
+            lean_ready.clone(),
+            Arc::new(AtomicU64::new(0)),
+        ))
+    });
+    for _ in 0..subscribers * usize::from(!lean_receivers) {
         let config = ClientConfig::builder()
             .with_bind_default()
             .with_server_certificate_hashes([hash.clone()])
@@ -135,11 +162,33 @@ pub async fn run_fanout(
             recorder
         }));
     }
-    let server = accept.await?;
+    let server = match &mut lean_task {
+        None => accept.await?,
+        // Lean receivers that fail to connect end their loop: stop waiting for them.
+        Some(task) => {
+            let server = tokio::select! {
+                server = accept => server?,
+                ended = &mut *task => bail!("lean receivers: {}", ended_early(ended)),
+            };
+            // Every session is open on the server's side; the receivers' side follows.
+            while lean_ready.load(Ordering::Relaxed) < subscribers as u64 {
+                if task.is_finished() {
+                    bail!("lean receivers: {}", ended_early(task.await));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            server
+        }
+    };
 
     // The sender: audio and video on their own schedules, each frame to every queue.
     let began = tokio::time::Instant::now();
     let end = began + duration;
+    // Lean receivers record from now until a second after sending stops (as the full
+    // ones: sending takes `duration`, however late it ends, and they stop 1 s after).
+    let _ = lean_phase.send(lean::LeanPhase::RecordUntil(
+        end + Duration::from_millis(1000),
+    ));
     let send = |kind: MediaKind, mut source: Box<dyn MediaSource>| {
         let queues = queues.clone();
         tokio::spawn(async move {
@@ -224,7 +273,21 @@ pub async fn run_fanout(
     for r in receivers {
         outcome.received.merge(&r.await?);
     }
+    if let Some(lean_task) = lean_task {
+        for recorded in lean_task.await?? {
+            outcome.received.merge(&recorded);
+        }
+    }
     outcome.wall_s = began.elapsed().as_secs_f64();
     drop(server);
     Ok(outcome)
+}
+
+/// Why the lean receivers' loop ended before it was told to.
+fn ended_early(ended: Result<Result<Vec<Recorder>>, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(Err(e)) => format!("{e:#}"),
+        Ok(Ok(_)) => "they stopped before the run".into(),
+        Err(e) => e.to_string(),
+    }
 }

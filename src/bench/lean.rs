@@ -58,6 +58,10 @@ pub struct LeanPlan {
     pub relay: usize,
     /// Consumers it should have before it counts as set up.
     pub expected_consumers: u64,
+    /// Send `join`. Without, the session only receives, as soon as it is open: the
+    /// direct path's sender (`direct.rs`) is a bare WebTransport server with no control
+    /// protocol.
+    pub join: bool,
 }
 
 /// What the caller tells the loop.
@@ -585,6 +589,10 @@ impl Session {
             bail!("the relay answered CONNECT with status {status}");
         }
         self.connect_buf.clear();
+        if !plan.join {
+            self.stage = Stage::Ready;
+            return Ok(());
+        }
         // The control stream: WebTransport's prefix, then `join`.
         let control = self
             .connection

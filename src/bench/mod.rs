@@ -142,8 +142,9 @@ pub struct BenchOptions {
     pub baselines: bool,
     /// What carries every peer's session to the relay (the WebSocket fallback costs more).
     pub transport: crate::transport::TransportKind,
-    /// Subscribers that publish nothing run in one loop on quinn-proto (`lean.rs`), not as
-    /// a full client each: the load generator's own cost, not the relay's, shrinks.
+    /// Subscribers that publish nothing, and the direct path's receivers, run in one loop
+    /// on quinn-proto (`lean.rs`), not as a full client each: the load generator's own
+    /// cost, not the relay's, shrinks.
     pub lean_subscribers: bool,
     /// Print a progress line on stderr.
     pub progress: bool,
@@ -484,7 +485,13 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
         if options.progress {
             eprintln!("direct QUIC baseline, same load…");
         }
-        let d = direct::run_fanout(subscribers, options.shape, options.duration).await?;
+        let d = direct::run_fanout(
+            subscribers,
+            options.shape,
+            options.lean_subscribers,
+            options.duration,
+        )
+        .await?;
         direct = Some(path_report(
             &d.received,
             d.expected_frames,

@@ -418,6 +418,7 @@ fn spawn_lean(
             name: p.name.clone(),
             relay: p.relay,
             expected_consumers: tracks_per_room[p.room.as_str()],
+            join: true,
         })
         .collect();
     let relays = relays.to_vec();

@@ -54,9 +54,10 @@ pub(crate) struct BenchArgs {
     /// WebSocket fallback), to measure what the fallback costs.
     #[arg(long, global = true, default_value = "wt")]
     transport: synapse_sfu::transport::TransportKind,
-    /// Subscribers that publish nothing share one loop over one socket, on QUIC directly,
-    /// instead of each being a full client: the load generator then takes less of the
-    /// machine it shares with the relay (WebTransport only).
+    /// Subscribers that publish nothing, and the direct path's receivers, share one loop
+    /// over one socket, on QUIC directly, instead of each being a full client: the load
+    /// generator then takes less of the machine it shares with the relay, and adds less
+    /// latency of its own to either path (WebTransport only).
     #[arg(long, global = true)]
     lean_subscribers: bool,
 }
