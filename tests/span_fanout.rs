@@ -29,22 +29,6 @@ const VIDEO_FRAMES: u64 = 30;
 /// once. So each subscriber may miss this many; of the video, on streams, 99.9% arrives.
 const AUDIO_MAY_MISS: u64 = 2;
 
-/// The peers of other relays mirrored on `server` (their shadows, docs/CLUSTER.md).
-fn shadows_on(server: &Server) -> usize {
-    server
-        .rooms()
-        .room("webinar")
-        .map(|r| {
-            r.lock()
-                .snapshot()
-                .peers
-                .iter()
-                .filter(|p| p.peer.relay.is_some() && p.peer.name.starts_with("viewer"))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 async fn consumers_of(server: &Server, producer: ProducerId) -> usize {
     server
         .rooms()
@@ -102,7 +86,7 @@ async fn one_to_300_over_three_relays_delivers_with_one_pull_per_relay() {
             }
             flowing
         };
-        let shadows = shadows_on(&relays[0]);
+        let shadows = shadows_on(&relays[0], "webinar", "viewer");
         if counts[0] == (local + 2, local + 2)
             && counts[1..].iter().all(|c| *c == (local, local))
             && flowing == [2, 2]

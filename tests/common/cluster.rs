@@ -109,3 +109,20 @@ pub async fn relay_in_with(
 pub async fn health(server: &Server) -> serde_json::Value {
     serde_json::from_str(&http_get(server, "/healthz").await).unwrap()
 }
+
+/// How many of `room`'s peers on `server` are other relays' peers mirrored there (their
+/// shadows, docs/CLUSTER.md) whose names start with `named`.
+pub fn shadows_on(server: &Server, room: &str, named: &str) -> usize {
+    server
+        .rooms()
+        .room(room)
+        .map(|r| {
+            r.lock()
+                .snapshot()
+                .peers
+                .iter()
+                .filter(|p| p.peer.relay.is_some() && p.peer.name.starts_with(named))
+                .count()
+        })
+        .unwrap_or(0)
+}
