@@ -14,7 +14,7 @@ use super::lean;
 use super::stats::{Recorder, packets_for};
 use crate::client::join::{Publisher, publish, publish_simulcast, simulcast_ladder};
 use crate::client::media::{SyntheticAudio, SyntheticVideo};
-use crate::client::{Client, ClientOptions, Verification, fetch_certificate_hash};
+use crate::client::{Client, ClientOptions, Verification, fetch_certificate_hash, parse_hash};
 use crate::wire::{MediaKind, Request, ServerMessage};
 
 /// One simulated peer.
@@ -477,8 +477,5 @@ async fn pinned_hash(relay: &ClientOptions) -> Result<[u8; 32]> {
             bail!("lean subscribers pin the relay's certificate; this relay has a real one")
         }
     };
-    hex::decode(hex_hash.trim())
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .with_context(|| format!("bad certificate hash {hex_hash:?}"))
+    Ok(*parse_hash(&hex_hash)?.as_ref())
 }

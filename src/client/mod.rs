@@ -1004,7 +1004,7 @@ pub async fn connect_websocket(
     ))
 }
 
-fn parse_hash(hex_hash: &str) -> Result<wtransport::tls::Sha256Digest, ClientError> {
+pub(crate) fn parse_hash(hex_hash: &str) -> Result<wtransport::tls::Sha256Digest, ClientError> {
     let bytes = hex::decode(hex_hash.trim())
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok());
